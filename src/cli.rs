@@ -1,0 +1,112 @@
+//! The command line (clap). Each command's help says what it does and what it
+//! never does.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "uprun",
+    version,
+    about = "Run in-place upgrades of a database-backed application on a cluster of nodes",
+    long_about = "uprun runs upgrade procedures written in Rhai against a site (site.toml: the database and the nodes) \
+and a release (release.toml: version, payload, migrations). Safety rails hold for every procedure: no database upgrade \
+without a verified backup taken in the same run, secondaries before the primary, a new instance never in an old folder, \
+no downgrades.\n\nExit codes: 0 success, 1 the run failed, 2 bad input (nothing changed), 3 refused by a safety rail."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Lay out a sandbox site (SQLite database at 1.0.0, three local nodes, a 2.0.0 release) and run the
+    /// stock in-place upgrade on it, non-interactively.
+    Demo(DemoArgs),
+    /// Run a procedure against a site: plans it first, asks for confirmation on a terminal (or needs --yes),
+    /// then does it.
+    Run(RunArgs),
+    /// Show, in order, what `run` would do. Reads are real (database version, check queries, node state);
+    /// nothing is changed.
+    Plan(TargetArgs),
+    /// Compile a procedure with its imports and report errors as file:line:column with the source line.
+    /// Also flags misspelled option keys of host functions.
+    Check(CheckArgs),
+    /// List the bundled procedures, or show one with `uprun scripts show NAME`.
+    Scripts(ScriptsArgs),
+    /// Show a site's current state: database version and, for each node, its current instance.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Folder for the sandbox.
+    #[arg(long, default_value = "uprun-demo")]
+    pub dir: PathBuf,
+    /// Only lay out the sandbox; do not run the upgrade.
+    #[arg(long)]
+    pub setup_only: bool,
+    /// Delete an existing sandbox in DIR and lay it out anew.
+    #[arg(long)]
+    pub recreate: bool,
+    /// Print one JSON object per event instead of human output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TargetArgs {
+    /// A bundled procedure name (see `uprun scripts`) or a path to a .rhai file.
+    pub script: String,
+    /// The site file.
+    #[arg(long)]
+    pub site: PathBuf,
+    /// The release folder (holding release.toml) or the path of its release.toml.
+    #[arg(long)]
+    pub release: PathBuf,
+    /// Print one JSON object per event instead of human output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Answer yes to every confirmation. Required to change anything without a terminal.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// A bundled procedure name or a path to a .rhai file.
+    pub script: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ScriptsArgs {
+    #[command(subcommand)]
+    pub command: Option<ScriptsCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScriptsCommand {
+    /// Print a bundled procedure's source.
+    Show {
+        /// The bundled procedure's name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The site file.
+    #[arg(long)]
+    pub site: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}

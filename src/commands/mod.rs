@@ -1,0 +1,104 @@
+//! One module per subcommand, each a few lines over `session` (which wires a
+//! site, a release and a procedure into an engine over `ops`).
+
+pub mod check;
+pub mod demo;
+pub mod plan;
+pub mod run;
+pub mod scripts;
+pub mod status;
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+
+use rhai::{Engine, AST};
+
+use crate::config::{Release, Site};
+use crate::nodes::NodeInstances;
+use crate::ops::{Confirmation, Mode, Ops, RunSpec};
+use crate::progress::{OutputMode, Reporter};
+use crate::script::{self, Procedure, Sources};
+use crate::Result;
+
+/// A procedure wired to a site and a release, ready to run in one mode.
+pub struct Session {
+    pub ops: Arc<Ops>,
+    engine: Engine,
+    ast: AST,
+    proc: Procedure,
+    sources: Sources,
+}
+
+impl Session {
+    pub fn open(
+        site: &Site,
+        release: &Release,
+        proc: &Procedure,
+        mode: Mode,
+        run_id: &str,
+        reporter: Arc<Reporter>,
+        confirmation: Confirmation,
+    ) -> Result<Session> {
+        let db = crate::db::open(site, mode == Mode::Plan)?;
+        let mut nodes = Vec::with_capacity(site.nodes.len());
+        for n in &site.nodes {
+            nodes.push(NodeInstances {
+                transport: crate::nodes::connect(n)?,
+                root: n.root.clone(),
+            });
+        }
+        let spec = RunSpec {
+            site: site.clone(),
+            release: release.clone(),
+            mode,
+            run_id: run_id.to_string(),
+            confirmation,
+        };
+        let ops = Arc::new(Ops::new(spec, db, nodes, reporter));
+        let sources = Sources::default();
+        let engine = script::engine(proc.base.clone(), Some(ops.clone()), &sources);
+        let ast = script::compile(&engine, proc, &sources)?;
+        Ok(Session {
+            ops,
+            engine,
+            ast,
+            proc: proc.clone(),
+            sources,
+        })
+    }
+
+    pub fn run(&self) -> Result<()> {
+        script::run(&self.engine, &self.ast, &self.proc, &self.sources)
+    }
+}
+
+/// Human output (bars when stderr is a terminal) or JSON lines.
+pub fn reporter(json: bool) -> Arc<Reporter> {
+    let mode = if json {
+        OutputMode::Json
+    } else {
+        OutputMode::Human {
+            tty: std::io::stderr().is_terminal(),
+        }
+    };
+    Arc::new(Reporter::new(mode))
+}
+
+/// Whether we may ask questions: both stdin and stderr are terminals.
+pub fn interactive() -> bool {
+    std::io::stdin().is_terminal() && std::io::stderr().is_terminal()
+}
+
+/// A run id: UTC time plus a few bits of the process id, sortable by start.
+pub fn new_run_id() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let stamp = now
+        .format(time::macros::format_description!(
+            "[year][month][day]-[hour][minute][second]"
+        ))
+        .unwrap_or_default();
+    format!(
+        "{stamp}-{:04x}",
+        (std::process::id() ^ now.nanosecond()) & 0xffff
+    )
+}

@@ -1,0 +1,54 @@
+//! `uprun plan`: the procedure with reads real and changes only described.
+
+use crate::cli::TargetArgs;
+use crate::config::{Release, Site};
+use crate::ops::{Confirmation, Mode};
+use crate::progress::Event;
+use crate::script::Procedure;
+use crate::Result;
+
+pub fn exec(a: TargetArgs) -> Result<i32> {
+    let site = Site::load(&a.site)?;
+    let release = Release::load(&a.release)?;
+    let proc = Procedure::load(&a.script)?;
+    let reporter = super::reporter(a.json);
+    let run_id = super::new_run_id();
+    reporter.event(Event::RunStarted {
+        run_id: run_id.clone(),
+        mode: "plan".into(),
+        script: proc.name.clone(),
+        site: site.file.display().to_string(),
+    });
+    let session = super::Session::open(
+        &site,
+        &release,
+        &proc,
+        Mode::Plan,
+        &run_id,
+        reporter.clone(),
+        Confirmation {
+            yes: true,
+            interactive: false,
+        },
+    )?;
+    let outcome = session.run();
+    let steps = session.ops.steps();
+    let changes = steps.iter().filter(|s| s.changes).count();
+    let irreversible = steps.iter().filter(|s| s.irreversible).count();
+    let mut summary = vec![format!(
+        "{} step(s): {changes} change(s), {irreversible} irreversible; nothing was changed",
+        steps.len()
+    )];
+    if outcome.is_err() {
+        summary.push("the procedure stops with the error below: `run` would stop there too".into());
+    }
+    reporter.event(Event::RunFinished {
+        outcome: if outcome.is_ok() {
+            "planned".into()
+        } else {
+            "plan failed".into()
+        },
+        summary,
+    });
+    outcome.map(|()| 0)
+}

@@ -1,0 +1,75 @@
+//! `uprun status`: the site as it is now. Only reads.
+
+use serde::Serialize;
+
+use crate::cli::StatusArgs;
+use crate::config::Site;
+use crate::nodes::{InstanceRecord, NodeInstances};
+use crate::Result;
+
+#[derive(Serialize)]
+struct NodeStatus {
+    name: String,
+    role: &'static str,
+    instance: Option<InstanceRecord>,
+    earlier_instances: usize,
+}
+
+#[derive(Serialize)]
+struct Status {
+    site: String,
+    database: String,
+    database_version: String,
+    migrations_applied: usize,
+    nodes: Vec<NodeStatus>,
+}
+
+pub fn exec(a: StatusArgs) -> Result<i32> {
+    let site = Site::load(&a.site)?;
+    let mut db = crate::db::open(&site, true)?;
+    let version = db.version()?;
+    let history = db.history()?;
+    let mut nodes = Vec::new();
+    for n in &site.nodes {
+        let inst = NodeInstances {
+            transport: crate::nodes::connect(n)?,
+            root: n.root.clone(),
+        };
+        let m = inst.manifest()?;
+        nodes.push(NodeStatus {
+            name: n.name.clone(),
+            role: n.role.as_str(),
+            instance: m.current,
+            earlier_instances: m.removed.len(),
+        });
+    }
+    let status = Status {
+        site: site.file.display().to_string(),
+        database: format!("{} ({})", site.database.name, site.database.kind.as_str()),
+        database_version: version.to_string(),
+        migrations_applied: history.len(),
+        nodes,
+    };
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&status).unwrap_or_default()
+        );
+        return Ok(0);
+    }
+    println!("site {}", status.site);
+    println!(
+        "database {}: version {} ({} migration(s) applied by uprun)",
+        status.database, status.database_version, status.migrations_applied
+    );
+    for n in &status.nodes {
+        match &n.instance {
+            Some(i) => println!(
+                "node {} ({}): {} {} in `{}` (since {})",
+                n.name, n.role, i.app_name, i.version, i.folder, i.created
+            ),
+            None => println!("node {} ({}): no instance", n.name, n.role),
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,149 @@
+//! The release being installed: `release.toml`, the payload folder and the
+//! migrations for each database kind.
+
+use std::path::{Path, PathBuf};
+
+use semver::Version;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::DbKind;
+use crate::{Error, Result};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReleaseFile {
+    version: Version,
+    min_upgrade_from: Version,
+    #[serde(default = "default_payload")]
+    payload: String,
+    #[serde(default = "default_migrations")]
+    migrations: String,
+}
+
+fn default_payload() -> String {
+    "payload".into()
+}
+fn default_migrations() -> String {
+    "migrations".into()
+}
+
+#[derive(Debug, Clone)]
+pub struct Release {
+    pub dir: PathBuf,
+    pub version: Version,
+    pub min_upgrade_from: Version,
+    pub payload: PathBuf,
+    migrations_dir: PathBuf,
+}
+
+/// One migration file: `<version>_<name>.sql`, applied when upgrading a database
+/// from a version older than `<version>`.
+#[derive(Debug, Clone)]
+pub struct Migration {
+    pub version: Version,
+    /// The file name, which is also the migration's identity in the history table.
+    pub name: String,
+    pub path: PathBuf,
+    pub sql: String,
+    /// Hex SHA-256 of the file's bytes.
+    pub checksum: String,
+}
+
+impl Release {
+    /// Load a release from its folder or from the path of its `release.toml`.
+    pub fn load(path: &Path) -> Result<Release> {
+        let (dir, file) = if path.is_dir() {
+            (path.to_path_buf(), path.join("release.toml"))
+        } else {
+            let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+            (dir, path.to_path_buf())
+        };
+        let text =
+            std::fs::read_to_string(&file).map_err(|e| Error::io("read release file", &file, e))?;
+        let raw: ReleaseFile = toml::from_str(&text).map_err(|e| super::toml_error(&file, e))?;
+        if raw.min_upgrade_from > raw.version {
+            return Err(Error::Config(format!(
+                "{}: `min_upgrade_from` ({}) is newer than `version` ({})",
+                file.display(),
+                raw.min_upgrade_from,
+                raw.version
+            )));
+        }
+        let payload = dir.join(&raw.payload);
+        if !payload.is_dir() {
+            return Err(Error::Config(format!(
+                "{}: `payload`: folder `{}` does not exist",
+                file.display(),
+                payload.display()
+            )));
+        }
+        Ok(Release {
+            version: raw.version,
+            min_upgrade_from: raw.min_upgrade_from,
+            payload,
+            migrations_dir: dir.join(&raw.migrations),
+            dir,
+        })
+    }
+
+    /// Every migration for `kind`, sorted by version then name. A release
+    /// without migrations for that kind has none (and says so in `plan`).
+    pub fn migrations(&self, kind: DbKind) -> Result<Vec<Migration>> {
+        let dir = self.migrations_dir.join(kind.as_str());
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io("list migrations in", &dir, e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io("list migrations in", &dir, e))?;
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.ends_with(".sql") {
+                continue;
+            }
+            let version = name
+                .split_once('_')
+                .and_then(|(v, _)| Version::parse(v).ok())
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "migration `{}`: name must be `<version>_<description>.sql`, e.g. `2.0.0_01_add_priority.sql`",
+                        path.display()
+                    ))
+                })?;
+            if version > self.version {
+                return Err(Error::Config(format!(
+                    "migration `{}` is for version {version}, newer than the release ({})",
+                    path.display(),
+                    self.version
+                )));
+            }
+            let bytes = std::fs::read(&path).map_err(|e| Error::io("read migration", &path, e))?;
+            let checksum = hex(&Sha256::digest(&bytes));
+            let sql = String::from_utf8(bytes).map_err(|_| {
+                Error::Config(format!("migration `{}` is not valid UTF-8", path.display()))
+            })?;
+            out.push(Migration {
+                version,
+                name,
+                path,
+                sql,
+                checksum,
+            });
+        }
+        out.sort_by(|a, b| a.version.cmp(&b.version).then_with(|| a.name.cmp(&b.name)));
+        Ok(out)
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}

@@ -1,0 +1,81 @@
+//! The database seam: one trait, one backend per kind. Owns talking to the
+//! database; it knows nothing about nodes, scripts or safety rails (those are
+//! in `ops`, which decides what to apply and when).
+
+mod sqlite;
+
+use std::path::Path;
+
+use semver::Version;
+use serde::Serialize;
+
+use crate::config::{DbKind, Migration, Site};
+use crate::Result;
+
+pub use sqlite::SqliteDatabase;
+
+/// What a backup left behind, as recorded in the run and returned to scripts.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupReceipt {
+    pub database: String,
+    /// Where the backup is (on the database server for server databases).
+    pub file: String,
+    pub size: u64,
+    /// Version of the database at the time of the backup.
+    pub version: String,
+    pub started: String,
+    pub finished: String,
+    /// True once the copy has been read back and checked.
+    pub verified: bool,
+    /// How it was verified (`integrity_check ok`, `RESTORE VERIFYONLY`...).
+    pub verification: String,
+}
+
+/// One row of the migration history table.
+#[derive(Debug, Clone, Serialize)]
+pub struct AppliedMigration {
+    pub name: String,
+    pub version: String,
+    pub checksum: String,
+    pub applied_at: String,
+    pub duration_ms: i64,
+    pub applied_by: String,
+}
+
+/// A row returned by a read-only query, column name to value.
+pub type Row = serde_json::Map<String, serde_json::Value>;
+
+/// Progress callback: (done, total) in backend units (pages, percent, bytes).
+pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
+
+pub trait Database: Send {
+    /// How the database is named in messages. Never contains a secret.
+    fn name(&self) -> &str;
+    /// The application's schema version, as the database records it.
+    fn version(&mut self) -> Result<Version>;
+    /// Run a query that must not change anything and return its rows.
+    fn query_readonly(&mut self, sql: &str) -> Result<Vec<Row>>;
+    /// Take a full backup into `dir`.
+    fn backup(&mut self, dir: &Path, progress: Progress<'_>) -> Result<BackupReceipt>;
+    /// Read the backup back and check it; sets `verified`.
+    fn verify_backup(&mut self, receipt: &mut BackupReceipt) -> Result<()>;
+    /// Migrations recorded as applied, oldest first.
+    fn history(&mut self) -> Result<Vec<AppliedMigration>>;
+    /// Apply one migration in its own transaction and record it in the history.
+    fn apply(&mut self, migration: &Migration, applied_by: &str) -> Result<()>;
+    /// Record the application's schema version.
+    fn set_version(&mut self, version: &Version) -> Result<()>;
+}
+
+/// Open the site's database. `read_only` is used by `plan` and `status`.
+pub fn open(site: &Site, read_only: bool) -> Result<Box<dyn Database>> {
+    match site.database.kind {
+        DbKind::Sqlite => Ok(Box::new(SqliteDatabase::open(&site.database, read_only)?)),
+    }
+}
+
+pub(crate) fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}

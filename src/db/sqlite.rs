@@ -1,0 +1,326 @@
+//! SQLite backend (the embedded default). Backups use SQLite's online backup
+//! API, so a running application can keep its database open.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rusqlite::{backup, Connection, OpenFlags};
+use semver::Version;
+
+use super::{now_rfc3339, AppliedMigration, BackupReceipt, Database, Progress, Row};
+use crate::config::site::DatabaseConfig;
+use crate::config::Migration;
+use crate::{Error, Result};
+
+/// Table and key where the application records its schema version.
+pub const VERSION_TABLE: &str = "app_meta";
+pub const VERSION_KEY: &str = "schema_version";
+/// uprun's migration history table.
+pub const HISTORY_TABLE: &str = "uprun_migration_history";
+
+/// Pages copied per backup step: 16 MiB with 4 KiB pages. Large steps keep the
+/// copy close to `cp` speed; memory stays bounded by SQLite's page cache.
+const PAGES_PER_STEP: i32 = 4096;
+
+pub struct SqliteDatabase {
+    name: String,
+    path: PathBuf,
+    conn: Connection,
+}
+
+impl SqliteDatabase {
+    pub fn open(cfg: &DatabaseConfig, read_only: bool) -> Result<Self> {
+        let path = cfg
+            .path
+            .clone()
+            .ok_or_else(|| Error::Config("sqlite database without `path`".into()))?;
+        Self::open_path(&cfg.name, &path, read_only)
+    }
+
+    pub fn open_path(name: &str, path: &Path, read_only: bool) -> Result<Self> {
+        if !path.is_file() {
+            return Err(Error::db(
+                name,
+                format!(
+                    "database file `{}` does not exist; check `database.path` in the site file",
+                    path.display()
+                ),
+            ));
+        }
+        let flags = if read_only {
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+        } else {
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+        } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags)
+            .map_err(|e| Error::db(name, format!("cannot open `{}`: {e}", path.display())))?;
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(|e| Error::db(name, e.to_string()))?;
+        Ok(SqliteDatabase {
+            name: name.to_string(),
+            path: path.to_path_buf(),
+            conn,
+        })
+    }
+
+    fn err(&self, what: &str, e: impl std::fmt::Display) -> Error {
+        Error::db(&self.name, format!("{what}: {e}"))
+    }
+
+    fn has_table(conn: &Connection, table: &str) -> rusqlite::Result<bool> {
+        conn.query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [table],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)
+    }
+}
+
+/// Read the schema version from an open connection (also used on backups).
+fn read_version(conn: &Connection) -> std::result::Result<Version, String> {
+    if !SqliteDatabase::has_table(conn, VERSION_TABLE).map_err(|e| e.to_string())? {
+        return Err(format!(
+            "no `{VERSION_TABLE}` table: this does not look like the application's database"
+        ));
+    }
+    let v: String = conn
+        .query_row(
+            &format!("SELECT value FROM {VERSION_TABLE} WHERE key = ?1"),
+            [VERSION_KEY],
+            |r| r.get(0),
+        )
+        .map_err(|e| format!("cannot read `{VERSION_KEY}` from `{VERSION_TABLE}`: {e}"))?;
+    Version::parse(v.trim()).map_err(|e| format!("recorded version {v:?} is not a version: {e}"))
+}
+
+fn value_to_json(v: rusqlite::types::ValueRef<'_>) -> serde_json::Value {
+    use rusqlite::types::ValueRef;
+    match v {
+        ValueRef::Null => serde_json::Value::Null,
+        ValueRef::Integer(i) => i.into(),
+        ValueRef::Real(f) => f.into(),
+        ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned().into(),
+        ValueRef::Blob(b) => format!("<{} bytes>", b.len()).into(),
+    }
+}
+
+impl Database for SqliteDatabase {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn version(&mut self) -> Result<Version> {
+        read_version(&self.conn).map_err(|m| Error::db(&self.name, m))
+    }
+
+    fn query_readonly(&mut self, sql: &str) -> Result<Vec<Row>> {
+        let mut stmt = self
+            .conn
+            .prepare(sql)
+            .map_err(|e| self.err(&format!("check query `{sql}`"), e))?;
+        if !stmt.readonly() {
+            return Err(Error::db(
+                &self.name,
+                format!(
+                    "check query `{sql}` would change the database; check queries must only read"
+                ),
+            ));
+        }
+        let names: Vec<String> = stmt.column_names().iter().map(|s| s.to_string()).collect();
+        let mut rows = stmt
+            .query([])
+            .map_err(|e| Error::db(&self.name, e.to_string()))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows
+            .next()
+            .map_err(|e| Error::db(&self.name, e.to_string()))?
+        {
+            let mut map = Row::new();
+            for (i, n) in names.iter().enumerate() {
+                let v = row
+                    .get_ref(i)
+                    .map_err(|e| Error::db(&self.name, e.to_string()))?;
+                map.insert(n.clone(), value_to_json(v));
+            }
+            out.push(map);
+        }
+        Ok(out)
+    }
+
+    fn backup(&mut self, dir: &Path, progress: Progress<'_>) -> Result<BackupReceipt> {
+        let version = self.version()?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("create backup folder", dir, e))?;
+        let started = now_rfc3339();
+        let stamp = time::OffsetDateTime::now_utc()
+            .format(time::macros::format_description!(
+                "[year][month][day]T[hour][minute][second]Z"
+            ))
+            .unwrap_or_default();
+        let mut file = dir.join(format!("{}-{}-{}.sqlite", self.name, version, stamp));
+        let mut n = 1;
+        while file.exists() {
+            n += 1;
+            file = dir.join(format!("{}-{}-{}-{n}.sqlite", self.name, version, stamp));
+        }
+        let partial = file.with_extension("sqlite.partial");
+        let _ = std::fs::remove_file(&partial);
+        {
+            let mut dst = Connection::open(&partial)
+                .map_err(|e| self.err(&format!("cannot create `{}`", partial.display()), e))?;
+            // The copy is fsynced once at the end: no journal, no per-page syncs.
+            dst.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;")
+                .map_err(|e| self.err("prepare backup file", e))?;
+            let b = backup::Backup::new(&self.conn, &mut dst)
+                .map_err(|e| self.err("start backup", e))?;
+            let mut retries = 0;
+            loop {
+                match b.step(PAGES_PER_STEP).map_err(|e| self.err("backup", e))? {
+                    backup::StepResult::Done => break,
+                    backup::StepResult::More => retries = 0,
+                    _ => {
+                        retries += 1;
+                        if retries > 200 {
+                            return Err(Error::db(
+                                &self.name,
+                                "backup: the database stayed locked for 20 s; stop the writers and retry",
+                            ));
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+                let p = b.progress();
+                progress((p.pagecount - p.remaining) as u64, p.pagecount as u64);
+            }
+            let p = b.progress();
+            progress(p.pagecount as u64, p.pagecount as u64);
+        }
+        let f = std::fs::File::open(&partial).map_err(|e| Error::io("open backup", &partial, e))?;
+        f.sync_all()
+            .map_err(|e| Error::io("sync backup", &partial, e))?;
+        let size = f
+            .metadata()
+            .map_err(|e| Error::io("stat backup", &partial, e))?
+            .len();
+        std::fs::rename(&partial, &file).map_err(|e| Error::io("rename backup", &partial, e))?;
+        Ok(BackupReceipt {
+            database: self.name.clone(),
+            file: file.to_string_lossy().into_owned(),
+            size,
+            version: version.to_string(),
+            started,
+            finished: now_rfc3339(),
+            verified: false,
+            verification: String::new(),
+        })
+    }
+
+    fn verify_backup(&mut self, receipt: &mut BackupReceipt) -> Result<()> {
+        let path = Path::new(&receipt.file);
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| self.err(&format!("verify backup `{}`: cannot open", receipt.file), e))?;
+        let result: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .map_err(|e| self.err(&format!("verify backup `{}`", receipt.file), e))?;
+        if result != "ok" {
+            return Err(Error::db(
+                &self.name,
+                format!(
+                    "backup `{}` failed its integrity check: {result}",
+                    receipt.file
+                ),
+            ));
+        }
+        let v = read_version(&conn)
+            .map_err(|m| Error::db(&self.name, format!("backup `{}`: {m}", receipt.file)))?;
+        if v.to_string() != receipt.version {
+            return Err(Error::db(
+                &self.name,
+                format!(
+                    "backup `{}` is at version {v}, expected {}",
+                    receipt.file, receipt.version
+                ),
+            ));
+        }
+        receipt.verified = true;
+        receipt.verification = "PRAGMA integrity_check: ok; version read back".into();
+        Ok(())
+    }
+
+    fn history(&mut self) -> Result<Vec<AppliedMigration>> {
+        if !Self::has_table(&self.conn, HISTORY_TABLE).map_err(|e| self.err("history", e))? {
+            return Ok(Vec::new());
+        }
+        let mut stmt = self
+            .conn
+            .prepare(&format!(
+                "SELECT name, version, checksum, applied_at, duration_ms, applied_by FROM {HISTORY_TABLE} ORDER BY rowid"
+            ))
+            .map_err(|e| self.err("read migration history", e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(AppliedMigration {
+                    name: r.get(0)?,
+                    version: r.get(1)?,
+                    checksum: r.get(2)?,
+                    applied_at: r.get(3)?,
+                    duration_ms: r.get(4)?,
+                    applied_by: r.get(5)?,
+                })
+            })
+            .map_err(|e| self.err("read migration history", e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.err("read migration history", e))
+    }
+
+    fn apply(&mut self, m: &Migration, applied_by: &str) -> Result<()> {
+        let start = Instant::now();
+        let name = self.name.clone();
+        let fail = |e: rusqlite::Error| {
+            Error::db(
+                &name,
+                format!("migration `{}` failed and was rolled back: {e}", m.name),
+            )
+        };
+        let tx = self.conn.transaction().map_err(fail)?;
+        tx.execute_batch(&format!(
+            "CREATE TABLE IF NOT EXISTS {HISTORY_TABLE} (
+                name TEXT PRIMARY KEY, version TEXT NOT NULL, checksum TEXT NOT NULL,
+                applied_at TEXT NOT NULL, duration_ms INTEGER NOT NULL, applied_by TEXT NOT NULL)"
+        ))
+        .map_err(fail)?;
+        tx.execute_batch(&m.sql).map_err(fail)?;
+        tx.execute(
+            &format!(
+                "INSERT INTO {HISTORY_TABLE} (name, version, checksum, applied_at, duration_ms, applied_by)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+            ),
+            rusqlite::params![
+                m.name,
+                m.version.to_string(),
+                m.checksum,
+                now_rfc3339(),
+                start.elapsed().as_millis() as i64,
+                applied_by
+            ],
+        )
+        .map_err(fail)?;
+        tx.commit().map_err(fail)
+    }
+
+    fn set_version(&mut self, version: &Version) -> Result<()> {
+        self.conn
+            .execute(
+                &format!("UPDATE {VERSION_TABLE} SET value = ?1 WHERE key = ?2"),
+                rusqlite::params![version.to_string(), VERSION_KEY],
+            )
+            .map_err(|e| self.err("record version", e))?;
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for SqliteDatabase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SqliteDatabase({})", self.path.display())
+    }
+}

@@ -1,0 +1,80 @@
+//! The one error type of the library. Every message says what it is about
+//! (file, key, node, database) and what to do; `main` renders it once and maps
+//! it to an exit code.
+
+use std::path::{Path, PathBuf};
+
+/// Result alias used throughout the library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A site file, release or command-line input is wrong. Nothing was changed.
+    #[error("{0}")]
+    Config(String),
+    /// A file-system operation on this machine failed.
+    #[error("cannot {action} `{}`: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database refused or failed an operation.
+    #[error("database `{database}`: {message}")]
+    Database { database: String, message: String },
+    /// A node could not do what was asked.
+    #[error("node `{node}`: {message}")]
+    Node { node: String, message: String },
+    /// A safety rail refused the operation. Nothing was changed by it.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The procedure failed (script error, rendered with its position).
+    #[error("{0}")]
+    Script(String),
+}
+
+impl Error {
+    pub fn io(action: &'static str, path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        Error::Io {
+            action,
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
+    }
+
+    pub fn db(database: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Database {
+            database: database.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn node(node: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Node {
+            node: node.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A short machine-readable kind, used in script error maps and JSON events.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Config(_) => "config",
+            Error::Io { .. } => "io",
+            Error::Database { .. } => "database",
+            Error::Node { .. } => "node",
+            Error::Refused(_) => "refused",
+            Error::Script(_) => "script",
+        }
+    }
+
+    /// Documented exit codes: 2 bad input, 3 refused by a safety rail, 1 anything else.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Config(_) => 2,
+            Error::Refused(_) => 3,
+            _ => 1,
+        }
+    }
+}

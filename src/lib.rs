@@ -1,0 +1,29 @@
+//! uprun: in-place upgrades of a database-backed application on a cluster of
+//! nodes, as Rhai procedures with safety rails. See DESIGN.md for the layers:
+//! cli -> commands -> script -> ops -> db / nodes, with progress for output.
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod db;
+mod error;
+pub mod nodes;
+pub mod ops;
+pub mod progress;
+pub mod sandbox;
+pub mod script;
+
+pub use error::{Error, Result};
+
+/// Run one command; returns the process exit code.
+pub fn run(cli: cli::Cli) -> Result<i32> {
+    use cli::Command;
+    match cli.command {
+        Command::Demo(a) => commands::demo::exec(a),
+        Command::Run(a) => commands::run::exec(a),
+        Command::Plan(a) => commands::plan::exec(a),
+        Command::Check(a) => commands::check::exec(a),
+        Command::Scripts(a) => commands::scripts::exec(a),
+        Command::Status(a) => commands::status::exec(a),
+    }
+}

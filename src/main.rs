@@ -1,0 +1,12 @@
+use clap::Parser;
+
+fn main() {
+    let cli = uprun::cli::Cli::parse();
+    match uprun::run(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(e.exit_code());
+        }
+    }
+}

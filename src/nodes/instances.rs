@@ -1,0 +1,174 @@
+//! Instances on a node. A manifest in the node's root folder records the
+//! current instance and every folder any instance ever used, so that a new
+//! instance never lands in an old folder (stale subscriber DLLs) and both
+//! removal and creation are idempotent.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{DirState, NodeTransport};
+use crate::config::site::ServiceConfig;
+use crate::{Error, Result};
+
+/// File name of the manifest in the node's root folder.
+pub const MANIFEST: &str = ".uprun-node.json";
+/// File name of the instance's configuration in its folder.
+pub const INSTANCE_CONFIG: &str = "uprun-instance.toml";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceRecord {
+    pub node: String,
+    pub app_name: String,
+    pub version: String,
+    /// The instance folder, relative to the node's root.
+    pub folder: String,
+    pub created: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub current: Option<InstanceRecord>,
+    /// Earlier instances, oldest first.
+    #[serde(default)]
+    pub removed: Vec<InstanceRecord>,
+    /// Every folder an instance was ever created in (relative to the root).
+    #[serde(default)]
+    pub used_folders: Vec<String>,
+}
+
+/// The instances of one node, reached through its transport.
+pub struct NodeInstances {
+    pub transport: Box<dyn NodeTransport>,
+    pub root: String,
+}
+
+/// Substitute `{app}`, `{version}`, `{folder}`, `{node}` in a command template.
+pub fn expand_template(template: &str, rec: &InstanceRecord, folder_path: &str) -> String {
+    template
+        .replace("{app}", &rec.app_name)
+        .replace("{version}", &rec.version)
+        .replace("{folder}", folder_path)
+        .replace("{node}", &rec.node)
+}
+
+impl NodeInstances {
+    pub fn node(&self) -> &str {
+        self.transport.node()
+    }
+
+    fn manifest_path(&self) -> String {
+        self.transport.join(&self.root, MANIFEST)
+    }
+
+    pub fn folder_path(&self, folder: &str) -> String {
+        self.transport.join(&self.root, folder)
+    }
+
+    pub fn manifest(&self) -> Result<Manifest> {
+        match self.transport.read_file(&self.manifest_path())? {
+            None => Ok(Manifest::default()),
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                Error::node(
+                    self.node(),
+                    format!(
+                        "manifest `{}` is damaged ({e}); restore it from the journal or remove it after checking the node by hand",
+                        self.manifest_path()
+                    ),
+                )
+            }),
+        }
+    }
+
+    pub fn write_manifest(&self, m: &Manifest) -> Result<()> {
+        let bytes =
+            serde_json::to_vec_pretty(m).map_err(|e| Error::node(self.node(), e.to_string()))?;
+        self.transport.write_file(&self.manifest_path(), &bytes)
+    }
+
+    pub fn folder_state(&self, folder: &str) -> Result<DirState> {
+        self.transport.dir_state(&self.folder_path(folder))
+    }
+
+    /// Run one service command for `rec`; `what` names it in errors.
+    pub fn service_command(
+        &self,
+        what: &str,
+        template: Option<&str>,
+        rec: &InstanceRecord,
+        service: &ServiceConfig,
+    ) -> Result<()> {
+        let Some(t) = template else { return Ok(()) };
+        let folder = self.folder_path(&rec.folder);
+        let cmd = expand_template(t, rec, &folder);
+        let out = self
+            .transport
+            .exec(&cmd, &folder, Duration::from_secs(service.timeout_secs))?;
+        if !out.success() {
+            let detail = out.stderr.trim();
+            let code = out
+                .status
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "a signal".into());
+            return Err(Error::node(
+                self.node(),
+                format!(
+                    "{what} command `{cmd}` failed (exit {code}){}{}",
+                    if detail.is_empty() { "" } else { ": " },
+                    detail
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Stop and unregister the current instance; its folder is kept.
+    pub fn remove(&self, service: &ServiceConfig, now: &str) -> Result<Option<InstanceRecord>> {
+        let mut m = self.manifest()?;
+        let Some(current) = m.current.clone() else {
+            return Ok(None);
+        };
+        if self.folder_state(&current.folder)? != DirState::Missing {
+            self.service_command("stop", service.stop.as_deref(), &current, service)?;
+        }
+        let mut removed = current;
+        removed.removed = Some(now.to_string());
+        m.current = None;
+        m.removed.push(removed.clone());
+        self.write_manifest(&m)?;
+        Ok(Some(removed))
+    }
+
+    /// Lay out a new instance in `rec.folder` and register it, then start it and
+    /// check its health. The folder is recorded as used before anything is copied.
+    pub fn create(
+        &self,
+        rec: &InstanceRecord,
+        payload: &Path,
+        config: &str,
+        service: &ServiceConfig,
+    ) -> Result<u64> {
+        let mut m = self.manifest()?;
+        if !m.used_folders.contains(&rec.folder) {
+            m.used_folders.push(rec.folder.clone());
+            self.write_manifest(&m)?;
+        }
+        let folder = self.folder_path(&rec.folder);
+        self.transport.create_dir_all(&folder)?;
+        let bytes = self.transport.upload_tree(payload, &folder)?;
+        self.transport.write_file(
+            &self.transport.join(&folder, INSTANCE_CONFIG),
+            config.as_bytes(),
+        )?;
+        m.current = Some(rec.clone());
+        self.write_manifest(&m)?;
+        self.service_command("start", service.start.as_deref(), rec, service)?;
+        self.service_command("health", service.health.as_deref(), rec, service)?;
+        Ok(bytes)
+    }
+}

@@ -1,0 +1,178 @@
+//! The local transport: the node is this machine.
+
+use std::io::{Read, Write};
+use std::path::{Component, Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use wait_timeout::ChildExt;
+
+use super::{DirState, ExecOutput, NodeTransport};
+use crate::{Error, Result};
+
+pub struct LocalTransport {
+    node: String,
+}
+
+impl LocalTransport {
+    pub fn new(node: &str) -> Self {
+        LocalTransport {
+            node: node.to_string(),
+        }
+    }
+
+    fn err(&self, what: String, e: std::io::Error) -> Error {
+        Error::node(&self.node, format!("{what}: {e}"))
+    }
+}
+
+/// Sync a folder so a rename inside it survives a crash.
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// A relative path that stays inside its base: no root, no `..`, no prefix.
+pub(crate) fn is_contained(rel: &Path) -> bool {
+    rel.components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+}
+
+fn copy_tree(node: &str, src: &Path, dest: &Path, rel: &Path, total: &mut u64) -> Result<()> {
+    let dir = src.join(rel);
+    let entries = std::fs::read_dir(&dir).map_err(|e| Error::io("read payload folder", &dir, e))?;
+    let mut names: Vec<PathBuf> = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("read payload folder", &dir, e))?;
+        names.push(rel.join(entry.file_name()));
+    }
+    names.sort();
+    for r in names {
+        if !is_contained(&r) {
+            return Err(Error::node(
+                node,
+                format!(
+                    "payload entry `{}` escapes the instance folder",
+                    r.display()
+                ),
+            ));
+        }
+        let from = src.join(&r);
+        let to = dest.join(&r);
+        let meta = std::fs::symlink_metadata(&from)
+            .map_err(|e| Error::io("read payload entry", &from, e))?;
+        if meta.file_type().is_symlink() {
+            return Err(Error::node(
+                node,
+                format!("payload entry `{}` is a symbolic link; payloads must hold plain files and folders", r.display()),
+            ));
+        } else if meta.is_dir() {
+            std::fs::create_dir_all(&to).map_err(|e| Error::io("create folder", &to, e))?;
+            copy_tree(node, src, dest, &r, total)?;
+        } else {
+            *total +=
+                std::fs::copy(&from, &to).map_err(|e| Error::io("copy payload file to", &to, e))?;
+        }
+    }
+    Ok(())
+}
+
+impl NodeTransport for LocalTransport {
+    fn node(&self) -> &str {
+        &self.node
+    }
+
+    fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        match std::fs::read(path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.err(format!("cannot read `{path}`"), e)),
+        }
+    }
+
+    fn write_file(&self, path: &str, data: &[u8]) -> Result<()> {
+        let target = Path::new(path);
+        let tmp = PathBuf::from(format!("{path}.tmp"));
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, target)
+        };
+        write().map_err(|e| self.err(format!("cannot write `{path}`"), e))?;
+        if let Some(parent) = target.parent() {
+            sync_dir(parent);
+        }
+        Ok(())
+    }
+
+    fn dir_state(&self, path: &str) -> Result<DirState> {
+        match std::fs::read_dir(path) {
+            Ok(mut it) => Ok(if it.next().is_some() {
+                DirState::NotEmpty
+            } else {
+                DirState::Empty
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(DirState::Missing),
+            Err(e) => Err(self.err(format!("cannot list `{path}`"), e)),
+        }
+    }
+
+    fn create_dir_all(&self, path: &str) -> Result<()> {
+        std::fs::create_dir_all(path).map_err(|e| self.err(format!("cannot create `{path}`"), e))
+    }
+
+    fn upload_tree(&self, src: &Path, dest: &str) -> Result<u64> {
+        let mut total = 0;
+        copy_tree(&self.node, src, Path::new(dest), Path::new(""), &mut total)?;
+        Ok(total)
+    }
+
+    fn exec(&self, command: &str, cwd: &str, timeout: Duration) -> Result<ExecOutput> {
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .current_dir(cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| self.err(format!("cannot start `{command}` in `{cwd}`"), e))?;
+        let out = child.stdout.take();
+        let err = child.stderr.take();
+        let read = |pipe: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut s = String::new();
+                if let Some(mut p) = pipe {
+                    let _ = p.read_to_string(&mut s);
+                }
+                s
+            })
+        };
+        let out_reader = read(out.map(|p| Box::new(p) as Box<dyn Read + Send>));
+        let err_reader = read(err.map(|p| Box::new(p) as Box<dyn Read + Send>));
+        let status = match child.wait_timeout(timeout) {
+            Ok(Some(status)) => status,
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(Error::node(
+                    &self.node,
+                    format!(
+                        "`{command}` did not finish within {} s and was killed",
+                        timeout.as_secs()
+                    ),
+                ));
+            }
+            Err(e) => return Err(self.err(format!("waiting for `{command}`"), e)),
+        };
+        let stdout = out_reader.join().unwrap_or_default();
+        let stderr = err_reader.join().unwrap_or_default();
+        Ok(ExecOutput {
+            status: status.code(),
+            stdout,
+            stderr,
+        })
+    }
+}

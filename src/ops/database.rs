@@ -1,0 +1,239 @@
+//! Database operations: the verified backup and the (irreversible) upgrade.
+
+use semver::Version;
+use serde::{Deserialize, Serialize};
+
+use super::{lock, Mode, Ops};
+use crate::config::Migration;
+use crate::db::BackupReceipt;
+use crate::{Error, Result};
+
+/// Options of `backup_db`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupOptions {
+    /// Read the backup back and check it (default true). An unverified backup
+    /// does not satisfy `upgrade_db`.
+    #[serde(default = "yes")]
+    pub verify: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for BackupOptions {
+    fn default() -> Self {
+        BackupOptions { verify: true }
+    }
+}
+
+/// Options of `upgrade_db` (none yet; the map is still checked for typos).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeOptions {}
+
+/// What `upgrade_db` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpgradeReport {
+    pub database: String,
+    pub from: String,
+    pub to: String,
+    /// False when the database was already at the release's version.
+    pub upgraded: bool,
+    /// Names of the migrations applied (or to be applied, in plan mode).
+    pub migrations: Vec<String>,
+    /// The backup that allowed the upgrade, or the site's external-backup reason.
+    pub backup: String,
+}
+
+impl Ops {
+    /// Take a full backup of the site's database into its backup folder, and verify it.
+    pub fn backup_db(&self, opts: BackupOptions) -> Result<BackupReceipt> {
+        let name = self.site.database.name.clone();
+        let dir = self.site.database.backup_dir.clone();
+        let version = self.db_version()?;
+        let verify = if opts.verify {
+            " and verify it"
+        } else {
+            " (not verified)"
+        };
+        let description = format!(
+            "back up database `{name}` ({} {version}) into `{}`{verify}",
+            self.site.database.kind.as_str(),
+            dir.display()
+        );
+        self.step("backup_db", description, None, false, || {
+            let receipt = if self.mode == Mode::Plan {
+                BackupReceipt {
+                    database: name.clone(),
+                    file: format!("{}/(planned)", dir.display()),
+                    size: 0,
+                    version: version.to_string(),
+                    started: String::new(),
+                    finished: String::new(),
+                    verified: opts.verify,
+                    verification: "planned".into(),
+                }
+            } else {
+                let bar = self.reporter.bar(&format!("backup {name}"));
+                let mut db = lock(&self.db);
+                let mut receipt = db.backup(&dir, &mut |done, total| bar.set(done, total))?;
+                bar.finish();
+                if opts.verify {
+                    db.verify_backup(&mut receipt)?;
+                }
+                receipt
+            };
+            let text = format!(
+                "backup of `{name}` at {version}: `{}` ({} bytes{})",
+                receipt.file,
+                receipt.size,
+                if receipt.verified {
+                    ", verified"
+                } else {
+                    ", NOT verified"
+                }
+            );
+            lock(&self.state).backups.push(receipt.clone());
+            Ok((receipt, text))
+        })
+    }
+
+    /// Upgrade the database to the release's version by applying the release's
+    /// pending migrations, after checking the rails.
+    pub fn upgrade_db(&self, _opts: UpgradeOptions) -> Result<UpgradeReport> {
+        let name = self.site.database.name.clone();
+        let from = self.db_version()?;
+        let to = self.release.version.clone();
+        if from > to {
+            return Err(Error::Refused(format!(
+                "database `{name}` is at {from}, newer than the release ({to}); downgrades are not supported"
+            )));
+        }
+        if from == to {
+            let idx = self.begin_step("upgrade_db", String::new(), None, false, false);
+            self.finish_step(
+                idx,
+                Ok(format!(
+                    "database `{name}` is already at {to}: nothing to upgrade"
+                )),
+                0,
+            );
+            return Ok(UpgradeReport {
+                database: name,
+                from: from.to_string(),
+                to: to.to_string(),
+                upgraded: false,
+                migrations: Vec::new(),
+                backup: String::new(),
+            });
+        }
+        if from < self.release.min_upgrade_from {
+            return Err(Error::Refused(format!(
+                "database `{name}` is at {from}; release {to} upgrades from {} or later: install an intermediate release first",
+                self.release.min_upgrade_from
+            )));
+        }
+        let backup = self.backup_for_upgrade(&from)?;
+        let pending = self.pending_migrations(&from, &to)?;
+        let names: Vec<String> = pending.iter().map(|m| m.name.clone()).collect();
+        let description = format!(
+            "upgrade database `{name}` from {from} to {to} ({} migration(s): {})",
+            names.len(),
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        );
+        self.ensure_confirmed(&description, true)?;
+        self.step("upgrade_db", description.clone(), None, true, || {
+            if self.mode == Mode::Plan {
+                lock(&self.state).planned_version = Some(to.clone());
+            } else {
+                let applied_by = applied_by(&self.run_id);
+                let bar = self.reporter.bar(&format!("migrate {name}"));
+                let mut db = lock(&self.db);
+                for (i, m) in pending.iter().enumerate() {
+                    bar.set(i as u64, pending.len() as u64);
+                    db.apply(m, &applied_by)?;
+                }
+                db.set_version(&to)?;
+                bar.finish();
+            }
+            Ok((
+                UpgradeReport {
+                    database: name.clone(),
+                    from: from.to_string(),
+                    to: to.to_string(),
+                    upgraded: true,
+                    migrations: names.clone(),
+                    backup: backup.clone(),
+                },
+                description.clone(),
+            ))
+        })
+    }
+
+    /// Rail: a verified backup of this database at its current version, taken in
+    /// this run, or the site's recorded external-backup reason.
+    fn backup_for_upgrade(&self, version: &Version) -> Result<String> {
+        let name = &self.site.database.name;
+        let st = lock(&self.state);
+        if let Some(b) = st
+            .backups
+            .iter()
+            .rev()
+            .find(|b| b.verified && &b.database == name && b.version == version.to_string())
+        {
+            return Ok(b.file.clone());
+        }
+        drop(st);
+        if let Some(reason) = &self.site.database.external_backup {
+            self.log(
+                "warn",
+                &format!("upgrading `{name}` without a backup taken by uprun: the site says `external_backup = {reason:?}`"),
+            );
+            return Ok(format!("external: {reason}"));
+        }
+        Err(Error::Refused(format!(
+            "upgrade of database `{name}` needs a verified backup taken in this run: call `backup_db(#{{ verify: true }})` first (the upgrade cannot be undone); sites that back up by other means set `database.external_backup` in `{}`",
+            self.site.file.display()
+        )))
+    }
+
+    /// The release's migrations newer than `from`, minus those already recorded
+    /// as applied (a resumed upgrade). A recorded migration whose file changed
+    /// since it was applied is an error.
+    fn pending_migrations(&self, from: &Version, to: &Version) -> Result<Vec<Migration>> {
+        let all = self.release.migrations(self.site.database.kind)?;
+        let history = lock(&self.db).history()?;
+        let mut pending = Vec::new();
+        for m in all {
+            if let Some(h) = history.iter().find(|h| h.name == m.name) {
+                if h.checksum != m.checksum {
+                    return Err(Error::db(
+                        &self.site.database.name,
+                        format!(
+                            "migration `{}` was applied on {} with checksum {} but the release's file now has checksum {}: the release was changed after it was applied; restore the original file",
+                            m.name, h.applied_at, h.checksum, m.checksum
+                        ),
+                    ));
+                }
+                continue;
+            }
+            if &m.version > from && &m.version <= to {
+                pending.push(m);
+            }
+        }
+        Ok(pending)
+    }
+}
+
+fn applied_by(run_id: &str) -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("USERNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    format!("{user} (uprun {} run {run_id})", env!("CARGO_PKG_VERSION"))
+}

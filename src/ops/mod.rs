@@ -1,0 +1,396 @@
+//! The operations a procedure can order, with their safety rails. Every rule
+//! of DESIGN.md lives here, below the script layer, so a custom script gets the
+//! same guarantees as the stock one. In plan mode reads are real and every
+//! change is only described, and recorded in an overlay so that later reads
+//! (and later rails) see the planned state.
+
+mod database;
+mod instances;
+
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use semver::Version;
+use serde::Serialize;
+
+use crate::config::{Release, Role, Site};
+use crate::db::{BackupReceipt, Database};
+use crate::nodes::{InstanceRecord, NodeInstances};
+use crate::progress::{Event, Reporter};
+use crate::{Error, Result};
+
+pub use database::{BackupOptions, UpgradeOptions, UpgradeReport};
+pub use instances::{CreateOptions, RemoveOptions};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Plan,
+    Run,
+}
+
+/// How changes get confirmed.
+#[derive(Debug, Clone, Copy)]
+pub struct Confirmation {
+    /// `--yes`: every confirmation is answered yes.
+    pub yes: bool,
+    /// Standard input is a terminal we may ask on.
+    pub interactive: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Planned,
+    Started,
+    Done,
+    Failed,
+}
+
+/// One thing the procedure did (or would do), in order.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepRecord {
+    pub index: usize,
+    pub kind: &'static str,
+    pub description: String,
+    /// False for reads (checks), true for anything that changes the site.
+    pub changes: bool,
+    pub irreversible: bool,
+    pub node: Option<String>,
+    pub status: StepStatus,
+}
+
+#[derive(Default)]
+struct RunState {
+    steps: Vec<StepRecord>,
+    /// Verified backups taken in this run (planned ones in plan mode).
+    backups: Vec<BackupReceipt>,
+    /// Plan overlay: database version after planned upgrades.
+    planned_version: Option<Version>,
+    /// Plan overlay: node name -> current instance after planned changes.
+    planned_current: HashMap<String, Option<InstanceRecord>>,
+    /// Plan overlay: node name -> folders planned to be used.
+    planned_used: HashMap<String, Vec<String>>,
+    /// The operator accepted the run's changes (once, up front).
+    changes_confirmed: bool,
+}
+
+/// What a run is about: its inputs and how it may act.
+pub struct RunSpec {
+    pub site: Site,
+    pub release: Release,
+    pub mode: Mode,
+    pub run_id: String,
+    pub confirmation: Confirmation,
+}
+
+/// The site, release and connections of one run, and what it has done so far.
+pub struct Ops {
+    pub site: Site,
+    pub release: Release,
+    pub mode: Mode,
+    pub run_id: String,
+    db: Mutex<Box<dyn Database>>,
+    nodes: Vec<NodeInstances>,
+    reporter: Arc<Reporter>,
+    confirmation: Confirmation,
+    state: Mutex<RunState>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Ops {
+    pub fn new(
+        spec: RunSpec,
+        db: Box<dyn Database>,
+        nodes: Vec<NodeInstances>,
+        reporter: Arc<Reporter>,
+    ) -> Self {
+        Ops {
+            site: spec.site,
+            release: spec.release,
+            mode: spec.mode,
+            run_id: spec.run_id,
+            db: Mutex::new(db),
+            nodes,
+            reporter,
+            confirmation: spec.confirmation,
+            state: Mutex::new(RunState::default()),
+        }
+    }
+
+    pub fn reporter(&self) -> &Reporter {
+        &self.reporter
+    }
+
+    /// Every step so far, in order.
+    pub fn steps(&self) -> Vec<StepRecord> {
+        lock(&self.state).steps.clone()
+    }
+
+    /// Record that the operator accepted the run's changes up front.
+    pub fn accept_changes(&self) {
+        lock(&self.state).changes_confirmed = true;
+    }
+
+    fn node(&self, name: &str) -> Result<&NodeInstances> {
+        self.nodes.iter().find(|n| n.node() == name).ok_or_else(|| {
+            Error::Config(format!(
+                "unknown node `{name}`; the site `{}` has {}",
+                self.site.file.display(),
+                self.site
+                    .nodes
+                    .iter()
+                    .map(|n| format!("`{}`", n.name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
+    }
+
+    fn role(&self, name: &str) -> Option<Role> {
+        self.site.node(name).map(|n| n.role)
+    }
+
+    /// The current instance on a node (as planned, in plan mode).
+    pub fn instance(&self, node: &str) -> Result<Option<InstanceRecord>> {
+        let n = self.node(node)?;
+        if let Some(planned) = lock(&self.state).planned_current.get(node) {
+            return Ok(planned.clone());
+        }
+        Ok(n.manifest()?.current)
+    }
+
+    /// The database's schema version (as planned, in plan mode).
+    pub fn db_version(&self) -> Result<Version> {
+        if let Some(v) = &lock(&self.state).planned_version {
+            return Ok(v.clone());
+        }
+        lock(&self.db).version()
+    }
+
+    /// Run a named check query from the site's `[checks]` and return its rows
+    /// (rows are problems). Recorded as a read step.
+    pub fn run_check(&self, name: &str) -> Result<Vec<crate::db::Row>> {
+        let sql = self.site.checks.get(name).ok_or_else(|| {
+            Error::Config(format!(
+                "{}: no check named `{name}` in `[checks]`; defined: {}",
+                self.site.file.display(),
+                if self.site.checks.is_empty() {
+                    "none".to_string()
+                } else {
+                    self.site
+                        .checks
+                        .keys()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            ))
+        })?;
+        let idx = self.begin_step("check", format!("check `{name}`"), None, false, false);
+        let rows = lock(&self.db).query_readonly(sql);
+        match &rows {
+            Ok(r) => self.finish_step(idx, Ok(format!("check `{name}`: {} row(s)", r.len())), 0),
+            Err(e) => self.finish_step(idx, Err(e), 0),
+        }
+        rows
+    }
+
+    /// Run a read-only query against the database.
+    pub fn query(&self, sql: &str) -> Result<Vec<crate::db::Row>> {
+        lock(&self.db).query_readonly(sql)
+    }
+
+    pub fn log(&self, level: &str, message: &str) {
+        self.reporter.event(Event::Log {
+            level: level.to_string(),
+            message: message.to_string(),
+        });
+    }
+
+    /// Ask the operator a yes/no question. In plan mode the question is listed
+    /// and answered yes; without a terminal only `--yes` answers yes.
+    pub fn confirm(&self, question: &str) -> Result<bool> {
+        if self.mode == Mode::Plan {
+            let idx = self.begin_step("confirm", format!("ask: {question}"), None, false, false);
+            self.finish_step(idx, Ok(format!("ask: {question}")), 0);
+            return Ok(true);
+        }
+        if self.confirmation.yes {
+            self.log("info", &format!("{question} yes (--yes)"));
+            return Ok(true);
+        }
+        if !self.confirmation.interactive {
+            return Ok(false);
+        }
+        Ok(ask(question))
+    }
+
+    /// Rail: a change needs the operator's consent; an irreversible one needs it
+    /// for itself, on a terminal, unless `--yes` was given.
+    fn ensure_confirmed(&self, description: &str, irreversible: bool) -> Result<()> {
+        if self.mode == Mode::Plan || self.confirmation.yes {
+            return Ok(());
+        }
+        if !self.confirmation.interactive {
+            return Err(Error::Refused(format!(
+                "{description}: this changes the site and there is no terminal to confirm on; read `uprun plan`, then re-run with --yes"
+            )));
+        }
+        let accepted = lock(&self.state).changes_confirmed;
+        if accepted && !irreversible {
+            return Ok(());
+        }
+        let q = if irreversible {
+            format!("{description}. This cannot be undone. Proceed?")
+        } else {
+            format!("{description}. Proceed?")
+        };
+        if ask(&q) {
+            if !irreversible {
+                lock(&self.state).changes_confirmed = true;
+            }
+            Ok(())
+        } else {
+            Err(Error::Refused(format!(
+                "{description}: not confirmed by the operator"
+            )))
+        }
+    }
+
+    fn begin_step(
+        &self,
+        kind: &'static str,
+        description: String,
+        node: Option<&str>,
+        changes: bool,
+        irreversible: bool,
+    ) -> usize {
+        let mut st = lock(&self.state);
+        let index = st.steps.len() + 1;
+        let status = if self.mode == Mode::Plan {
+            StepStatus::Planned
+        } else {
+            StepStatus::Started
+        };
+        st.steps.push(StepRecord {
+            index,
+            kind,
+            description: description.clone(),
+            changes,
+            irreversible,
+            node: node.map(str::to_string),
+            status,
+        });
+        drop(st);
+        if self.mode == Mode::Run {
+            self.reporter.event(Event::StepStarted {
+                index,
+                kind: kind.to_string(),
+                description,
+            });
+        }
+        index
+    }
+
+    /// Close a step; `Ok(text)` replaces its description with what happened.
+    fn finish_step(&self, index: usize, outcome: std::result::Result<String, &Error>, ms: u128) {
+        let mut st = lock(&self.state);
+        let Some(step) = st.steps.get_mut(index - 1) else {
+            return;
+        };
+        let kind = step.kind.to_string();
+        match outcome {
+            Ok(text) => {
+                step.description = text.clone();
+                if self.mode == Mode::Plan {
+                    let changes = step.changes;
+                    drop(st);
+                    self.reporter.event(Event::Planned {
+                        index,
+                        kind,
+                        description: text,
+                        changes,
+                    });
+                } else {
+                    step.status = StepStatus::Done;
+                    drop(st);
+                    self.reporter.event(Event::StepDone {
+                        index,
+                        kind,
+                        description: text,
+                        ms,
+                    });
+                }
+            }
+            Err(e) => {
+                step.status = StepStatus::Failed;
+                let description = step.description.clone();
+                drop(st);
+                if self.mode == Mode::Run {
+                    self.reporter.event(Event::StepFailed {
+                        index,
+                        kind,
+                        description,
+                        error: e.to_string(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Run `work` as a step: begin, do, finish, with timing.
+    fn step<T>(
+        &self,
+        kind: &'static str,
+        description: String,
+        node: Option<&str>,
+        irreversible: bool,
+        work: impl FnOnce() -> Result<(T, String)>,
+    ) -> Result<T> {
+        let idx = self.begin_step(kind, description, node, true, irreversible);
+        let start = Instant::now();
+        match work() {
+            Ok((value, text)) => {
+                self.finish_step(idx, Ok(text), start.elapsed().as_millis());
+                Ok(value)
+            }
+            Err(e) => {
+                self.finish_step(idx, Err(&e), start.elapsed().as_millis());
+                Err(e)
+            }
+        }
+    }
+
+    /// What this run changed, for the end-of-run summary.
+    pub fn summary(&self) -> Vec<String> {
+        let st = lock(&self.state);
+        let mut out = Vec::new();
+        for s in st.steps.iter().filter(|s| s.changes) {
+            let status = match s.status {
+                StepStatus::Done => "done",
+                StepStatus::Failed => "FAILED",
+                StepStatus::Started => "interrupted",
+                StepStatus::Planned => "planned",
+            };
+            out.push(format!("{status}: {}", s.description));
+        }
+        out
+    }
+}
+
+/// Ask a yes/no question on the terminal (stderr), default no.
+pub(crate) fn ask(question: &str) -> bool {
+    let mut err = std::io::stderr();
+    let _ = write!(err, "{question} [y/N] ");
+    let _ = err.flush();
+    let mut answer = String::new();
+    if std::io::stdin().lock().read_line(&mut answer).is_err() {
+        return false;
+    }
+    matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
+}

@@ -1,0 +1,232 @@
+//! The one place that writes run output: progress bars on a terminal
+//! (indicatif), plain lines otherwise, or one JSON object per event (`--json`).
+//! Nothing else in the library prints.
+
+use std::io::Write;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputMode {
+    /// Human lines; progress bars when `tty` is true.
+    Human { tty: bool },
+    /// One JSON object per line on stdout.
+    Json,
+    /// Nothing at all (the planning pass of `run`).
+    Quiet,
+}
+
+/// Something that happened during a run.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    RunStarted {
+        run_id: String,
+        mode: String,
+        script: String,
+        site: String,
+    },
+    StepStarted {
+        index: usize,
+        kind: String,
+        description: String,
+    },
+    StepDone {
+        index: usize,
+        kind: String,
+        description: String,
+        ms: u128,
+    },
+    StepFailed {
+        index: usize,
+        kind: String,
+        description: String,
+        error: String,
+    },
+    Planned {
+        index: usize,
+        kind: String,
+        description: String,
+        changes: bool,
+    },
+    Log {
+        level: String,
+        message: String,
+    },
+    RunFinished {
+        outcome: String,
+        summary: Vec<String>,
+    },
+}
+
+pub struct Reporter {
+    mode: OutputMode,
+    multi: Option<MultiProgress>,
+    out: Mutex<Box<dyn Write + Send>>,
+}
+
+/// A progress bar (hidden when not on a terminal).
+pub struct Bar(ProgressBar);
+
+impl Bar {
+    pub fn set(&self, done: u64, total: u64) {
+        self.0.set_length(total);
+        self.0.set_position(done);
+    }
+    pub fn finish(self) {
+        self.0.finish_and_clear();
+    }
+}
+
+impl Reporter {
+    pub fn new(mode: OutputMode) -> Self {
+        Self::with_writer(mode, Box::new(std::io::stdout()))
+    }
+
+    pub fn with_writer(mode: OutputMode, out: Box<dyn Write + Send>) -> Self {
+        let multi = match mode {
+            OutputMode::Human { tty: true } => {
+                Some(MultiProgress::with_draw_target(ProgressDrawTarget::stderr()))
+            }
+            _ => None,
+        };
+        Reporter {
+            mode,
+            multi,
+            out: Mutex::new(out),
+        }
+    }
+
+    pub fn mode(&self) -> OutputMode {
+        self.mode
+    }
+
+    /// Print a line for humans (ignored in JSON and quiet modes).
+    pub fn line(&self, text: &str) {
+        if let OutputMode::Human { .. } = self.mode {
+            self.write_line(text);
+        }
+    }
+
+    fn write_line(&self, text: &str) {
+        match &self.multi {
+            Some(m) => {
+                let _ = m.println(text);
+            }
+            None => {
+                let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+                let _ = writeln!(out, "{text}");
+                let _ = out.flush();
+            }
+        }
+    }
+
+    pub fn event(&self, ev: Event) {
+        match self.mode {
+            OutputMode::Quiet => {}
+            OutputMode::Json => {
+                if let Ok(s) = serde_json::to_string(&ev) {
+                    self.write_line(&s);
+                }
+            }
+            OutputMode::Human { tty } => {
+                let text = match &ev {
+                    Event::RunStarted {
+                        run_id,
+                        mode,
+                        script,
+                        site,
+                    } => {
+                        format!("uprun {mode} {script} on {site} (run {run_id})")
+                    }
+                    Event::StepStarted {
+                        index, description, ..
+                    } => {
+                        if tty {
+                            return;
+                        }
+                        format!("[{index}] {description} ...")
+                    }
+                    Event::StepDone {
+                        index,
+                        description,
+                        ms,
+                        ..
+                    } => {
+                        format!("[{index}] done: {description} ({})", human_ms(*ms))
+                    }
+                    Event::StepFailed {
+                        index,
+                        description,
+                        error,
+                        ..
+                    } => {
+                        format!("[{index}] FAILED: {description}: {error}")
+                    }
+                    Event::Planned {
+                        index,
+                        kind,
+                        description,
+                        changes,
+                    } => {
+                        let mark = if *changes { "change" } else { "read" };
+                        format!("{index:>3}. [{mark:<6}] {kind:<16} {description}")
+                    }
+                    Event::Log { level, message } => match level.as_str() {
+                        "info" => message.clone(),
+                        l => format!("{l}: {message}"),
+                    },
+                    Event::RunFinished { outcome, summary } => {
+                        let mut s = format!("run {outcome}");
+                        for l in summary {
+                            s.push_str("\n  ");
+                            s.push_str(l);
+                        }
+                        s
+                    }
+                };
+                self.write_line(&text);
+            }
+        }
+    }
+
+    /// A bar for a long step (bytes copied, pages backed up).
+    pub fn bar(&self, message: &str) -> Bar {
+        match &self.multi {
+            Some(m) => {
+                let pb = m.add(ProgressBar::new(0));
+                pb.set_style(
+                    ProgressStyle::with_template(
+                        "{spinner} {msg} [{bar:30}] {percent:>3}% {elapsed}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+                );
+                pb.set_message(message.to_string());
+                pb.enable_steady_tick(Duration::from_millis(120));
+                Bar(pb)
+            }
+            None => Bar(ProgressBar::hidden()),
+        }
+    }
+
+    /// A spinner for a step in progress on a terminal.
+    pub fn spinner(&self, message: &str) -> Option<Bar> {
+        let m = self.multi.as_ref()?;
+        let pb = m.add(ProgressBar::new_spinner());
+        pb.set_message(message.to_string());
+        pb.enable_steady_tick(Duration::from_millis(120));
+        Some(Bar(pb))
+    }
+}
+
+pub fn human_ms(ms: u128) -> String {
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    }
+}

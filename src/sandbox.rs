@@ -1,0 +1,229 @@
+//! The sandbox of `uprun demo`: a site with a SQLite database at 1.0.0, three
+//! local nodes running a 1.0.0 instance, and a 2.0.0 release. Everything is
+//! written under one folder, which is marked so that only a sandbox is ever
+//! recreated (deleted) by uprun.
+
+use std::path::{Path, PathBuf};
+
+use crate::db::now_rfc3339;
+use crate::nodes::instances::INSTANCE_CONFIG;
+use crate::nodes::{InstanceRecord, Manifest};
+use crate::{Error, Result};
+
+/// Marker file that makes a folder a sandbox uprun may recreate.
+pub const MARKER: &str = ".uprun-sandbox";
+pub const APP_NAME: &str = "FastApp";
+pub const NODES: &[(&str, &str)] = &[
+    ("app01", "primary"),
+    ("app02", "secondary"),
+    ("app03", "secondary"),
+];
+
+pub const SITE_TOML: &str = r#"# uprun site file for the demo sandbox.
+# Paths are relative to this file. Secrets are never written here: use
+# "${env:NAME}" to read a value from the environment.
+
+[application]
+# The application name; the new instance reuses it so users keep their URL.
+name = "FastApp"
+# SDK customisations (workflows, custom web applications, service-bus
+# integrations) are upgraded separately: "none" or "upgraded-separately".
+customizations = "none"
+
+[database]
+kind = "sqlite"
+path = "db/app.sqlite"
+# Where backups are written (timestamped file names).
+backup_dir = "backups"
+
+[service]
+# Command templates run in the instance folder; {app} {version} {folder} {node}.
+start = "echo \"running {app} {version} on {node}\" > service.state"
+stop = "rm -f service.state"
+health = "grep -q running service.state"
+timeout_secs = 30
+
+[checks]
+# Rows returned are problems: the stock procedure stops and lists them.
+strategies = "SELECT name, kind, state FROM strategies WHERE state <> 'valid' ORDER BY name"
+
+[[node]]
+name = "app01"
+role = "primary"
+address = "local"
+root = "nodes/app01"
+
+[[node]]
+name = "app02"
+role = "secondary"
+address = "local"
+root = "nodes/app02"
+
+[[node]]
+name = "app03"
+role = "secondary"
+address = "local"
+root = "nodes/app03"
+"#;
+
+pub const SCHEMA_1_0_0: &str = "
+CREATE TABLE app_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO app_meta VALUES ('schema_version', '1.0.0'), ('product', 'FastApp Studio');
+CREATE TABLE strategies (
+    name TEXT PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('matching', 'address-verification')),
+    state TEXT NOT NULL
+);
+INSERT INTO strategies VALUES
+    ('customer-match', 'matching', 'valid'),
+    ('supplier-match', 'matching', 'valid'),
+    ('postal-address', 'address-verification', 'valid');
+CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT NOT NULL, city TEXT);
+INSERT INTO customers (name, city) VALUES
+    ('Ada Lovelace', 'London'), ('Grace Hopper', 'Arlington'), ('Alan Turing', 'Wilmslow'),
+    ('Edsger Dijkstra', 'Nuenen'), ('Barbara Liskov', 'Boston');
+";
+
+pub const RELEASE_TOML: &str = r#"# The release being installed.
+version = "2.0.0"
+# The oldest database version this release can upgrade.
+min_upgrade_from = "1.0.0"
+# Files that make up an instance, and migrations per database kind
+# (migrations/<kind>/<version>_<description>.sql).
+payload = "payload"
+migrations = "migrations"
+"#;
+
+pub const SQLITE_MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "2.0.0_01_strategy_priority.sql",
+        "ALTER TABLE strategies ADD COLUMN priority INTEGER NOT NULL DEFAULT 100;\nUPDATE strategies SET priority = 10 WHERE kind = 'matching';\n",
+    ),
+    (
+        "2.0.0_02_customer_email.sql",
+        "ALTER TABLE customers ADD COLUMN email TEXT;\nUPDATE customers SET email = lower(replace(name, ' ', '.')) || '@example.com';\n",
+    ),
+    (
+        "2.0.0_03_audit_log.sql",
+        "CREATE TABLE audit_log (id INTEGER PRIMARY KEY, at TEXT NOT NULL, action TEXT NOT NULL);\nINSERT INTO audit_log (at, action) VALUES (datetime('now'), 'upgraded to 2.0.0');\n",
+    ),
+];
+
+fn payload(version: &str) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "bin/fastapp.txt",
+            format!("FastApp Studio server {version}\n"),
+        ),
+        (
+            "web/index.html",
+            format!("<html><body>FastApp Studio {version}</body></html>\n"),
+        ),
+        (
+            "subscribers/README.txt",
+            format!("Subscriber DLLs of version {version} live here.\n"),
+        ),
+    ]
+}
+
+/// Paths of a laid-out sandbox.
+pub struct Sandbox {
+    pub dir: PathBuf,
+    pub site: PathBuf,
+    pub release: PathBuf,
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io("create folder", parent, e))?;
+    }
+    std::fs::write(path, text).map_err(|e| Error::io("write", path, e))
+}
+
+/// Lay out a sandbox in `dir`. An existing sandbox is refused unless `recreate`;
+/// a non-empty folder that is not a sandbox is always refused.
+pub fn lay_out(dir: &Path, recreate: bool) -> Result<Sandbox> {
+    if dir.exists() {
+        let is_sandbox = dir.join(MARKER).exists();
+        let empty = std::fs::read_dir(dir)
+            .map_err(|e| Error::io("list", dir, e))?
+            .next()
+            .is_none();
+        if is_sandbox && recreate {
+            std::fs::remove_dir_all(dir).map_err(|e| Error::io("remove old sandbox", dir, e))?;
+        } else if is_sandbox {
+            return Err(Error::Config(format!(
+                "a sandbox already exists in `{}`; run `uprun demo --dir {} --recreate` to lay it out anew, or `uprun status --site {}` to look at it",
+                dir.display(),
+                dir.display(),
+                dir.join("site.toml").display()
+            )));
+        } else if !empty {
+            return Err(Error::Config(format!(
+                "`{}` exists, is not empty and is not a uprun sandbox; choose another folder with --dir",
+                dir.display()
+            )));
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("create sandbox folder", dir, e))?;
+    write(
+        &dir.join(MARKER),
+        "This folder is a uprun demo sandbox; `uprun demo --recreate` may delete it.\n",
+    )?;
+    let site = dir.join("site.toml");
+    write(&site, SITE_TOML)?;
+
+    let db = dir.join("db/app.sqlite");
+    std::fs::create_dir_all(dir.join("db"))
+        .map_err(|e| Error::io("create folder", dir.join("db"), e))?;
+    let conn = rusqlite::Connection::open(&db).map_err(|e| Error::db("app", e.to_string()))?;
+    conn.execute_batch(SCHEMA_1_0_0)
+        .map_err(|e| Error::db("app", e.to_string()))?;
+    drop(conn);
+
+    for (name, role) in NODES {
+        let root = dir.join("nodes").join(name);
+        let folder = format!("{APP_NAME}-1.0.0");
+        for (rel, text) in payload("1.0.0") {
+            write(&root.join(&folder).join(rel), &text)?;
+        }
+        write(
+            &root.join(&folder).join(INSTANCE_CONFIG),
+            &format!("app_name = \"{APP_NAME}\"\nversion = \"1.0.0\"\nnode = \"{name}\"\nrole = \"{role}\"\ndatabase_kind = \"sqlite\"\ndatabase = \"app\"\n"),
+        )?;
+        write(
+            &root.join(&folder).join("service.state"),
+            &format!("running {APP_NAME} 1.0.0 on {name}\n"),
+        )?;
+        let rec = InstanceRecord {
+            node: name.to_string(),
+            app_name: APP_NAME.into(),
+            version: "1.0.0".into(),
+            folder: folder.clone(),
+            created: now_rfc3339(),
+            removed: None,
+        };
+        let manifest = Manifest {
+            current: Some(rec),
+            removed: Vec::new(),
+            used_folders: vec![folder],
+        };
+        let json =
+            serde_json::to_string_pretty(&manifest).map_err(|e| Error::Config(e.to_string()))?;
+        write(&root.join(crate::nodes::instances::MANIFEST), &json)?;
+    }
+
+    let release = dir.join("release");
+    write(&release.join("release.toml"), RELEASE_TOML)?;
+    for (rel, text) in payload("2.0.0") {
+        write(&release.join("payload").join(rel), &text)?;
+    }
+    for (name, sql) in SQLITE_MIGRATIONS {
+        write(&release.join("migrations/sqlite").join(name), sql)?;
+    }
+    Ok(Sandbox {
+        dir: dir.to_path_buf(),
+        site,
+        release,
+    })
+}

@@ -1,0 +1,629 @@
+//! The host API registered with the engine, area by area. Each function's
+//! documentation is registered with it (one source of truth for `uprun api`).
+//! Functions convert Rhai values to `ops` calls and back; errors reach the
+//! script as a catchable map `#{ kind, message, node }` at the calling line.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rhai::{
+    Array, Dynamic, Engine, EvalAltResult, FnPtr, FuncRegistration, Map, NativeCallContext,
+    Position,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::ops::{BackupOptions, CreateOptions, Mode, Ops, RemoveOptions, UpgradeOptions};
+use crate::Error;
+
+type HostResult<T> = Result<T, Box<EvalAltResult>>;
+
+/// Option keys accepted by each host function taking an options map, so that
+/// `uprun check` can flag a misspelled key before the window. Kept in step with
+/// the option structs by a test.
+pub const OPTION_KEYS: &[(&str, &[&str])] = &[
+    ("backup_db", &["verify"]),
+    ("remove_instance", &[]),
+    ("create_instance", &["app_name", "folder"]),
+    ("upgrade_db", &[]),
+    ("for_each_node", &["parallel", "continue_on_error"]),
+];
+
+/// Options of `for_each_node`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForEachOptions {
+    /// How many nodes run the closure at once (default 1).
+    #[serde(default = "one")]
+    pub parallel: i64,
+    /// Go on with the other nodes after a failure and return every result
+    /// (default false: the first failure stops starting new nodes, and the call
+    /// fails once the running ones finish).
+    #[serde(default)]
+    pub continue_on_error: bool,
+}
+
+fn one() -> i64 {
+    1
+}
+
+fn host_error(e: Error, pos: Position) -> Box<EvalAltResult> {
+    let mut map = Map::new();
+    map.insert("kind".into(), e.kind().into());
+    map.insert("message".into(), e.to_string().into());
+    if let Error::Node { node, .. } = &e {
+        map.insert("node".into(), node.clone().into());
+    }
+    EvalAltResult::ErrorRuntime(map.into(), pos).into()
+}
+
+fn ops<'a>(o: &'a Option<Arc<Ops>>, ctx: &NativeCallContext) -> HostResult<&'a Arc<Ops>> {
+    o.as_ref().ok_or_else(|| {
+        host_error(
+            Error::Config(format!(
+                "`{}` cannot be called here (no site loaded)",
+                ctx.fn_name()
+            )),
+            ctx.call_position(),
+        )
+    })
+}
+
+fn to_dyn<T: Serialize>(v: &T, pos: Position) -> HostResult<Dynamic> {
+    rhai::serde::to_dynamic(v).map_err(|e| host_error(Error::Script(e.to_string()), pos))
+}
+
+fn options<T: DeserializeOwned>(f: &str, map: Map, pos: Position) -> HostResult<T> {
+    rhai::serde::from_dynamic::<T>(&map.into()).map_err(|e| {
+        let valid = OPTION_KEYS
+            .iter()
+            .find(|(n, _)| *n == f)
+            .map(|(_, k)| {
+                if k.is_empty() {
+                    "none".to_string()
+                } else {
+                    k.iter()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            })
+            .unwrap_or_default();
+        let msg = e.to_string();
+        let msg = msg.split(" (line").next().unwrap_or(&msg);
+        host_error(
+            Error::Config(format!("{f}: bad option: {msg}; valid options: {valid}")),
+            pos,
+        )
+    })
+}
+
+/// A node argument: a node map (as from `nodes()`) or a node name.
+fn node_name(d: &Dynamic, pos: Position) -> HostResult<String> {
+    if let Some(s) = d.read_lock::<rhai::ImmutableString>() {
+        return Ok(s.to_string());
+    }
+    if let Some(m) = d.read_lock::<Map>() {
+        if let Some(n) = m.get("name").and_then(|n| {
+            n.read_lock::<rhai::ImmutableString>()
+                .map(|s| s.to_string())
+        }) {
+            return Ok(n);
+        }
+    }
+    Err(host_error(
+        Error::Config(format!(
+            "expected a node (a map from `nodes()` or a node name), got a {}",
+            d.type_name()
+        )),
+        pos,
+    ))
+}
+
+#[derive(Serialize)]
+struct NodeInfo<'a> {
+    name: &'a str,
+    role: &'a str,
+    address: &'a str,
+    root: &'a str,
+}
+
+fn node_info(n: &crate::config::NodeConfig) -> NodeInfo<'_> {
+    NodeInfo {
+        name: &n.name,
+        role: n.role.as_str(),
+        address: "local",
+        root: &n.root,
+    }
+}
+
+/// Register a host function with its documentation.
+fn reg<A: 'static, const N: usize, const X: bool, R: rhai::Variant + Clone, const F: bool>(
+    engine: &mut Engine,
+    name: &str,
+    params: &[&str],
+    doc: &str,
+    f: impl rhai::RhaiNativeFunc<A, N, X, R, F> + Send + Sync + 'static,
+) {
+    let doc: Vec<String> = doc
+        .lines()
+        .map(|l| format!("/// {}", l.trim()).trim_end().to_string())
+        .collect();
+    FuncRegistration::new(name)
+        .with_volatility(true)
+        .with_purity(false)
+        .with_params_info(params)
+        .with_comments([doc.join("\n")])
+        .register_into_engine(engine, f);
+}
+
+pub fn register(engine: &mut Engine, ops_: Option<Arc<Ops>>) {
+    register_site(engine, &ops_);
+    register_database(engine, &ops_);
+    register_instances(engine, &ops_);
+    register_cluster(engine, &ops_);
+    register_ui(engine, &ops_);
+}
+
+fn register_site(engine: &mut Engine, o: &Option<Arc<Ops>>) {
+    let x = o.clone();
+    reg(engine, "site", &["Map"],
+        "The site being upgraded: `#{ app_name, customizations, database: #{ kind, name }, nodes }`.\n`customizations` is \"none\", \"upgraded-separately\" or () when the site file does not say.\nNever contains a secret.",
+        move |ctx: NativeCallContext| -> HostResult<Dynamic> {
+            let ops = ops(&x, &ctx)?;
+            let s = &ops.site;
+            let mut m = Map::new();
+            m.insert("app_name".into(), s.app_name.clone().into());
+            m.insert("customizations".into(), s.customizations.map(|c| Dynamic::from(c.as_str().to_string())).unwrap_or(Dynamic::UNIT));
+            let mut db = Map::new();
+            db.insert("kind".into(), s.database.kind.as_str().into());
+            db.insert("name".into(), s.database.name.clone().into());
+            m.insert("database".into(), db.into());
+            let nodes: Vec<NodeInfo> = s.nodes.iter().map(node_info).collect();
+            m.insert("nodes".into(), to_dyn(&nodes, ctx.call_position())?);
+            Ok(m.into())
+        });
+    let x = o.clone();
+    reg(
+        engine,
+        "nodes",
+        &["Array"],
+        "Every node of the site, in site-file order: `#{ name, role, address, root }`.",
+        move |ctx: NativeCallContext| -> HostResult<Dynamic> {
+            let ops = ops(&x, &ctx)?;
+            let nodes: Vec<NodeInfo> = ops.site.nodes.iter().map(node_info).collect();
+            to_dyn(&nodes, ctx.call_position())
+        },
+    );
+    let x = o.clone();
+    reg(
+        engine,
+        "primary",
+        &["Map"],
+        "The primary node: `#{ name, role, address, root }`.",
+        move |ctx: NativeCallContext| -> HostResult<Dynamic> {
+            let ops = ops(&x, &ctx)?;
+            to_dyn(&node_info(ops.site.primary()), ctx.call_position())
+        },
+    );
+    let x = o.clone();
+    reg(
+        engine,
+        "secondaries",
+        &["Array"],
+        "The secondary nodes, in site-file order (empty on a one-node site).",
+        move |ctx: NativeCallContext| -> HostResult<Dynamic> {
+            let ops = ops(&x, &ctx)?;
+            let nodes: Vec<NodeInfo> = ops
+                .site
+                .nodes
+                .iter()
+                .filter(|n| n.role == crate::config::Role::Secondary)
+                .map(node_info)
+                .collect();
+            to_dyn(&nodes, ctx.call_position())
+        },
+    );
+    let x = o.clone();
+    reg(
+        engine,
+        "release",
+        &["Map"],
+        "The release being installed: `#{ version, min_upgrade_from }`.",
+        move |ctx: NativeCallContext| -> HostResult<Dynamic> {
+            let ops = ops(&x, &ctx)?;
+            let mut m = Map::new();
+            m.insert("version".into(), ops.release.version.to_string().into());
+            m.insert(
+                "min_upgrade_from".into(),
+                ops.release.min_upgrade_from.to_string().into(),
+            );
+            Ok(m.into())
+        },
+    );
+    reg(
+        engine,
+        "compare_versions",
+        &["a: &str", "b: &str", "i64"],
+        "Compare two semantic versions: -1 when `a` is older than `b`, 0 when equal, 1 when newer.",
+        move |ctx: NativeCallContext, a: &str, b: &str| -> HostResult<i64> {
+            let parse = |v: &str| {
+                semver::Version::parse(v.trim()).map_err(|e| {
+                    host_error(
+                        Error::Config(format!("compare_versions: {v:?} is not a version: {e}")),
+                        ctx.call_position(),
+                    )
+                })
+            };
+            Ok(match parse(a)?.cmp(&parse(b)?) {
+                std::cmp::Ordering::Less => -1,
+                std::cmp::Ordering::Equal => 0,
+                std::cmp::Ordering::Greater => 1,
+            })
+        },
+    );
+    let x = o.clone();
+    reg(engine, "mode", &["String"],
+        "\"plan\" when the procedure is being previewed (changes are only described), \"run\" otherwise.",
+        move |ctx: NativeCallContext| -> HostResult<String> {
+            let ops = ops(&x, &ctx)?;
+            Ok(if ops.mode == Mode::Plan { "plan" } else { "run" }.into())
+        });
+}
+
+fn register_database(engine: &mut Engine, o: &Option<Arc<Ops>>) {
+    let x = o.clone();
+    reg(engine, "db_version", &["String"],
+        "The application's schema version as the database records it (after planned upgrades, in plan mode).",
+        move |ctx: NativeCallContext| -> HostResult<String> {
+            let ops = ops(&x, &ctx)?;
+            ops.db_version().map(|v| v.to_string()).map_err(|e| host_error(e, ctx.call_position()))
+        });
+    let x = o.clone();
+    reg(engine, "run_check", &["name: &str", "Array"],
+        "Run the read-only check query `name` from the site's `[checks]`; returns its rows as maps.\nRows are problems: an empty array means the check passed. Listed as a step in `plan`.",
+        move |ctx: NativeCallContext, name: &str| -> HostResult<Dynamic> {
+            let ops = ops(&x, &ctx)?;
+            let rows = ops.run_check(name).map_err(|e| host_error(e, ctx.call_position()))?;
+            to_dyn(&rows, ctx.call_position())
+        });
+    let x = o.clone();
+    reg(engine, "query", &["sql: &str", "Array"],
+        "Run a read-only SQL query and return its rows as maps. A statement that would change the database is refused.",
+        move |ctx: NativeCallContext, sql: &str| -> HostResult<Dynamic> {
+            let ops = ops(&x, &ctx)?;
+            let rows = ops.query(sql).map_err(|e| host_error(e, ctx.call_position()))?;
+            to_dyn(&rows, ctx.call_position())
+        });
+    let backup_doc = "Take a full backup of the site's database into its backup folder and verify it.\nOptions: `verify` (bool, default true).\nReturns `#{ database, file, size, version, started, finished, verified, verification }`.\nOnly a verified backup taken in the same run allows `upgrade_db`.";
+    let x = o.clone();
+    reg(
+        engine,
+        "backup_db",
+        &["Map"],
+        backup_doc,
+        move |ctx: NativeCallContext| -> HostResult<Dynamic> {
+            let ops = ops(&x, &ctx)?;
+            let r = ops
+                .backup_db(BackupOptions::default())
+                .map_err(|e| host_error(e, ctx.call_position()))?;
+            to_dyn(&r, ctx.call_position())
+        },
+    );
+    let x = o.clone();
+    reg(
+        engine,
+        "backup_db",
+        &["options: Map", "Map"],
+        backup_doc,
+        move |ctx: NativeCallContext, opts: Map| -> HostResult<Dynamic> {
+            let ops = ops(&x, &ctx)?;
+            let opts: BackupOptions = options("backup_db", opts, ctx.call_position())?;
+            let r = ops
+                .backup_db(opts)
+                .map_err(|e| host_error(e, ctx.call_position()))?;
+            to_dyn(&r, ctx.call_position())
+        },
+    );
+    let upgrade_doc = "Upgrade the existing database to the release's version: apply the release's pending migrations\n(each in its own transaction, recorded in the history table), then record the version.\nIrreversible. Refused without a verified backup of this database taken in this run (unless the site sets\n`database.external_backup`), refused for a database newer than the release (no downgrades) or older than\nthe release's `min_upgrade_from`. A database already at the release's version is left alone.\nOptions: none. Returns `#{ database, from, to, upgraded, migrations, backup }`.";
+    let x = o.clone();
+    reg(
+        engine,
+        "upgrade_db",
+        &["Map"],
+        upgrade_doc,
+        move |ctx: NativeCallContext| -> HostResult<Dynamic> {
+            let ops = ops(&x, &ctx)?;
+            let r = ops
+                .upgrade_db(UpgradeOptions::default())
+                .map_err(|e| host_error(e, ctx.call_position()))?;
+            to_dyn(&r, ctx.call_position())
+        },
+    );
+    let x = o.clone();
+    reg(
+        engine,
+        "upgrade_db",
+        &["options: Map", "Map"],
+        upgrade_doc,
+        move |ctx: NativeCallContext, opts: Map| -> HostResult<Dynamic> {
+            let ops = ops(&x, &ctx)?;
+            let opts: UpgradeOptions = options("upgrade_db", opts, ctx.call_position())?;
+            let r = ops
+                .upgrade_db(opts)
+                .map_err(|e| host_error(e, ctx.call_position()))?;
+            to_dyn(&r, ctx.call_position())
+        },
+    );
+}
+
+fn register_instances(engine: &mut Engine, o: &Option<Arc<Ops>>) {
+    let x = o.clone();
+    reg(engine, "instance", &["node: Dynamic", "Map"],
+        "The current instance on `node` (a node map or name): `#{ node, app_name, version, folder, created }`, or () when there is none.",
+        move |ctx: NativeCallContext, node: Dynamic| -> HostResult<Dynamic> {
+            let ops = ops(&x, &ctx)?;
+            let name = node_name(&node, ctx.call_position())?;
+            match ops.instance(&name).map_err(|e| host_error(e, ctx.call_position()))? {
+                Some(r) => to_dyn(&r, ctx.call_position()),
+                None => Ok(Dynamic::UNIT),
+            }
+        });
+    let remove_doc = "Remove the current instance on `node`: run the site's stop command, unregister it, keep its folder.\nRefused on the primary while any secondary still has an instance (secondaries first).\nReturns the removed instance's record, or () when the node had none. Options: none.";
+    let x = o.clone();
+    reg(
+        engine,
+        "remove_instance",
+        &["node: Dynamic", "Map"],
+        remove_doc,
+        move |ctx: NativeCallContext, node: Dynamic| -> HostResult<Dynamic> {
+            remove(&x, &ctx, node, Map::new())
+        },
+    );
+    let x = o.clone();
+    reg(
+        engine,
+        "remove_instance",
+        &["node: Dynamic", "options: Map", "Map"],
+        remove_doc,
+        move |ctx: NativeCallContext, node: Dynamic, opts: Map| -> HostResult<Dynamic> {
+            remove(&x, &ctx, node, opts)
+        },
+    );
+    let create_doc = "Create the release's instance on `node` in a new folder under the node's root: copy the payload,\nwrite the instance's config (no secrets), run the start and health commands.\nOptions: `app_name` (default: the site's application name; reuse the prior name so users keep their URL),\n`folder` (default `<app>-<version>`, suffixed when taken). Refused for a folder any earlier instance used\nor that exists and is not empty, and while the node still has another instance. A node that already runs\nthis app and version is left alone. Returns `#{ node, app_name, version, folder, created }`.";
+    let x = o.clone();
+    reg(
+        engine,
+        "create_instance",
+        &["node: Dynamic", "Map"],
+        create_doc,
+        move |ctx: NativeCallContext, node: Dynamic| -> HostResult<Dynamic> {
+            create(&x, &ctx, node, Map::new())
+        },
+    );
+    let x = o.clone();
+    reg(
+        engine,
+        "create_instance",
+        &["node: Dynamic", "options: Map", "Map"],
+        create_doc,
+        move |ctx: NativeCallContext, node: Dynamic, opts: Map| -> HostResult<Dynamic> {
+            create(&x, &ctx, node, opts)
+        },
+    );
+}
+
+fn remove(
+    x: &Option<Arc<Ops>>,
+    ctx: &NativeCallContext,
+    node: Dynamic,
+    opts: Map,
+) -> HostResult<Dynamic> {
+    let ops = ops(x, ctx)?;
+    let name = node_name(&node, ctx.call_position())?;
+    let opts: RemoveOptions = options("remove_instance", opts, ctx.call_position())?;
+    match ops
+        .remove_instance(&name, opts)
+        .map_err(|e| host_error(e, ctx.call_position()))?
+    {
+        Some(r) => to_dyn(&r, ctx.call_position()),
+        None => Ok(Dynamic::UNIT),
+    }
+}
+
+fn create(
+    x: &Option<Arc<Ops>>,
+    ctx: &NativeCallContext,
+    node: Dynamic,
+    opts: Map,
+) -> HostResult<Dynamic> {
+    let ops = ops(x, ctx)?;
+    let name = node_name(&node, ctx.call_position())?;
+    let opts: CreateOptions = options("create_instance", opts, ctx.call_position())?;
+    let r = ops
+        .create_instance(&name, opts)
+        .map_err(|e| host_error(e, ctx.call_position()))?;
+    to_dyn(&r, ctx.call_position())
+}
+
+fn register_cluster(engine: &mut Engine, o: &Option<Arc<Ops>>) {
+    let doc = "Run `f(node)` for every node in `nodes`. Returns one result per node, in input order:\n`#{ node, ok: true, value }` or `#{ node, ok: false, error, kind }`.\nOptions: `parallel` (how many nodes at once, default 1), `continue_on_error` (default false: the first\nfailure stops starting new nodes and the call fails once the running ones finish; true: every node runs and\nthe results say which failed). Closures should return values rather than assign captured variables.";
+    let x = o.clone();
+    reg(
+        engine,
+        "for_each_node",
+        &["nodes: Array", "f: FnPtr", "Array"],
+        doc,
+        move |ctx: NativeCallContext, nodes: Array, f: FnPtr| -> HostResult<Array> {
+            ops(&x, &ctx)?;
+            for_each_node(
+                &ctx,
+                nodes,
+                ForEachOptions {
+                    parallel: 1,
+                    continue_on_error: false,
+                },
+                f,
+            )
+        },
+    );
+    let x = o.clone();
+    reg(
+        engine,
+        "for_each_node",
+        &["nodes: Array", "options: Map", "f: FnPtr", "Array"],
+        doc,
+        move |ctx: NativeCallContext, nodes: Array, opts: Map, f: FnPtr| -> HostResult<Array> {
+            ops(&x, &ctx)?;
+            let opts: ForEachOptions = options("for_each_node", opts, ctx.call_position())?;
+            if opts.parallel < 1 {
+                return Err(host_error(
+                    Error::Config("for_each_node: `parallel` must be at least 1".into()),
+                    ctx.call_position(),
+                ));
+            }
+            for_each_node(&ctx, nodes, opts, f)
+        },
+    );
+}
+
+fn for_each_node(
+    ctx: &NativeCallContext,
+    nodes: Array,
+    opts: ForEachOptions,
+    f: FnPtr,
+) -> HostResult<Array> {
+    let pos = ctx.call_position();
+    let names = nodes
+        .iter()
+        .map(|n| node_name(n, pos))
+        .collect::<HostResult<Vec<_>>>()?;
+    let slots: Vec<Mutex<Option<HostResult<Dynamic>>>> =
+        names.iter().map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let work = || loop {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let i = next.fetch_add(1, Ordering::SeqCst);
+        if i >= nodes.len() {
+            break;
+        }
+        let r = f.call_within_context::<Dynamic>(ctx, (nodes[i].clone(),));
+        if r.is_err() && !opts.continue_on_error {
+            stop.store(true, Ordering::SeqCst);
+        }
+        *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+    };
+    let workers = (opts.parallel as usize).min(nodes.len()).max(1);
+    if workers == 1 {
+        work();
+    } else {
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(work);
+            }
+        });
+    }
+    let mut out = Array::new();
+    let mut first_err = None;
+    for (name, slot) in names.into_iter().zip(slots) {
+        let Some(r) = slot.into_inner().unwrap_or_else(|e| e.into_inner()) else {
+            continue;
+        };
+        let mut m = Map::new();
+        m.insert("node".into(), name.into());
+        match r {
+            Ok(v) => {
+                m.insert("ok".into(), true.into());
+                m.insert("value".into(), v);
+            }
+            Err(e) => {
+                m.insert("ok".into(), false.into());
+                m.insert("error".into(), super::render::plain_message(&e).into());
+                m.insert(
+                    "kind".into(),
+                    super::render::root_kind(&e)
+                        .unwrap_or_else(|| "script".into())
+                        .into(),
+                );
+                if first_err.is_none() {
+                    first_err = Some(e);
+                }
+            }
+        }
+        out.push(m.into());
+    }
+    match first_err {
+        Some(e) if !opts.continue_on_error => Err(e),
+        _ => Ok(out),
+    }
+}
+
+fn register_ui(engine: &mut Engine, o: &Option<Arc<Ops>>) {
+    let x = o.clone();
+    reg(
+        engine,
+        "log",
+        &["message: &str", "()"],
+        "Write an informational line to the run's output.",
+        move |ctx: NativeCallContext, msg: &str| -> HostResult<()> {
+            ops(&x, &ctx)?.log("info", msg);
+            Ok(())
+        },
+    );
+    let x = o.clone();
+    reg(
+        engine,
+        "warn",
+        &["message: &str", "()"],
+        "Write a warning to the run's output.",
+        move |ctx: NativeCallContext, msg: &str| -> HostResult<()> {
+            ops(&x, &ctx)?.log("warn", msg);
+            Ok(())
+        },
+    );
+    let x = o.clone();
+    reg(engine, "confirm", &["question: &str", "bool"],
+        "Ask the operator a yes/no question on the terminal. `--yes` answers yes; without a terminal and\nwithout `--yes` the answer is no. In plan mode the question is listed and answered yes.",
+        move |ctx: NativeCallContext, q: &str| -> HostResult<bool> {
+            ops(&x, &ctx)?.confirm(q).map_err(|e| host_error(e, ctx.call_position()))
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe<T: DeserializeOwned>(keys: &[&str]) {
+        // Every listed key is accepted, and an unknown one is not.
+        for k in keys {
+            let mut m = Map::new();
+            let v: Dynamic = match *k {
+                "verify" | "continue_on_error" => true.into(),
+                "parallel" => 2_i64.into(),
+                _ => "x".into(),
+            };
+            m.insert((*k).into(), v);
+            assert!(rhai::serde::from_dynamic::<T>(&m.into()).is_ok(), "key {k}");
+        }
+        let mut m = Map::new();
+        m.insert("no_such_key".into(), true.into());
+        assert!(rhai::serde::from_dynamic::<T>(&m.into()).is_err());
+    }
+
+    #[test]
+    fn option_keys_match_option_structs() {
+        for (name, keys) in OPTION_KEYS {
+            match *name {
+                "backup_db" => probe::<BackupOptions>(keys),
+                "remove_instance" => probe::<RemoveOptions>(keys),
+                "create_instance" => probe::<CreateOptions>(keys),
+                "upgrade_db" => probe::<UpgradeOptions>(keys),
+                "for_each_node" => probe::<ForEachOptions>(keys),
+                other => panic!("OPTION_KEYS lists `{other}` without a struct"),
+            }
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! Script errors rendered for people: the message, `file:line:column`, the
+//! source line with a caret, and the chain of calls and modules it came through.
+
+use rhai::{EvalAltResult, Position};
+
+use super::Sources;
+
+/// The message of one error, without Rhai's own position suffix.
+fn message(err: &EvalAltResult) -> String {
+    match err {
+        EvalAltResult::ErrorRuntime(v, _) => {
+            if let Some(map) = v.read_lock::<rhai::Map>() {
+                let msg = map
+                    .get("message")
+                    .map(|m| m.to_string())
+                    .unwrap_or_else(|| v.to_string());
+                return match map.get("node").filter(|n| !n.is_unit()) {
+                    Some(n) if !msg.contains(&format!("`{n}`")) => format!("node `{n}`: {msg}"),
+                    _ => msg,
+                };
+            }
+            format!("script threw: {v}")
+        }
+        EvalAltResult::ErrorParsing(p, _) => format!("syntax error: {p}"),
+        EvalAltResult::ErrorModuleNotFound(m, _) => format!("cannot import `{m}`"),
+        other => {
+            let text = other.to_string();
+            match text.rfind(" (line ") {
+                Some(i) if text.ends_with(')') => text[..i].to_string(),
+                _ => text,
+            }
+        }
+    }
+}
+
+/// The `kind` of a host error map at the root of `err`, if any.
+pub fn root_kind(err: &EvalAltResult) -> Option<String> {
+    match err {
+        EvalAltResult::ErrorInFunctionCall(_, _, inner, _)
+        | EvalAltResult::ErrorInModule(_, inner, _) => root_kind(inner),
+        EvalAltResult::ErrorRuntime(v, _) => v
+            .read_lock::<rhai::Map>()?
+            .get("kind")
+            .map(|k| k.to_string()),
+        _ => None,
+    }
+}
+
+fn location(source: &str, pos: Position, sources: &Sources) -> String {
+    let (Some(line), col) = (pos.line(), pos.position().unwrap_or(1)) else {
+        return format!("  --> {source}\n");
+    };
+    let mut s = format!("  --> {source}:{line}:{col}\n");
+    if let Some(text) = sources.line(source, line) {
+        let num = line.to_string();
+        let pad = " ".repeat(num.len());
+        // The caret goes under the column, counting characters, tabs kept.
+        let lead: String = text
+            .chars()
+            .take(col.saturating_sub(1))
+            .map(|c| if c == '\t' { '\t' } else { ' ' })
+            .collect();
+        s.push_str(&format!("{pad} |\n{num} | {text}\n{pad} | {lead}^\n"));
+    }
+    s
+}
+
+/// Render `err`, raised while running the script named `main`.
+pub fn render_error(err: &EvalAltResult, main: &str, sources: &Sources) -> String {
+    let mut notes = Vec::new();
+    let mut source = main.to_string();
+    let mut e = err;
+    loop {
+        match e {
+            EvalAltResult::ErrorInFunctionCall(f, src, inner, pos) => {
+                let name = if f.starts_with("anon$") {
+                    "closure".to_string()
+                } else {
+                    format!("function `{f}`")
+                };
+                notes.push(format!(
+                    "in {name}, called at {}",
+                    short_location(&source, *pos)
+                ));
+                if !src.is_empty() {
+                    source = src.clone();
+                }
+                e = inner;
+            }
+            EvalAltResult::ErrorInModule(m, inner, pos) => {
+                notes.push(format!(
+                    "in module `{m}`, imported at {}",
+                    short_location(&source, *pos)
+                ));
+                source = m.clone();
+                e = inner;
+            }
+            _ => break,
+        }
+    }
+    let mut out = format!("error: {}\n", message(e));
+    out.push_str(&location(&source, e.position(), sources));
+    for n in notes.iter().rev() {
+        out.push_str(&format!("   = {n}\n"));
+    }
+    out.trim_end().to_string()
+}
+
+fn short_location(source: &str, pos: Position) -> String {
+    match (pos.line(), pos.position()) {
+        (Some(l), Some(c)) => format!("{source}:{l}:{c}"),
+        (Some(l), None) => format!("{source}:{l}"),
+        _ => source.to_string(),
+    }
+}
+
+/// The innermost message of `err`, without position, for result maps.
+pub fn plain_message(err: &EvalAltResult) -> String {
+    match err {
+        EvalAltResult::ErrorInFunctionCall(_, _, inner, _)
+        | EvalAltResult::ErrorInModule(_, inner, _) => plain_message(inner),
+        other => message(other),
+    }
+}
