@@ -32,6 +32,10 @@ pub enum Error {
     /// The procedure failed (script error, rendered with its position).
     #[error("{0}")]
     Script(String),
+    /// A safety rail refused an operation ordered by the procedure (rendered
+    /// with the script position). Nothing was changed by it.
+    #[error("{0}")]
+    ScriptRefused(String),
 }
 
 impl Error {
@@ -66,14 +70,20 @@ impl Error {
             Error::Node { .. } => "node",
             Error::Refused(_) => "refused",
             Error::Script(_) => "script",
+            Error::ScriptRefused(_) => "refused",
         }
+    }
+
+    /// Whether the message is already rendered with its own `error:` heading.
+    pub fn is_rendered(&self) -> bool {
+        matches!(self, Error::Script(_) | Error::ScriptRefused(_))
     }
 
     /// Documented exit codes: 2 bad input, 3 refused by a safety rail, 1 anything else.
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Config(_) => 2,
-            Error::Refused(_) => 3,
+            Error::Refused(_) | Error::ScriptRefused(_) => 3,
             _ => 1,
         }
     }

@@ -5,7 +5,11 @@ fn main() {
     match uprun::run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("{e}");
+            if e.is_rendered() {
+                eprintln!("{e}");
+            } else {
+                eprintln!("error: {e}");
+            }
             std::process::exit(e.exit_code());
         }
     }

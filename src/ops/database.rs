@@ -63,7 +63,7 @@ impl Ops {
             self.site.database.kind.as_str(),
             dir.display()
         );
-        self.step("backup_db", description, None, false, || {
+        self.step("backup_db", description.clone(), None, false, || {
             let receipt = if self.mode == Mode::Plan {
                 BackupReceipt {
                     database: name.clone(),

@@ -118,7 +118,7 @@ pub fn run(engine: &Engine, ast: &AST, proc: &Procedure, sources: &Sources) -> R
         Err(e) => {
             let text = render_error(&e, &proc.name, sources);
             if render::root_kind(&e).as_deref() == Some("refused") {
-                Err(Error::Refused(text))
+                Err(Error::ScriptRefused(text))
             } else {
                 Err(Error::Script(text))
             }

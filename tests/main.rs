@@ -1,0 +1,10 @@
+//! Integration tests: one binary, one file per feature, a shared builder in
+//! `support`. They run the real `uprun` binary against real files and a real
+//! SQLite database in a temporary folder.
+
+mod support;
+
+mod cli_errors;
+mod demo;
+mod plan;
+mod rails;

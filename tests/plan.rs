@@ -1,0 +1,92 @@
+//! `uprun plan`: the ordered list of what `run` would do; nothing changes.
+
+use crate::support::{events, Sandbox};
+
+fn planned(sb: &Sandbox) -> Vec<(String, String)> {
+    let out = sb
+        .cmd("plan", "in-place-upgrade", &["--json"])
+        .output()
+        .expect("plan");
+    assert!(
+        out.status.success(),
+        "plan failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    events(&out.stdout)
+        .into_iter()
+        .filter(|e| e["event"] == "planned")
+        .map(|e| {
+            (
+                e["kind"].as_str().expect("kind").to_string(),
+                e["description"].as_str().expect("description").to_string(),
+            )
+        })
+        .collect()
+}
+
+fn node_of(desc: &str) -> &str {
+    ["app01", "app02", "app03"]
+        .into_iter()
+        .find(|n| desc.contains(&format!("`{n}`")))
+        .unwrap_or("")
+}
+
+#[test]
+fn plan_lists_the_vendor_order_and_changes_nothing() {
+    let sb = Sandbox::new();
+    let before = sb.snapshot();
+    let steps = planned(&sb);
+    let changing: Vec<(&str, &str)> = steps
+        .iter()
+        .filter(|(k, _)| k != "confirm")
+        .map(|(k, d)| (k.as_str(), node_of(d)))
+        .collect();
+    assert_eq!(changing.len(), 9, "{steps:#?}");
+    assert_eq!(changing[0].0, "backup_db");
+    assert_eq!(changing[1].0, "check");
+    assert!(steps[1].1.contains("strategies"));
+    // Secondaries (in any order, they may run in parallel) before the primary.
+    let mut removed_first: Vec<&str> = changing[2..4]
+        .iter()
+        .map(|(k, n)| {
+            assert_eq!(*k, "remove_instance");
+            *n
+        })
+        .collect();
+    removed_first.sort();
+    assert_eq!(removed_first, ["app02", "app03"]);
+    assert_eq!(changing[4], ("remove_instance", "app01"));
+    assert_eq!(changing[5], ("create_instance", "app01"));
+    assert_eq!(changing[6].0, "upgrade_db");
+    assert!(steps[6].1.contains("1.0.0 to 2.0.0"), "{}", steps[6].1);
+    let mut created_after: Vec<&str> = changing[7..9]
+        .iter()
+        .map(|(k, n)| {
+            assert_eq!(*k, "create_instance");
+            *n
+        })
+        .collect();
+    created_after.sort();
+    assert_eq!(created_after, ["app02", "app03"]);
+
+    assert_eq!(
+        sb.snapshot(),
+        before,
+        "plan changed the database or a node folder"
+    );
+    assert!(sb.backups().is_empty(), "plan wrote a backup");
+}
+
+#[test]
+fn plan_human_output_marks_changes_and_reads() {
+    let sb = Sandbox::new();
+    let out = sb
+        .cmd("plan", "in-place-upgrade", &[])
+        .output()
+        .expect("plan");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("[change] upgrade_db"), "{text}");
+    assert!(text.contains("[read  ] check"), "{text}");
+    assert!(text.contains("nothing was changed"), "{text}");
+}

@@ -1,0 +1,131 @@
+//! The test builder: lays out a demo sandbox in a temporary folder, runs the
+//! `uprun` binary against it and reads back the real state.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+
+pub struct Sandbox {
+    _tmp: tempfile::TempDir,
+    pub dir: PathBuf,
+}
+
+impl Sandbox {
+    /// A fresh sandbox (`uprun demo --setup-only`).
+    pub fn new() -> Sandbox {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().join("sb");
+        uprun()
+            .args(["demo", "--setup-only", "--dir"])
+            .arg(&dir)
+            .assert()
+            .success();
+        Sandbox { _tmp: tmp, dir }
+    }
+
+    pub fn site(&self) -> PathBuf {
+        self.dir.join("site.toml")
+    }
+
+    pub fn release(&self) -> PathBuf {
+        self.dir.join("release")
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.join("db/app.sqlite")
+    }
+
+    /// `uprun <cmd> <script> --site S --release R`, plus `extra`.
+    pub fn cmd(&self, cmd: &str, script: &str, extra: &[&str]) -> Command {
+        let mut c = uprun();
+        c.arg(cmd)
+            .arg(script)
+            .arg("--site")
+            .arg(self.site())
+            .arg("--release")
+            .arg(self.release())
+            .args(extra);
+        c
+    }
+
+    /// Write a custom procedure into the sandbox and return its path.
+    pub fn script(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.join(name);
+        std::fs::write(&p, text).expect("write script");
+        p
+    }
+
+    pub fn db(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.db_path()).expect("open db")
+    }
+
+    pub fn exec_sql(&self, sql: &str) {
+        self.db().execute_batch(sql).expect("sql");
+    }
+
+    pub fn db_version(&self) -> String {
+        self.db()
+            .query_row(
+                "SELECT value FROM app_meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("version")
+    }
+
+    pub fn manifest(&self, node: &str) -> serde_json::Value {
+        let p = self.dir.join("nodes").join(node).join(".uprun-node.json");
+        serde_json::from_slice(&std::fs::read(&p).expect("manifest")).expect("manifest json")
+    }
+
+    /// Every file under the database and node folders, with its bytes.
+    pub fn snapshot(&self) -> BTreeMap<PathBuf, Vec<u8>> {
+        let mut out = BTreeMap::new();
+        for sub in ["db", "nodes"] {
+            collect(&self.dir.join(sub), &self.dir, &mut out);
+        }
+        out
+    }
+
+    pub fn backups(&self) -> Vec<PathBuf> {
+        match std::fs::read_dir(self.dir.join("backups")) {
+            Ok(it) => it.map(|e| e.expect("entry").path()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+fn collect(dir: &Path, base: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries {
+        let p = e.expect("entry").path();
+        if p.is_dir() {
+            collect(&p, base, out);
+        } else {
+            out.insert(
+                p.strip_prefix(base).expect("prefix").to_path_buf(),
+                std::fs::read(&p).expect("read"),
+            );
+        }
+    }
+}
+
+pub fn uprun() -> Command {
+    let mut c = Command::cargo_bin("uprun").expect("uprun binary");
+    c.env_remove("RUST_LOG");
+    c
+}
+
+/// Parse JSON-lines output into events.
+pub fn events(stdout: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("json event"))
+        .collect()
+}
