@@ -31,7 +31,9 @@ fn make_db(path: &Path, mib_target: u64) {
     let rows = mib_target * 1024; // ~1 KiB per row
     let tx = conn.unchecked_transaction().expect("tx");
     {
-        let mut stmt = tx.prepare("INSERT INTO blobs (data) VALUES (randomblob(1000))").expect("prepare");
+        let mut stmt = tx
+            .prepare("INSERT INTO blobs (data) VALUES (randomblob(1000))")
+            .expect("prepare");
         for _ in 0..rows {
             stmt.execute([]).expect("insert");
         }
@@ -41,7 +43,10 @@ fn make_db(path: &Path, mib_target: u64) {
 
 fn time_cmd(args: &[&str]) -> f64 {
     let t = Instant::now();
-    let st = Command::new(args[0]).args(&args[1..]).status().expect("command");
+    let st = Command::new(args[0])
+        .args(&args[1..])
+        .status()
+        .expect("command");
     assert!(st.success(), "{args:?} failed");
     t.elapsed().as_secs_f64()
 }
@@ -52,13 +57,19 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let size_mib: u64 = std::env::var("UPRUN_BENCH_BACKUP_MIB").ok().and_then(|s| s.parse().ok()).unwrap_or(1024);
+    let size_mib: u64 = std::env::var("UPRUN_BENCH_BACKUP_MIB")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1024);
     // On the same disk as the build (not a tmpfs /tmp).
     let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-backup");
     let _ = std::fs::remove_dir_all(&base);
     std::fs::create_dir_all(&base).expect("bench dir");
     let db = base.join("app.sqlite");
-    eprintln!("creating a {size_mib} MiB SQLite database in {} ...", base.display());
+    eprintln!(
+        "creating a {size_mib} MiB SQLite database in {} ...",
+        base.display()
+    );
     make_db(&db, size_mib);
     let bytes = std::fs::metadata(&db).expect("stat").len();
     let (src, out_dir) = (db.to_str().expect("utf-8 path"), base.join("backups"));
@@ -70,14 +81,19 @@ fn main() {
         let _ = Command::new("sync").status();
     };
     let runs = 5;
-    let (mut cp, mut cp_sync, mut up, mut verify) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut cp, mut cp_sync, mut up, mut verify) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
         let _ = std::fs::remove_file(&copy);
         settle();
         cp.push(time_cmd(&["cp", src, copy_s]));
         let _ = std::fs::remove_file(&copy);
         settle();
-        cp_sync.push(time_cmd(&["sh", "-c", &format!("cp '{src}' '{copy_s}' && sync '{copy_s}'")]));
+        cp_sync.push(time_cmd(&[
+            "sh",
+            "-c",
+            &format!("cp '{src}' '{copy_s}' && sync '{copy_s}'"),
+        ]));
         let _ = std::fs::remove_file(&copy);
 
         let _ = std::fs::remove_dir_all(&out_dir);
@@ -105,8 +121,16 @@ fn main() {
         ),
     )
     .expect("site");
-    std::fs::write(site_dir.join("release/release.toml"), "version = \"1.0.0\"\nmin_upgrade_from = \"1.0.0\"\n").expect("release");
-    std::fs::write(site_dir.join("backup.rhai"), "let b = backup_db(#{ verify: true });\n").expect("script");
+    std::fs::write(
+        site_dir.join("release/release.toml"),
+        "version = \"1.0.0\"\nmin_upgrade_from = \"1.0.0\"\n",
+    )
+    .expect("release");
+    std::fs::write(
+        site_dir.join("backup.rhai"),
+        "let b = backup_db(#{ verify: true });\n",
+    )
+    .expect("script");
     let t = Instant::now();
     let st = Command::new(env!("CARGO_BIN_EXE_uprun"))
         .arg("run")
@@ -127,13 +151,34 @@ fn main() {
         ru.ru_maxrss
     };
 
-    println!("backup of a {:.0} MiB SQLite database (median of {runs}):", mib(bytes));
-    println!("  cp                 {:>7.3} s  {:>7.1} MiB/s", cp, rate(cp));
-    println!("  cp + sync FILE     {:>7.3} s  {:>7.1} MiB/s", cp_sync, rate(cp_sync));
-    println!("  uprun backup copy  {:>7.3} s  {:>7.1} MiB/s (durable: fsync)", up, rate(up));
+    println!(
+        "backup of a {:.0} MiB SQLite database (median of {runs}):",
+        mib(bytes)
+    );
+    println!(
+        "  cp                 {:>7.3} s  {:>7.1} MiB/s",
+        cp,
+        rate(cp)
+    );
+    println!(
+        "  cp + sync FILE     {:>7.3} s  {:>7.1} MiB/s",
+        cp_sync,
+        rate(cp_sync)
+    );
+    println!(
+        "  uprun backup copy  {:>7.3} s  {:>7.1} MiB/s (durable: fsync)",
+        up,
+        rate(up)
+    );
     println!("  ratio uprun / cp          {:.2}x", cp / up);
     println!("  ratio uprun / (cp + sync) {:.2}x", cp_sync / up);
-    println!("  verification (integrity_check of the copy) {:.3} s", verify);
-    println!("  whole `uprun run` of backup_db(#{{ verify: true }}): {whole:.3} s, peak RSS {:.1} MiB", peak_kib as f64 / 1024.0);
+    println!(
+        "  verification (integrity_check of the copy) {:.3} s",
+        verify
+    );
+    println!(
+        "  whole `uprun run` of backup_db(#{{ verify: true }}): {whole:.3} s, peak RSS {:.1} MiB",
+        peak_kib as f64 / 1024.0
+    );
     let _ = std::fs::remove_dir_all(&base);
 }

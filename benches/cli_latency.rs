@@ -43,11 +43,24 @@ fn main() {
     let base = median_ms(&["--version"], cwd);
     let check = median_ms(&["check", "in-place-upgrade"], cwd);
     let plan = median_ms(
-        &["plan", "in-place-upgrade", "--site", "sb/site.toml", "--release", "sb/release"],
+        &[
+            "plan",
+            "in-place-upgrade",
+            "--site",
+            "sb/site.toml",
+            "--release",
+            "sb/release",
+        ],
         cwd,
     );
     println!("median wall time of {RUNS} runs:");
     println!("  uprun --version (start-up baseline) {base:>7.1} ms");
-    println!("  uprun check in-place-upgrade        {check:>7.1} ms  ({:.1}x baseline)", check / base);
-    println!("  uprun plan in-place-upgrade (demo)  {plan:>7.1} ms  ({:.1}x baseline)", plan / base);
+    println!(
+        "  uprun check in-place-upgrade        {check:>7.1} ms  ({:.1}x baseline)",
+        check / base
+    );
+    println!(
+        "  uprun plan in-place-upgrade (demo)  {plan:>7.1} ms  ({:.1}x baseline)",
+        plan / base
+    );
 }

@@ -38,6 +38,8 @@ pub enum Command {
     Scripts(ScriptsArgs),
     /// Show a site's current state: database version and, for each node, its current instance.
     Status(StatusArgs),
+    /// List a site's runs (from their journals), show one run's steps, or abandon an unfinished run.
+    Runs(RunsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -78,6 +80,14 @@ pub struct RunArgs {
     /// Answer yes to every confirmation. Required to change anything without a terminal.
     #[arg(long, short = 'y')]
     pub yes: bool,
+    /// Go on with run ID (see `uprun runs`): steps its journal shows done are not done again, the step
+    /// that was in flight is checked against the real state, and the run goes on from there.
+    #[arg(long, value_name = "ID")]
+    pub resume: Option<String>,
+    /// With --resume: go on even though the script, site file or release changed since the run started
+    /// (recorded in the journal).
+    #[arg(long, requires = "resume")]
+    pub accept_changed_inputs: bool,
 }
 
 #[derive(Debug, Args)]
@@ -109,4 +119,31 @@ pub struct StatusArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    #[command(subcommand)]
+    pub command: Option<RunsCommand>,
+    /// The site file.
+    #[arg(long, global = true)]
+    pub site: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// Show the steps of one run.
+    Show {
+        /// The run id.
+        id: String,
+    },
+    /// Mark an unfinished run (its process died) as abandoned, so that new runs may start. Check the
+    /// site by hand first (`uprun status`): nothing is undone.
+    Abandon {
+        /// The run id.
+        id: String,
+    },
 }

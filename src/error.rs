@@ -29,6 +29,9 @@ pub enum Error {
     /// A safety rail refused the operation. Nothing was changed by it.
     #[error("refused: {0}")]
     Refused(String),
+    /// The operator stopped the run (Ctrl-C). The journal says where.
+    #[error("{0}")]
+    Interrupted(String),
     /// The procedure failed (script error, rendered with its position).
     #[error("{0}")]
     Script(String),
@@ -69,6 +72,7 @@ impl Error {
             Error::Database { .. } => "database",
             Error::Node { .. } => "node",
             Error::Refused(_) => "refused",
+            Error::Interrupted(_) => "interrupted",
             Error::Script(_) => "script",
             Error::ScriptRefused(_) => "refused",
         }
@@ -84,6 +88,7 @@ impl Error {
         match self {
             Error::Config(_) => 2,
             Error::Refused(_) | Error::ScriptRefused(_) => 3,
+            Error::Interrupted(_) => 130,
             _ => 1,
         }
     }

@@ -7,6 +7,10 @@ pub mod commands;
 pub mod config;
 pub mod db;
 mod error;
+pub mod failpoint;
+pub mod interrupt;
+pub mod journal;
+pub mod lock;
 pub mod nodes;
 pub mod ops;
 pub mod progress;
@@ -25,5 +29,6 @@ pub fn run(cli: cli::Cli) -> Result<i32> {
         Command::Check(a) => commands::check::exec(a),
         Command::Scripts(a) => commands::scripts::exec(a),
         Command::Status(a) => commands::status::exec(a),
+        Command::Runs(a) => commands::runs::exec(a),
     }
 }

@@ -199,7 +199,7 @@ fn second_run_on_an_upgraded_site_is_a_noop() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to do"));
-    assert_eq!(sb.snapshot(), before, "a no-op run changed files");
+    sb.assert_unchanged(&before, "a no-op run changed files");
     assert_eq!(sb.backups().len(), backups, "a no-op run took a backup");
 }
 

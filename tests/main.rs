@@ -6,5 +6,6 @@ mod support;
 
 mod cli_errors;
 mod demo;
+mod durable;
 mod plan;
 mod rails;

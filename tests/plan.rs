@@ -69,11 +69,7 @@ fn plan_lists_the_vendor_order_and_changes_nothing() {
     created_after.sort();
     assert_eq!(created_after, ["app02", "app03"]);
 
-    assert_eq!(
-        sb.snapshot(),
-        before,
-        "plan changed the database or a node folder"
-    );
+    sb.assert_unchanged(&before, "plan changed the database or a node folder");
     assert!(sb.backups().is_empty(), "plan wrote a backup");
 }
 

@@ -22,7 +22,7 @@ fn refused(sb: &Sandbox, script: &str, needle: &str) {
         err.contains("custom.rhai:"),
         "error does not name the script line: {err}"
     );
-    assert_eq!(sb.snapshot(), before, "a refused run changed something");
+    sb.assert_unchanged(&before, "a refused run changed something");
 }
 
 #[test]
@@ -89,7 +89,7 @@ fn invalid_strategy_stops_before_any_change_and_names_it() {
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(err.contains("postal-address"), "{err}");
     assert!(err.contains("invalid state"), "{err}");
-    assert_eq!(sb.snapshot(), before);
+    sb.assert_unchanged(&before, "changed");
     assert!(
         sb.backups().is_empty(),
         "nothing, not even a backup, before the check fails"
@@ -108,7 +108,7 @@ fn a_release_older_than_the_database_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(err.contains("downgrades are not supported"), "{err}");
-    assert_eq!(sb.snapshot(), before);
+    sb.assert_unchanged(&before, "changed");
 }
 
 #[test]
@@ -130,7 +130,7 @@ fn upgrade_to_the_installed_version_is_a_noop() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("upgraded: false"));
-    assert_eq!(sb.snapshot(), before);
+    sb.assert_unchanged(&before, "changed");
 }
 
 #[test]
@@ -147,7 +147,7 @@ fn run_without_terminal_and_without_yes_changes_nothing() {
         err.contains("--yes") && err.contains("no terminal"),
         "{err}"
     );
-    assert_eq!(sb.snapshot(), before);
+    sb.assert_unchanged(&before, "changed");
     assert!(sb.backups().is_empty());
 }
 

@@ -21,11 +21,15 @@ pub fn exec(a: DemoArgs) -> Result<i32> {
         ));
         return Ok(0);
     }
+    let opts = super::run::RunOptions {
+        yes: true,
+        ..Default::default()
+    };
     let code = super::run::execute(
         "in-place-upgrade",
         &sb.site,
         &sb.release,
-        true,
+        opts,
         reporter.clone(),
     )?;
     reporter.event(Event::Log {

@@ -5,6 +5,7 @@ pub mod check;
 pub mod demo;
 pub mod plan;
 pub mod run;
+pub mod runs;
 pub mod scripts;
 pub mod status;
 
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use rhai::{Engine, AST};
 
 use crate::config::{Release, Site};
+use crate::journal::{Journal, Replay};
 use crate::nodes::NodeInstances;
 use crate::ops::{Confirmation, Mode, Ops, RunSpec};
 use crate::progress::{OutputMode, Reporter};
@@ -30,6 +32,7 @@ pub struct Session {
 }
 
 impl Session {
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
         site: &Site,
         release: &Release,
@@ -38,6 +41,8 @@ impl Session {
         run_id: &str,
         reporter: Arc<Reporter>,
         confirmation: Confirmation,
+        journal: Option<Arc<Journal>>,
+        replay: Replay,
     ) -> Result<Session> {
         let db = crate::db::open(site, mode == Mode::Plan)?;
         let mut nodes = Vec::with_capacity(site.nodes.len());
@@ -53,6 +58,8 @@ impl Session {
             mode,
             run_id: run_id.to_string(),
             confirmation,
+            journal,
+            replay,
         };
         let ops = Arc::new(Ops::new(spec, db, nodes, reporter));
         let sources = Sources::default();

@@ -30,6 +30,8 @@ pub fn exec(a: TargetArgs) -> Result<i32> {
             yes: true,
             interactive: false,
         },
+        None,
+        Default::default(),
     )?;
     let outcome = session.run();
     let steps = session.ops.steps();

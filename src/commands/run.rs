@@ -1,11 +1,15 @@
-//! `uprun run`: plan first (so a failing check stops the run before any
-//! change, and the operator sees what will happen), get consent, then do it.
+//! `uprun run`: lock the site, plan first (so a failing check stops the run
+//! before any change, and the operator sees what will happen), get consent,
+//! then do it with every change journaled. `--resume` goes on with an earlier
+//! run from its journal.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use crate::cli::RunArgs;
 use crate::config::{Release, Site};
+use crate::journal::{self, Entry, Journal, Replay};
+use crate::lock::SiteLock;
 use crate::ops::{Confirmation, Mode, StepRecord, StepStatus};
 use crate::progress::{Event, OutputMode, Reporter};
 use crate::script::Procedure;
@@ -13,13 +17,25 @@ use crate::{Error, Result};
 
 pub fn exec(a: RunArgs) -> Result<i32> {
     let reporter = super::reporter(a.target.json);
+    let opts = RunOptions {
+        yes: a.yes,
+        resume: a.resume,
+        accept_changed_inputs: a.accept_changed_inputs,
+    };
     execute(
         &a.target.script,
         &a.target.site,
         &a.target.release,
-        a.yes,
+        opts,
         reporter,
     )
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct RunOptions {
+    pub yes: bool,
+    pub resume: Option<String>,
+    pub accept_changed_inputs: bool,
 }
 
 /// Steps that change the site itself (a backup file does not) need consent.
@@ -27,18 +43,70 @@ fn needs_consent(s: &StepRecord) -> bool {
     s.changes && s.kind != "backup_db"
 }
 
+/// Load the journal of the run to resume, and check it may be resumed with
+/// these inputs. Returns what it did and the input changes accepted.
+fn load_resume(
+    site: &Site,
+    id: &str,
+    inputs: &journal::Inputs,
+    accept: bool,
+) -> Result<(Replay, Vec<String>)> {
+    let path = journal::journal_path(site, id);
+    if !path.exists() {
+        return Err(Error::Config(format!(
+            "no run `{id}` for site `{}` (no `{}`); `uprun runs --site {}` lists the runs",
+            site.file.display(),
+            path.display(),
+            site.file.display()
+        )));
+    }
+    let entries = journal::read(&path)?;
+    let info = journal::summarize(id, &entries);
+    if info.outcome == "succeeded" || info.outcome == "abandoned" {
+        return Err(Error::Config(format!(
+            "run `{id}` {}: there is nothing to resume",
+            info.outcome
+        )));
+    }
+    let Some(Entry::Run { inputs: before, .. }) =
+        entries.iter().find(|e| matches!(e, Entry::Run { .. }))
+    else {
+        return Err(Error::Config(format!(
+            "journal `{}` has no run header; it cannot be resumed",
+            path.display()
+        )));
+    };
+    let changed = journal::changed_inputs(before, inputs);
+    if !changed.is_empty() && !accept {
+        return Err(Error::Refused(format!(
+            "cannot resume run `{id}`: {} since it started. Resuming with different inputs may not end where the run was going; \
+to do it anyway, add --accept-changed-inputs (recorded in the journal)",
+            changed.join("; ")
+        )));
+    }
+    Ok((Replay::from_entries(&entries), changed))
+}
+
 pub fn execute(
     script: &str,
     site: &Path,
     release: &Path,
-    yes: bool,
+    opts: RunOptions,
     reporter: Arc<Reporter>,
 ) -> Result<i32> {
     let site = Site::load(site)?;
     let release = Release::load(release)?;
     let proc = Procedure::load(script)?;
-    let run_id = super::new_run_id();
+    let inputs = journal::digest_inputs(&proc.name, &proc.text, &site, &release)?;
+    let run_id = opts.resume.clone().unwrap_or_else(super::new_run_id);
     let interactive = super::interactive();
+
+    // The site is ours for the whole run, planning included.
+    let _lock = SiteLock::acquire(&site, &run_id, opts.resume.as_deref())?;
+    let (replay, accepted_changes) = match &opts.resume {
+        Some(id) => load_resume(&site, id, &inputs, opts.accept_changed_inputs)?,
+        None => (Replay::default(), Vec::new()),
+    };
 
     // 1. Plan: reads are real, nothing changes. A refusal here changes nothing.
     let quiet = Arc::new(Reporter::new(OutputMode::Quiet));
@@ -53,6 +121,8 @@ pub fn execute(
             yes: true,
             interactive: false,
         },
+        None,
+        replay.clone(),
     )?;
     if let Err(e) = planning.run() {
         reporter.line("The procedure stops while planning: nothing was changed.");
@@ -62,7 +132,7 @@ pub fn execute(
     drop(planning);
     let consent = planned.iter().filter(|s| needs_consent(s)).count();
     let mut accepted = false;
-    if consent > 0 && !yes {
+    if consent > 0 && !opts.yes {
         if !interactive {
             return Err(Error::Refused(format!(
                 "the procedure would make {consent} change(s) to site `{}` and there is no terminal to confirm on: read `uprun plan {} --site {} --release {}`, then re-run with --yes. Nothing was changed.",
@@ -88,7 +158,31 @@ pub fn execute(
         accepted = true;
     }
 
-    // 2. Run.
+    // 2. Run, journaled.
+    let journal = Arc::new(match &opts.resume {
+        None => {
+            let j = Journal::create(&site, &run_id)?;
+            j.append(&Entry::Run {
+                run_id: run_id.clone(),
+                at: crate::db::now_rfc3339(),
+                inputs: inputs.clone(),
+                user: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
+                pid: std::process::id(),
+                uprun_version: env!("CARGO_PKG_VERSION").into(),
+            })?;
+            j
+        }
+        Some(id) => {
+            let j = Journal::reopen(&site, id)?;
+            j.append(&Entry::Resume {
+                at: crate::db::now_rfc3339(),
+                pid: std::process::id(),
+                accepted_changes: accepted_changes.clone(),
+            })?;
+            j
+        }
+    });
+    crate::interrupt::install();
     let session = super::Session::open(
         &site,
         &release,
@@ -96,29 +190,51 @@ pub fn execute(
         Mode::Run,
         &run_id,
         reporter.clone(),
-        Confirmation { yes, interactive },
+        Confirmation {
+            yes: opts.yes,
+            interactive,
+        },
+        Some(journal.clone()),
+        replay,
     )?;
     if accepted {
         session.ops.accept_changes();
     }
     reporter.event(Event::RunStarted {
         run_id: run_id.clone(),
-        mode: "run".into(),
+        mode: if opts.resume.is_some() {
+            "resume".into()
+        } else {
+            "run".into()
+        },
         script: proc.name.clone(),
         site: site.file.display().to_string(),
     });
+    for c in &accepted_changes {
+        reporter.event(Event::Log {
+            level: "warn".into(),
+            message: format!("resuming although {c} (accepted)"),
+        });
+    }
     let outcome = session.run();
     let done = session.ops.steps();
     let mut summary = session.ops.summary();
     match &outcome {
         Ok(()) => {
+            journal.append(&journal::entry_now_end("succeeded", None))?;
             reporter.event(Event::RunFinished {
                 outcome: "succeeded".into(),
                 summary,
             });
             Ok(0)
         }
-        Err(_) => {
+        Err(e) => {
+            let kind = if matches!(e, Error::Interrupted(_)) {
+                "interrupted"
+            } else {
+                "failed"
+            };
+            let _ = journal.append(&journal::entry_now_end(kind, Some(e.to_string())));
             for s in planned.iter().skip(done.len()).filter(|s| s.changes) {
                 summary.push(format!("not done: {}", s.description));
             }
@@ -129,14 +245,17 @@ pub fn execute(
                 "the database WAS upgraded (irreversible); the verified backup is listed above"
                     .into()
             } else {
-                "the database was NOT upgraded".into()
+                "the database was NOT upgraded by this attempt".into()
             });
             summary.push(format!(
-                "fix the cause, then run again; `uprun status --site {}` shows the current state",
-                site.file.display()
+                "fix the cause, then resume: uprun run {} --site {} --release {} --resume {run_id} --yes",
+                proc.name,
+                site.file.display(),
+                release.dir.display()
             ));
+            summary.push(format!("journal: {}", journal.path().display()));
             reporter.event(Event::RunFinished {
-                outcome: "failed".into(),
+                outcome: kind.into(),
                 summary,
             });
             outcome.map(|()| 0)

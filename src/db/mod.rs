@@ -7,7 +7,7 @@ mod sqlite;
 use std::path::Path;
 
 use semver::Version;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{DbKind, Migration, Site};
 use crate::Result;
@@ -15,7 +15,7 @@ use crate::Result;
 pub use sqlite::SqliteDatabase;
 
 /// What a backup left behind, as recorded in the run and returned to scripts.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BackupReceipt {
     pub database: String,
     /// Where the backup is (on the database server for server databases).

@@ -72,7 +72,8 @@ impl SqliteDatabase {
         // The copy is fsynced once at the end: no journal, no per-page syncs.
         dst.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;")
             .map_err(|e| self.err("prepare backup file", e))?;
-        let b = backup::Backup::new(&self.conn, &mut dst).map_err(|e| self.err("start backup", e))?;
+        let b =
+            backup::Backup::new(&self.conn, &mut dst).map_err(|e| self.err("start backup", e))?;
         let mut retries = 0;
         loop {
             match b.step(PAGES_PER_STEP).map_err(|e| self.err("backup", e))? {
@@ -231,7 +232,16 @@ impl Database for SqliteDatabase {
             file = dir.join(format!("{}-{}-{}-{n}.sqlite", self.name, version, stamp));
         }
         let partial = file.with_extension("sqlite.partial");
-        let _ = std::fs::remove_file(&partial);
+        // Partial copies left by an interrupted backup of this database (the
+        // site lock rules out a concurrent one).
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n.starts_with(&format!("{}-", self.name)) && n.ends_with(".sqlite.partial") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
         let journal: String = self
             .conn
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
@@ -379,7 +389,9 @@ mod tests {
         let p = dir.join(if wal { "wal.sqlite" } else { "plain.sqlite" });
         let c = Connection::open(&p).expect("create");
         if wal {
-            let _: String = c.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).expect("wal");
+            let _: String = c
+                .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+                .expect("wal");
         }
         c.execute_batch(
             "CREATE TABLE app_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -400,15 +412,25 @@ mod tests {
             let mut receipt = db
                 .backup(&tmp.path().join("b"), &mut |d, t| last = (d, t))
                 .expect("backup");
-            assert!(last.1 > 0 && last.0 == last.1, "progress reached the end: {last:?}");
+            assert!(
+                last.1 > 0 && last.0 == last.1,
+                "progress reached the end: {last:?}"
+            );
             assert_eq!(receipt.version, "1.2.3");
             db.verify_backup(&mut receipt).expect("verify");
             assert!(receipt.verified);
             let copy = Connection::open(&receipt.file).expect("open copy");
-            let n: i64 = copy.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).expect("count");
-            assert_eq!(n, 2000, "wal={wal}: the copy holds every row (including WAL frames)");
+            let n: i64 = copy
+                .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+                .expect("count");
+            assert_eq!(
+                n, 2000,
+                "wal={wal}: the copy holds every row (including WAL frames)"
+            );
             // The source is usable afterwards: the read lock was released.
-            db.conn.execute("INSERT INTO t VALUES (x'00')", []).expect("write after backup");
+            db.conn
+                .execute("INSERT INTO t VALUES (x'00')", [])
+                .expect("write after backup");
         }
     }
 
@@ -417,7 +439,9 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tmp");
         let src = make(tmp.path(), false);
         let mut db = SqliteDatabase::open_path("app", &src, false).expect("open");
-        let mut receipt = db.backup(&tmp.path().join("b"), &mut |_, _| {}).expect("backup");
+        let mut receipt = db
+            .backup(&tmp.path().join("b"), &mut |_, _| {})
+            .expect("backup");
         // Overwrite a stretch in the middle of the copy.
         let mut bytes = std::fs::read(&receipt.file).expect("read");
         let mid = bytes.len() / 2;
@@ -432,8 +456,15 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tmp");
         let src = make(tmp.path(), false);
         let mut db = SqliteDatabase::open_path("app", &src, false).expect("open");
-        let err = db.query_readonly("DELETE FROM t").expect_err("refused").to_string();
+        let err = db
+            .query_readonly("DELETE FROM t")
+            .expect_err("refused")
+            .to_string();
         assert!(err.contains("must only read"), "{err}");
-        assert_eq!(db.query_readonly("SELECT count(*) AS n FROM t").expect("select")[0]["n"], 2000);
+        assert_eq!(
+            db.query_readonly("SELECT count(*) AS n FROM t")
+                .expect("select")[0]["n"],
+            2000
+        );
     }
 }

@@ -161,6 +161,7 @@ impl NodeInstances {
         let folder = self.folder_path(&rec.folder);
         self.transport.create_dir_all(&folder)?;
         let bytes = self.transport.upload_tree(payload, &folder)?;
+        crate::failpoint::inner();
         self.transport.write_file(
             &self.transport.join(&folder, INSTANCE_CONFIG),
             config.as_bytes(),

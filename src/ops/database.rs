@@ -34,7 +34,7 @@ impl Default for BackupOptions {
 pub struct UpgradeOptions {}
 
 /// What `upgrade_db` did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UpgradeReport {
     pub database: String,
     pub from: String,
@@ -50,6 +50,29 @@ pub struct UpgradeReport {
 impl Ops {
     /// Take a full backup of the site's database into its backup folder, and verify it.
     pub fn backup_db(&self, opts: BackupOptions) -> Result<BackupReceipt> {
+        let key = self.call_key("backup_db", None);
+        if let Some(r) = self.replayed::<BackupReceipt>(&key, "backup_db", None)? {
+            // A backup taken by an earlier attempt of this run counts for the
+            // upgrade rail only while it is still there, unchanged in size.
+            let size = std::fs::metadata(&r.file).map(|m| m.len()).ok();
+            if size != Some(r.size) {
+                return Err(Error::db(
+                    &r.database,
+                    format!(
+                        "the backup `{}` taken by an earlier attempt of this run is missing or changed; restore it, or start a new run",
+                        r.file
+                    ),
+                ));
+            }
+            lock(&self.state).backups.push(r.clone());
+            return Ok(r);
+        }
+        if self.in_flight(&key).is_some() {
+            self.log(
+                "warn",
+                "an earlier attempt stopped during the backup: taking it again",
+            );
+        }
         let name = self.site.database.name.clone();
         let dir = self.site.database.backup_dir.clone();
         let version = self.db_version()?;
@@ -63,49 +86,87 @@ impl Ops {
             self.site.database.kind.as_str(),
             dir.display()
         );
-        self.step("backup_db", description.clone(), None, false, || {
-            let receipt = if self.mode == Mode::Plan {
-                BackupReceipt {
-                    database: name.clone(),
-                    file: format!("{}/(planned)", dir.display()),
-                    size: 0,
-                    version: version.to_string(),
-                    started: String::new(),
-                    finished: String::new(),
-                    verified: opts.verify,
-                    verification: "planned".into(),
-                }
-            } else {
-                let bar = self.reporter.bar(&format!("backup {name}"));
-                let mut db = lock(&self.db);
-                let mut receipt = db.backup(&dir, &mut |done, total| bar.set(done, total))?;
-                bar.finish();
-                if opts.verify {
-                    db.verify_backup(&mut receipt)?;
-                }
-                receipt
-            };
-            let text = format!(
-                "backup of `{name}` at {version}: `{}` ({} bytes{})",
-                receipt.file,
-                receipt.size,
-                if receipt.verified {
-                    ", verified"
+        let intent = serde_json::json!({ "backup_dir": dir.display().to_string(), "version": version.to_string() });
+        self.step(
+            &key,
+            "backup_db",
+            description.clone(),
+            None,
+            false,
+            intent,
+            || {
+                let receipt = if self.mode == Mode::Plan {
+                    BackupReceipt {
+                        database: name.clone(),
+                        file: format!("{}/(planned)", dir.display()),
+                        size: 0,
+                        version: version.to_string(),
+                        started: String::new(),
+                        finished: String::new(),
+                        verified: opts.verify,
+                        verification: "planned".into(),
+                    }
                 } else {
-                    ", NOT verified"
-                }
-            );
-            lock(&self.state).backups.push(receipt.clone());
-            Ok((receipt, text))
-        })
+                    let bar = self.reporter.bar(&format!("backup {name}"));
+                    let mut db = lock(&self.db);
+                    let mut receipt = db.backup(&dir, &mut |done, total| bar.set(done, total))?;
+                    bar.finish();
+                    if opts.verify {
+                        db.verify_backup(&mut receipt)?;
+                    }
+                    receipt
+                };
+                let text = format!(
+                    "backup of `{name}` at {version}: `{}` ({} bytes{})",
+                    receipt.file,
+                    receipt.size,
+                    if receipt.verified {
+                        ", verified"
+                    } else {
+                        ", NOT verified"
+                    }
+                );
+                lock(&self.state).backups.push(receipt.clone());
+                Ok((receipt, text))
+            },
+        )
     }
 
     /// Upgrade the database to the release's version by applying the release's
     /// pending migrations, after checking the rails.
     pub fn upgrade_db(&self, _opts: UpgradeOptions) -> Result<UpgradeReport> {
+        let key = self.call_key("upgrade_db", None);
+        if let Some(r) = self.replayed::<UpgradeReport>(&key, "upgrade_db", None)? {
+            return Ok(r);
+        }
         let name = self.site.database.name.clone();
         let from = self.db_version()?;
         let to = self.release.version.clone();
+        if let Some(intent) = self.in_flight(&key) {
+            let intended: UpgradeReport = serde_json::from_value(intent.clone()).map_err(|e| {
+                Error::Config(format!("journal entry `{key}` cannot be read back: {e}"))
+            })?;
+            if from.to_string() == intended.to {
+                // The upgrade finished before the earlier attempt died.
+                let text = format!(
+                    "database `{name}` reached {} before the earlier attempt stopped (reconciled)",
+                    intended.to
+                );
+                return self.step(
+                    &key,
+                    "upgrade_db",
+                    text.clone(),
+                    None,
+                    false,
+                    intent.clone(),
+                    || Ok((intended, text)),
+                );
+            }
+            self.log(
+                "warn",
+                &format!("an earlier attempt stopped during the upgrade of `{name}`: the migration history shows what was applied; going on from there"),
+            );
+        }
         if from > to {
             return Err(Error::Refused(format!(
                 "database `{name}` is at {from}, newer than the release ({to}); downgrades are not supported"
@@ -148,32 +209,42 @@ impl Ops {
             }
         );
         self.ensure_confirmed(&description, true)?;
-        self.step("upgrade_db", description.clone(), None, true, || {
-            if self.mode == Mode::Plan {
-                lock(&self.state).planned_version = Some(to.clone());
-            } else {
-                let applied_by = applied_by(&self.run_id);
-                let bar = self.reporter.bar(&format!("migrate {name}"));
-                let mut db = lock(&self.db);
-                for (i, m) in pending.iter().enumerate() {
-                    bar.set(i as u64, pending.len() as u64);
-                    db.apply(m, &applied_by)?;
+        let report = UpgradeReport {
+            database: name.clone(),
+            from: from.to_string(),
+            to: to.to_string(),
+            upgraded: true,
+            migrations: names.clone(),
+            backup: backup.clone(),
+        };
+        let intent = serde_json::to_value(&report).unwrap_or_default();
+        self.step(
+            &key,
+            "upgrade_db",
+            description.clone(),
+            None,
+            true,
+            intent,
+            || {
+                if self.mode == Mode::Plan {
+                    lock(&self.state).planned_version = Some(to.clone());
+                } else {
+                    let applied_by = applied_by(&self.run_id);
+                    let bar = self.reporter.bar(&format!("migrate {name}"));
+                    let mut db = lock(&self.db);
+                    for (i, m) in pending.iter().enumerate() {
+                        bar.set(i as u64, pending.len() as u64);
+                        db.apply(m, &applied_by)?;
+                        if i == 0 {
+                            crate::failpoint::inner();
+                        }
+                    }
+                    db.set_version(&to)?;
+                    bar.finish();
                 }
-                db.set_version(&to)?;
-                bar.finish();
-            }
-            Ok((
-                UpgradeReport {
-                    database: name.clone(),
-                    from: from.to_string(),
-                    to: to.to_string(),
-                    upgraded: true,
-                    migrations: names.clone(),
-                    backup: backup.clone(),
-                },
-                description.clone(),
-            ))
-        })
+                Ok((report, description.clone()))
+            },
+        )
     }
 
     /// Rail: a verified backup of this database at its current version, taken in

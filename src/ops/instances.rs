@@ -45,6 +45,41 @@ impl Ops {
         _opts: RemoveOptions,
     ) -> Result<Option<InstanceRecord>> {
         let n = self.node(node)?;
+        let key = self.call_key("remove_instance", Some(node));
+        if let Some(r) =
+            self.replayed::<Option<InstanceRecord>>(&key, "remove_instance", Some(node))?
+        {
+            return Ok(r);
+        }
+        if let Some(intent) = self.in_flight(&key) {
+            let intended: InstanceRecord = serde_json::from_value(intent.clone()).map_err(|e| {
+                Error::Config(format!("journal entry `{key}` cannot be read back: {e}"))
+            })?;
+            let m = n.manifest()?;
+            if m.current.as_ref() != Some(&intended) {
+                // The removal finished before the earlier attempt died.
+                let removed = m
+                    .removed
+                    .iter()
+                    .rev()
+                    .find(|r| r.folder == intended.folder)
+                    .cloned()
+                    .unwrap_or(intended);
+                let text = format!(
+                    "instance {} {} on `{node}` was removed before the earlier attempt stopped (reconciled)",
+                    removed.app_name, removed.version
+                );
+                return self.step(
+                    &key,
+                    "remove_instance",
+                    text.clone(),
+                    Some(node),
+                    false,
+                    intent.clone(),
+                    || Ok((Some(removed), text)),
+                );
+            }
+        }
         let Some(current) = self.instance(node)? else {
             let idx = self.begin_step("remove_instance", String::new(), Some(node), false, false);
             self.finish_step(
@@ -73,11 +108,14 @@ impl Ops {
             current.app_name, current.version, current.folder
         );
         self.ensure_confirmed(&description, false)?;
+        let intent = serde_json::to_value(&current).unwrap_or_default();
         self.step(
+            &key,
             "remove_instance",
             description.clone(),
             Some(node),
             false,
+            intent,
             || {
                 let removed = if self.mode == Mode::Plan {
                     lock(&self.state)
@@ -97,6 +135,13 @@ impl Ops {
     /// Create the release's instance on `node` in a new folder.
     pub fn create_instance(&self, node: &str, opts: CreateOptions) -> Result<InstanceRecord> {
         let n = self.node(node)?;
+        let key = self.call_key("create_instance", Some(node));
+        if let Some(r) = self.replayed::<InstanceRecord>(&key, "create_instance", Some(node))? {
+            return Ok(r);
+        }
+        if let Some(intent) = self.in_flight(&key) {
+            return self.finish_interrupted_create(&key, node, intent.clone());
+        }
         let app_name = opts.app_name.unwrap_or_else(|| self.site.app_name.clone());
         if app_name.is_empty() || app_name.contains(['/', '\\', '\0']) {
             return Err(Error::Config(format!(
@@ -163,11 +208,14 @@ impl Ops {
         let description =
             format!("create instance {app_name} {version} on `{node}` in new folder `{folder}`");
         self.ensure_confirmed(&description, false)?;
+        let intent = serde_json::to_value(&rec).unwrap_or_default();
         self.step(
+            &key,
             "create_instance",
             description.clone(),
             Some(node),
             false,
+            intent,
             || {
                 if self.mode == Mode::Plan {
                     let mut st = lock(&self.state);
@@ -189,6 +237,75 @@ impl Ops {
                     rec.clone(),
                     format!("{description} ({bytes} bytes of payload)"),
                 ))
+            },
+        )
+    }
+
+    /// An earlier attempt died while creating an instance: finish that very
+    /// instance in its own folder (recorded in the journal, so the used-folder
+    /// rail does not apply to it). Copying the payload again overwrites any
+    /// partial files; start and health commands run again.
+    fn finish_interrupted_create(
+        &self,
+        key: &str,
+        node: &str,
+        intent: serde_json::Value,
+    ) -> Result<InstanceRecord> {
+        let n = self.node(node)?;
+        let rec: InstanceRecord = serde_json::from_value(intent.clone()).map_err(|e| {
+            Error::Config(format!("journal entry `{key}` cannot be read back: {e}"))
+        })?;
+        let current = self.instance(node)?;
+        match &current {
+            Some(c) if c != &rec => {
+                return Err(Error::Refused(format!(
+                    "node `{node}`: an earlier attempt was creating {} {} in `{}`, but the node now runs {} {} in `{}`; check the node by hand (`uprun status`) before going on",
+                    rec.app_name, rec.version, rec.folder, c.app_name, c.version, c.folder
+                )))
+            }
+            _ => {}
+        }
+        let description = format!(
+            "finish creating instance {} {} on `{node}` in `{}` (interrupted in an earlier attempt)",
+            rec.app_name, rec.version, rec.folder
+        );
+        self.ensure_confirmed(&description, false)?;
+        self.step(
+            key,
+            "create_instance",
+            description.clone(),
+            Some(node),
+            false,
+            intent,
+            || {
+                if self.mode == Mode::Plan {
+                    lock(&self.state)
+                        .planned_current
+                        .insert(node.to_string(), Some(rec.clone()));
+                    return Ok((rec.clone(), description.clone()));
+                }
+                if current.is_some() {
+                    n.service_command(
+                        "start",
+                        self.site.service.start.as_deref(),
+                        &rec,
+                        &self.site.service,
+                    )?;
+                    n.service_command(
+                        "health",
+                        self.site.service.health.as_deref(),
+                        &rec,
+                        &self.site.service,
+                    )?;
+                } else {
+                    n.create(
+                        &rec,
+                        &self.release.payload,
+                        &self.instance_config(&rec),
+                        &self.site.service,
+                    )?;
+                }
+                Ok((rec.clone(), description.clone()))
             },
         )
     }

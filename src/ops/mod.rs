@@ -15,8 +15,12 @@ use std::time::Instant;
 use semver::Version;
 use serde::Serialize;
 
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
 use crate::config::{Release, Role, Site};
-use crate::db::{BackupReceipt, Database};
+use crate::db::{now_rfc3339, BackupReceipt, Database};
+use crate::journal::{Entry, Journal, Replay};
 use crate::nodes::{InstanceRecord, NodeInstances};
 use crate::progress::{Event, Reporter};
 use crate::{Error, Result};
@@ -74,6 +78,10 @@ struct RunState {
     planned_used: HashMap<String, Vec<String>>,
     /// The operator accepted the run's changes (once, up front).
     changes_confirmed: bool,
+    /// Calls of changing functions so far, by `call:node` (journal keys).
+    occurrences: HashMap<String, usize>,
+    /// Changes announced by this process (numbers the failpoints).
+    announced: usize,
 }
 
 /// What a run is about: its inputs and how it may act.
@@ -83,6 +91,10 @@ pub struct RunSpec {
     pub mode: Mode,
     pub run_id: String,
     pub confirmation: Confirmation,
+    /// Where changes are announced and recorded (run mode).
+    pub journal: Option<Arc<Journal>>,
+    /// What an earlier attempt of this run did (`--resume`).
+    pub replay: Replay,
 }
 
 /// The site, release and connections of one run, and what it has done so far.
@@ -95,6 +107,8 @@ pub struct Ops {
     nodes: Vec<NodeInstances>,
     reporter: Arc<Reporter>,
     confirmation: Confirmation,
+    journal: Option<Arc<Journal>>,
+    replay: Replay,
     state: Mutex<RunState>,
 }
 
@@ -118,6 +132,8 @@ impl Ops {
             nodes,
             reporter,
             confirmation: spec.confirmation,
+            journal: spec.journal,
+            replay: spec.replay,
             state: Mutex::new(RunState::default()),
         }
     }
@@ -343,24 +359,124 @@ impl Ops {
         }
     }
 
-    /// Run `work` as a step: begin, do, finish, with timing.
-    fn step<T>(
+    /// The journal key of this call of a changing function: `call:node#n`,
+    /// counted per call and node so that parallel closures cannot shuffle it.
+    fn call_key(&self, call: &str, node: Option<&str>) -> String {
+        let base = format!("{call}:{}", node.unwrap_or("-"));
+        let mut st = lock(&self.state);
+        let n = st.occurrences.entry(base.clone()).or_insert(0);
+        *n += 1;
+        format!("{base}#{n}")
+    }
+
+    /// A call the journal shows done in an earlier attempt: its recorded
+    /// result, listed as done, without acting.
+    fn replayed<T: DeserializeOwned>(
         &self,
+        key: &str,
+        kind: &'static str,
+        node: Option<&str>,
+    ) -> Result<Option<T>> {
+        let Some(value) = self.replay.done.get(key) else {
+            return Ok(None);
+        };
+        let v: T = serde_json::from_value(value.clone()).map_err(|e| {
+            Error::Config(format!("journal entry `{key}` cannot be read back ({e}); the journal does not match this version of uprun"))
+        })?;
+        let idx = self.begin_step(kind, String::new(), node, false, false);
+        self.finish_step(idx, Ok(format!("done in an earlier attempt: {key}")), 0);
+        Ok(Some(v))
+    }
+
+    /// What the earlier attempt announced for a call it never closed.
+    fn in_flight(&self, key: &str) -> Option<&Value> {
+        self.replay.in_flight.get(key)
+    }
+
+    /// Interrupted by the operator: stop before starting another change.
+    fn check_interrupt(&self) -> Result<()> {
+        if self.mode == Mode::Run && crate::interrupt::stop_requested() {
+            return Err(Error::Interrupted(
+                "interrupted: stopped by the operator (Ctrl-C) before the next step".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn announce(&self, entry: Entry) -> Result<()> {
+        match &self.journal {
+            Some(j) if self.mode == Mode::Run => j.append(&entry),
+            _ => Ok(()),
+        }
+    }
+
+    /// Run `work` as a changing step: announce it in the journal (durably)
+    /// before acting, record its result after. Failpoints `step<n>:before`,
+    /// `step<n>:inner` (inside `work`, see `inner_failpoint`) and
+    /// `step<n>:after` bracket the change.
+    #[allow(clippy::too_many_arguments)]
+    fn step<T: Serialize>(
+        &self,
+        key: &str,
         kind: &'static str,
         description: String,
         node: Option<&str>,
         irreversible: bool,
+        intent: Value,
         work: impl FnOnce() -> Result<(T, String)>,
     ) -> Result<T> {
-        let idx = self.begin_step(kind, description, node, true, irreversible);
+        self.check_interrupt()?;
+        let idx = self.begin_step(kind, description.clone(), node, true, irreversible);
         let start = Instant::now();
-        match work() {
+        let seq = {
+            let mut st = lock(&self.state);
+            st.announced += 1;
+            st.announced
+        };
+        let announced = self.announce(Entry::Started {
+            key: key.to_string(),
+            call: kind.to_string(),
+            node: node.map(str::to_string),
+            description,
+            intent,
+            at: now_rfc3339(),
+        });
+        if let Err(e) = announced {
+            self.finish_step(idx, Err(&e), 0);
+            return Err(e);
+        }
+        if self.mode == Mode::Run {
+            crate::failpoint::hit(&format!("step{seq}:before"));
+        }
+        crate::failpoint::set_step(seq);
+        let outcome = work();
+        if self.mode == Mode::Run {
+            crate::failpoint::hit(&format!("step{seq}:after"));
+        }
+        let ms = start.elapsed().as_millis();
+        match outcome {
             Ok((value, text)) => {
-                self.finish_step(idx, Ok(text), start.elapsed().as_millis());
+                let result = serde_json::to_value(&value).unwrap_or(Value::Null);
+                let recorded = self.announce(Entry::Done {
+                    key: key.to_string(),
+                    result,
+                    ms: ms as u64,
+                    at: now_rfc3339(),
+                });
+                if let Err(e) = recorded {
+                    self.finish_step(idx, Err(&e), ms);
+                    return Err(e);
+                }
+                self.finish_step(idx, Ok(text), ms);
                 Ok(value)
             }
             Err(e) => {
-                self.finish_step(idx, Err(&e), start.elapsed().as_millis());
+                let _ = self.announce(Entry::Failed {
+                    key: key.to_string(),
+                    error: e.to_string(),
+                    at: now_rfc3339(),
+                });
+                self.finish_step(idx, Err(&e), ms);
                 Err(e)
             }
         }

@@ -117,10 +117,10 @@ pub fn run(engine: &Engine, ast: &AST, proc: &Procedure, sources: &Sources) -> R
         Ok(()) => Ok(()),
         Err(e) => {
             let text = render_error(&e, &proc.name, sources);
-            if render::root_kind(&e).as_deref() == Some("refused") {
-                Err(Error::ScriptRefused(text))
-            } else {
-                Err(Error::Script(text))
+            match render::root_kind(&e).as_deref() {
+                Some("refused") => Err(Error::ScriptRefused(text)),
+                Some("interrupted") => Err(Error::Interrupted(render::plain_message(&e))),
+                _ => Err(Error::Script(text)),
             }
         }
     }

@@ -90,6 +90,24 @@ impl Sandbox {
         out
     }
 
+    /// Assert that the database and node folders are byte-identical to
+    /// `before`, naming the files that differ.
+    pub fn assert_unchanged(&self, before: &BTreeMap<PathBuf, Vec<u8>>, what: &str) {
+        let after = self.snapshot();
+        let mut diff: Vec<String> = Vec::new();
+        for (p, bytes) in before {
+            match after.get(p) {
+                None => diff.push(format!("removed {}", p.display())),
+                Some(b) if b != bytes => diff.push(format!("changed {}", p.display())),
+                _ => {}
+            }
+        }
+        for p in after.keys().filter(|p| !before.contains_key(*p)) {
+            diff.push(format!("added {}", p.display()));
+        }
+        assert!(diff.is_empty(), "{what}: {diff:?}");
+    }
+
     pub fn backups(&self) -> Vec<PathBuf> {
         match std::fs::read_dir(self.dir.join("backups")) {
             Ok(it) => it.map(|e| e.expect("entry").path()).collect(),

@@ -1,0 +1,111 @@
+//! `uprun runs`: a site's runs from their journals.
+
+use crate::cli::{RunsArgs, RunsCommand};
+use crate::config::Site;
+use crate::journal::{self, Entry, Journal};
+use crate::{Error, Result};
+
+pub fn exec(a: RunsArgs) -> Result<i32> {
+    let Some(site_path) = a.site else {
+        return Err(Error::Config("`uprun runs` needs --site FILE".into()));
+    };
+    let site = Site::load(&site_path)?;
+    let runs = journal::list_runs(&site)?;
+    match a.command {
+        None => {
+            if a.json {
+                let infos: Vec<_> = runs.iter().map(|(i, _)| i).collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&infos).unwrap_or_default()
+                );
+                return Ok(0);
+            }
+            if runs.is_empty() {
+                println!("no runs yet for {}", site.file.display());
+            }
+            for (i, _) in &runs {
+                println!(
+                    "{}  {:<11} {}  started {}  ended {}  {} step(s) done  last: {}",
+                    i.run_id,
+                    i.outcome,
+                    i.script,
+                    i.started,
+                    i.ended.as_deref().unwrap_or("-"),
+                    i.steps_done,
+                    i.last_step.as_deref().unwrap_or("-")
+                );
+            }
+        }
+        Some(RunsCommand::Show { id }) => {
+            let Some((info, entries)) = runs.iter().find(|(i, _)| i.run_id == id) else {
+                return Err(Error::Config(format!(
+                    "no run `{id}` for site `{}`",
+                    site.file.display()
+                )));
+            };
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(entries).unwrap_or_default()
+                );
+                return Ok(0);
+            }
+            println!("run {} ({}): {}", info.run_id, info.script, info.outcome);
+            for e in entries {
+                match e {
+                    Entry::Run {
+                        at, inputs, user, ..
+                    } => println!(
+                        "{at}  started by {user}: {} on {} with release {} ({})",
+                        inputs.script, inputs.site, inputs.release_version, inputs.release
+                    ),
+                    Entry::Resume {
+                        at,
+                        accepted_changes,
+                        ..
+                    } => {
+                        println!("{at}  resumed");
+                        for c in accepted_changes {
+                            println!("{at}    accepted: {c}");
+                        }
+                    }
+                    Entry::Started {
+                        at, description, ..
+                    } => println!("{at}  started  {description}"),
+                    Entry::Done { at, key, ms, .. } => println!("{at}  done     {key} ({ms} ms)"),
+                    Entry::Failed { at, key, error } => println!("{at}  FAILED   {key}: {error}"),
+                    Entry::Note { at, message } => println!("{at}  note     {message}"),
+                    Entry::End { at, outcome, error } => {
+                        println!(
+                            "{at}  {outcome}{}",
+                            error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+                        )
+                    }
+                }
+            }
+        }
+        Some(RunsCommand::Abandon { id }) => {
+            let Some((info, _)) = runs.iter().find(|(i, _)| i.run_id == id) else {
+                return Err(Error::Config(format!(
+                    "no run `{id}` for site `{}`",
+                    site.file.display()
+                )));
+            };
+            if info.ended.is_some() {
+                return Err(Error::Config(format!(
+                    "run `{id}` already ended ({}); nothing to abandon",
+                    info.outcome
+                )));
+            }
+            let _lock = crate::lock::SiteLock::acquire(&site, &id, Some(&id))?;
+            let j = Journal::reopen(&site, &id)?;
+            j.append(&journal::entry_now_end(
+                "abandoned",
+                Some("abandoned by the operator".into()),
+            ))?;
+            println!("run {id} abandoned; new runs may start. Nothing was undone: `uprun status --site {}` shows the site.", site.file.display());
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,37 @@
+//! Ctrl-C during a run. The first stops the run after the current step; the
+//! second aborts the current step where that is safe (a backup copy); a third
+//! exits at once. Either way the journal says where the run stopped.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+static PRESSES: AtomicUsize = AtomicUsize::new(0);
+
+/// Install the handler (once per process; later calls are ignored).
+pub fn install() {
+    let _ = ctrlc::set_handler(|| {
+        let n = PRESSES.fetch_add(1, Ordering::SeqCst) + 1;
+        match n {
+            1 => eprintln!("\nuprun: stopping after the current step (Ctrl-C again to abort it where that is safe)"),
+            2 => eprintln!("\nuprun: aborting the current step where that is safe; otherwise it finishes first (Ctrl-C again to exit at once)"),
+            _ => {
+                eprintln!("\nuprun: exiting now; the journal shows the step in flight, `--resume` reconciles it");
+                std::process::exit(130);
+            }
+        }
+    });
+}
+
+/// The operator asked to stop after the current step.
+pub fn stop_requested() -> bool {
+    PRESSES.load(Ordering::SeqCst) >= 1
+}
+
+/// The operator asked to abort the current step.
+pub fn abort_requested() -> bool {
+    PRESSES.load(Ordering::SeqCst) >= 2
+}
+
+/// For tests and embedders: ask to stop as a first Ctrl-C would.
+pub fn request_stop() {
+    PRESSES.fetch_max(1, Ordering::SeqCst);
+}

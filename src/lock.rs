@@ -1,0 +1,95 @@
+//! The exclusive lock of a site for the whole of a run: an OS file lock on
+//! `<state_dir>/run.lock` (released by the kernel if the process dies), whose
+//! contents name the holder. A run that died without closing its journal
+//! leaves the site "held" by that unfinished run: the next run is refused and
+//! told how to resume or abandon it.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, SeekFrom, Write};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Site;
+use crate::db::now_rfc3339;
+use crate::journal;
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Holder {
+    run_id: String,
+    pid: u32,
+    since: String,
+}
+
+/// Held for as long as it lives.
+pub struct SiteLock {
+    _file: File,
+}
+
+impl SiteLock {
+    /// Take the site's lock for `run_id`. `resuming` names the run being
+    /// resumed: an unfinished run may only be taken over by its own resume.
+    pub fn acquire(site: &Site, run_id: &str, resuming: Option<&str>) -> Result<SiteLock> {
+        let dir = &site.state_dir;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("create state folder", dir, e))?;
+        let path = dir.join("run.lock");
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io("open lock file", &path, e))?;
+        let mut text = String::new();
+        let _ = file.read_to_string(&mut text);
+        let previous: Option<Holder> = serde_json::from_str(&text).ok();
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let who = previous
+                    .map(|h| format!("run {} (pid {}, since {})", h.run_id, h.pid, h.since))
+                    .unwrap_or_else(|| "another uprun process".into());
+                return Err(Error::Refused(format!(
+                    "site `{}` is locked by {who}, which is still running; wait for it to finish (`uprun runs --site {}` shows it)",
+                    site.file.display(),
+                    site.file.display()
+                )));
+            }
+            Err(TryLockError::Error(e)) => return Err(Error::io("lock", &path, e)),
+        }
+        if let Some(h) = previous {
+            let unfinished = journal::read(&journal::journal_path(site, &h.run_id))
+                .map(|entries| journal::summarize(&h.run_id, &entries).ended.is_none())
+                .unwrap_or(false);
+            if unfinished && resuming != Some(h.run_id.as_str()) && h.run_id != run_id {
+                return Err(Error::Refused(format!(
+                    "site `{}` holds a stale lock: run {} (pid {}, since {}) stopped without finishing and its process is gone. \
+Resume it with `uprun run SCRIPT --site {} --release RELEASE --resume {}`, or, after checking the site by hand \
+(`uprun status --site {}`), abandon it with `uprun runs abandon {} --site {}`",
+                    site.file.display(),
+                    h.run_id,
+                    h.pid,
+                    h.since,
+                    site.file.display(),
+                    h.run_id,
+                    site.file.display(),
+                    h.run_id,
+                    site.file.display()
+                )));
+            }
+        }
+        let me = Holder {
+            run_id: run_id.to_string(),
+            pid: std::process::id(),
+            since: now_rfc3339(),
+        };
+        let write = |f: &mut File| -> std::io::Result<()> {
+            f.set_len(0)?;
+            f.seek(SeekFrom::Start(0))?;
+            f.write_all(serde_json::to_string(&me).unwrap_or_default().as_bytes())?;
+            f.sync_data()
+        };
+        write(&mut file).map_err(|e| Error::io("write lock file", &path, e))?;
+        Ok(SiteLock { _file: file })
+    }
+}

@@ -1,0 +1,431 @@
+//! Durable runs: journal, resume after SIGKILL at every step, the site lock,
+//! Ctrl-C, and refusing to resume with changed inputs.
+
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::{uprun, Sandbox};
+
+/// The comparable end state: database version and history, and each node's
+/// manifest without timestamps.
+fn end_state(sb: &Sandbox) -> BTreeMap<String, Value> {
+    let mut out = BTreeMap::new();
+    out.insert("db_version".into(), Value::from(sb.db_version()));
+    let names: Vec<String> = sb
+        .db()
+        .prepare("SELECT name FROM uprun_migration_history ORDER BY rowid")
+        .expect("history")
+        .query_map([], |r| r.get(0))
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("names");
+    out.insert("history".into(), Value::from(names));
+    for node in ["app01", "app02", "app03"] {
+        let m = sb.manifest(node);
+        let strip = |r: &Value| serde_json::json!({ "app": r["app_name"], "version": r["version"], "folder": r["folder"] });
+        let removed: Vec<Value> = m["removed"]
+            .as_array()
+            .expect("removed")
+            .iter()
+            .map(strip)
+            .collect();
+        let mut used: Vec<Value> = m["used_folders"].as_array().expect("used").clone();
+        used.sort_by_key(|v| v.to_string());
+        out.insert(
+            node.into(),
+            serde_json::json!({ "current": strip(&m["current"]), "removed": removed, "used": used }),
+        );
+    }
+    out
+}
+
+fn journals(sb: &Sandbox) -> Vec<PathBuf> {
+    match std::fs::read_dir(sb.dir.join(".uprun/runs")) {
+        Ok(it) => it.map(|e| e.expect("entry").path()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn journal_entries(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .expect("journal")
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn run_id(path: &Path) -> String {
+    path.file_stem()
+        .expect("stem")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The journal never shows an upgrade started before a verified backup was done.
+fn assert_backup_before_upgrade(entries: &[Value]) {
+    let mut verified_backup = false;
+    for e in entries {
+        if e["type"] == "done" && e["key"].as_str().unwrap_or("").starts_with("backup_db") {
+            verified_backup |= e["result"]["verified"] == true;
+        }
+        if e["type"] == "started" && e["call"] == "upgrade_db" {
+            assert!(
+                verified_backup,
+                "upgrade started without a verified backup: {entries:#?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn killed_at_any_step_then_resumed_ends_like_a_clean_run() {
+    let clean = Sandbox::new();
+    clean
+        .cmd("run", "in-place-upgrade", &["--yes"])
+        .assert()
+        .success();
+    let expected = end_state(&clean);
+    let clean_journal = journal_entries(&journals(&clean)[0]);
+    let kinds: Vec<String> = clean_journal
+        .iter()
+        .filter(|e| e["type"] == "started")
+        .map(|e| e["call"].as_str().expect("call").to_string())
+        .collect();
+    assert_eq!(
+        kinds.len(),
+        8,
+        "changing steps of the stock procedure: {kinds:?}"
+    );
+
+    let mut cases = 0;
+    for (k, kind) in kinds.iter().enumerate() {
+        let k = k + 1;
+        let mut points = vec!["before", "after"];
+        if kind == "create_instance" || kind == "upgrade_db" {
+            points.push("inner");
+        }
+        for point in points {
+            let sb = Sandbox::new();
+            let fp = format!("step{k}:{point}");
+            let out = sb
+                .cmd("run", "in-place-upgrade", &["--yes"])
+                .env("UPRUN_FAILPOINT", &fp)
+                .output()
+                .expect("run");
+            assert_eq!(
+                out.status.signal(),
+                Some(9),
+                "{fp} ({kind}): not killed; {out:?}"
+            );
+            let js = journals(&sb);
+            assert_eq!(js.len(), 1);
+            let id = run_id(&js[0]);
+
+            // A new run is refused while the killed one is unfinished.
+            let fresh = sb
+                .cmd("run", "in-place-upgrade", &["--yes"])
+                .output()
+                .expect("fresh run");
+            assert_eq!(fresh.status.code(), Some(3), "{fp}");
+            assert!(
+                String::from_utf8_lossy(&fresh.stderr).contains(&format!("--resume {id}")),
+                "{fp}"
+            );
+
+            let out = sb
+                .cmd("run", "in-place-upgrade", &["--yes", "--resume", &id])
+                .output()
+                .expect("resume");
+            assert!(
+                out.status.success(),
+                "{fp} ({kind}): resume failed: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&out.stdout)
+            );
+            assert_eq!(
+                end_state(&sb),
+                expected,
+                "{fp} ({kind}): end state differs from a clean run"
+            );
+            let entries = journal_entries(&js[0]);
+            assert_backup_before_upgrade(&entries);
+            assert_eq!(entries.last().expect("end")["outcome"], "succeeded", "{fp}");
+            cases += 1;
+        }
+    }
+    assert_eq!(
+        cases,
+        8 * 2 + 4,
+        "every step, before and after its change, and inside the long ones"
+    );
+}
+
+#[test]
+fn runs_lists_and_shows_the_journal() {
+    let sb = Sandbox::new();
+    sb.cmd("run", "in-place-upgrade", &["--yes"])
+        .assert()
+        .success();
+    let out = uprun()
+        .args(["runs", "--json", "--site"])
+        .arg(sb.site())
+        .output()
+        .expect("runs");
+    assert!(out.status.success());
+    let runs: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let runs = runs.as_array().expect("array");
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0]["outcome"], "succeeded");
+    assert_eq!(runs[0]["steps_done"], 8);
+    let id = runs[0]["run_id"].as_str().expect("id");
+    let out = uprun()
+        .args(["runs", "show", id, "--site"])
+        .arg(sb.site())
+        .output()
+        .expect("show");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("started  upgrade database `app` from 1.0.0 to 2.0.0"),
+        "{text}"
+    );
+    assert!(text.contains("succeeded"), "{text}");
+    // Every change was announced before it was recorded done.
+    let entries = journal_entries(&journals(&sb)[0]);
+    for e in entries.iter().filter(|e| e["type"] == "done") {
+        let key = &e["key"];
+        let started = entries
+            .iter()
+            .position(|s| s["type"] == "started" && &s["key"] == key);
+        let done = entries.iter().position(|s| s == e);
+        assert!(started < done, "{key} done before started");
+    }
+}
+
+/// A site whose stop command on app02 reports it is running (writes to the
+/// `ready` FIFO) and then waits for the test (reads the `gate` FIFO).
+struct Gate {
+    ready: PathBuf,
+    gate: PathBuf,
+}
+
+impl Gate {
+    fn install(sb: &Sandbox) -> Gate {
+        let ready = sb.dir.join("ready.fifo");
+        let gate = sb.dir.join("gate.fifo");
+        for f in [&ready, &gate] {
+            let st = Command::new("mkfifo").arg(f).status().expect("mkfifo");
+            assert!(st.success());
+        }
+        let site = std::fs::read_to_string(sb.site()).expect("site").replace(
+            "stop = \"rm -f service.state\"",
+            &format!(
+                "stop = \"if [ {{node}} = app02 ]; then echo up > '{}'; cat '{}' > /dev/null; fi; rm -f service.state\"",
+                ready.display(),
+                gate.display()
+            ),
+        );
+        std::fs::write(sb.site(), site).expect("write site");
+        Gate { ready, gate }
+    }
+
+    /// Wait (bounded) until the run is inside app02's stop command.
+    fn wait_ready(&self, child: &mut Child) {
+        let (tx, rx) = mpsc::channel();
+        let ready = self.ready.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(std::fs::read_to_string(ready));
+        });
+        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            let _ = child.kill();
+            panic!("the run never reached app02's stop command");
+        }
+    }
+
+    fn open(&self) {
+        std::fs::write(&self.gate, "go\n").expect("open the gate");
+    }
+}
+
+fn spawn_run(sb: &Sandbox, script: &str, extra: &[&str]) -> Child {
+    let bin = assert_cmd::cargo::cargo_bin("uprun");
+    Command::new(bin)
+        .args(["run", script, "--site"])
+        .arg(sb.site())
+        .arg("--release")
+        .arg(sb.release())
+        .arg("--yes")
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn")
+}
+
+#[test]
+fn a_second_run_on_a_locked_site_is_refused_and_changes_nothing() {
+    let sb = Sandbox::new();
+    let gate = Gate::install(&sb);
+    // The first run does one thing only, so nothing else moves while it waits.
+    let only = sb.script("only.rhai", "remove_instance(\"app02\");\n");
+    let mut first = spawn_run(&sb, only.to_str().expect("path"), &[]);
+    gate.wait_ready(&mut first);
+    let before = sb.snapshot();
+    let second = sb
+        .cmd("run", "in-place-upgrade", &["--yes"])
+        .output()
+        .expect("second run");
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("is locked by run") && err.contains("still running"),
+        "{err}"
+    );
+    sb.assert_unchanged(&before, "the refused run changed something");
+    gate.open();
+    let out = first.wait_with_output().expect("first run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(sb.manifest("app02")["current"].is_null());
+    assert_eq!(journals(&sb).len(), 1, "the refused run left no journal");
+}
+
+#[test]
+fn ctrl_c_stops_after_the_current_step_and_the_run_resumes() {
+    let sb = Sandbox::new();
+    let gate = Gate::install(&sb);
+    let mut run = spawn_run(&sb, "in-place-upgrade", &[]);
+    gate.wait_ready(&mut run);
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(run.id() as i32, libc::SIGINT);
+    }
+    gate.open();
+    let out = run.wait_with_output().expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("run interrupted") && text.contains("--resume"),
+        "{text}"
+    );
+    // The step in progress (removal on app02) finished; nothing after it started.
+    assert!(sb.manifest("app02")["current"].is_null());
+    assert_eq!(sb.db_version(), "1.0.0");
+    let js = journals(&sb);
+    let entries = journal_entries(&js[0]);
+    assert_eq!(entries.last().expect("end")["outcome"], "interrupted");
+    let id = run_id(&js[0]);
+    std::fs::write(sb.site(), std::fs::read_to_string(sb.site()).expect("site"))
+        .expect("rewrite same site");
+    let out = sb
+        .cmd("run", "in-place-upgrade", &["--yes", "--resume", &id])
+        .output()
+        .expect("resume");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sb.db_version(), "2.0.0");
+    assert_eq!(sb.manifest("app02")["current"]["version"], "2.0.0");
+}
+
+#[test]
+fn resume_with_an_edited_script_is_refused_unless_accepted() {
+    let sb = Sandbox::new();
+    let script = "import \"std/cluster\" as cluster;\nlet b = backup_db();\nlet r = cluster::remove_all(1);\nif mode() == \"run\" { throw \"stop here\"; }\n";
+    let path = sb.script("proc.rhai", script);
+    let p = path.to_str().expect("path");
+    let out = sb.cmd("run", p, &["--yes"]).output().expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let id = run_id(&journals(&sb)[0]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("--resume {id}")));
+
+    std::fs::write(
+        &path,
+        script.replace("throw \"stop here\";", "log(\"fixed\");"),
+    )
+    .expect("edit");
+    let before = sb.snapshot();
+    let out = sb
+        .cmd("run", p, &["--yes", "--resume", &id])
+        .output()
+        .expect("resume");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("proc.rhai` changed") && err.contains("--accept-changed-inputs"),
+        "{err}"
+    );
+    sb.assert_unchanged(&before, "changed");
+
+    let out = sb
+        .cmd(
+            "run",
+            p,
+            &["--yes", "--resume", &id, "--accept-changed-inputs"],
+        )
+        .output()
+        .expect("resume");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let entries = journal_entries(&journals(&sb)[0]);
+    let resume = entries
+        .iter()
+        .find(|e| e["type"] == "resume")
+        .expect("resume entry");
+    assert!(resume["accepted_changes"][0]
+        .as_str()
+        .expect("change")
+        .contains("proc.rhai"));
+    // The earlier backup and removals were not done again.
+    assert_eq!(sb.backups().len(), 1);
+    let started = entries.iter().filter(|e| e["type"] == "started").count();
+    assert_eq!(started, 4, "backup + 3 removals, once each: {entries:#?}");
+}
+
+#[test]
+fn an_abandoned_run_frees_the_site() {
+    let sb = Sandbox::new();
+    let out = sb
+        .cmd("run", "in-place-upgrade", &["--yes"])
+        .env("UPRUN_FAILPOINT", "step2:after")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.signal(), Some(9));
+    let id = run_id(&journals(&sb)[0]);
+    let out = sb
+        .cmd("run", "in-place-upgrade", &["--yes"])
+        .output()
+        .expect("new run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("stale lock") && err.contains(&id) && err.contains("runs abandon"),
+        "{err}"
+    );
+    uprun()
+        .args(["runs", "abandon", &id, "--site"])
+        .arg(sb.site())
+        .assert()
+        .success();
+    sb.cmd("run", "in-place-upgrade", &["--yes"])
+        .assert()
+        .success();
+    assert_eq!(sb.db_version(), "2.0.0");
+}
