@@ -328,8 +328,6 @@ fn ctrl_c_stops_after_the_current_step_and_the_run_resumes() {
     let entries = journal_entries(&js[0]);
     assert_eq!(entries.last().expect("end")["outcome"], "interrupted");
     let id = run_id(&js[0]);
-    std::fs::write(sb.site(), std::fs::read_to_string(sb.site()).expect("site"))
-        .expect("rewrite same site");
     let out = sb
         .cmd("run", "in-place-upgrade", &["--yes", "--resume", &id])
         .output()
