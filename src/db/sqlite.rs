@@ -76,6 +76,13 @@ impl SqliteDatabase {
             backup::Backup::new(&self.conn, &mut dst).map_err(|e| self.err("start backup", e))?;
         let mut retries = 0;
         loop {
+            if crate::interrupt::abort_requested() {
+                drop(b);
+                let _ = std::fs::remove_file(partial);
+                return Err(Error::Interrupted(
+                    "interrupted: backup aborted by the operator (second Ctrl-C)".into(),
+                ));
+            }
             match b.step(PAGES_PER_STEP).map_err(|e| self.err("backup", e))? {
                 backup::StepResult::Done => break,
                 backup::StepResult::More => retries = 0,
@@ -116,6 +123,12 @@ impl SqliteDatabase {
             // io::copy between files uses copy_file_range on Linux (as cp
             // does): no copy through user space. Chunks drive the progress bar.
             loop {
+                if crate::interrupt::abort_requested() {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::Interrupted,
+                        "aborted by the operator (second Ctrl-C)",
+                    ));
+                }
                 let n = std::io::copy(&mut (&mut src).take(COPY_CHUNK), &mut dst)?;
                 if n == 0 {
                     break;
@@ -127,7 +140,15 @@ impl SqliteDatabase {
         };
         let copied = copy();
         let unlocked = self.conn.execute_batch("COMMIT;");
-        copied.map_err(|e| Error::io("copy database into backup", partial, e))?;
+        if copied.is_err() {
+            let _ = std::fs::remove_file(partial);
+        }
+        copied.map_err(|e| match e.kind() {
+            std::io::ErrorKind::Interrupted => {
+                Error::Interrupted(format!("interrupted: backup {e}"))
+            }
+            _ => Error::io("copy database into backup", partial, e),
+        })?;
         unlocked.map_err(|e| self.err("release the backup's read lock", e))
     }
 
