@@ -38,6 +38,9 @@ pub enum Command {
     Scripts(ScriptsArgs),
     /// Show a site's current state: database version and, for each node, its current instance.
     Status(StatusArgs),
+    /// Print the host API reference (every function, its options, results and errors), generated from the
+    /// documentation registered with the engine; or write Rhai definition files for editors.
+    Api(ApiArgs),
     /// List a site's runs (from their journals), show one run's steps, or abandon an unfinished run.
     Runs(RunsArgs),
 }
@@ -146,4 +149,11 @@ pub enum RunsCommand {
         /// The run id.
         id: String,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    /// Write `.d.rhai` definition files into DIR instead of printing the reference.
+    #[arg(long, value_name = "DIR")]
+    pub definitions: Option<PathBuf>,
 }

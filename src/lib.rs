@@ -30,5 +30,6 @@ pub fn run(cli: cli::Cli) -> Result<i32> {
         Command::Scripts(a) => commands::scripts::exec(a),
         Command::Status(a) => commands::status::exec(a),
         Command::Runs(a) => commands::runs::exec(a),
+        Command::Api(a) => commands::api::exec(a),
     }
 }

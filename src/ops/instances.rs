@@ -336,7 +336,7 @@ impl Ops {
     }
 }
 
-fn check_relative(node: &str, folder: &str) -> Result<()> {
+pub(super) fn check_relative(node: &str, folder: &str) -> Result<()> {
     let p = Path::new(folder);
     if folder.is_empty() || folder.contains('\\') || !crate::nodes::local_is_contained(p) {
         return Err(Error::Config(format!(

@@ -4,6 +4,7 @@
 //! change is only described, and recorded in an overlay so that later reads
 //! (and later rails) see the planned state.
 
+mod commands;
 mod database;
 mod instances;
 
@@ -25,6 +26,7 @@ use crate::nodes::{InstanceRecord, NodeInstances};
 use crate::progress::{Event, Reporter};
 use crate::{Error, Result};
 
+pub use commands::{CommandOptions, CommandResult};
 pub use database::{BackupOptions, UpgradeOptions, UpgradeReport};
 pub use instances::{CreateOptions, RemoveOptions};
 

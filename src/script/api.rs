@@ -13,7 +13,9 @@ use rhai::{
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::ops::{BackupOptions, CreateOptions, Mode, Ops, RemoveOptions, UpgradeOptions};
+use crate::ops::{
+    BackupOptions, CommandOptions, CreateOptions, Mode, Ops, RemoveOptions, UpgradeOptions,
+};
 use crate::Error;
 
 type HostResult<T> = Result<T, Box<EvalAltResult>>;
@@ -27,6 +29,10 @@ pub const OPTION_KEYS: &[(&str, &[&str])] = &[
     ("create_instance", &["app_name", "folder"]),
     ("upgrade_db", &[]),
     ("for_each_node", &["parallel", "continue_on_error"]),
+    (
+        "node_command",
+        &["cwd", "timeout_secs", "changes", "allow_failure"],
+    ),
 ];
 
 /// Options of `for_each_node`.
@@ -413,6 +419,22 @@ fn register_instances(engine: &mut Engine, o: &Option<Arc<Ops>>) {
     );
 }
 
+fn command(
+    x: &Option<Arc<Ops>>,
+    ctx: &NativeCallContext,
+    node: Dynamic,
+    cmd: &str,
+    opts: Map,
+) -> HostResult<Dynamic> {
+    let ops = ops(x, ctx)?;
+    let name = node_name(&node, ctx.call_position())?;
+    let opts: CommandOptions = options("node_command", opts, ctx.call_position())?;
+    let r = ops
+        .node_command(&name, cmd, opts)
+        .map_err(|e| host_error(e, ctx.call_position()))?;
+    to_dyn(&r, ctx.call_position())
+}
+
 fn remove(
     x: &Option<Arc<Ops>>,
     ctx: &NativeCallContext,
@@ -447,6 +469,27 @@ fn create(
 }
 
 fn register_cluster(engine: &mut Engine, o: &Option<Arc<Ops>>) {
+    let cmd_doc = "Run a shell command on `node` (a site-specific step: drain from a load balancer, warm a cache).\nOptions: `cwd` (relative to the node's root), `timeout_secs` (default: the site's service timeout),\n`changes` (default true: a journaled step, only described in plan mode; false: a read that runs in plan mode too),\n`allow_failure` (default false: a non-zero exit fails the call).\nReturns `#{ node, command, status, stdout, stderr }`. A changing command that was in flight when a run died\nruns again on resume: keep such commands idempotent (`uprun test` finds those that are not).";
+    let x = o.clone();
+    reg(
+        engine,
+        "node_command",
+        &["node: Dynamic", "command: &str", "Map"],
+        cmd_doc,
+        move |ctx: NativeCallContext, node: Dynamic, cmd: &str| -> HostResult<Dynamic> {
+            command(&x, &ctx, node, cmd, Map::new())
+        },
+    );
+    let x = o.clone();
+    reg(
+        engine,
+        "node_command",
+        &["node: Dynamic", "command: &str", "options: Map", "Map"],
+        cmd_doc,
+        move |ctx: NativeCallContext, node: Dynamic, cmd: &str, opts: Map| -> HostResult<Dynamic> {
+            command(&x, &ctx, node, cmd, opts)
+        },
+    );
     let doc = "Run `f(node)` for every node in `nodes`. Returns one result per node, in input order:\n`#{ node, ok: true, value }` or `#{ node, ok: false, error, kind }`.\nOptions: `parallel` (how many nodes at once, default 1), `continue_on_error` (default false: the first\nfailure stops starting new nodes and the call fails once the running ones finish; true: every node runs and\nthe results say which failed). Closures should return values rather than assign captured variables.";
     let x = o.clone();
     reg(
@@ -601,8 +644,8 @@ mod tests {
         for k in keys {
             let mut m = Map::new();
             let v: Dynamic = match *k {
-                "verify" | "continue_on_error" => true.into(),
-                "parallel" => 2_i64.into(),
+                "verify" | "continue_on_error" | "changes" | "allow_failure" => true.into(),
+                "parallel" | "timeout_secs" => 2_i64.into(),
                 _ => "x".into(),
             };
             m.insert((*k).into(), v);
@@ -622,6 +665,7 @@ mod tests {
                 "create_instance" => probe::<CreateOptions>(keys),
                 "upgrade_db" => probe::<UpgradeOptions>(keys),
                 "for_each_node" => probe::<ForEachOptions>(keys),
+                "node_command" => probe::<CommandOptions>(keys),
                 other => panic!("OPTION_KEYS lists `{other}` without a struct"),
             }
         }

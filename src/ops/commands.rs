@@ -1,0 +1,131 @@
+//! Site-specific commands on a node (drain from a load balancer, warm a
+//! cache...). A command that changes something is a journaled step like any
+//! other; on resume, one that was in flight runs again, so such commands must
+//! be idempotent (`uprun test` shows the ones that are not).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Mode, Ops};
+use crate::{Error, Result};
+
+/// Options of `node_command`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandOptions {
+    /// Working folder, relative to the node's root (default: the root).
+    pub cwd: Option<String>,
+    /// Seconds before the command is killed (default: the site's `service.timeout_secs`).
+    pub timeout_secs: Option<u64>,
+    /// Whether the command changes something (default true): changing commands
+    /// are journaled steps and only described in plan mode; read-only ones run
+    /// in plan mode too.
+    #[serde(default = "yes")]
+    pub changes: bool,
+    /// Return a non-zero exit as a result instead of failing (default false).
+    #[serde(default)]
+    pub allow_failure: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for CommandOptions {
+    fn default() -> Self {
+        CommandOptions {
+            cwd: None,
+            timeout_secs: None,
+            changes: true,
+            allow_failure: false,
+        }
+    }
+}
+
+/// What a command did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommandResult {
+    pub node: String,
+    pub command: String,
+    /// Exit status; `()` in plan mode for a changing command.
+    pub status: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Ops {
+    /// Run `command` with the node's shell.
+    pub fn node_command(
+        &self,
+        node: &str,
+        command: &str,
+        opts: CommandOptions,
+    ) -> Result<CommandResult> {
+        let n = self.node(node)?;
+        let cwd = match &opts.cwd {
+            Some(rel) => {
+                super::instances::check_relative(node, rel)?;
+                n.folder_path(rel)
+            }
+            None => n.root.clone(),
+        };
+        let timeout =
+            Duration::from_secs(opts.timeout_secs.unwrap_or(self.site.service.timeout_secs));
+        let execute = || -> Result<CommandResult> {
+            let out = n.transport.exec(command, &cwd, timeout)?;
+            if !out.success() && !opts.allow_failure {
+                let code = out
+                    .status
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "a signal".into());
+                return Err(Error::node(
+                    node,
+                    format!(
+                        "command `{command}` failed (exit {code}): {}",
+                        out.stderr.trim()
+                    ),
+                ));
+            }
+            Ok(CommandResult {
+                node: node.to_string(),
+                command: command.to_string(),
+                status: out.status,
+                stdout: out.stdout,
+                stderr: out.stderr,
+            })
+        };
+        if !opts.changes {
+            return execute();
+        }
+        let key = self.call_key("node_command", Some(node));
+        if let Some(r) = self.replayed::<CommandResult>(&key, "node_command", Some(node))? {
+            return Ok(r);
+        }
+        let description = format!("run `{command}` on `{node}`");
+        self.ensure_confirmed(&description, false)?;
+        let intent = serde_json::json!({ "command": command, "cwd": cwd });
+        self.step(
+            &key,
+            "node_command",
+            description.clone(),
+            Some(node),
+            false,
+            intent,
+            || {
+                if self.mode == Mode::Plan {
+                    let r = CommandResult {
+                        node: node.to_string(),
+                        command: command.to_string(),
+                        status: None,
+                        stdout: String::new(),
+                        stderr: String::new(),
+                    };
+                    return Ok((r, description.clone()));
+                }
+                let r = execute()?;
+                Ok((r, description.clone()))
+            },
+        )
+    }
+}
