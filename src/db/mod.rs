@@ -2,6 +2,7 @@
 //! database; it knows nothing about nodes, scripts or safety rails (those are
 //! in `ops`, which decides what to apply and when).
 
+pub mod batches;
 mod sqlite;
 
 use std::path::Path;
