@@ -374,7 +374,7 @@ pub fn check_single_select(sql: &str) -> std::result::Result<(), String> {
     let mut word = String::new();
     let mut after_semicolon = false;
     let mut trailing_code = false;
-    let mut flush = |word: &mut String, words: &mut Vec<String>| {
+    let flush = |word: &mut String, words: &mut Vec<String>| {
         if !word.is_empty() {
             words.push(std::mem::take(word).to_ascii_lowercase());
         }
