@@ -7,5 +7,6 @@ mod support;
 mod cli_errors;
 mod demo;
 mod durable;
+mod mssql;
 mod plan;
 mod rails;
