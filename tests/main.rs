@@ -8,5 +8,6 @@ mod cli_errors;
 mod demo;
 mod durable;
 mod mssql;
+mod mssql_real;
 mod plan;
 mod rails;

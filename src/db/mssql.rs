@@ -603,7 +603,8 @@ impl Database for MssqlDatabase {
             tokio::time::timeout(deadline, async {
                 tokio::select! {
                     r = work => r,
-                    _ = watch => unreachable!("the progress watch never ends"),
+                    // The watch only ever waits; this arm cannot complete first.
+                    _ = watch => Err(tiberius::error::Error::Protocol("progress watch ended".into())),
                 }
             })
             .await
