@@ -34,6 +34,8 @@ enum BackupMode {
     WaitForProgress,
     /// Fail as SQL Server does when the folder does not exist.
     Error3201,
+    /// Never answer (for at most 30 s).
+    Silent,
 }
 
 /// The fake database behind the responder.
@@ -108,10 +110,15 @@ impl Mock {
     /// Lay out the demo sandbox and point its site at the responder. The
     /// password comes from the environment, as on a real site.
     fn sandbox(&self) -> Sandbox {
+        self.sandbox_with("")
+    }
+
+    /// `sandbox`, with more `[database]` keys.
+    fn sandbox_with(&self, extra: &str) -> Sandbox {
         let sb = Sandbox::new();
         let site = std::fs::read_to_string(sb.site()).expect("site");
         let section = format!(
-            "kind = \"mssql\"\nconnection = \"{}\"\nbackup_dir = \"{BACKUP_DIR}\"\nconnect_timeout_secs = 10",
+            "kind = \"mssql\"\nconnection = \"{}\"\nbackup_dir = \"{BACKUP_DIR}\"\nconnect_timeout_secs = 10\n{extra}",
             self.connection("${env:UPRUN_TEST_MSSQL_PASSWORD}")
         );
         let site = site
@@ -268,6 +275,14 @@ fn answer(
                     return vec![Reply::error(50000, 16, "mock: progress was never polled")];
                 }
                 f = lock(fake);
+            }
+            BackupMode::Silent => {
+                drop(f);
+                // Released only when the test process ends (or after 30 s).
+                let never = (Mutex::new(()), Condvar::new());
+                let guard = lock(&never.0);
+                let _ = never.1.wait_timeout(guard, Duration::from_secs(30));
+                return vec![Reply::error(50000, 16, "mock: too late")];
             }
             BackupMode::Ok => {}
         }
@@ -821,4 +836,43 @@ fn debug_and_errors_never_show_the_connection_string() {
     let db = open_db(&sb);
     let text = format!("{db:?}");
     assert!(!text.contains("Pa55") && text.contains("FastApp"), "{text}");
+}
+
+#[test]
+fn a_silent_backup_hits_our_deadline_and_the_next_call_reconnects() {
+    let mock = Mock::start(Fake {
+        backup: BackupMode::Silent,
+        ..Fake::default()
+    });
+    let sb = mock.sandbox_with("operation_timeout_secs = 1");
+    std::env::set_var("UPRUN_TEST_MSSQL_PASSWORD", PASSWORD);
+    let mut db = open_db(&sb);
+    let started = std::time::Instant::now();
+    let err = db
+        .backup(Path::new(BACKUP_DIR), &mut |_, _| {})
+        .expect_err("deadline")
+        .to_string();
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(
+        err.contains("database `FastApp`: backup to `/var/opt/mssql/backup/FastApp-1.0.0-")
+            && err.contains("no answer within 1 s; the connection was closed"),
+        "{err}"
+    );
+    let backup_conn = mock
+        .server
+        .log()
+        .iter()
+        .find(|l| l.request.sql().is_some_and(|q| q.starts_with("BACKUP")))
+        .map(|l| l.conn)
+        .expect("backup sent");
+    // The abandoned connection is not reused: the next read opens a new one.
+    assert_eq!(db.version().expect("version").to_string(), "1.0.0");
+    let read = mock
+        .server
+        .log()
+        .into_iter()
+        .rfind(|l| l.request.sql() == Some(uprun::db::mssql::VERSION_SQL))
+        .expect("version read");
+    assert_ne!(read.conn, backup_conn);
+    assert_eq!(read.app, "uprun");
 }
