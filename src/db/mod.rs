@@ -34,6 +34,8 @@ pub struct BackupReceipt {
     pub verification: String,
     /// The backup carries page checksums (SQL Server `WITH CHECKSUM`) that the
     /// verification checked. Always false on SQLite (its check reads every page).
+    /// Absent in journals written before it existed.
+    #[serde(default)]
     pub checksum: bool,
 }
 
