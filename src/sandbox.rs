@@ -84,6 +84,34 @@ INSERT INTO customers (name, city) VALUES
     ('Edsger Dijkstra', 'Nuenen'), ('Barbara Liskov', 'Boston');
 ";
 
+/// The same reference schema at 1.0.0 for SQL Server (schema `dbo`). The
+/// real-server tests create a throwaway database from it; a site can use it to
+/// try the stock procedure against its own server.
+pub const MSSQL_SCHEMA_1_0_0: &str = "
+CREATE TABLE dbo.app_meta (
+    [key] nvarchar(100) NOT NULL CONSTRAINT PK_app_meta PRIMARY KEY,
+    value nvarchar(400) NOT NULL
+);
+INSERT INTO dbo.app_meta ([key], value) VALUES (N'schema_version', N'1.0.0'), (N'product', N'FastApp Studio');
+CREATE TABLE dbo.strategies (
+    name nvarchar(100) NOT NULL CONSTRAINT PK_strategies PRIMARY KEY,
+    kind nvarchar(40) NOT NULL CONSTRAINT CK_strategies_kind CHECK (kind IN (N'matching', N'address-verification')),
+    state nvarchar(40) NOT NULL
+);
+INSERT INTO dbo.strategies (name, kind, state) VALUES
+    (N'customer-match', N'matching', N'valid'),
+    (N'supplier-match', N'matching', N'valid'),
+    (N'postal-address', N'address-verification', N'valid');
+CREATE TABLE dbo.customers (
+    id int IDENTITY(1,1) NOT NULL CONSTRAINT PK_customers PRIMARY KEY,
+    name nvarchar(200) NOT NULL,
+    city nvarchar(100) NULL
+);
+INSERT INTO dbo.customers (name, city) VALUES
+    (N'Ada Lovelace', N'London'), (N'Grace Hopper', N'Arlington'), (N'Alan Turing', N'Wilmslow'),
+    (N'Edsger Dijkstra', N'Nuenen'), (N'Barbara Liskov', N'Boston');
+";
+
 pub const RELEASE_TOML: &str = r#"# The release being installed.
 version = "2.0.0"
 # The oldest database version this release can upgrade.
@@ -106,6 +134,23 @@ pub const SQLITE_MIGRATIONS: &[(&str, &str)] = &[
     (
         "2.0.0_03_audit_log.sql",
         "CREATE TABLE audit_log (id INTEGER PRIMARY KEY, at TEXT NOT NULL, action TEXT NOT NULL);\nINSERT INTO audit_log (at, action) VALUES (datetime('now'), 'upgraded to 2.0.0');\n",
+    ),
+];
+
+/// The SQL Server equivalents of `SQLITE_MIGRATIONS`. A column added by
+/// `ALTER TABLE` cannot be used in the batch that adds it, hence the `GO`s.
+pub const MSSQL_MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "2.0.0_01_strategy_priority.sql",
+        "ALTER TABLE dbo.strategies ADD priority int NOT NULL CONSTRAINT DF_strategies_priority DEFAULT 100;\nGO\nUPDATE dbo.strategies SET priority = 10 WHERE kind = N'matching';\n",
+    ),
+    (
+        "2.0.0_02_customer_email.sql",
+        "ALTER TABLE dbo.customers ADD email nvarchar(320) NULL;\nGO\nUPDATE dbo.customers SET email = LOWER(REPLACE(name, N' ', N'.')) + N'@example.com';\n",
+    ),
+    (
+        "2.0.0_03_audit_log.sql",
+        "CREATE TABLE dbo.audit_log (\n    id int IDENTITY(1,1) NOT NULL CONSTRAINT PK_audit_log PRIMARY KEY,\n    at datetime2(0) NOT NULL,\n    action nvarchar(200) NOT NULL\n);\nGO\nINSERT INTO dbo.audit_log (at, action) VALUES (SYSUTCDATETIME(), N'upgraded to 2.0.0');\n",
     ),
 ];
 
@@ -221,9 +266,31 @@ pub fn lay_out(dir: &Path, recreate: bool) -> Result<Sandbox> {
     for (name, sql) in SQLITE_MIGRATIONS {
         write(&release.join("migrations/sqlite").join(name), sql)?;
     }
+    for (name, sql) in MSSQL_MIGRATIONS {
+        write(&release.join("migrations/mssql").join(name), sql)?;
+    }
     Ok(Sandbox {
         dir: dir.to_path_buf(),
         site,
         release,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::batches::split;
+
+    #[test]
+    fn mssql_scripts_split_into_the_expected_batches() {
+        let schema = split(MSSQL_SCHEMA_1_0_0, "schema").expect("schema");
+        assert_eq!(schema.batches.len(), 1);
+        assert_eq!(MSSQL_MIGRATIONS.len(), SQLITE_MIGRATIONS.len());
+        for ((name, sql), (sqlite_name, _)) in MSSQL_MIGRATIONS.iter().zip(SQLITE_MIGRATIONS) {
+            assert_eq!(name, sqlite_name, "same migration names for both kinds");
+            let s = split(sql, name).expect("migration splits");
+            assert!(s.transactional);
+            assert_eq!(s.batches.len(), 2, "{name}");
+        }
+    }
 }

@@ -7,5 +7,7 @@ mod support;
 mod cli_errors;
 mod demo;
 mod durable;
+mod mssql;
+mod mssql_real;
 mod plan;
 mod rails;

@@ -45,7 +45,10 @@ impl Session {
         journal: Option<Arc<Journal>>,
         replay: Replay,
     ) -> Result<Session> {
-        let db = crate::db::open(site, mode == Mode::Plan)?;
+        let mut db = crate::db::open(site, mode == Mode::Plan)?;
+        if mode == Mode::Run {
+            db.lock_for_run(run_id)?;
+        }
         let mut nodes = Vec::with_capacity(site.nodes.len());
         for n in &site.nodes {
             nodes.push(NodeInstances {

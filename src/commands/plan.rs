@@ -33,6 +33,12 @@ pub fn exec(a: TargetArgs) -> Result<i32> {
         None,
         Default::default(),
     )?;
+    if let Ok(Some(b)) = crate::db::open(&site, true).and_then(|mut db| db.latest_full_backup()) {
+        reporter.event(Event::Log {
+            level: "info".into(),
+            message: format!("latest full backup of `{}`: {b}", site.database.name),
+        });
+    }
     let outcome = session.run();
     let steps = session.ops.steps();
     let changes = steps.iter().filter(|s| s.changes).count();

@@ -21,6 +21,8 @@ struct Status {
     database: String,
     database_version: String,
     migrations_applied: usize,
+    /// The newest full backup the database server knows of (SQL Server: msdb).
+    latest_full_backup: Option<String>,
     nodes: Vec<NodeStatus>,
 }
 
@@ -29,6 +31,11 @@ pub fn exec(a: StatusArgs) -> Result<i32> {
     let mut db = crate::db::open(&site, true)?;
     let version = db.version()?;
     let history = db.history()?;
+    // Shown, not required: a login without msdb access still gets a status.
+    let latest_full_backup = match db.latest_full_backup() {
+        Ok(b) => b,
+        Err(e) => Some(format!("unknown ({e})")),
+    };
     let mut nodes = Vec::new();
     for n in &site.nodes {
         let inst = NodeInstances {
@@ -48,6 +55,7 @@ pub fn exec(a: StatusArgs) -> Result<i32> {
         database: format!("{} ({})", site.database.name, site.database.kind.as_str()),
         database_version: version.to_string(),
         migrations_applied: history.len(),
+        latest_full_backup,
         nodes,
     };
     if a.json {
@@ -62,6 +70,9 @@ pub fn exec(a: StatusArgs) -> Result<i32> {
         "database {}: version {} ({} migration(s) applied by uprun)",
         status.database, status.database_version, status.migrations_applied
     );
+    if let Some(b) = &status.latest_full_backup {
+        println!("latest full backup: {b}");
+    }
     for n in &status.nodes {
         match &n.instance {
             Some(i) => println!(

@@ -2,12 +2,13 @@
 //! Owns parsing (serde, `deny_unknown_fields`), `${env:NAME}` expansion and path
 //! resolution; it must not touch databases or nodes.
 
+pub(crate) mod ado;
 mod env;
 pub mod release;
 pub mod site;
 
 pub use release::{Migration, Release};
-pub use site::{DbKind, NodeAddress, NodeConfig, Role, Secret, Site};
+pub use site::{DbKind, MssqlConfig, NodeAddress, NodeConfig, Role, Secret, Site};
 
 /// Render a TOML deserialisation error with the file name in front.
 pub(crate) fn toml_error(path: &std::path::Path, err: toml::de::Error) -> crate::Error {

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -33,12 +34,14 @@ impl fmt::Debug for Secret {
 #[serde(rename_all = "lowercase")]
 pub enum DbKind {
     Sqlite,
+    Mssql,
 }
 
 impl DbKind {
     pub fn as_str(self) -> &'static str {
         match self {
             DbKind::Sqlite => "sqlite",
+            DbKind::Mssql => "mssql",
         }
     }
 }
@@ -107,6 +110,76 @@ struct DatabaseSection {
     path: Option<String>,
     backup_dir: String,
     external_backup: Option<String>,
+    // SQL Server only.
+    connection: Option<String>,
+    database: Option<String>,
+    trust_server_certificate: Option<bool>,
+    ca_file: Option<String>,
+    connect_timeout_secs: Option<u64>,
+    query_timeout_secs: Option<u64>,
+    operation_timeout_secs: Option<u64>,
+}
+
+impl DatabaseSection {
+    /// The SQL Server keys that are set, for refusing them on other kinds.
+    fn mssql_keys(&self) -> Vec<&'static str> {
+        [
+            ("connection", self.connection.is_some()),
+            ("database", self.database.is_some()),
+            (
+                "trust_server_certificate",
+                self.trust_server_certificate.is_some(),
+            ),
+            ("ca_file", self.ca_file.is_some()),
+            ("connect_timeout_secs", self.connect_timeout_secs.is_some()),
+            ("query_timeout_secs", self.query_timeout_secs.is_some()),
+            (
+                "operation_timeout_secs",
+                self.operation_timeout_secs.is_some(),
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, set)| *set)
+        .map(|(k, _)| k)
+        .collect()
+    }
+}
+
+/// Longest SQL Server identifier (`sysname`).
+pub const MAX_SQL_NAME: usize = 128;
+
+/// How uprun reaches a SQL Server database (`kind = "mssql"`).
+#[derive(Debug, Clone)]
+pub struct MssqlConfig {
+    /// ADO.NET connection string with `${env:...}` expanded: holds the password.
+    pub connection: Secret,
+    /// The database to back up and upgrade (`database.database`, or the
+    /// connection string's `Database`/`Initial Catalog`).
+    pub database: String,
+    /// Accept any server certificate (test servers only).
+    pub trust_server_certificate: bool,
+    /// Trust this CA (PEM/DER file on this machine) for the server certificate.
+    pub ca_file: Option<PathBuf>,
+    /// TCP connect plus TLS and login.
+    pub connect_timeout: Duration,
+    /// Deadline for short statements (version, history, checks, lock).
+    pub query_timeout: Duration,
+    /// Deadline for one BACKUP, one RESTORE VERIFYONLY, one migration.
+    pub operation_timeout: Duration,
+}
+
+/// Check a SQL Server name before it is quoted into T-SQL.
+pub fn check_sql_name(name: &str) -> std::result::Result<(), String> {
+    if name.is_empty() {
+        return Err("the name is empty".into());
+    }
+    if name.chars().count() > MAX_SQL_NAME {
+        return Err(format!("the name is longer than {MAX_SQL_NAME} characters"));
+    }
+    if name.contains('\0') {
+        return Err("the name contains a NUL character".into());
+    }
+    Ok(())
 }
 
 /// How an instance's service is stopped, started and health-checked on a node.
@@ -161,9 +234,13 @@ pub struct DatabaseConfig {
     pub name: String,
     /// SQLite: the database file.
     pub path: Option<PathBuf>,
+    /// SQLite: a folder on this machine (relative to the site file). SQL Server:
+    /// a folder ON THE SERVER, as the server sees it, used as written.
     pub backup_dir: PathBuf,
     /// Set when the site backs up by other means; the reason is recorded.
     pub external_backup: Option<String>,
+    /// SQL Server: how to connect.
+    pub mssql: Option<MssqlConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -213,26 +290,34 @@ impl Site {
         }
 
         let db = raw.database;
-        let path = match db.kind {
-            DbKind::Sqlite => match &db.path {
-                Some(p) => Some(resolve(p, "database.path")?),
-                None => {
+        let database = match db.kind {
+            DbKind::Sqlite => {
+                if let Some(key) = db.mssql_keys().first() {
                     return Err(Error::Config(format!(
-                        "{f}: `database.path` is required for `kind = \"sqlite\"` (the database file, relative to the site file)"
-                    )))
+                        "{f}: `database.{key}` is a SQL Server setting; it is not used with `kind = \"sqlite\"`: remove it, or set `kind = \"mssql\"`"
+                    )));
                 }
-            },
-        };
-        let database = DatabaseConfig {
-            kind: db.kind,
-            name: path
-                .as_ref()
-                .and_then(|p| p.file_stem())
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| app_name.clone()),
-            path,
-            backup_dir: resolve(&db.backup_dir, "database.backup_dir")?,
-            external_backup: db.external_backup,
+                let path = match &db.path {
+                    Some(p) => resolve(p, "database.path")?,
+                    None => {
+                        return Err(Error::Config(format!(
+                            "{f}: `database.path` is required for `kind = \"sqlite\"` (the database file, relative to the site file)"
+                        )))
+                    }
+                };
+                DatabaseConfig {
+                    kind: db.kind,
+                    name: path
+                        .file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| app_name.clone()),
+                    path: Some(path),
+                    backup_dir: resolve(&db.backup_dir, "database.backup_dir")?,
+                    external_backup: db.external_backup,
+                    mssql: None,
+                }
+            }
+            DbKind::Mssql => mssql_config(db, &dir, &f.to_string())?,
         };
 
         if raw.nodes.is_empty() {
@@ -335,5 +420,166 @@ impl Site {
 
     pub fn node(&self, name: &str) -> Option<&NodeConfig> {
         self.nodes.iter().find(|n| n.name == name)
+    }
+}
+
+/// Validate the `[database]` section of a SQL Server site.
+fn mssql_config(db: DatabaseSection, dir: &Path, f: &str) -> Result<DatabaseConfig> {
+    if db.path.is_some() {
+        return Err(Error::Config(format!(
+            "{f}: `database.path` is for SQLite; a SQL Server database is reached through `database.connection`"
+        )));
+    }
+    let Some(raw_connection) = &db.connection else {
+        return Err(Error::Config(format!(
+            "{f}: `database.connection` is required for `kind = \"mssql\"`: an ADO.NET connection string such as \"Server=tcp:db01,1433;Database=FastApp;User Id=uprun;Password=${{env:UPRUN_DB_PASSWORD}}\""
+        )));
+    };
+    let connection = expand(raw_connection, &format!("{f}: `database.connection`"))?;
+    let pairs = super::ado::pairs(&connection).map_err(|m| {
+        Error::Config(format!(
+            "{f}: `database.connection` is not a valid ADO.NET connection string: {m}"
+        ))
+    })?;
+    let from_string = super::ado::get(&pairs, &["database", "initial catalog"]);
+    let database = match (&db.database, from_string) {
+        (Some(d), _) => d.clone(),
+        (None, Some(d)) if !d.is_empty() => d.to_string(),
+        _ => {
+            return Err(Error::Config(format!(
+                "{f}: no database named: set `database.database`, or `Database=` in `database.connection` (uprun refuses to fall back to the login's default database)"
+            )))
+        }
+    };
+    check_sql_name(&database)
+        .map_err(|m| Error::Config(format!("{f}: database name {database:?}: {m}")))?;
+    let tls_in_string = super::ado::get(
+        &pairs,
+        &["trustservercertificate", "trustservercertificateca"],
+    )
+    .is_some();
+    let trust = db.trust_server_certificate.unwrap_or(false);
+    if tls_in_string && (db.trust_server_certificate.is_some() || db.ca_file.is_some()) {
+        return Err(Error::Config(format!(
+            "{f}: certificate trust is set both in `database.connection` (TrustServerCertificate...) and in `database.trust_server_certificate`/`database.ca_file`: set it in one place"
+        )));
+    }
+    if trust && db.ca_file.is_some() {
+        return Err(Error::Config(format!(
+            "{f}: `database.trust_server_certificate = true` accepts any certificate, `database.ca_file` checks it against a CA: set one of them"
+        )));
+    }
+    let ca_file = match &db.ca_file {
+        Some(p) => {
+            let p = dir.join(expand(p, &format!("{f}: `database.ca_file`"))?);
+            if !p.is_file() {
+                return Err(Error::Config(format!(
+                    "{f}: `database.ca_file`: `{}` does not exist",
+                    p.display()
+                )));
+            }
+            Some(p)
+        }
+        None => None,
+    };
+    let backup_dir = expand(&db.backup_dir, &format!("{f}: `database.backup_dir`"))?;
+    if backup_dir.trim().is_empty() || backup_dir.contains('\0') {
+        return Err(Error::Config(format!(
+            "{f}: `database.backup_dir` must be a folder on the SQL Server machine, e.g. \"/var/opt/mssql/backup\" or \"D:\\\\Backups\""
+        )));
+    }
+    let secs = |v: Option<u64>, default: u64, key: &str| -> Result<Duration> {
+        match v.unwrap_or(default) {
+            0 => Err(Error::Config(format!(
+                "{f}: `database.{key}` must be at least 1 second"
+            ))),
+            n => Ok(Duration::from_secs(n)),
+        }
+    };
+    Ok(DatabaseConfig {
+        kind: DbKind::Mssql,
+        name: database.clone(),
+        path: None,
+        backup_dir: PathBuf::from(backup_dir),
+        external_backup: db.external_backup,
+        mssql: Some(MssqlConfig {
+            connection: Secret::new(connection),
+            database,
+            trust_server_certificate: trust,
+            ca_file,
+            connect_timeout: secs(db.connect_timeout_secs, 15, "connect_timeout_secs")?,
+            query_timeout: secs(db.query_timeout_secs, 300, "query_timeout_secs")?,
+            operation_timeout: secs(
+                db.operation_timeout_secs,
+                6 * 3600,
+                "operation_timeout_secs",
+            )?,
+        }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site(database: &str) -> Result<Site> {
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::create_dir_all(dir.path().join("n1")).expect("mkdir");
+        let text = format!(
+            "[application]\nname = \"FastApp\"\n[database]\n{database}\n[[node]]\nname = \"n1\"\nrole = \"primary\"\nroot = \"n1\"\n"
+        );
+        Site::parse(&dir.path().join("site.toml"), &text)
+    }
+
+    #[test]
+    fn mssql_section_is_read_and_the_password_stays_secret() {
+        std::env::set_var("UPRUN_TEST_SITE_PW", "Sup3r;Secret");
+        let s = site(
+            "kind = \"mssql\"\nconnection = \"Server=tcp:db01,1433;Database=FastApp;User Id=uprun;Password='${env:UPRUN_TEST_SITE_PW}'\"\nbackup_dir = 'D:\\Backups'\ntrust_server_certificate = true\nconnect_timeout_secs = 5",
+        )
+        .expect("site");
+        let m = s.database.mssql.as_ref().expect("mssql");
+        assert_eq!(s.database.name, "FastApp");
+        assert_eq!(m.database, "FastApp");
+        assert!(m.trust_server_certificate);
+        assert_eq!(m.connect_timeout, Duration::from_secs(5));
+        assert_eq!(s.database.backup_dir, PathBuf::from("D:\\Backups"));
+        assert!(m.connection.expose().contains("Sup3r;Secret"));
+        let debug = format!("{s:?}");
+        assert!(!debug.contains("Sup3r") && debug.contains("***"), "{debug}");
+    }
+
+    #[test]
+    fn mssql_database_override_and_errors() {
+        let s = site("kind = \"mssql\"\nconnection = \"Server=db01\"\ndatabase = \"Other]DB\"\nbackup_dir = \"/b\"")
+            .expect("site");
+        assert_eq!(s.database.name, "Other]DB");
+        let e = site("kind = \"mssql\"\nconnection = \"Server=db01\"\nbackup_dir = \"/b\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no database named"), "{e}");
+        let e = site(&format!(
+            "kind = \"mssql\"\nconnection = \"Server=db01\"\ndatabase = \"{}\"\nbackup_dir = \"/b\"",
+            "x".repeat(129)
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("longer than 128"), "{e}");
+        let e = site("kind = \"mssql\"\nconnection = \"Server=db01;Database=A;TrustServerCertificate=true\"\ntrust_server_certificate = false\nbackup_dir = \"/b\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("one place"), "{e}");
+        let e =
+            site("kind = \"sqlite\"\npath = \"a.sqlite\"\nconnection = \"x\"\nbackup_dir = \"b\"")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            e.contains("`database.connection` is a SQL Server setting"),
+            "{e}"
+        );
+        let e = site("kind = \"mssql\"\nbackup_dir = \"/b\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`database.connection` is required"), "{e}");
     }
 }

@@ -2,6 +2,8 @@
 //! database; it knows nothing about nodes, scripts or safety rails (those are
 //! in `ops`, which decides what to apply and when).
 
+pub mod batches;
+pub mod mssql;
 mod sqlite;
 
 use std::path::Path;
@@ -12,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{DbKind, Migration, Site};
 use crate::Result;
 
+pub use mssql::MssqlDatabase;
 pub use sqlite::SqliteDatabase;
 
 /// What a backup left behind, as recorded in the run and returned to scripts.
@@ -29,6 +32,11 @@ pub struct BackupReceipt {
     pub verified: bool,
     /// How it was verified (`integrity_check ok`, `RESTORE VERIFYONLY`...).
     pub verification: String,
+    /// The backup carries page checksums (SQL Server `WITH CHECKSUM`) that the
+    /// verification checked. Always false on SQLite (its check reads every page).
+    /// Absent in journals written before it existed.
+    #[serde(default)]
+    pub checksum: bool,
 }
 
 /// One row of the migration history table.
@@ -65,12 +73,24 @@ pub trait Database: Send {
     fn apply(&mut self, migration: &Migration, applied_by: &str) -> Result<()>;
     /// Record the application's schema version.
     fn set_version(&mut self, version: &Version) -> Result<()>;
+    /// The newest full backup the server knows of (whoever took it), for
+    /// `plan` and `status`. Backends without such a catalogue return None.
+    fn latest_full_backup(&mut self) -> Result<Option<String>> {
+        Ok(None)
+    }
+    /// Hold an exclusive lock on the database for the rest of the run, so two
+    /// runs cannot interleave; refused (`Error::Refused`) when another run
+    /// holds it. Backends without server-side locks rely on the run's file lock.
+    fn lock_for_run(&mut self, _run_id: &str) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Open the site's database. `read_only` is used by `plan` and `status`.
 pub fn open(site: &Site, read_only: bool) -> Result<Box<dyn Database>> {
     match site.database.kind {
         DbKind::Sqlite => Ok(Box::new(SqliteDatabase::open(&site.database, read_only)?)),
+        DbKind::Mssql => Ok(Box::new(MssqlDatabase::open(&site.database, read_only)?)),
     }
 }
 

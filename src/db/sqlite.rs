@@ -289,6 +289,7 @@ impl Database for SqliteDatabase {
             finished: now_rfc3339(),
             verified: false,
             verification: String::new(),
+            checksum: false,
         })
     }
 

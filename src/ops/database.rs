@@ -105,6 +105,7 @@ impl Ops {
                         finished: String::new(),
                         verified: opts.verify,
                         verification: "planned".into(),
+                        checksum: false,
                     }
                 } else {
                     let bar = self.reporter.bar(&format!("backup {name}"));

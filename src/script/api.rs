@@ -301,7 +301,7 @@ fn register_database(engine: &mut Engine, o: &Option<Arc<Ops>>) {
             let rows = ops.query(sql).map_err(|e| host_error(e, ctx.call_position()))?;
             to_dyn(&rows, ctx.call_position())
         });
-    let backup_doc = "Take a full backup of the site's database into its backup folder and verify it.\nOptions: `verify` (bool, default true).\nReturns `#{ database, file, size, version, started, finished, verified, verification }`.\nOnly a verified backup taken in the same run allows `upgrade_db`.";
+    let backup_doc = "Take a full backup of the site's database into its backup folder and verify it.\nOptions: `verify` (bool, default true).\nReturns `#{ database, file, size, version, started, finished, verified, verification, checksum }`\n(`checksum`: the backup carries page checksums, SQL Server `WITH CHECKSUM`).\nOnly a verified backup taken in the same run allows `upgrade_db`.";
     let x = o.clone();
     reg(
         engine,

@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+pub mod tds;
+
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;

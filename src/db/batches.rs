@@ -1,0 +1,581 @@
+//! T-SQL scripts as sqlcmd reads them: split on `GO` lines into the batches
+//! that are sent to the server one by one, and a small lexer that knows where
+//! strings, `[bracketed]`/`"quoted"` names and comments are. Pure text work:
+//! nothing here talks to a server.
+//!
+//! Rules (those of sqlcmd, minus its scripting commands):
+//! - `GO` alone on a line (any case, surrounding blanks allowed) ends a batch;
+//!   `GO n` sends the batch `n` times; a trailing `-- comment` is allowed.
+//! - A `GO` inside a string, a bracketed or quoted name, or a comment (block
+//!   comments nest, as in T-SQL) is text, not a separator.
+//! - sqlcmd commands (`:r`, `:setvar`, `:on error`, `!!`...) and `$(var)`
+//!   substitutions are refused: uprun sends each batch exactly as written, so a
+//!   script relying on them would run differently than its author expects.
+//! - A header line `-- uprun: no-transaction` before any code opts the file out
+//!   of the transaction each migration otherwise runs in (for statements SQL
+//!   Server refuses inside one, e.g. `ALTER DATABASE`).
+
+/// One batch of a script.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    pub sql: String,
+    /// 1-based line of the file where the batch starts (server line numbers
+    /// are relative to it).
+    pub line: usize,
+    /// How many times to send it (`GO n`).
+    pub count: u32,
+}
+
+/// A migration file split into batches, with its header options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Script {
+    pub batches: Vec<Batch>,
+    /// False when the file starts with `-- uprun: no-transaction`.
+    pub transactional: bool,
+}
+
+/// The header that opts a migration out of its transaction.
+pub const NO_TRANSACTION: &str = "no-transaction";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Code,
+    /// `'...'` (a doubled `''` is a quote inside the string).
+    Str,
+    /// `"..."` (a quoted identifier).
+    Quoted,
+    /// `[...]` (a doubled `]]` is a bracket inside the name).
+    Bracket,
+    LineComment,
+    /// `/* ... */`, nesting depth.
+    Block(u32),
+}
+
+/// Walks T-SQL text and reports, for every character, whether it is code
+/// (outside strings, names and comments).
+struct Lexer {
+    state: State,
+    /// Where the current string/name/comment began (line), for errors.
+    opened_at: usize,
+}
+
+/// What a character is, as seen by the lexer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Code,
+    /// Inside (or delimiting) a string or a bracketed/quoted name.
+    Literal,
+    Comment,
+}
+
+impl Lexer {
+    fn new() -> Self {
+        Lexer {
+            state: State::Code,
+            opened_at: 0,
+        }
+    }
+
+    /// Classify the characters of one line (with its newline), updating the state.
+    fn line(&mut self, line: &str, line_no: usize, mut on: impl FnMut(usize, char, Kind)) {
+        let chars: Vec<(usize, char)> = line.char_indices().collect();
+        let mut i = 0;
+        while i < chars.len() {
+            let (pos, c) = chars[i];
+            let next = chars.get(i + 1).map(|&(_, c)| c);
+            match self.state {
+                State::Code => match (c, next) {
+                    ('-', Some('-')) => {
+                        self.state = State::LineComment;
+                        on(pos, c, Kind::Comment);
+                    }
+                    ('/', Some('*')) => {
+                        self.state = State::Block(1);
+                        self.opened_at = line_no;
+                        on(pos, c, Kind::Comment);
+                        on(chars[i + 1].0, '*', Kind::Comment);
+                        i += 1;
+                    }
+                    ('\'', _) => {
+                        self.state = State::Str;
+                        self.opened_at = line_no;
+                        on(pos, c, Kind::Literal);
+                    }
+                    ('"', _) => {
+                        self.state = State::Quoted;
+                        self.opened_at = line_no;
+                        on(pos, c, Kind::Literal);
+                    }
+                    ('[', _) => {
+                        self.state = State::Bracket;
+                        self.opened_at = line_no;
+                        on(pos, c, Kind::Literal);
+                    }
+                    _ => on(pos, c, Kind::Code),
+                },
+                State::Str | State::Quoted | State::Bracket => {
+                    let close = match self.state {
+                        State::Str => '\'',
+                        State::Quoted => '"',
+                        _ => ']',
+                    };
+                    on(pos, c, Kind::Literal);
+                    if c == close {
+                        if next == Some(close) {
+                            on(chars[i + 1].0, close, Kind::Literal);
+                            i += 1;
+                        } else {
+                            self.state = State::Code;
+                        }
+                    }
+                }
+                State::LineComment => {
+                    on(pos, c, Kind::Comment);
+                    if c == '\n' {
+                        self.state = State::Code;
+                    }
+                }
+                State::Block(depth) => {
+                    on(pos, c, Kind::Comment);
+                    match (c, next) {
+                        ('*', Some('/')) => {
+                            on(chars[i + 1].0, '/', Kind::Comment);
+                            i += 1;
+                            self.state = if depth == 1 {
+                                State::Code
+                            } else {
+                                State::Block(depth - 1)
+                            };
+                        }
+                        ('/', Some('*')) => {
+                            on(chars[i + 1].0, '*', Kind::Comment);
+                            i += 1;
+                            self.state = State::Block(depth + 1);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            i += 1;
+        }
+        // A line comment also ends at the end of the text.
+        if self.state == State::LineComment && !line.ends_with('\n') {
+            self.state = State::Code;
+        }
+    }
+
+    /// An error for text that ends inside a string, name or comment.
+    fn unterminated(&self) -> Option<String> {
+        let what = match self.state {
+            State::Code | State::LineComment => return None,
+            State::Str => "string ('...')",
+            State::Quoted => "quoted name (\"...\")",
+            State::Bracket => "bracketed name ([...])",
+            State::Block(_) => "comment (/* ... */)",
+        };
+        Some(format!(
+            "the {what} that starts on line {} is never closed",
+            self.opened_at
+        ))
+    }
+}
+
+/// `GO`, `GO 3`, `go -- comment`: the repeat count, or None for any other line.
+fn go_line(line: &str) -> Option<std::result::Result<u32, String>> {
+    let code = match line.find("--") {
+        Some(i) => &line[..i],
+        None => line,
+    };
+    let mut words = code.split_whitespace();
+    let first = words.next()?;
+    if !first.eq_ignore_ascii_case("go") {
+        return None;
+    }
+    match (words.next(), words.next()) {
+        (None, _) => Some(Ok(1)),
+        (Some(n), None) if n.chars().all(|c| c.is_ascii_digit()) => match n.parse::<u32>() {
+            Ok(n) if n >= 1 => Some(Ok(n)),
+            _ => Some(Err(format!(
+                "`GO {n}`: the repeat count must be between 1 and {}",
+                u32::MAX
+            ))),
+        },
+        // `GO` followed by something else is not a separator (sqlcmd agrees):
+        // it is sent as code and the server will say what is wrong.
+        _ => None,
+    }
+}
+
+/// A sqlcmd command at the start of a line (`:r`, `:setvar`, `!!`).
+fn sqlcmd_command(line: &str) -> Option<String> {
+    let t = line.trim_start();
+    if let Some(rest) = t.strip_prefix(':') {
+        let word: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphabetic())
+            .collect();
+        if !word.is_empty() {
+            return Some(format!(":{word}"));
+        }
+    }
+    if t.starts_with("!!") {
+        return Some("!!".into());
+    }
+    None
+}
+
+/// Read the `-- uprun: ...` header lines before the first code.
+fn header(text: &str, file: &str) -> std::result::Result<bool, String> {
+    let mut transactional = true;
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if t.is_empty() {
+            continue;
+        }
+        let Some(comment) = t.strip_prefix("--") else {
+            break;
+        };
+        let Some(option) = comment.trim().strip_prefix("uprun:") else {
+            continue;
+        };
+        match option.trim() {
+            NO_TRANSACTION => transactional = false,
+            other => {
+                return Err(format!(
+                    "{file} line {}: unknown header option `-- uprun: {other}`; the only option is `-- uprun: {NO_TRANSACTION}`",
+                    i + 1
+                ))
+            }
+        }
+    }
+    Ok(transactional)
+}
+
+/// Split a script into batches. `file` names it in errors.
+pub fn split(text: &str, file: &str) -> std::result::Result<Script, String> {
+    let transactional = header(text, file)?;
+    let mut lexer = Lexer::new();
+    let mut batches = Vec::new();
+    let mut current = String::new();
+    let mut start = 1;
+    let mut has_code = false;
+    for (idx, line) in text.split_inclusive('\n').enumerate() {
+        let line_no = idx + 1;
+        if lexer.state == State::Code {
+            if let Some(go) = go_line(line) {
+                let count = go.map_err(|m| format!("{file} line {line_no}: {m}"))?;
+                if has_code {
+                    batches.push(Batch {
+                        sql: std::mem::take(&mut current),
+                        line: start,
+                        count,
+                    });
+                }
+                current.clear();
+                has_code = false;
+                start = line_no + 1;
+                continue;
+            }
+            if let Some(cmd) = sqlcmd_command(line) {
+                return Err(format!(
+                    "{file} line {line_no}: sqlcmd command `{cmd}` is not supported: uprun sends each batch to the server exactly as written (inline included files and replace variables in the migration itself)"
+                ));
+            }
+        }
+        let mut error = None;
+        let mut prev_dollar = false;
+        lexer.line(line, line_no, |_, c, kind| {
+            if kind != Kind::Comment && !c.is_whitespace() {
+                has_code = true;
+            }
+            if kind == Kind::Code {
+                if prev_dollar && c == '(' && error.is_none() {
+                    error = Some(format!(
+                        "{file} line {line_no}: `$(...)` is a sqlcmd variable, which uprun does not substitute; write the value in the migration"
+                    ));
+                }
+                prev_dollar = c == '$';
+            } else {
+                prev_dollar = false;
+            }
+        });
+        if let Some(e) = error {
+            return Err(e);
+        }
+        if current.is_empty() && !has_code {
+            // Leading blank or comment-only lines: the batch starts later.
+            start = line_no + 1;
+            if line.trim().is_empty() {
+                continue;
+            }
+            start = line_no;
+        }
+        current.push_str(line);
+    }
+    if let Some(m) = lexer.unterminated() {
+        return Err(format!("{file}: {m}"));
+    }
+    if has_code {
+        batches.push(Batch {
+            sql: current,
+            line: start,
+            count: 1,
+        });
+    }
+    Ok(Script {
+        batches,
+        transactional,
+    })
+}
+
+/// Words that may not appear (as code) in a read-only check query.
+const WRITE_WORDS: &[&str] = &[
+    "insert",
+    "update",
+    "delete",
+    "merge",
+    "into",
+    "exec",
+    "execute",
+    "create",
+    "alter",
+    "drop",
+    "truncate",
+    "grant",
+    "revoke",
+    "deny",
+    "backup",
+    "restore",
+    "dbcc",
+    "kill",
+    "shutdown",
+    "use",
+    "set",
+    "declare",
+    "begin",
+    "commit",
+    "rollback",
+    "save",
+    "waitfor",
+    "openrowset",
+    "opendatasource",
+    "openquery",
+    "bulk",
+    "reconfigure",
+    "checkpoint",
+];
+
+/// Check that `sql` is one `SELECT` (or `WITH ... SELECT`) statement and
+/// nothing else, looking only at code (not strings, names or comments).
+/// Returns what is wrong.
+pub fn check_single_select(sql: &str) -> std::result::Result<(), String> {
+    let mut lexer = Lexer::new();
+    let mut words: Vec<String> = Vec::new();
+    let mut word = String::new();
+    let mut after_semicolon = false;
+    let mut trailing_code = false;
+    let flush = |word: &mut String, words: &mut Vec<String>| {
+        if !word.is_empty() {
+            words.push(std::mem::take(word).to_ascii_lowercase());
+        }
+    };
+    for (idx, line) in sql.split_inclusive('\n').enumerate() {
+        if lexer.state == State::Code && go_line(line).is_some() {
+            return Err("it contains a `GO` line: a check is one statement".into());
+        }
+        lexer.line(line, idx + 1, |_, c, kind| {
+            if after_semicolon && kind != Kind::Comment && !c.is_whitespace() && c != ';' {
+                trailing_code = true;
+            }
+            if kind == Kind::Code && (c.is_alphanumeric() || c == '_' || c == '@' || c == '#') {
+                word.push(c);
+                return;
+            }
+            flush(&mut word, &mut words);
+            if kind == Kind::Code && c == ';' {
+                after_semicolon = true;
+            }
+        });
+    }
+    flush(&mut word, &mut words);
+    if let Some(m) = lexer.unterminated() {
+        return Err(m);
+    }
+    if trailing_code {
+        return Err("it has more than one statement".into());
+    }
+    match words.first().map(String::as_str) {
+        Some("select") | Some("with") => {}
+        Some(other) => {
+            return Err(format!(
+                "it starts with `{other}`; a check must be a SELECT (or WITH ... SELECT)"
+            ))
+        }
+        None => return Err("it is empty".into()),
+    }
+    if let Some(w) = words.iter().find(|w| WRITE_WORDS.contains(&w.as_str())) {
+        return Err(format!(
+            "it contains `{}`, which can change the database; a check may only read",
+            w.to_ascii_uppercase()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqls(text: &str) -> Vec<String> {
+        split(text, "m.sql")
+            .expect("split")
+            .batches
+            .into_iter()
+            .map(|b| b.sql.trim().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn splits_on_go_lines_in_any_case() {
+        let text =
+            "CREATE TABLE a (x int);\nGO\nINSERT INTO a VALUES (1);\n  go  \nSELECT 1;\nGo\n";
+        assert_eq!(
+            sqls(text),
+            [
+                "CREATE TABLE a (x int);",
+                "INSERT INTO a VALUES (1);",
+                "SELECT 1;"
+            ]
+        );
+    }
+
+    #[test]
+    fn records_start_lines_and_repeat_counts() {
+        let text = "-- header comment\n\nSELECT 1;\nGO 3\n\nSELECT 2;\nGO -- done\n";
+        let s = split(text, "m.sql").expect("split");
+        assert_eq!(s.batches.len(), 2);
+        assert_eq!(s.batches[0].count, 3);
+        assert_eq!(s.batches[0].line, 1);
+        assert_eq!(s.batches[1].count, 1);
+        assert_eq!(s.batches[1].line, 6);
+        assert_eq!(s.batches[1].sql, "SELECT 2;\n");
+        assert!(s.transactional);
+    }
+
+    #[test]
+    fn last_batch_without_go_and_no_empty_batches() {
+        assert_eq!(
+            sqls("GO\nGO\nSELECT 1\nGO\n\nGO\nSELECT 2"),
+            ["SELECT 1", "SELECT 2"]
+        );
+        assert_eq!(
+            sqls("-- only a comment\nGO\n/* and this */\n"),
+            Vec::<String>::new()
+        );
+        assert_eq!(sqls(""), Vec::<String>::new());
+    }
+
+    #[test]
+    fn go_inside_strings_names_and_comments_is_text() {
+        let text = "INSERT INTO t VALUES ('line one\nGO\nline three');\nSELECT [col\nGO\n]] x] FROM \"q\nGO\n\";\n/* a\nGO\n /* nested\nGO\n */ still comment\nGO\n*/\n-- GO\nSELECT 2;\nGO\nSELECT 3";
+        let b = sqls(text);
+        assert_eq!(b.len(), 2, "{b:?}");
+        assert!(b[0].starts_with("INSERT") && b[0].ends_with("SELECT 2;"));
+        assert_eq!(b[1], "SELECT 3");
+    }
+
+    #[test]
+    fn doubled_quotes_do_not_end_strings() {
+        let text = "SELECT 'it''s\nGO\nfine';\nGO\nSELECT 2";
+        assert_eq!(sqls(text), ["SELECT 'it''s\nGO\nfine';", "SELECT 2"]);
+    }
+
+    #[test]
+    fn go_with_other_words_is_not_a_separator() {
+        assert_eq!(sqls("SELECT 1\nGOTO x\nGO x\n"), ["SELECT 1\nGOTO x\nGO x"]);
+        assert!(split("SELECT 1\nGO 0\n", "m.sql").is_err());
+    }
+
+    #[test]
+    fn sqlcmd_commands_are_refused_with_file_and_line() {
+        let e = split("SELECT 1\nGO\n:r other.sql\n", "2.0.0_x.sql").unwrap_err();
+        assert!(e.contains("2.0.0_x.sql line 3") && e.contains(":r"), "{e}");
+        let e = split(":setvar X 1\n", "m.sql").unwrap_err();
+        assert!(e.contains("line 1") && e.contains(":setvar"), "{e}");
+        let e = split("SELECT 1\n  !! dir\n", "m.sql").unwrap_err();
+        assert!(e.contains("line 2") && e.contains("!!"), "{e}");
+        let e = split("SELECT 1\nSELECT $(Var)\n", "m.sql").unwrap_err();
+        assert!(e.contains("line 2") && e.contains("$("), "{e}");
+        // Inside strings and comments they are text.
+        assert!(split("SELECT ':r x', '$(y)'\n/*\n:r z\n*/\n", "m.sql").is_ok());
+    }
+
+    #[test]
+    fn unterminated_literals_are_reported() {
+        let e = split("SELECT 1\nSELECT 'abc\nGO\n", "m.sql").unwrap_err();
+        assert!(
+            e.contains("m.sql") && e.contains("line 2") && e.contains("string"),
+            "{e}"
+        );
+        assert!(split("/* open\n", "m.sql").unwrap_err().contains("comment"));
+        assert!(split("SELECT [a\n", "m.sql")
+            .unwrap_err()
+            .contains("bracketed"));
+    }
+
+    #[test]
+    fn no_transaction_header() {
+        let s = split(
+            "-- uprun: no-transaction\nALTER DATABASE CURRENT SET RECOVERY FULL;\n",
+            "m.sql",
+        )
+        .expect("split");
+        assert!(!s.transactional);
+        assert_eq!(s.batches.len(), 1);
+        let s = split("-- a note\n--uprun:no-transaction\nSELECT 1", "m.sql").expect("split");
+        assert!(!s.transactional);
+        // After the first code it is an ordinary comment.
+        let s = split("SELECT 1\n-- uprun: no-transaction\n", "m.sql").expect("split");
+        assert!(s.transactional);
+        let e = split("-- uprun: no-transactions\nSELECT 1", "m.sql").unwrap_err();
+        assert!(e.contains("line 1") && e.contains("no-transactions"), "{e}");
+    }
+
+    #[test]
+    fn crlf_line_endings() {
+        assert_eq!(
+            sqls("SELECT 1\r\nGO\r\nSELECT 2\r\n"),
+            ["SELECT 1", "SELECT 2"]
+        );
+    }
+
+    #[test]
+    fn single_select_accepts_reads() {
+        for ok in [
+            "SELECT name, kind, state FROM strategies WHERE state <> 'valid' ORDER BY name",
+            "select 1;",
+            "WITH x AS (SELECT 1 AS a) SELECT a FROM x",
+            "SELECT 'delete; drop' AS [update], updated_at FROM t -- insert\n",
+            "/* exec */ SELECT 1",
+        ] {
+            assert_eq!(check_single_select(ok), Ok(()), "{ok}");
+        }
+    }
+
+    #[test]
+    fn single_select_refuses_writes() {
+        for (bad, why) in [
+            ("DELETE FROM t", "starts with `delete`"),
+            ("SELECT 1; DELETE FROM t", "more than one statement"),
+            ("SELECT * INTO copy FROM t", "INTO"),
+            ("WITH x AS (SELECT 1 AS a) DELETE FROM x", "DELETE"),
+            ("SELECT 1\nGO\nSELECT 2", "GO"),
+            ("EXEC sp_who", "starts with `exec`"),
+            ("", "empty"),
+            ("SELECT 'x", "never closed"),
+        ] {
+            let e = check_single_select(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+}

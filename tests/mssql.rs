@@ -1,0 +1,878 @@
+//! SQL Server backend at the protocol level: uprun (through its driver) talks
+//! to a scripted TDS responder on 127.0.0.1 that plays a small "database"
+//! (version, migration history with transactions, msdb backups, the applock).
+//! Nothing outside this machine is needed. The tests against a real server
+//! are in `mssql_real.rs`.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use uprun::config::{Release, Site};
+use uprun::db::{Database, MssqlDatabase};
+
+use crate::support::tds::{i, s, Ctx, Reply, Request, TdsServer, Value};
+use crate::support::Sandbox;
+
+const PASSWORD: &str = "Mock;Pa55-w0rd";
+const BACKUP_DIR: &str = "/var/opt/mssql/backup";
+
+#[derive(Debug, Clone, PartialEq)]
+struct HistoryRow {
+    name: String,
+    version: String,
+    checksum: String,
+    duration_ms: i64,
+    applied_by: String,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum BackupMode {
+    Ok,
+    /// Hold the BACKUP until the progress monitor has read every queued value.
+    WaitForProgress,
+    /// Fail as SQL Server does when the folder does not exist.
+    Error3201,
+    /// Never answer (for at most 30 s).
+    Silent,
+}
+
+/// The fake database behind the responder.
+struct Fake {
+    version: String,
+    history: Vec<HistoryRow>,
+    /// Inserted in an open transaction, per connection.
+    pending: Vec<(usize, HistoryRow)>,
+    lock_result: i64,
+    engine_edition: i64,
+    edition: String,
+    backup: BackupMode,
+    progress: VecDeque<i64>,
+    /// Drop the connection on a batch containing this text.
+    drop_on: Option<String>,
+    reject_login: bool,
+    /// Full backups known to "msdb": file, finished.
+    backups: Vec<(String, String)>,
+}
+
+impl Default for Fake {
+    fn default() -> Self {
+        Fake {
+            version: "1.0.0".into(),
+            history: Vec::new(),
+            pending: Vec::new(),
+            lock_result: 0,
+            engine_edition: 3,
+            edition: "Developer Edition (64-bit)".into(),
+            backup: BackupMode::Ok,
+            progress: VecDeque::new(),
+            drop_on: None,
+            reject_login: false,
+            backups: Vec::new(),
+        }
+    }
+}
+
+struct Mock {
+    server: TdsServer,
+    fake: Arc<Mutex<Fake>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Mock {
+    fn start(fake: Fake) -> Mock {
+        let fake = Arc::new(Mutex::new(fake));
+        // Set once the progress monitor has asked after the last queued value.
+        let progress_read = Arc::new((Mutex::new(false), Condvar::new()));
+        let (f, p) = (fake.clone(), progress_read.clone());
+        let server = TdsServer::start(Arc::new(move |ctx: &Ctx, req: &Request| {
+            answer(&f, &p, ctx, req)
+        }));
+        Mock { server, fake }
+    }
+
+    fn fake(&self) -> std::sync::MutexGuard<'_, Fake> {
+        lock(&self.fake)
+    }
+
+    /// A connection string for the responder (no TLS: it cannot do any).
+    fn connection(&self, password: &str) -> String {
+        format!(
+            "Server=tcp:127.0.0.1,{};Database=FastApp;User Id=uprun;Password='{password}';Encrypt=DANGER_PLAINTEXT",
+            self.server.port()
+        )
+    }
+
+    /// Lay out the demo sandbox and point its site at the responder. The
+    /// password comes from the environment, as on a real site.
+    fn sandbox(&self) -> Sandbox {
+        self.sandbox_with("")
+    }
+
+    /// `sandbox`, with more `[database]` keys.
+    fn sandbox_with(&self, extra: &str) -> Sandbox {
+        let sb = Sandbox::new();
+        let site = std::fs::read_to_string(sb.site()).expect("site");
+        let section = format!(
+            "kind = \"mssql\"\nconnection = \"{}\"\nbackup_dir = \"{BACKUP_DIR}\"\nconnect_timeout_secs = 10\n{extra}",
+            self.connection("${env:UPRUN_TEST_MSSQL_PASSWORD}")
+        );
+        let site = site
+            .replace("kind = \"sqlite\"\npath = \"db/app.sqlite\"", &section)
+            .replace("backup_dir = \"backups\"\n", "");
+        assert!(site.contains("kind = \"mssql\""), "site layout changed");
+        std::fs::write(sb.site(), site).expect("write site");
+        sb
+    }
+
+    fn sql(&self) -> Vec<String> {
+        self.server.sql()
+    }
+}
+
+fn rows(cols: &[&str], rows: Vec<Vec<Value>>) -> Vec<Reply> {
+    vec![Reply::rows(cols, rows)]
+}
+
+fn param_str(params: &[Value], n: usize) -> String {
+    params
+        .get(n)
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The fake server's answer to one request.
+fn answer(
+    fake: &Mutex<Fake>,
+    progress_read: &(Mutex<bool>, Condvar),
+    ctx: &Ctx,
+    req: &Request,
+) -> Vec<Reply> {
+    use uprun::db::mssql as q;
+    let (sql, params) = match req {
+        Request::Login { .. } => {
+            return if lock(fake).reject_login {
+                vec![Reply::error(18456, 14, "Login failed for user 'uprun'.")]
+            } else {
+                Vec::new()
+            }
+        }
+        Request::Batch(sql) => (sql.as_str(), &[][..]),
+        Request::Rpc { sql, params, .. } => (sql.as_str(), params.as_slice()),
+        Request::Attention => return Vec::new(),
+    };
+    let mut f = lock(fake);
+    if let Some(needle) = &f.drop_on {
+        if sql.contains(needle.as_str()) {
+            return vec![Reply::Disconnect];
+        }
+    }
+    if sql == q::VERSION_SQL {
+        return rows(&["value"], vec![vec![s(&f.version)]]);
+    }
+    if sql == q::SET_VERSION_SQL {
+        f.version = param_str(params, 0);
+        return vec![Reply::Count(1)];
+    }
+    if sql == q::HISTORY_SQL {
+        let r = f
+            .history
+            .iter()
+            .map(|h| {
+                vec![
+                    s(&h.name),
+                    s(&h.version),
+                    s(&h.checksum),
+                    s("2026-01-01T00:00:00.000Z"),
+                    i(h.duration_ms),
+                    s(&h.applied_by),
+                ]
+            })
+            .collect();
+        return rows(
+            &[
+                "name",
+                "version",
+                "checksum",
+                "applied_at",
+                "duration_ms",
+                "applied_by",
+            ],
+            r,
+        );
+    }
+    if sql == q::HISTORY_TABLE_SQL || sql == q::BEGIN_SQL || sql == q::READ_BEGIN_SQL {
+        return Vec::new();
+    }
+    if sql == q::RECORD_SQL {
+        let row = HistoryRow {
+            name: param_str(params, 0),
+            version: param_str(params, 1),
+            checksum: param_str(params, 2),
+            duration_ms: params.get(3).and_then(|v| v.as_int()).unwrap_or(-1),
+            applied_by: param_str(params, 4),
+        };
+        f.pending.push((ctx.conn, row));
+        return vec![Reply::Count(1)];
+    }
+    if sql == q::COMMIT_SQL {
+        let (mine, others): (Vec<_>, Vec<_>) =
+            f.pending.drain(..).partition(|(c, _)| *c == ctx.conn);
+        f.pending = others;
+        f.history.extend(mine.into_iter().map(|(_, r)| r));
+        return Vec::new();
+    }
+    if sql == q::ROLLBACK_SQL {
+        f.pending.retain(|(c, _)| *c != ctx.conn);
+        return Vec::new();
+    }
+    if sql == q::EDITION_SQL {
+        return rows(
+            &["engine_edition", "edition"],
+            vec![vec![i(f.engine_edition), s(&f.edition)]],
+        );
+    }
+    if sql == q::SPID_SQL {
+        return rows(&["spid"], vec![vec![i(50 + ctx.conn as i64)]]);
+    }
+    if sql == q::PROGRESS_SQL {
+        return match f.progress.pop_front() {
+            Some(p) => rows(&["percent_complete"], vec![vec![i(p)]]),
+            None => {
+                let (done, cv) = progress_read;
+                *lock(done) = true;
+                cv.notify_all();
+                rows(&["percent_complete"], Vec::new())
+            }
+        };
+    }
+    if sql.starts_with("BACKUP DATABASE") {
+        match f.backup {
+            BackupMode::Error3201 => {
+                return vec![
+                    Reply::error(
+                        3201,
+                        16,
+                        "Cannot open backup device '/var/opt/mssql/backup/x.bak'. Operating system error 2(The system cannot find the file specified.).",
+                    ),
+                    Reply::error(3013, 16, "BACKUP DATABASE is terminating abnormally."),
+                ]
+            }
+            BackupMode::WaitForProgress => {
+                drop(f);
+                let (done, cv) = progress_read;
+                let guard = lock(done);
+                let (guard, timeout) = cv
+                    .wait_timeout_while(guard, Duration::from_secs(30), |d| !*d)
+                    .unwrap_or_else(|e| e.into_inner());
+                drop(guard);
+                if timeout.timed_out() {
+                    return vec![Reply::error(50000, 16, "mock: progress was never polled")];
+                }
+                f = lock(fake);
+            }
+            BackupMode::Silent => {
+                drop(f);
+                // Released only when the test process ends (or after 30 s).
+                let never = (Mutex::new(()), Condvar::new());
+                let guard = lock(&never.0);
+                let _ = never.1.wait_timeout(guard, Duration::from_secs(30));
+                return vec![Reply::error(50000, 16, "mock: too late")];
+            }
+            BackupMode::Ok => {}
+        }
+        let file = param_str(params, 1);
+        f.backups.push((file, "2026-01-01T01:02:03".into()));
+        return vec![
+            Reply::info(3211, "100 percent processed."),
+            Reply::info(
+                3014,
+                "BACKUP DATABASE successfully processed 460 pages in 0.050 seconds (71.875 MB/sec).",
+            ),
+        ];
+    }
+    if sql == q::BACKUPSET_SQL {
+        return rows(
+            &["size", "finished", "has_checksums"],
+            vec![vec![i(123_456), s("2026-01-01T01:02:03"), i(1)]],
+        );
+    }
+    if sql == q::VERIFY_SQL {
+        return vec![Reply::info(3262, "The backup set on file 1 is valid.")];
+    }
+    if sql == q::LATEST_FULL_SQL {
+        let r = f
+            .backups
+            .last()
+            .map(|(file, at)| vec![vec![s(file), s(at), i(1)]])
+            .unwrap_or_default();
+        return rows(&["file_name", "finished", "copy_only"], r);
+    }
+    if sql == q::LOCK_SQL {
+        return rows(&["result"], vec![vec![i(f.lock_result)]]);
+    }
+    if sql.starts_with("SELECT name, kind, state FROM strategies") {
+        return rows(&["name", "kind", "state"], Vec::new());
+    }
+    if sql.contains("no_such_procedure") {
+        return vec![Reply::Error {
+            number: 2812,
+            class: 16,
+            message: "Could not find stored procedure 'dbo.no_such_procedure'.".into(),
+            line: 2,
+        }];
+    }
+    // Migration batches (leading comment lines aside).
+    let code = sql
+        .lines()
+        .skip_while(|l| l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    if code.starts_with("ALTER TABLE")
+        || code.starts_with("UPDATE dbo.")
+        || code.starts_with("CREATE TABLE dbo.audit_log")
+        || code.starts_with("INSERT INTO dbo.audit_log")
+    {
+        return vec![Reply::Count(3)];
+    }
+    vec![Reply::error(
+        50000,
+        16,
+        &format!("mock: unexpected SQL: {sql}"),
+    )]
+}
+
+fn open_db(sb: &Sandbox) -> MssqlDatabase {
+    let site = Site::load(&sb.site()).expect("site");
+    MssqlDatabase::open(&site.database, false).expect("open")
+}
+
+/// The requests from BEGIN TRANSACTION to the matching COMMIT of each migration.
+fn migration_sql(log: &[String]) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    let mut current: Option<Vec<String>> = None;
+    for sql in log {
+        if sql == uprun::db::mssql::BEGIN_SQL {
+            current = Some(Vec::new());
+        }
+        if let Some(c) = current.as_mut() {
+            c.push(sql.clone());
+        }
+        if sql == uprun::db::mssql::COMMIT_SQL || sql == uprun::db::mssql::ROLLBACK_SQL {
+            if let Some(c) = current.take() {
+                out.push(c);
+            }
+        }
+    }
+    out.extend(current);
+    out
+}
+
+fn sha256_hex(path: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(path).expect("read migration");
+    Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn backup_and_verify_send_the_expected_sql_and_progress_drives_the_callback() {
+    let mock = Mock::start(Fake {
+        backup: BackupMode::WaitForProgress,
+        progress: VecDeque::from([20, 55, 90]),
+        ..Fake::default()
+    });
+    let sb = mock.sandbox();
+    std::env::set_var("UPRUN_TEST_MSSQL_PASSWORD", PASSWORD);
+    let mut db = open_db(&sb);
+    db.set_progress_interval(Duration::from_millis(5));
+    let mut seen = Vec::new();
+    let mut receipt = db
+        .backup(Path::new(BACKUP_DIR), &mut |done, total| {
+            seen.push((done, total))
+        })
+        .expect("backup");
+    db.verify_backup(&mut receipt).expect("verify");
+
+    // The server's progress, as polled, drove the callback, then 100 at the end.
+    assert_eq!(
+        seen,
+        [(0, 100), (20, 100), (55, 100), (90, 100), (100, 100)]
+    );
+
+    assert!(
+        receipt
+            .file
+            .starts_with("/var/opt/mssql/backup/FastApp-1.0.0-")
+            && receipt.file.ends_with("Z.bak"),
+        "{}",
+        receipt.file
+    );
+    assert_eq!(receipt.size, 123_456);
+    assert_eq!(receipt.finished, "2026-01-01T01:02:03");
+    assert!(receipt.checksum && receipt.verified);
+    assert!(receipt
+        .verification
+        .contains("RESTORE VERIFYONLY WITH CHECKSUM"));
+
+    let log = mock.server.log();
+    let backup = log
+        .iter()
+        .find(|l| l.request.sql().is_some_and(|q| q.starts_with("BACKUP")))
+        .expect("a BACKUP was sent");
+    assert_eq!(
+        backup.request,
+        Request::Rpc {
+            sql: "BACKUP DATABASE @P1 TO DISK = @P2 WITH COPY_ONLY, CHECKSUM, INIT, FORMAT, STATS = 5, COMPRESSION".into(),
+            declaration: "@P1 nvarchar(4000),@P2 nvarchar(4000)".into(),
+            params: vec![s("FastApp"), s(&receipt.file)],
+        }
+    );
+    let verify = log
+        .iter()
+        .find(|l| l.request.sql().is_some_and(|q| q.starts_with("RESTORE")))
+        .expect("a RESTORE was sent");
+    assert_eq!(
+        verify.request,
+        Request::Rpc {
+            sql: "RESTORE VERIFYONLY FROM DISK = @P1 WITH CHECKSUM".into(),
+            declaration: "@P1 nvarchar(4000)".into(),
+            params: vec![s(&receipt.file)],
+        }
+    );
+    assert_eq!(verify.conn, backup.conn, "verified on the main connection");
+    // Progress was read from another connection, for the backup's session.
+    let polls: Vec<_> = log
+        .iter()
+        .filter(|l| l.request.sql() == Some(uprun::db::mssql::PROGRESS_SQL))
+        .collect();
+    assert_eq!(
+        polls.len(),
+        4,
+        "three values, then the poll that released the backup"
+    );
+    for p in &polls {
+        assert_ne!(p.conn, backup.conn);
+        assert_eq!(p.app, "uprun progress");
+        match &p.request {
+            Request::Rpc { params, .. } => assert_eq!(params, &[i(50 + backup.conn as i64)]),
+            other => panic!("poll sent as {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn no_compression_where_the_edition_lacks_it() {
+    let mock = Mock::start(Fake {
+        engine_edition: 4,
+        edition: "Express Edition (64-bit)".into(),
+        ..Fake::default()
+    });
+    let sb = mock.sandbox();
+    std::env::set_var("UPRUN_TEST_MSSQL_PASSWORD", PASSWORD);
+    let mut db = open_db(&sb);
+    db.backup(Path::new("D:\\Backups\\"), &mut |_, _| {})
+        .expect("backup");
+    let sql = mock.sql();
+    let backup = sql
+        .iter()
+        .find(|q| q.starts_with("BACKUP"))
+        .expect("backup sent");
+    assert_eq!(
+        backup,
+        "BACKUP DATABASE @P1 TO DISK = @P2 WITH COPY_ONLY, CHECKSUM, INIT, FORMAT, STATS = 5"
+    );
+    let file = match &mock
+        .server
+        .log()
+        .iter()
+        .find(|l| l.request.sql() == Some(backup.as_str()))
+        .expect("log")
+        .request
+    {
+        Request::Rpc { params, .. } => param_str(params, 1),
+        other => panic!("{other:?}"),
+    };
+    assert!(file.starts_with("D:\\Backups\\FastApp-1.0.0-"), "{file}");
+}
+
+#[test]
+fn backup_error_3201_fails_the_run_with_the_servers_message() {
+    let mock = Mock::start(Fake {
+        backup: BackupMode::Error3201,
+        ..Fake::default()
+    });
+    let sb = mock.sandbox();
+    let out = sb
+        .cmd("run", "in-place-upgrade", &["--yes"])
+        .env("UPRUN_TEST_MSSQL_PASSWORD", PASSWORD)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let all = format!("{}{err}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    for needle in [
+        "database `FastApp`",
+        "SQL Server error 3201 (severity 16",
+        "Cannot open backup device '/var/opt/mssql/backup/x.bak'",
+        "`database.backup_dir`",
+    ] {
+        assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
+    }
+    // Nothing after the failed backup: no verification, no migration.
+    let sql = mock.sql();
+    assert!(!sql.iter().any(|q| q.starts_with("RESTORE")), "{sql:#?}");
+    assert!(migration_sql(&sql).is_empty(), "{sql:#?}");
+    assert_eq!(mock.fake().version, "1.0.0");
+    assert!(!all.contains(PASSWORD));
+}
+
+#[test]
+fn lock_refused_stops_the_run_before_any_change() {
+    let mock = Mock::start(Fake {
+        lock_result: -1,
+        ..Fake::default()
+    });
+    let sb = mock.sandbox();
+    let before = sb.snapshot();
+    let out = sb
+        .cmd("run", "in-place-upgrade", &["--yes"])
+        .env("UPRUN_TEST_MSSQL_PASSWORD", PASSWORD)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("another uprun run holds the lock on database `FastApp`"),
+        "{err}"
+    );
+    let log = mock.server.log();
+    let lock_req = log
+        .iter()
+        .find(|l| l.request.sql() == Some(uprun::db::mssql::LOCK_SQL))
+        .expect("lock requested");
+    assert_eq!(
+        lock_req.request,
+        Request::Batch(
+            "DECLARE @result int;\nEXEC @result = sys.sp_getapplock @Resource = N'uprun', @LockMode = N'Exclusive', @LockOwner = N'Session', @LockTimeout = 0;\nSELECT @result AS result;".into()
+        )
+    );
+    assert!(lock_req.app.starts_with("uprun run "), "{}", lock_req.app);
+    // The lock is the first thing the run does: nothing is sent after it,
+    // and nothing changed anywhere.
+    let after: Vec<_> = log
+        .iter()
+        .skip_while(|l| l.request.sql() != Some(uprun::db::mssql::LOCK_SQL))
+        .skip(1)
+        .filter(|l| l.request.sql().is_some())
+        .collect();
+    assert!(after.is_empty(), "sent after the refused lock: {after:#?}");
+    assert!(!mock.sql().iter().any(|q| q.starts_with("BACKUP")));
+    assert_eq!(mock.fake().version, "1.0.0");
+    assert_eq!(sb.snapshot(), before, "a refused run changed the nodes");
+}
+
+#[test]
+fn stock_procedure_upgrades_through_the_protocol() {
+    let mock = Mock::start(Fake::default());
+    let sb = mock.sandbox();
+    let out = sb
+        .cmd("run", "in-place-upgrade", &["--yes", "--json"])
+        .env("UPRUN_TEST_MSSQL_PASSWORD", PASSWORD)
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{err}");
+    assert!(!stdout.contains(PASSWORD) && !err.contains(PASSWORD));
+
+    let fake = mock.fake();
+    assert_eq!(fake.version, "2.0.0");
+    let release = Release::load(&sb.release()).expect("release");
+    let migrations = release
+        .migrations(uprun::config::DbKind::Mssql)
+        .expect("migrations");
+    assert_eq!(migrations.len(), 3);
+    assert_eq!(fake.history.len(), 3, "{:#?}", fake.history);
+    for (h, m) in fake.history.iter().zip(&migrations) {
+        assert_eq!(h.name, m.name);
+        assert_eq!(h.version, "2.0.0");
+        assert_eq!(h.checksum, sha256_hex(&m.path));
+        assert!(h.duration_ms >= 0);
+        assert!(
+            h.applied_by.contains("uprun") && h.applied_by.contains("run "),
+            "{}",
+            h.applied_by
+        );
+    }
+    drop(fake);
+
+    // Each migration: one transaction, its GO-separated batches as written, the
+    // history row, the commit.
+    let sql = mock.sql();
+    let txs = migration_sql(&sql);
+    assert_eq!(txs.len(), 3, "{sql:#?}");
+    let record = uprun::db::mssql::RECORD_SQL.to_string();
+    assert_eq!(
+        txs[0],
+        [
+            "SET XACT_ABORT ON; BEGIN TRANSACTION;".to_string(),
+            "ALTER TABLE dbo.strategies ADD priority int NOT NULL CONSTRAINT DF_strategies_priority DEFAULT 100;\n".into(),
+            "UPDATE dbo.strategies SET priority = 10 WHERE kind = N'matching';\n".into(),
+            record.clone(),
+            "COMMIT TRANSACTION;".into(),
+        ]
+    );
+    assert_eq!(
+        txs[1][1],
+        "ALTER TABLE dbo.customers ADD email nvarchar(320) NULL;\n"
+    );
+    assert_eq!(txs[2].len(), 5);
+    assert_eq!(
+        record,
+        "INSERT INTO dbo.uprun_migration_history (name, version, checksum, applied_at, duration_ms, applied_by) VALUES (@P1, @P2, @P3, SYSUTCDATETIME(), @P4, @P5)"
+    );
+    // The backup came before the first migration, the version after the last.
+    let pos = |pred: &dyn Fn(&str) -> bool| sql.iter().position(|q| pred(q)).expect("sent");
+    let backup = pos(&|q| q.starts_with("BACKUP DATABASE"));
+    let verify = pos(&|q| q.starts_with("RESTORE VERIFYONLY"));
+    let first_tx = pos(&|q| q == uprun::db::mssql::BEGIN_SQL);
+    let set_version = pos(&|q| q == uprun::db::mssql::SET_VERSION_SQL);
+    assert!(backup < verify && verify < first_tx && first_tx < set_version);
+    // The strategies check ran inside a transaction that was rolled back.
+    let check = sql
+        .iter()
+        .rposition(|q| q.starts_with("SELECT name, kind, state FROM strategies"))
+        .expect("check ran");
+    assert_eq!(sql[check - 1], "BEGIN TRANSACTION;");
+    assert_eq!(sql[check + 1], "IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION;");
+
+    // Plan and status now show the backup msdb knows of.
+    let out = sb
+        .cmd("plan", "in-place-upgrade", &[])
+        .env("UPRUN_TEST_MSSQL_PASSWORD", PASSWORD)
+        .output()
+        .expect("plan");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("latest full backup of `FastApp`: `/var/opt/mssql/backup/FastApp-1.0.0-"),
+        "{text}"
+    );
+    let out = crate::support::uprun()
+        .args(["status", "--site"])
+        .arg(sb.site())
+        .env("UPRUN_TEST_MSSQL_PASSWORD", PASSWORD)
+        .output()
+        .expect("status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("version 2.0.0 (3 migration(s)"), "{text}");
+    assert!(
+        text.contains("latest full backup: `/var/opt/mssql/backup/FastApp-1.0.0-"),
+        "{text}"
+    );
+}
+
+#[test]
+fn dropped_connection_during_a_migration_fails_the_run_and_history_shows_it() {
+    let mock = Mock::start(Fake {
+        drop_on: Some("ALTER TABLE dbo.customers".into()),
+        ..Fake::default()
+    });
+    let sb = mock.sandbox();
+    let out = sb
+        .cmd("run", "in-place-upgrade", &["--yes"])
+        .env("UPRUN_TEST_MSSQL_PASSWORD", PASSWORD)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{err}");
+    for needle in [
+        "migration `2.0.0_02_customer_email.sql` failed in batch 1 of 2",
+        "was lost",
+        "not recorded in the history",
+    ] {
+        assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
+    }
+    {
+        let fake = mock.fake();
+        let names: Vec<_> = fake.history.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["2.0.0_01_strategy_priority.sql"]);
+        assert_eq!(fake.version, "1.0.0");
+    }
+    // No commit after the lost batch, and nothing of migration 03.
+    let sql = mock.sql();
+    let lost = sql
+        .iter()
+        .position(|q| q.starts_with("ALTER TABLE dbo.customers"))
+        .expect("sent");
+    assert!(!sql[lost..]
+        .iter()
+        .any(|q| q == uprun::db::mssql::COMMIT_SQL));
+    assert!(!sql.iter().any(|q| q.contains("audit_log")));
+
+    // `status` reads the history back: one migration applied, still 1.0.0.
+    let out = crate::support::uprun()
+        .args(["status", "--site"])
+        .arg(sb.site())
+        .env("UPRUN_TEST_MSSQL_PASSWORD", PASSWORD)
+        .output()
+        .expect("status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("version 1.0.0 (1 migration(s) applied"),
+        "{text}"
+    );
+}
+
+#[test]
+fn server_error_in_a_migration_names_the_file_line_and_rolls_back() {
+    let mock = Mock::start(Fake::default());
+    let sb = mock.sandbox();
+    std::env::set_var("UPRUN_TEST_MSSQL_PASSWORD", PASSWORD);
+    let mut db = open_db(&sb);
+    let bad = uprun::config::Migration {
+        version: semver::Version::new(2, 0, 0),
+        name: "2.0.0_10_broken.sql".into(),
+        path: sb.dir.join("2.0.0_10_broken.sql"),
+        sql: "-- first batch\nUPDATE dbo.strategies SET state = state;\nGO\n\nUPDATE dbo.customers SET city = city;\nEXEC dbo.no_such_procedure;\n".into(),
+        checksum: "0".repeat(64),
+    };
+    let err = db.apply(&bad, "tester").expect_err("fails").to_string();
+    for needle in [
+        "database `FastApp`",
+        "migration `2.0.0_10_broken.sql` failed in batch 2 of 2 (line 5 of",
+        "SQL Server error 2812 (severity 16, state 1, line 2): Could not find stored procedure 'dbo.no_such_procedure'.",
+        "at line 6 of",
+        "rolled back and is not recorded in the history",
+    ] {
+        assert!(err.contains(needle), "error lacks {needle:?}: {err}");
+    }
+    let sql = mock.sql();
+    assert_eq!(
+        sql.last().map(String::as_str),
+        Some(uprun::db::mssql::ROLLBACK_SQL),
+        "{sql:#?}"
+    );
+    assert!(!sql.iter().any(|q| q == uprun::db::mssql::RECORD_SQL));
+    assert!(mock.fake().history.is_empty());
+    assert!(mock.fake().pending.is_empty());
+}
+
+#[test]
+fn login_failure_names_host_and_port_but_not_the_password() {
+    let mock = Mock::start(Fake {
+        reject_login: true,
+        ..Fake::default()
+    });
+    let sb = mock.sandbox();
+    let out = crate::support::uprun()
+        .args(["status", "--site"])
+        .arg(sb.site())
+        .env("UPRUN_TEST_MSSQL_PASSWORD", PASSWORD)
+        .output()
+        .expect("status");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let addr = format!("127.0.0.1:{}", mock.server.port());
+    for needle in [
+        "database `FastApp`",
+        addr.as_str(),
+        "rejected the user name or password",
+        "18456",
+    ] {
+        assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
+    }
+    assert!(!err.contains(PASSWORD) && !err.contains("Pa55"), "{err}");
+    match &mock.server.log()[0].request {
+        Request::Login { user, database, .. } => {
+            assert_eq!(user, "uprun");
+            assert_eq!(database, "FastApp");
+        }
+        other => panic!("first request {other:?}"),
+    }
+}
+
+#[test]
+fn check_queries_that_write_are_refused_before_reaching_the_server() {
+    let mock = Mock::start(Fake::default());
+    let sb = mock.sandbox();
+    std::env::set_var("UPRUN_TEST_MSSQL_PASSWORD", PASSWORD);
+    let mut db = open_db(&sb);
+    let sent = mock.sql().len();
+    for bad in [
+        "DELETE FROM strategies",
+        "SELECT 1; DROP TABLE strategies",
+        "SELECT * INTO copy FROM strategies",
+    ] {
+        let err = db.query_readonly(bad).expect_err(bad).to_string();
+        assert!(err.contains("check queries must only read"), "{err}");
+    }
+    assert_eq!(mock.sql().len(), sent, "a refused query was sent");
+    let rows = db
+        .query_readonly("SELECT name, kind, state FROM strategies WHERE state <> 'valid'")
+        .expect("read");
+    assert!(rows.is_empty());
+}
+
+#[test]
+fn debug_and_errors_never_show_the_connection_string() {
+    let mock = Mock::start(Fake::default());
+    let sb = mock.sandbox();
+    std::env::set_var("UPRUN_TEST_MSSQL_PASSWORD", PASSWORD);
+    let site = Site::load(&sb.site()).expect("site");
+    let text = format!("{site:?}");
+    assert!(
+        !text.contains("Pa55") && !text.contains("Server=tcp"),
+        "{text}"
+    );
+    let db = open_db(&sb);
+    let text = format!("{db:?}");
+    assert!(!text.contains("Pa55") && text.contains("FastApp"), "{text}");
+}
+
+#[test]
+fn a_silent_backup_hits_our_deadline_and_the_next_call_reconnects() {
+    let mock = Mock::start(Fake {
+        backup: BackupMode::Silent,
+        ..Fake::default()
+    });
+    let sb = mock.sandbox_with("operation_timeout_secs = 1");
+    std::env::set_var("UPRUN_TEST_MSSQL_PASSWORD", PASSWORD);
+    let mut db = open_db(&sb);
+    let started = std::time::Instant::now();
+    let err = db
+        .backup(Path::new(BACKUP_DIR), &mut |_, _| {})
+        .expect_err("deadline")
+        .to_string();
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(
+        err.contains("database `FastApp`: backup to `/var/opt/mssql/backup/FastApp-1.0.0-")
+            && err.contains("no answer within 1 s; the connection was closed"),
+        "{err}"
+    );
+    let backup_conn = mock
+        .server
+        .log()
+        .iter()
+        .find(|l| l.request.sql().is_some_and(|q| q.starts_with("BACKUP")))
+        .map(|l| l.conn)
+        .expect("backup sent");
+    // The abandoned connection is not reused: the next read opens a new one.
+    assert_eq!(db.version().expect("version").to_string(), "1.0.0");
+    let read = mock
+        .server
+        .log()
+        .into_iter()
+        .rfind(|l| l.request.sql() == Some(uprun::db::mssql::VERSION_SQL))
+        .expect("version read");
+    assert_ne!(read.conn, backup_conn);
+    assert_eq!(read.app, "uprun");
+}

@@ -1,0 +1,182 @@
+//! Against a real SQL Server: opt-in, because no machine of ours has one.
+//!
+//! Set `UPRUN_MSSQL_TEST_CONNECTION` to an ADO.NET connection string for a
+//! login that may create and drop databases, back up and restore (sysadmin on
+//! a test server), for example
+//! `Server=tcp:127.0.0.1,1433;User Id=sa;Password=...;TrustServerCertificate=true`.
+//! Optionally set `UPRUN_MSSQL_TEST_BACKUP_DIR` to a folder on the server
+//! (default `/var/opt/mssql/data`, which exists on the Linux images).
+//! Without the variable the test says it is skipped and passes.
+//!
+//! The test creates a throwaway database at 1.0.0 from the sandbox's SQL Server
+//! schema, runs the stock procedure on a one-node local site, checks the
+//! database is at 2.0.0 with a verified copy-only backup and the right history,
+//! and drops the database (and its msdb backup history) again, also on failure.
+//! The backup file itself stays in the backup folder on the server.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tiberius::{Client, Config};
+use tokio::net::TcpStream;
+use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
+
+use crate::support::Sandbox;
+
+const ENV: &str = "UPRUN_MSSQL_TEST_CONNECTION";
+const BACKUP_ENV: &str = "UPRUN_MSSQL_TEST_BACKUP_DIR";
+
+/// A plain client for setting up and checking the server.
+struct Admin {
+    rt: tokio::runtime::Runtime,
+    client: Client<Compat<TcpStream>>,
+}
+
+impl Admin {
+    fn connect(connection: &str, database: &str) -> Admin {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let mut config = Config::from_ado_string(connection).expect("connection string");
+        config.database(database);
+        config.command_timeout(None);
+        let client = rt.block_on(async {
+            let tcp = TcpStream::connect(config.get_addr())
+                .await
+                .expect("reach the server");
+            tcp.set_nodelay(true).expect("nodelay");
+            Client::connect(config, tcp.compat_write())
+                .await
+                .expect("log in")
+        });
+        Admin { rt, client }
+    }
+
+    fn batch(&mut self, sql: &str) -> Vec<tiberius::Row> {
+        let client = &mut self.client;
+        self.rt.block_on(async {
+            client
+                .simple_query(sql)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+                .into_first_result()
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        })
+    }
+}
+
+/// Drops the throwaway database when the test ends, however it ends.
+struct Throwaway {
+    connection: String,
+    name: String,
+}
+
+impl Drop for Throwaway {
+    fn drop(&mut self) {
+        let q = uprun::db::mssql::quote_name(&self.name).expect("name");
+        let mut admin = Admin::connect(&self.connection, "master");
+        admin.batch(&format!(
+            "IF DB_ID(N'{n}') IS NOT NULL BEGIN ALTER DATABASE {q} SET SINGLE_USER WITH ROLLBACK IMMEDIATE; DROP DATABASE {q}; END;
+             EXEC msdb.dbo.sp_delete_database_backuphistory @database_name = N'{n}';",
+            n = self.name
+        ));
+    }
+}
+
+#[test]
+fn stock_procedure_upgrades_a_real_server_database() {
+    let Ok(connection) = std::env::var(ENV) else {
+        eprintln!("skipped: set {ENV} to a SQL Server connection string to run the real-server test (see tests/mssql_real.rs)");
+        return;
+    };
+    let backup_dir = std::env::var(BACKUP_ENV).unwrap_or_else(|_| "/var/opt/mssql/data".into());
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let name = format!("uprun_test_{}_{nanos}", std::process::id());
+    let quoted = uprun::db::mssql::quote_name(&name).expect("name");
+
+    let mut admin = Admin::connect(&connection, "master");
+    admin.batch(&format!("CREATE DATABASE {quoted};"));
+    let _cleanup = Throwaway {
+        connection: connection.clone(),
+        name: name.clone(),
+    };
+    let mut db = Admin::connect(&connection, &name);
+    db.batch(uprun::sandbox::MSSQL_SCHEMA_1_0_0);
+
+    // A one-node local site on that database.
+    let sb = Sandbox::new();
+    let site = std::fs::read_to_string(sb.site()).expect("site");
+    let site = site
+        .replace(
+            "kind = \"sqlite\"\npath = \"db/app.sqlite\"",
+            &format!("kind = \"mssql\"\nconnection = \"${{env:{ENV}}}\"\ndatabase = \"{name}\""),
+        )
+        .replace(
+            "backup_dir = \"backups\"",
+            &format!("backup_dir = {}", toml_string(&backup_dir)),
+        );
+    let one_node = match site.find("[[node]]\nname = \"app02\"") {
+        Some(at) => site[..at].to_string(),
+        None => site,
+    };
+    assert!(one_node.contains("kind = \"mssql\"") && !one_node.contains("app02"));
+    std::fs::write(sb.site(), one_node).expect("write site");
+
+    let out = sb
+        .cmd("run", "in-place-upgrade", &["--yes"])
+        .output()
+        .expect("run");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{text}");
+
+    // At 2.0.0, with the migrations' effects and history.
+    let v = db.batch("SELECT value FROM dbo.app_meta WHERE [key] = N'schema_version'");
+    assert_eq!(v[0].get::<&str, _>(0), Some("2.0.0"));
+    let p = db.batch("SELECT priority FROM dbo.strategies WHERE name = N'customer-match'");
+    assert_eq!(p[0].get::<i32, _>(0), Some(10));
+    let h = db.batch(
+        "SELECT name, version, checksum, applied_by FROM dbo.uprun_migration_history ORDER BY id",
+    );
+    let release = uprun::config::Release::load(&sb.release()).expect("release");
+    let migrations = release
+        .migrations(uprun::config::DbKind::Mssql)
+        .expect("migrations");
+    assert_eq!(h.len(), migrations.len());
+    for (row, m) in h.iter().zip(&migrations) {
+        assert_eq!(row.get::<&str, _>("name"), Some(m.name.as_str()));
+        assert_eq!(row.get::<&str, _>("version"), Some("2.0.0"));
+        assert_eq!(row.get::<&str, _>("checksum"), Some(m.checksum.as_str()));
+        assert!(row
+            .get::<&str, _>("applied_by")
+            .is_some_and(|b| b.contains("uprun")));
+    }
+
+    // A verified, copy-only, checksummed full backup taken by the run.
+    let b = admin.batch(&format!(
+        "SELECT TOP (1) mf.physical_device_name, CAST(bs.is_copy_only AS int) AS copy_only, CAST(bs.has_backup_checksums AS int) AS checksums
+         FROM msdb.dbo.backupset AS bs JOIN msdb.dbo.backupmediafamily AS mf ON mf.media_set_id = bs.media_set_id
+         WHERE bs.database_name = N'{name}' AND bs.type = 'D' ORDER BY bs.backup_finish_date DESC"
+    ));
+    assert_eq!(b.len(), 1, "no full backup in msdb");
+    let file = b[0].get::<&str, _>(0).expect("file").to_string();
+    assert!(file.contains(&name), "{file}");
+    assert_eq!(b[0].get::<i32, _>("copy_only"), Some(1));
+    assert_eq!(b[0].get::<i32, _>("checksums"), Some(1));
+    admin.batch(&format!(
+        "RESTORE VERIFYONLY FROM DISK = N'{}' WITH CHECKSUM",
+        file.replace('\'', "''")
+    ));
+    assert!(text.contains("verified"), "{text}");
+}
+
+fn toml_string(s: &str) -> String {
+    format!("'{s}'")
+}

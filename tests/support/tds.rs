@@ -1,0 +1,571 @@
+//! A scripted TDS responder on 127.0.0.1: just enough of SQL Server's wire
+//! protocol for uprun's driver (tiberius) to log in without TLS (prelogin
+//! answers "encryption not supported"), send SQL batches and `sp_executesql`
+//! calls, and read back rows, INFO and ERROR messages and DONE tokens.
+//!
+//! Every request is logged (connection number, application name, SQL,
+//! parameters) so tests can assert the exact SQL sent; a handler chosen by the
+//! test decides the replies. The handler runs on the connection's own thread
+//! and may block (on a channel) to hold a request open while another
+//! connection is served.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+const PACKET_SQL_BATCH: u8 = 0x01;
+const PACKET_RPC: u8 = 0x03;
+const PACKET_REPLY: u8 = 0x04;
+const PACKET_ATTENTION: u8 = 0x06;
+const PACKET_LOGIN7: u8 = 0x10;
+const PACKET_PRELOGIN: u8 = 0x12;
+
+const DONE_MORE: u16 = 0x01;
+const DONE_ERROR: u16 = 0x02;
+const DONE_COUNT: u16 = 0x10;
+const DONE_ATTENTION: u16 = 0x20;
+
+/// A parameter or a cell value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Int(i64),
+    Str(String),
+}
+
+impl Value {
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+    pub fn as_int(&self) -> Option<i64> {
+        match self {
+            Value::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
+}
+
+pub fn s(v: &str) -> Value {
+    Value::Str(v.to_string())
+}
+
+pub fn i(v: i64) -> Value {
+    Value::Int(v)
+}
+
+/// What a client sent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    /// A login: user, application name, database.
+    Login {
+        user: String,
+        app: String,
+        database: String,
+    },
+    /// A plain SQL batch.
+    Batch(String),
+    /// `sp_executesql`: the statement, its parameter declaration and values.
+    Rpc {
+        sql: String,
+        declaration: String,
+        params: Vec<Value>,
+    },
+    /// The client cancelled the running request.
+    Attention,
+}
+
+impl Request {
+    /// The SQL text of a batch or an `sp_executesql` call.
+    pub fn sql(&self) -> Option<&str> {
+        match self {
+            Request::Batch(s) => Some(s),
+            Request::Rpc { sql, .. } => Some(sql),
+            _ => None,
+        }
+    }
+}
+
+/// One logged request.
+#[derive(Debug, Clone)]
+pub struct Logged {
+    /// Connection number, from 1 in accept order.
+    pub conn: usize,
+    /// Application name the connection logged in with.
+    pub app: String,
+    pub request: Request,
+}
+
+/// One part of a reply.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// A result set; column types follow the first non-null value
+    /// (integers as bigint, everything else as nvarchar).
+    Rows {
+        columns: Vec<String>,
+        rows: Vec<Vec<Value>>,
+    },
+    /// An informational message (like BACKUP's "10 percent processed.").
+    Info { number: u32, message: String },
+    /// A server error.
+    Error {
+        number: u32,
+        class: u8,
+        message: String,
+        line: u32,
+    },
+    /// A statement done, with a row count.
+    Count(u64),
+    /// Close the connection without answering (a dropped connection).
+    Disconnect,
+}
+
+impl Reply {
+    pub fn rows(columns: &[&str], rows: Vec<Vec<Value>>) -> Reply {
+        Reply::Rows {
+            columns: columns.iter().map(|c| c.to_string()).collect(),
+            rows,
+        }
+    }
+    pub fn error(number: u32, class: u8, message: &str) -> Reply {
+        Reply::Error {
+            number,
+            class,
+            message: message.to_string(),
+            line: 1,
+        }
+    }
+    pub fn info(number: u32, message: &str) -> Reply {
+        Reply::Info {
+            number,
+            message: message.to_string(),
+        }
+    }
+}
+
+/// Who is asking, for the handler.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub conn: usize,
+    pub app: String,
+}
+
+pub type Handler = Arc<dyn Fn(&Ctx, &Request) -> Vec<Reply> + Send + Sync>;
+
+/// The responder. It serves until the test process ends.
+pub struct TdsServer {
+    pub addr: SocketAddr,
+    log: Arc<Mutex<Vec<Logged>>>,
+}
+
+impl TdsServer {
+    pub fn start(handler: Handler) -> TdsServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+        let addr = listener.local_addr().expect("local addr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let counter = Arc::new(AtomicUsize::new(0));
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let conn = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                let (log, handler) = (log2.clone(), handler.clone());
+                std::thread::spawn(move || {
+                    let _ = serve(stream, conn, &log, &handler);
+                });
+            }
+        });
+        TdsServer { addr, log }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Everything received so far, in order.
+    pub fn log(&self) -> Vec<Logged> {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The SQL of every batch and `sp_executesql` call, in order.
+    pub fn sql(&self) -> Vec<String> {
+        self.log()
+            .iter()
+            .filter_map(|l| l.request.sql().map(str::to_string))
+            .collect()
+    }
+}
+
+fn read_packet(stream: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
+    let mut payload = Vec::new();
+    loop {
+        let mut header = [0u8; 8];
+        stream.read_exact(&mut header)?;
+        let len = u16::from_be_bytes([header[2], header[3]]) as usize;
+        let mut body = vec![0u8; len.saturating_sub(8)];
+        stream.read_exact(&mut body)?;
+        payload.extend_from_slice(&body);
+        if header[1] & 0x01 == 0x01 {
+            return Ok((header[0], payload));
+        }
+    }
+}
+
+fn write_message(stream: &mut TcpStream, ty: u8, payload: &[u8]) -> std::io::Result<()> {
+    const MAX: usize = 4096 - 8;
+    let chunks: Vec<&[u8]> = if payload.is_empty() {
+        vec![&[][..]]
+    } else {
+        payload.chunks(MAX).collect()
+    };
+    let last = chunks.len() - 1;
+    for (n, chunk) in chunks.iter().enumerate() {
+        let mut packet = Vec::with_capacity(chunk.len() + 8);
+        packet.push(ty);
+        packet.push(if n == last { 0x01 } else { 0x00 });
+        packet.extend_from_slice(&((chunk.len() + 8) as u16).to_be_bytes());
+        packet.extend_from_slice(&[0, 0, (n + 1) as u8, 0]);
+        packet.extend_from_slice(chunk);
+        stream.write_all(&packet)?;
+    }
+    stream.flush()
+}
+
+fn utf16(bytes: &[u8]) -> String {
+    let units: Vec<u16> = bytes
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    String::from_utf16_lossy(&units)
+}
+
+fn put_utf16(out: &mut Vec<u8>, s: &str) {
+    for u in s.encode_utf16() {
+        out.extend_from_slice(&u.to_le_bytes());
+    }
+}
+
+fn b_varchar(out: &mut Vec<u8>, s: &str) {
+    out.push(s.encode_utf16().count() as u8);
+    put_utf16(out, s);
+}
+
+fn us_varchar(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.encode_utf16().count() as u16).to_le_bytes());
+    put_utf16(out, s);
+}
+
+/// A Login7 string field: offset and length (in characters) at `at`.
+fn login_field(p: &[u8], at: usize) -> String {
+    let off = u16::from_le_bytes([p[at], p[at + 1]]) as usize;
+    let len = u16::from_le_bytes([p[at + 2], p[at + 3]]) as usize * 2;
+    p.get(off..off + len).map(utf16).unwrap_or_default()
+}
+
+fn prelogin_reply() -> Vec<u8> {
+    // Two options (version, encryption) + terminator = 11 bytes of table.
+    let mut p = vec![0x00, 0, 11, 0, 6, 0x01, 0, 17, 0, 1, 0xff];
+    p.extend_from_slice(&[16, 0, 0x10, 0x00, 0, 0]); // version 16.0.4096
+    p.push(0x02); // ENCRYPT_NOT_SUP
+    p
+}
+
+fn done(out: &mut Vec<u8>, status: u16, rows: u64) {
+    out.push(0xFD);
+    out.extend_from_slice(&status.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(&rows.to_le_bytes());
+}
+
+fn message(out: &mut Vec<u8>, token: u8, number: u32, class: u8, text: &str, line: u32) {
+    let mut body = Vec::new();
+    body.extend_from_slice(&number.to_le_bytes());
+    body.push(1); // state
+    body.push(class);
+    us_varchar(&mut body, text);
+    b_varchar(&mut body, "mock");
+    b_varchar(&mut body, "");
+    body.extend_from_slice(&line.to_le_bytes());
+    out.push(token);
+    out.extend_from_slice(&(body.len() as u16).to_le_bytes());
+    out.extend_from_slice(&body);
+}
+
+fn login_ack(out: &mut Vec<u8>) {
+    let mut body = vec![1u8];
+    body.extend_from_slice(&0x7400_0004u32.to_be_bytes());
+    b_varchar(&mut body, "Microsoft SQL Server");
+    body.extend_from_slice(&[16, 0, 0x10, 0x00]);
+    out.push(0xAD);
+    out.extend_from_slice(&(body.len() as u16).to_le_bytes());
+    out.extend_from_slice(&body);
+}
+
+const COLLATION: [u8; 5] = [0x09, 0x04, 0xd0, 0x00, 0x34];
+
+fn rows_tokens(out: &mut Vec<u8>, columns: &[String], rows: &[Vec<Value>]) {
+    let is_int: Vec<bool> = (0..columns.len())
+        .map(|c| {
+            rows.iter()
+                .map(|r| &r[c])
+                .find(|v| **v != Value::Null)
+                .is_some_and(|v| matches!(v, Value::Int(_)))
+        })
+        .collect();
+    out.push(0x81);
+    out.extend_from_slice(&(columns.len() as u16).to_le_bytes());
+    for (c, name) in columns.iter().enumerate() {
+        out.extend_from_slice(&0u32.to_le_bytes()); // user type
+        out.extend_from_slice(&0x0001u16.to_le_bytes()); // nullable
+        if is_int[c] {
+            out.extend_from_slice(&[0x26, 8]); // INTN(8): bigint
+        } else {
+            out.push(0xE7); // NVARCHAR(4000)
+            out.extend_from_slice(&8000u16.to_le_bytes());
+            out.extend_from_slice(&COLLATION);
+        }
+        b_varchar(out, name);
+    }
+    for row in rows {
+        out.push(0xD1);
+        for (c, v) in row.iter().enumerate() {
+            match (is_int[c], v) {
+                (true, Value::Int(n)) => {
+                    out.push(8);
+                    out.extend_from_slice(&n.to_le_bytes());
+                }
+                (true, _) => out.push(0),
+                (false, Value::Null) => out.extend_from_slice(&0xffffu16.to_le_bytes()),
+                (false, v) => {
+                    let text = match v {
+                        Value::Str(s) => s.clone(),
+                        Value::Int(n) => n.to_string(),
+                        Value::Null => String::new(),
+                    };
+                    let mut bytes = Vec::new();
+                    put_utf16(&mut bytes, &text);
+                    out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
+                    out.extend_from_slice(&bytes);
+                }
+            }
+        }
+    }
+    done(out, DONE_MORE | DONE_COUNT, rows.len() as u64);
+}
+
+/// Encode replies; None when the connection is to be dropped.
+fn encode(replies: &[Reply]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut failed = false;
+    for r in replies {
+        match r {
+            Reply::Rows { columns, rows } => rows_tokens(&mut out, columns, rows),
+            Reply::Info { number, message: m } => message(&mut out, 0xAB, *number, 0, m, 1),
+            Reply::Error {
+                number,
+                class,
+                message: m,
+                line,
+            } => {
+                failed = true;
+                message(&mut out, 0xAA, *number, *class, m, *line);
+            }
+            Reply::Count(n) => done(&mut out, DONE_MORE | DONE_COUNT, *n),
+            Reply::Disconnect => return None,
+        }
+    }
+    done(&mut out, if failed { DONE_ERROR } else { 0 }, 0);
+    Some(out)
+}
+
+/// Skip ALL_HEADERS at the start of a batch or RPC payload.
+fn skip_headers(p: &[u8]) -> usize {
+    let len = u32::from_le_bytes([p[0], p[1], p[2], p[3]]) as usize;
+    len.min(p.len())
+}
+
+struct Cursor<'a> {
+    p: &'a [u8],
+    at: usize,
+}
+
+impl Cursor<'_> {
+    fn u8(&mut self) -> u8 {
+        let v = self.p[self.at];
+        self.at += 1;
+        v
+    }
+    fn u16(&mut self) -> u16 {
+        let v = u16::from_le_bytes([self.p[self.at], self.p[self.at + 1]]);
+        self.at += 2;
+        v
+    }
+    fn u32(&mut self) -> u32 {
+        let b = &self.p[self.at..self.at + 4];
+        self.at += 4;
+        u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    }
+    fn u64(&mut self) -> u64 {
+        let lo = self.u32() as u64;
+        let hi = self.u32() as u64;
+        lo | (hi << 32)
+    }
+    fn bytes(&mut self, n: usize) -> &[u8] {
+        let b = &self.p[self.at..self.at + n];
+        self.at += n;
+        b
+    }
+    fn done(&self) -> bool {
+        self.at >= self.p.len()
+    }
+
+    /// One RPC parameter value after its TYPE_INFO.
+    fn value(&mut self) -> Value {
+        let ty = self.u8();
+        match ty {
+            0x26 | 0x68 | 0x6D => {
+                let _max = self.u8();
+                let len = self.u8() as usize;
+                let b = self.bytes(len).to_vec();
+                match (ty, len) {
+                    (_, 0) => Value::Null,
+                    (0x26, _) | (0x68, _) => {
+                        let mut buf = [0u8; 8];
+                        buf[..len].copy_from_slice(&b);
+                        // Sign-extend narrower integers.
+                        let v = i64::from_le_bytes(buf);
+                        let shift = 64 - 8 * len as u32;
+                        Value::Int((v << shift) >> shift)
+                    }
+                    _ => Value::Str(format!("<float {len} bytes>")),
+                }
+            }
+            0xE7 | 0xEF => {
+                let max = self.u16();
+                let _collation = self.bytes(5);
+                if max == 0xffff {
+                    let total = self.u64();
+                    if total == u64::MAX {
+                        return Value::Null;
+                    }
+                    let mut data = Vec::new();
+                    loop {
+                        let n = self.u32() as usize;
+                        if n == 0 {
+                            break;
+                        }
+                        data.extend_from_slice(self.bytes(n));
+                    }
+                    Value::Str(utf16(&data))
+                } else {
+                    let n = self.u16();
+                    if n == 0xffff {
+                        return Value::Null;
+                    }
+                    Value::Str(utf16(self.bytes(n as usize)))
+                }
+            }
+            other => panic!("tds mock: parameter type 0x{other:02x} not supported"),
+        }
+    }
+}
+
+fn decode_rpc(p: &[u8]) -> Request {
+    let mut c = Cursor {
+        p,
+        at: skip_headers(p),
+    };
+    let id_or_len = c.u16();
+    if id_or_len == 0xffff {
+        let id = c.u16();
+        assert_eq!(id, 10, "tds mock: only sp_executesql (10) is supported");
+    } else {
+        let _name = c.bytes(id_or_len as usize * 2);
+    }
+    let _flags = c.u16();
+    let mut values = Vec::new();
+    while !c.done() {
+        let name_len = c.u8() as usize;
+        let _name = c.bytes(name_len * 2);
+        let _status = c.u8();
+        values.push(c.value());
+    }
+    let mut it = values.into_iter();
+    let sql = it.next().and_then(|v| v.as_str().map(str::to_string));
+    let declaration = it
+        .next()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    Request::Rpc {
+        sql: sql.unwrap_or_default(),
+        declaration,
+        params: it.collect(),
+    }
+}
+
+fn serve(
+    mut stream: TcpStream,
+    conn: usize,
+    log: &Mutex<Vec<Logged>>,
+    handler: &Handler,
+) -> std::io::Result<()> {
+    let mut app = String::new();
+    loop {
+        let (ty, payload) = read_packet(&mut stream)?;
+        let request = match ty {
+            PACKET_PRELOGIN => {
+                write_message(&mut stream, PACKET_REPLY, &prelogin_reply())?;
+                continue;
+            }
+            PACKET_LOGIN7 => {
+                app = login_field(&payload, 48);
+                Request::Login {
+                    user: login_field(&payload, 40),
+                    app: app.clone(),
+                    database: login_field(&payload, 68),
+                }
+            }
+            PACKET_SQL_BATCH => Request::Batch(utf16(&payload[skip_headers(&payload)..])),
+            PACKET_RPC => decode_rpc(&payload),
+            PACKET_ATTENTION => Request::Attention,
+            other => panic!("tds mock: packet type 0x{other:02x} not supported"),
+        };
+        log.lock().unwrap_or_else(|e| e.into_inner()).push(Logged {
+            conn,
+            app: app.clone(),
+            request: request.clone(),
+        });
+        let ctx = Ctx {
+            conn,
+            app: app.clone(),
+        };
+        let replies = match &request {
+            Request::Attention => {
+                let mut out = Vec::new();
+                done(&mut out, DONE_ATTENTION, 0);
+                write_message(&mut stream, PACKET_REPLY, &out)?;
+                continue;
+            }
+            _ => handler(&ctx, &request),
+        };
+        let Some(mut body) = encode(&replies) else {
+            return Ok(()); // dropped: the stream closes here
+        };
+        if let Request::Login { .. } = request {
+            if replies.iter().any(|r| matches!(r, Reply::Error { .. })) {
+                write_message(&mut stream, PACKET_REPLY, &body)?;
+                return Ok(());
+            }
+            let mut out = Vec::new();
+            login_ack(&mut out);
+            out.append(&mut body);
+            body = out;
+        }
+        write_message(&mut stream, PACKET_REPLY, &body)?;
+    }
+}
