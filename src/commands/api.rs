@@ -132,7 +132,10 @@ pub fn exec(a: ApiArgs) -> Result<i32> {
             "std/{name}: {}\n",
             script::Procedure::description(text)
         ));
-        for f in ast.iter_functions().filter(|f| !f.name.starts_with("anon$")) {
+        for f in ast
+            .iter_functions()
+            .filter(|f| !f.name.starts_with("anon$"))
+        {
             out.push_str(&format!("  {name}::{}({})\n", f.name, f.params.join(", ")));
             for line in
                 doc_text(&f.comments.iter().map(|c| c.to_string()).collect::<Vec<_>>()).lines()
@@ -175,7 +178,10 @@ mod tests {
         let engine = script::engine(None, None, &Sources::default());
         for (name, text) in STDLIB {
             let ast = engine.compile(text).expect("stdlib compiles");
-            for f in ast.iter_functions().filter(|f| !f.name.starts_with("anon$")) {
+            for f in ast
+                .iter_functions()
+                .filter(|f| !f.name.starts_with("anon$"))
+            {
                 assert!(
                     !f.comments.is_empty(),
                     "std/{name}::{} has no documentation",
