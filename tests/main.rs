@@ -7,6 +7,7 @@ mod support;
 mod cli_errors;
 mod demo;
 mod durable;
+mod errors;
 mod mssql;
 mod mssql_real;
 mod plan;

@@ -174,6 +174,20 @@ mod tests {
     }
 
     #[test]
+    fn the_hint_list_names_every_host_function() {
+        let registered: std::collections::BTreeSet<String> = host_functions()
+            .expect("metadata")
+            .into_iter()
+            .map(|f| f.name)
+            .collect();
+        let listed: std::collections::BTreeSet<String> = crate::script::api::HOST_FUNCTIONS
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(registered, listed);
+    }
+
+    #[test]
     fn every_stdlib_function_is_documented() {
         let engine = script::engine(None, None, &Sources::default());
         for (name, text) in STDLIB {

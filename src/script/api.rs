@@ -20,6 +20,9 @@ use crate::Error;
 
 type HostResult<T> = Result<T, Box<EvalAltResult>>;
 
+/// Function name given to a failed `for_each_node` closure in error chains.
+pub const FOR_NODE_PREFIX: &str = "for_each_node closure on node ";
+
 /// Option keys accepted by each host function taking an options map, so that
 /// `uprun check` can flag a misspelled key before the window. Kept in step with
 /// the option structs by a test.
@@ -97,6 +100,7 @@ fn options<T: DeserializeOwned>(f: &str, map: Map, pos: Position) -> HostResult<
             .unwrap_or_default();
         let msg = e.to_string();
         let msg = msg.split(" (line").next().unwrap_or(&msg);
+        let msg = msg.trim_start_matches("Syntax error: ");
         host_error(
             Error::Config(format!("{f}: bad option: {msg}; valid options: {valid}")),
             pos,
@@ -576,7 +580,7 @@ fn for_each_node(
             continue;
         };
         let mut m = Map::new();
-        m.insert("node".into(), name.into());
+        m.insert("node".into(), name.clone().into());
         match r {
             Ok(v) => {
                 m.insert("ok".into(), true.into());
@@ -592,7 +596,7 @@ fn for_each_node(
                         .into(),
                 );
                 if first_err.is_none() {
-                    first_err = Some(e);
+                    first_err = Some(for_node(&name, e));
                 }
             }
         }
@@ -601,6 +605,18 @@ fn for_each_node(
     match first_err {
         Some(e) if !opts.continue_on_error => Err(e),
         _ => Ok(out),
+    }
+}
+
+/// Name the node in an error raised by a `for_each_node` closure, keeping the
+/// closure's own position for the renderer.
+fn for_node(name: &str, e: Box<EvalAltResult>) -> Box<EvalAltResult> {
+    match *e {
+        EvalAltResult::ErrorInFunctionCall(f, src, inner, pos) if f.starts_with("anon$") => {
+            EvalAltResult::ErrorInFunctionCall(format!("{FOR_NODE_PREFIX}{name}"), src, inner, pos)
+                .into()
+        }
+        other => other.into(),
     }
 }
 
@@ -670,4 +686,38 @@ mod tests {
             }
         }
     }
+}
+
+/// Names of every host function, for "did you mean" hints.
+pub const HOST_FUNCTIONS: &[&str] = &[
+    "site",
+    "nodes",
+    "primary",
+    "secondaries",
+    "release",
+    "mode",
+    "compare_versions",
+    "db_version",
+    "run_check",
+    "query",
+    "backup_db",
+    "upgrade_db",
+    "instance",
+    "remove_instance",
+    "create_instance",
+    "node_command",
+    "for_each_node",
+    "log",
+    "warn",
+    "confirm",
+];
+
+/// The host function whose name is closest to `name`, if any is close.
+pub fn closest_host_function(name: &str) -> Option<&'static str> {
+    HOST_FUNCTIONS
+        .iter()
+        .map(|h| (strsim::damerau_levenshtein(name, h), *h))
+        .filter(|(d, h)| *d > 0 && *d <= 2.max(h.len() / 4))
+        .min()
+        .map(|(_, h)| h)
 }

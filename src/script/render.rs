@@ -23,6 +23,13 @@ fn message(err: &EvalAltResult) -> String {
         }
         EvalAltResult::ErrorParsing(p, _) => format!("syntax error: {p}"),
         EvalAltResult::ErrorModuleNotFound(m, _) => format!("cannot import `{m}`"),
+        EvalAltResult::ErrorFunctionNotFound(sig, _) => {
+            let name = sig.split([' ', '(']).next().unwrap_or(sig);
+            match super::api::closest_host_function(name) {
+                Some(near) => format!("no function `{sig}`; did you mean `{near}`? (`uprun api` lists the host functions)"),
+                None => format!("no function `{sig}` (`uprun api` lists the host functions)"),
+            }
+        }
         other => {
             let text = other.to_string();
             match text.rfind(" (line ") {
@@ -75,6 +82,8 @@ pub fn render_error(err: &EvalAltResult, main: &str, sources: &Sources) -> Strin
             EvalAltResult::ErrorInFunctionCall(f, src, inner, pos) => {
                 let name = if f.starts_with("anon$") {
                     "closure".to_string()
+                } else if let Some(node) = f.strip_prefix(super::api::FOR_NODE_PREFIX) {
+                    format!("the for_each_node closure for node `{node}`")
                 } else {
                     format!("function `{f}`")
                 };
