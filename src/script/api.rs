@@ -596,7 +596,7 @@ fn for_each_node(
                         .into(),
                 );
                 if first_err.is_none() {
-                    first_err = Some(for_node(&name, e));
+                    first_err = Some(for_node(&name, *e));
                 }
             }
         }
@@ -610,8 +610,8 @@ fn for_each_node(
 
 /// Name the node in an error raised by a `for_each_node` closure, keeping the
 /// closure's own position for the renderer.
-fn for_node(name: &str, e: Box<EvalAltResult>) -> Box<EvalAltResult> {
-    match *e {
+fn for_node(name: &str, e: EvalAltResult) -> Box<EvalAltResult> {
+    match e {
         EvalAltResult::ErrorInFunctionCall(f, src, inner, pos) if f.starts_with("anon$") => {
             EvalAltResult::ErrorInFunctionCall(format!("{FOR_NODE_PREFIX}{name}"), src, inner, pos)
                 .into()
