@@ -651,6 +651,40 @@ fn register_ui(engine: &mut Engine, o: &Option<Arc<Ops>>) {
         });
 }
 
+/// Names of every host function, for "did you mean" hints.
+pub const HOST_FUNCTIONS: &[&str] = &[
+    "site",
+    "nodes",
+    "primary",
+    "secondaries",
+    "release",
+    "mode",
+    "compare_versions",
+    "db_version",
+    "run_check",
+    "query",
+    "backup_db",
+    "upgrade_db",
+    "instance",
+    "remove_instance",
+    "create_instance",
+    "node_command",
+    "for_each_node",
+    "log",
+    "warn",
+    "confirm",
+];
+
+/// The host function whose name is closest to `name`, if any is close.
+pub fn closest_host_function(name: &str) -> Option<&'static str> {
+    HOST_FUNCTIONS
+        .iter()
+        .map(|h| (strsim::damerau_levenshtein(name, h), *h))
+        .filter(|(d, h)| *d > 0 && *d <= 2.max(h.len() / 4))
+        .min()
+        .map(|(_, h)| h)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -686,38 +720,4 @@ mod tests {
             }
         }
     }
-}
-
-/// Names of every host function, for "did you mean" hints.
-pub const HOST_FUNCTIONS: &[&str] = &[
-    "site",
-    "nodes",
-    "primary",
-    "secondaries",
-    "release",
-    "mode",
-    "compare_versions",
-    "db_version",
-    "run_check",
-    "query",
-    "backup_db",
-    "upgrade_db",
-    "instance",
-    "remove_instance",
-    "create_instance",
-    "node_command",
-    "for_each_node",
-    "log",
-    "warn",
-    "confirm",
-];
-
-/// The host function whose name is closest to `name`, if any is close.
-pub fn closest_host_function(name: &str) -> Option<&'static str> {
-    HOST_FUNCTIONS
-        .iter()
-        .map(|h| (strsim::damerau_levenshtein(name, h), *h))
-        .filter(|(d, h)| *d > 0 && *d <= 2.max(h.len() / 4))
-        .min()
-        .map(|(_, h)| h)
 }
