@@ -41,6 +41,20 @@ pub enum Command {
     /// Print the host API reference (every function, its options, results and errors), generated from the
     /// documentation registered with the engine; or write Rhai definition files for editors.
     Api(ApiArgs),
+    /// Write a fully commented site.toml and a custom procedure (with a local module) into DIR to start
+    /// from. Never overwrites a file.
+    Init {
+        /// The folder to write into.
+        dir: PathBuf,
+    },
+    /// Print a shell completion script (bash, zsh, fish, powershell, elvish), e.g.
+    /// `uprun completions bash > /etc/bash_completion.d/uprun`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `uprun man > /usr/local/share/man/man1/uprun.1`.
+    Man,
     /// List a site's runs (from their journals), show one run's steps, or abandon an unfinished run.
     Runs(RunsArgs),
 }
@@ -68,9 +82,10 @@ pub struct TargetArgs {
     /// The site file.
     #[arg(long)]
     pub site: PathBuf,
-    /// The release folder (holding release.toml) or the path of its release.toml.
+    /// The release folder (holding release.toml) or the path of its release.toml. Procedures that install
+    /// nothing (backup, verify-cluster) run without one.
     #[arg(long)]
-    pub release: PathBuf,
+    pub release: Option<PathBuf>,
     /// Print one JSON object per event instead of human output.
     #[arg(long)]
     pub json: bool,

@@ -349,7 +349,9 @@ pub fn digest_inputs(
     let site_bytes =
         std::fs::read(&site.file).map_err(|e| Error::io("read site file", &site.file, e))?;
     let mut h = Sha256::new();
-    hash_tree(&mut h, &release.dir, &release.dir)?;
+    if release.present {
+        hash_tree(&mut h, &release.dir, &release.dir)?;
+    }
     Ok(Inputs {
         script: script_name.to_string(),
         script_sha256: sha256_hex(script_text.as_bytes()),

@@ -31,5 +31,8 @@ pub fn run(cli: cli::Cli) -> Result<i32> {
         Command::Status(a) => commands::status::exec(a),
         Command::Runs(a) => commands::runs::exec(a),
         Command::Api(a) => commands::api::exec(a),
+        Command::Completions { shell } => commands::docs::completions(shell),
+        Command::Man => commands::docs::man(),
+        Command::Init { dir } => commands::init::exec(dir),
     }
 }

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod authoring;
 mod cli_errors;
 mod demo;
 mod durable;

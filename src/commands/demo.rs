@@ -28,7 +28,7 @@ pub fn exec(a: DemoArgs) -> Result<i32> {
     let code = super::run::execute(
         "in-place-upgrade",
         &sb.site,
-        &sb.release,
+        Some(&sb.release),
         opts,
         reporter.clone(),
     )?;

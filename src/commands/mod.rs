@@ -4,6 +4,8 @@
 pub mod api;
 pub mod check;
 pub mod demo;
+pub mod docs;
+pub mod init;
 pub mod plan;
 pub mod run;
 pub mod runs;

@@ -9,7 +9,7 @@ use crate::Result;
 
 pub fn exec(a: TargetArgs) -> Result<i32> {
     let site = Site::load(&a.site)?;
-    let release = Release::load(&a.release)?;
+    let release = Release::load_opt(a.release.as_deref())?;
     let proc = Procedure::load(&a.script)?;
     let reporter = super::reporter(a.json);
     let run_id = super::new_run_id();

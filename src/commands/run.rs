@@ -25,7 +25,7 @@ pub fn exec(a: RunArgs) -> Result<i32> {
     execute(
         &a.target.script,
         &a.target.site,
-        &a.target.release,
+        a.target.release.as_deref(),
         opts,
         reporter,
     )
@@ -90,12 +90,12 @@ to do it anyway, add --accept-changed-inputs (recorded in the journal)",
 pub fn execute(
     script: &str,
     site: &Path,
-    release: &Path,
+    release: Option<&Path>,
     opts: RunOptions,
     reporter: Arc<Reporter>,
 ) -> Result<i32> {
     let site = Site::load(site)?;
-    let release = Release::load(release)?;
+    let release = Release::load_opt(release)?;
     let proc = Procedure::load(script)?;
     let inputs = journal::digest_inputs(&proc.name, &proc.text, &site, &release)?;
     let run_id = opts.resume.clone().unwrap_or_else(super::new_run_id);
@@ -135,11 +135,11 @@ pub fn execute(
     if consent > 0 && !opts.yes {
         if !interactive {
             return Err(Error::Refused(format!(
-                "the procedure would make {consent} change(s) to site `{}` and there is no terminal to confirm on: read `uprun plan {} --site {} --release {}`, then re-run with --yes. Nothing was changed.",
+                "the procedure would make {consent} change(s) to site `{}` and there is no terminal to confirm on: read `uprun plan {} --site {}{}`, then re-run with --yes. Nothing was changed.",
                 site.file.display(),
                 proc.name,
                 site.file.display(),
-                release.dir.display()
+                release.arg()
             )));
         }
         reporter.line("The procedure will:");
@@ -248,10 +248,10 @@ pub fn execute(
                 "the database was NOT upgraded by this attempt".into()
             });
             summary.push(format!(
-                "fix the cause, then resume: uprun run {} --site {} --release {} --resume {run_id} --yes",
+                "fix the cause, then resume: uprun run {} --site {}{} --resume {run_id} --yes",
                 proc.name,
                 site.file.display(),
-                release.dir.display()
+                release.arg()
             ));
             summary.push(format!("journal: {}", journal.path().display()));
             reporter.event(Event::RunFinished {

@@ -30,6 +30,9 @@ fn default_migrations() -> String {
 
 #[derive(Debug, Clone)]
 pub struct Release {
+    /// False for procedures run without `--release` (backup, verify-cluster):
+    /// operations that install something refuse to run.
+    pub present: bool,
     pub dir: PathBuf,
     pub version: Version,
     pub min_upgrade_from: Version,
@@ -79,12 +82,51 @@ impl Release {
             )));
         }
         Ok(Release {
+            present: true,
             version: raw.version,
             min_upgrade_from: raw.min_upgrade_from,
             payload,
             migrations_dir: dir.join(&raw.migrations),
             dir,
         })
+    }
+
+    /// No release: for procedures that install nothing.
+    pub fn absent() -> Release {
+        Release {
+            present: false,
+            dir: PathBuf::new(),
+            version: Version::new(0, 0, 0),
+            min_upgrade_from: Version::new(0, 0, 0),
+            payload: PathBuf::new(),
+            migrations_dir: PathBuf::new(),
+        }
+    }
+
+    /// Load `path`, or no release when `None`.
+    pub fn load_opt(path: Option<&Path>) -> Result<Release> {
+        path.map(Release::load)
+            .unwrap_or_else(|| Ok(Release::absent()))
+    }
+
+    /// Fail with a clear message when there is no release.
+    pub fn require(&self, what: &str) -> Result<()> {
+        if self.present {
+            Ok(())
+        } else {
+            Err(Error::Config(format!(
+                "{what} needs a release: pass --release PATH"
+            )))
+        }
+    }
+
+    /// How to name this release in a command line.
+    pub fn arg(&self) -> String {
+        if self.present {
+            format!(" --release {}", self.dir.display())
+        } else {
+            String::new()
+        }
     }
 
     /// Every migration for `kind`, sorted by version then name. A release

@@ -117,16 +117,20 @@ impl Ops {
                     }
                     receipt
                 };
-                let text = format!(
-                    "backup of `{name}` at {version}: `{}` ({} bytes{})",
-                    receipt.file,
-                    receipt.size,
-                    if receipt.verified {
-                        ", verified"
-                    } else {
-                        ", NOT verified"
-                    }
-                );
+                let text = if self.mode == Mode::Plan {
+                    description.clone()
+                } else {
+                    format!(
+                        "backup of `{name}` at {version}: `{}` ({} bytes{})",
+                        receipt.file,
+                        receipt.size,
+                        if receipt.verified {
+                            ", verified"
+                        } else {
+                            ", NOT verified"
+                        }
+                    )
+                };
                 lock(&self.state).backups.push(receipt.clone());
                 Ok((receipt, text))
             },
@@ -136,6 +140,7 @@ impl Ops {
     /// Upgrade the database to the release's version by applying the release's
     /// pending migrations, after checking the rails.
     pub fn upgrade_db(&self, _opts: UpgradeOptions) -> Result<UpgradeReport> {
+        self.release.require("upgrade_db")?;
         let key = self.call_key("upgrade_db", None);
         if let Some(r) = self.replayed::<UpgradeReport>(&key, "upgrade_db", None)? {
             return Ok(r);

@@ -134,6 +134,7 @@ impl Ops {
 
     /// Create the release's instance on `node` in a new folder.
     pub fn create_instance(&self, node: &str, opts: CreateOptions) -> Result<InstanceRecord> {
+        self.release.require("create_instance")?;
         let n = self.node(node)?;
         let key = self.call_key("create_instance", Some(node));
         if let Some(r) = self.replayed::<InstanceRecord>(&key, "create_instance", Some(node))? {

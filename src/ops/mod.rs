@@ -223,10 +223,17 @@ impl Ops {
         lock(&self.db).query_readonly(sql)
     }
 
+    /// A line from the procedure. In plan mode it describes the planned state,
+    /// and says so.
     pub fn log(&self, level: &str, message: &str) {
+        let message = if self.mode == Mode::Plan {
+            format!("(as planned) {message}")
+        } else {
+            message.to_string()
+        };
         self.reporter.event(Event::Log {
             level: level.to_string(),
-            message: message.to_string(),
+            message,
         });
     }
 

@@ -242,6 +242,9 @@ fn register_site(engine: &mut Engine, o: &Option<Arc<Ops>>) {
         "The release being installed: `#{ version, min_upgrade_from }`.",
         move |ctx: NativeCallContext| -> HostResult<Dynamic> {
             let ops = ops(&x, &ctx)?;
+            ops.release
+                .require("release()")
+                .map_err(|e| host_error(e, ctx.call_position()))?;
             let mut m = Map::new();
             m.insert("version".into(), ops.release.version.to_string().into());
             m.insert(

@@ -19,10 +19,17 @@ pub use render::render_error;
 pub use resolver::{Sources, STDLIB};
 
 /// The bundled procedures: name and source.
-pub const BUNDLED: &[(&str, &str)] = &[(
-    "in-place-upgrade",
-    include_str!("../../scripts/in-place-upgrade.rhai"),
-)];
+pub const BUNDLED: &[(&str, &str)] = &[
+    (
+        "in-place-upgrade",
+        include_str!("../../scripts/in-place-upgrade.rhai"),
+    ),
+    ("backup", include_str!("../../scripts/backup.rhai")),
+    (
+        "verify-cluster",
+        include_str!("../../scripts/verify-cluster.rhai"),
+    ),
+];
 
 /// A procedure to run: its display name, its text and the folder its local
 /// imports come from (`None` for bundled scripts).

@@ -1,0 +1,161 @@
+//! Writing custom procedures: the API reference, scaffolding, bundled
+//! procedures, completions and the man page.
+
+use crate::support::{uprun, Sandbox};
+
+#[test]
+fn api_lists_the_five_host_functions_with_their_options() {
+    let out = uprun().arg("api").output().expect("api");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for sig in [
+        "backup_db(options: Map) -> Map",
+        "remove_instance(node: Dynamic, options: Map) -> Map",
+        "create_instance(node: Dynamic, options: Map) -> Map",
+        "upgrade_db(options: Map) -> Map",
+        "for_each_node(nodes: Array, options: Map, f: FnPtr) -> Array",
+    ] {
+        assert!(text.contains(sig), "missing {sig}:\n{text}");
+    }
+    for option in [
+        "`verify` (bool, default true)",
+        "`app_name`",
+        "`folder`",
+        "`parallel`",
+        "`continue_on_error`",
+    ] {
+        assert!(text.contains(option), "missing option {option}");
+    }
+    assert!(text.contains("std/cluster") && text.contains("cluster::remove_all(parallel)"));
+}
+
+#[test]
+fn api_writes_definition_files() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    uprun()
+        .arg("api")
+        .arg("--definitions")
+        .arg(tmp.path())
+        .assert()
+        .success();
+    let all: String = std::fs::read_dir(tmp.path())
+        .expect("dir")
+        .map(|e| std::fs::read_to_string(e.expect("entry").path()).unwrap_or_default())
+        .collect();
+    assert!(
+        all.contains("fn backup_db") && all.contains("fn for_each_node"),
+        "{all}"
+    );
+}
+
+#[test]
+fn init_writes_a_procedure_that_plans_against_the_demo_sandbox() {
+    let sb = Sandbox::new();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("mysite");
+    uprun().arg("init").arg(&dir).assert().success();
+    let proc = dir.join("upgrade.rhai");
+    uprun().arg("check").arg(&proc).assert().success();
+    let before = sb.snapshot();
+    let out = sb
+        .cmd("plan", proc.to_str().expect("path"), &["--json"])
+        .output()
+        .expect("plan");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kinds: Vec<String> = crate::support::events(&out.stdout)
+        .into_iter()
+        .filter(|e| e["event"] == "planned")
+        .map(|e| e["kind"].as_str().expect("kind").to_string())
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "node_command").count(),
+        6,
+        "{kinds:?}"
+    );
+    assert_eq!(kinds.iter().filter(|k| *k == "upgrade_db").count(), 1);
+    sb.assert_unchanged(&before, "plan of the init procedure changed something");
+
+    // It runs for real too, and init never overwrites.
+    sb.cmd("run", proc.to_str().expect("path"), &["--yes"])
+        .assert()
+        .success();
+    assert_eq!(sb.db_version(), "2.0.0");
+    let lb = std::fs::read_to_string(sb.dir.join("nodes/app02/lb-state.log")).expect("lb log");
+    assert_eq!(lb, "drain app02\nrestore app02\n");
+    let out = uprun().arg("init").arg(&dir).output().expect("init again");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("never overwrites"));
+}
+
+#[test]
+fn bundled_backup_and_verify_cluster_run_without_a_release() {
+    let sb = Sandbox::new();
+    // A backup changes nothing on the site: no --yes needed.
+    let out = uprun()
+        .args(["run", "backup", "--site"])
+        .arg(sb.site())
+        .output()
+        .expect("backup");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sb.backups().len(), 1);
+
+    let out = uprun()
+        .args(["run", "verify-cluster", "--site"])
+        .arg(sb.site())
+        .output()
+        .expect("verify");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Drift: app03 left behind at another version.
+    let path = sb.dir.join("nodes/app03/.uprun-node.json");
+    let text = std::fs::read_to_string(&path)
+        .expect("manifest")
+        .replace("\"version\": \"1.0.0\"", "\"version\": \"0.9.0\"");
+    std::fs::write(&path, text).expect("write");
+    let out = uprun()
+        .args(["run", "verify-cluster", "--site"])
+        .arg(sb.site())
+        .output()
+        .expect("verify");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("app03 runs FastApp 0.9.0"), "{err}");
+
+    // Procedures that install something say they need a release.
+    let out = uprun()
+        .args(["plan", "in-place-upgrade", "--site"])
+        .arg(sb.site())
+        .output()
+        .expect("plan");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs a release: pass --release"));
+}
+
+#[test]
+fn completions_and_man_page_come_from_the_cli() {
+    let out = uprun()
+        .args(["completions", "bash"])
+        .output()
+        .expect("completions");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("_uprun") && text.contains("--resume") && text.contains("completions"));
+    let out = uprun().arg("man").output().expect("man");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(".TH uprun 1") && text.contains("in\\-place"),
+        "{}",
+        &text[..200.min(text.len())]
+    );
+}
