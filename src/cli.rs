@@ -47,6 +47,10 @@ pub enum Command {
         /// The folder to write into.
         dir: PathBuf,
     },
+    /// Rehearse a procedure on a disposable copy of the site (never the real one): a clean run, then for
+    /// every changing step a crash before and after its change, a resume, and a comparison with the clean
+    /// run's end state. Exits non-zero when a path diverges.
+    Test(TestArgs),
     /// Print a shell completion script (bash, zsh, fish, powershell, elvish), e.g.
     /// `uprun completions bash > /etc/bash_completion.d/uprun`.
     Completions {
@@ -171,4 +175,14 @@ pub struct ApiArgs {
     /// Write `.d.rhai` definition files into DIR instead of printing the reference.
     #[arg(long, value_name = "DIR")]
     pub definitions: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Really run service commands and node_command in the copy (they may address real systems: only for
+    /// sandbox sites whose commands act on their own folders).
+    #[arg(long)]
+    pub run_commands: bool,
 }

@@ -16,6 +16,7 @@ pub mod ops;
 pub mod progress;
 pub mod sandbox;
 pub mod script;
+pub mod testing;
 
 pub use error::{Error, Result};
 
@@ -33,6 +34,7 @@ pub fn run(cli: cli::Cli) -> Result<i32> {
         Command::Api(a) => commands::api::exec(a),
         Command::Completions { shell } => commands::docs::completions(shell),
         Command::Man => commands::docs::man(),
+        Command::Test(a) => commands::test::exec(a),
         Command::Init { dir } => commands::init::exec(dir),
     }
 }

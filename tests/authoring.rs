@@ -159,3 +159,76 @@ fn completions_and_man_page_come_from_the_cli() {
         &text[..200.min(text.len())]
     );
 }
+
+#[test]
+fn uprun_test_reports_that_the_stock_procedure_converges_everywhere() {
+    let sb = Sandbox::new();
+    let before = sb.snapshot();
+    let out = sb
+        .cmd("test", "in-place-upgrade", &[])
+        .output()
+        .expect("test");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("every interruption point converges (16 paths)"),
+        "{text}"
+    );
+    assert!(!text.contains("DIVERGES"), "{text}");
+    sb.assert_unchanged(&before, "uprun test touched the real site");
+    assert!(
+        sb.backups().is_empty() && !sb.dir.join(".uprun").exists(),
+        "uprun test wrote into the real site"
+    );
+}
+
+#[test]
+fn uprun_test_names_the_step_that_is_not_safe_to_resume() {
+    let sb = Sandbox::new();
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/unsafe_resume.rhai");
+    let out = uprun()
+        .arg("test")
+        .arg(&fixture)
+        .arg("--site")
+        .arg(sb.site())
+        .args(["--run-commands", "--json"])
+        .output()
+        .expect("test");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let diverging: Vec<&serde_json::Value> = report["paths"]
+        .as_array()
+        .expect("paths")
+        .iter()
+        .filter(|p| p["converged"] == false)
+        .collect();
+    assert_eq!(diverging.len(), 1, "{report:#}");
+    let p = diverging[0];
+    assert_eq!(p["step"], 2);
+    assert_eq!(p["point"], "after");
+    assert!(p["description"]
+        .as_str()
+        .expect("description")
+        .contains("touch marks/run-"));
+    assert!(
+        p["problems"][0]
+            .as_str()
+            .expect("problem")
+            .contains("marks/run-1"),
+        "{p:#}"
+    );
+    assert!(
+        !sb.dir.join("nodes/app01/marks").exists(),
+        "the real node was touched"
+    );
+}

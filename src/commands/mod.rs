@@ -11,16 +11,15 @@ pub mod run;
 pub mod runs;
 pub mod scripts;
 pub mod status;
+pub mod test;
 
 use std::io::IsTerminal;
 use std::sync::Arc;
 
 use rhai::{Engine, AST};
 
-use crate::config::{Release, Site};
-use crate::journal::{Journal, Replay};
 use crate::nodes::NodeInstances;
-use crate::ops::{Confirmation, Mode, Ops, RunSpec};
+use crate::ops::{CommandPolicy, Mode, Ops, RunSpec};
 use crate::progress::{OutputMode, Reporter};
 use crate::script::{self, Procedure, Sources};
 use crate::Result;
@@ -35,38 +34,22 @@ pub struct Session {
 }
 
 impl Session {
-    #[allow(clippy::too_many_arguments)]
-    pub fn open(
-        site: &Site,
-        release: &Release,
-        proc: &Procedure,
-        mode: Mode,
-        run_id: &str,
-        reporter: Arc<Reporter>,
-        confirmation: Confirmation,
-        journal: Option<Arc<Journal>>,
-        replay: Replay,
-    ) -> Result<Session> {
-        let mut db = crate::db::open(site, mode == Mode::Plan)?;
-        if mode == Mode::Run {
-            db.lock_for_run(run_id)?;
+    /// Connect to the site's database and nodes as `spec` says, and compile
+    /// the procedure against the host API bound to them.
+    pub fn open(spec: RunSpec, proc: &Procedure, reporter: Arc<Reporter>) -> Result<Session> {
+        let site = &spec.site;
+        let mut db = crate::db::open(site, spec.mode == Mode::Plan)?;
+        if spec.mode == Mode::Run {
+            db.lock_for_run(&spec.run_id)?;
         }
         let mut nodes = Vec::with_capacity(site.nodes.len());
         for n in &site.nodes {
             nodes.push(NodeInstances {
                 transport: crate::nodes::connect(n)?,
                 root: n.root.clone(),
+                run_service_commands: spec.commands == CommandPolicy::Run,
             });
         }
-        let spec = RunSpec {
-            site: site.clone(),
-            release: release.clone(),
-            mode,
-            run_id: run_id.to_string(),
-            confirmation,
-            journal,
-            replay,
-        };
         let ops = Arc::new(Ops::new(spec, db, nodes, reporter));
         let sources = Sources::default();
         let engine = script::engine(proc.base.clone(), Some(ops.clone()), &sources);

@@ -2,7 +2,7 @@
 
 use crate::cli::TargetArgs;
 use crate::config::{Release, Site};
-use crate::ops::{Confirmation, Mode};
+use crate::ops::{Confirmation, Mode, RunSpec};
 use crate::progress::Event;
 use crate::script::Procedure;
 use crate::Result;
@@ -20,18 +20,18 @@ pub fn exec(a: TargetArgs) -> Result<i32> {
         site: site.file.display().to_string(),
     });
     let session = super::Session::open(
-        &site,
-        &release,
+        RunSpec::new(
+            &site,
+            &release,
+            Mode::Plan,
+            &run_id,
+            Confirmation {
+                yes: true,
+                interactive: false,
+            },
+        ),
         &proc,
-        Mode::Plan,
-        &run_id,
         reporter.clone(),
-        Confirmation {
-            yes: true,
-            interactive: false,
-        },
-        None,
-        Default::default(),
     )?;
     if let Ok(Some(b)) = crate::db::open(&site, true).and_then(|mut db| db.latest_full_backup()) {
         reporter.event(Event::Log {

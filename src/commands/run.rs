@@ -10,7 +10,7 @@ use crate::cli::RunArgs;
 use crate::config::{Release, Site};
 use crate::journal::{self, Entry, Journal, Replay};
 use crate::lock::SiteLock;
-use crate::ops::{Confirmation, Mode, StepRecord, StepStatus};
+use crate::ops::{Confirmation, Mode, RunSpec, StepRecord, StepStatus};
 use crate::progress::{Event, OutputMode, Reporter};
 use crate::script::Procedure;
 use crate::{Error, Result};
@@ -111,18 +111,21 @@ pub fn execute(
     // 1. Plan: reads are real, nothing changes. A refusal here changes nothing.
     let quiet = Arc::new(Reporter::new(OutputMode::Quiet));
     let planning = super::Session::open(
-        &site,
-        &release,
-        &proc,
-        Mode::Plan,
-        &run_id,
-        quiet,
-        Confirmation {
-            yes: true,
-            interactive: false,
+        RunSpec {
+            replay: replay.clone(),
+            ..RunSpec::new(
+                &site,
+                &release,
+                Mode::Plan,
+                &run_id,
+                Confirmation {
+                    yes: true,
+                    interactive: false,
+                },
+            )
         },
-        None,
-        replay.clone(),
+        &proc,
+        quiet,
     )?;
     if let Err(e) = planning.run() {
         reporter.line("The procedure stops while planning: nothing was changed.");
@@ -184,18 +187,22 @@ pub fn execute(
     });
     crate::interrupt::install();
     let session = super::Session::open(
-        &site,
-        &release,
-        &proc,
-        Mode::Run,
-        &run_id,
-        reporter.clone(),
-        Confirmation {
-            yes: opts.yes,
-            interactive,
+        RunSpec {
+            journal: Some(journal.clone()),
+            replay,
+            ..RunSpec::new(
+                &site,
+                &release,
+                Mode::Run,
+                &run_id,
+                Confirmation {
+                    yes: opts.yes,
+                    interactive,
+                },
+            )
         },
-        Some(journal.clone()),
-        replay,
+        &proc,
+        reporter.clone(),
     )?;
     if accepted {
         session.ops.accept_changes();

@@ -41,6 +41,7 @@ pub fn exec(a: StatusArgs) -> Result<i32> {
         let inst = NodeInstances {
             transport: crate::nodes::connect(n)?,
             root: n.root.clone(),
+            run_service_commands: false,
         };
         let m = inst.manifest()?;
         nodes.push(NodeStatus {

@@ -46,6 +46,9 @@ pub struct Manifest {
 pub struct NodeInstances {
     pub transport: Box<dyn NodeTransport>,
     pub root: String,
+    /// False on `uprun test`'s disposable copies: service commands are
+    /// skipped there, since they may address the real service.
+    pub run_service_commands: bool,
 }
 
 /// Substitute `{app}`, `{version}`, `{folder}`, `{node}` in a command template.
@@ -103,7 +106,9 @@ impl NodeInstances {
         rec: &InstanceRecord,
         service: &ServiceConfig,
     ) -> Result<()> {
-        let Some(t) = template else { return Ok(()) };
+        let Some(t) = template.filter(|_| self.run_service_commands) else {
+            return Ok(());
+        };
         let folder = self.folder_path(&rec.folder);
         let cmd = expand_template(t, rec, &folder);
         let out = self

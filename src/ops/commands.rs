@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Mode, Ops};
+use super::{lock, CommandPolicy, Mode, Ops};
 use crate::{Error, Result};
 
 /// Options of `node_command`.
@@ -73,6 +73,20 @@ impl Ops {
         let timeout =
             Duration::from_secs(opts.timeout_secs.unwrap_or(self.site.service.timeout_secs));
         let execute = || -> Result<CommandResult> {
+            if self.mode == Mode::Run {
+                lock(&self.state)
+                    .commands_run
+                    .push((node.to_string(), command.to_string()));
+            }
+            if self.commands == CommandPolicy::Simulate {
+                return Ok(CommandResult {
+                    node: node.to_string(),
+                    command: command.to_string(),
+                    status: Some(0),
+                    stdout: String::new(),
+                    stderr: String::new(),
+                });
+            }
             let out = n.transport.exec(command, &cwd, timeout)?;
             if !out.success() && !opts.allow_failure {
                 let code = out

@@ -84,6 +84,27 @@ struct RunState {
     occurrences: HashMap<String, usize>,
     /// Changes announced by this process (numbers the failpoints).
     announced: usize,
+    /// A simulated crash happened: no further step may start.
+    crashed: bool,
+    /// Commands run (or simulated) by `node_command`, in order.
+    commands_run: Vec<(String, String)>,
+}
+
+/// Whether commands (service commands, `node_command`) really run. `uprun
+/// test` simulates them on its disposable copies unless told otherwise: they
+/// may address real systems (a load balancer, a service manager).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandPolicy {
+    Run,
+    Simulate,
+}
+
+/// Where `uprun test` simulates a crash: the changing step number (as
+/// announced by this process) and whether before or after its change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CrashPoint {
+    pub step: usize,
+    pub after_change: bool,
 }
 
 /// What a run is about: its inputs and how it may act.
@@ -97,6 +118,32 @@ pub struct RunSpec {
     pub journal: Option<Arc<Journal>>,
     /// What an earlier attempt of this run did (`--resume`).
     pub replay: Replay,
+    pub commands: CommandPolicy,
+    /// `uprun test`: stop as if the process died at this point.
+    pub crash_at: Option<CrashPoint>,
+}
+
+impl RunSpec {
+    /// A spec with the defaults: commands run, no journal, nothing to replay.
+    pub fn new(
+        site: &Site,
+        release: &Release,
+        mode: Mode,
+        run_id: &str,
+        confirmation: Confirmation,
+    ) -> RunSpec {
+        RunSpec {
+            site: site.clone(),
+            release: release.clone(),
+            mode,
+            run_id: run_id.to_string(),
+            confirmation,
+            journal: None,
+            replay: Replay::default(),
+            commands: CommandPolicy::Run,
+            crash_at: None,
+        }
+    }
 }
 
 /// The site, release and connections of one run, and what it has done so far.
@@ -111,6 +158,8 @@ pub struct Ops {
     confirmation: Confirmation,
     journal: Option<Arc<Journal>>,
     replay: Replay,
+    commands: CommandPolicy,
+    crash_at: Option<CrashPoint>,
     state: Mutex<RunState>,
 }
 
@@ -136,6 +185,8 @@ impl Ops {
             confirmation: spec.confirmation,
             journal: spec.journal,
             replay: spec.replay,
+            commands: spec.commands,
+            crash_at: spec.crash_at,
             state: Mutex::new(RunState::default()),
         }
     }
@@ -404,12 +455,41 @@ impl Ops {
 
     /// Interrupted by the operator: stop before starting another change.
     fn check_interrupt(&self) -> Result<()> {
+        if lock(&self.state).crashed {
+            return Err(Error::Interrupted(
+                "interrupted: simulated crash (uprun test)".into(),
+            ));
+        }
         if self.mode == Mode::Run && crate::interrupt::stop_requested() {
             return Err(Error::Interrupted(
                 "interrupted: stopped by the operator (Ctrl-C) before the next step".into(),
             ));
         }
         Ok(())
+    }
+
+    /// `uprun test`: at the chosen point, stop as a dead process would: the
+    /// journal keeps the step in flight and no further step starts.
+    fn simulated_crash(&self, seq: usize, after_change: bool) -> Result<()> {
+        if self.mode != Mode::Run
+            || self.crash_at
+                != Some(CrashPoint {
+                    step: seq,
+                    after_change,
+                })
+        {
+            return Ok(());
+        }
+        lock(&self.state).crashed = true;
+        Err(Error::Interrupted(format!(
+            "interrupted: simulated crash {} step {seq} (uprun test)",
+            if after_change { "after" } else { "before" }
+        )))
+    }
+
+    /// Commands run (or simulated) by `node_command` so far.
+    pub fn commands_run(&self) -> Vec<(String, String)> {
+        lock(&self.state).commands_run.clone()
     }
 
     fn announce(&self, entry: Entry) -> Result<()> {
@@ -457,10 +537,20 @@ impl Ops {
         if self.mode == Mode::Run {
             crate::failpoint::hit(&format!("step{seq}:before"));
         }
+        if let Err(e) = self.simulated_crash(seq, false) {
+            self.finish_step(idx, Err(&e), 0);
+            return Err(e);
+        }
         crate::failpoint::set_step(seq);
         let outcome = work();
         if self.mode == Mode::Run {
             crate::failpoint::hit(&format!("step{seq}:after"));
+        }
+        if outcome.is_ok() {
+            if let Err(e) = self.simulated_crash(seq, true) {
+                self.finish_step(idx, Err(&e), 0);
+                return Err(e);
+            }
         }
         let ms = start.elapsed().as_millis();
         match outcome {

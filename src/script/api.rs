@@ -63,6 +63,10 @@ fn host_error(e: Error, pos: Position) -> Box<EvalAltResult> {
     if let Error::Node { node, .. } = &e {
         map.insert("node".into(), node.clone().into());
     }
+    if matches!(e, Error::Interrupted(_)) {
+        // Not catchable: a script must not carry on past Ctrl-C or a crash.
+        return EvalAltResult::ErrorTerminated(map.into(), pos).into();
+    }
     EvalAltResult::ErrorRuntime(map.into(), pos).into()
 }
 

@@ -8,7 +8,7 @@ use super::Sources;
 /// The message of one error, without Rhai's own position suffix.
 fn message(err: &EvalAltResult) -> String {
     match err {
-        EvalAltResult::ErrorRuntime(v, _) => {
+        EvalAltResult::ErrorRuntime(v, _) | EvalAltResult::ErrorTerminated(v, _) => {
             if let Some(map) = v.read_lock::<rhai::Map>() {
                 let msg = map
                     .get("message")
@@ -45,7 +45,7 @@ pub fn root_kind(err: &EvalAltResult) -> Option<String> {
     match err {
         EvalAltResult::ErrorInFunctionCall(_, _, inner, _)
         | EvalAltResult::ErrorInModule(_, inner, _) => root_kind(inner),
-        EvalAltResult::ErrorRuntime(v, _) => v
+        EvalAltResult::ErrorRuntime(v, _) | EvalAltResult::ErrorTerminated(v, _) => v
             .read_lock::<rhai::Map>()?
             .get("kind")
             .map(|k| k.to_string()),
