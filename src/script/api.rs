@@ -313,64 +313,20 @@ fn register_database(engine: &mut Engine, o: &Option<Arc<Ops>>) {
             to_dyn(&rows, ctx.call_position())
         });
     let backup_doc = "Take a full backup of the site's database into its backup folder and verify it.\nOptions: `verify` (bool, default true).\nReturns `#{ database, file, size, version, started, finished, verified, verification, checksum }`\n(`checksum`: the backup carries page checksums, SQL Server `WITH CHECKSUM`).\nOnly a verified backup taken in the same run allows `upgrade_db`.";
-    let x = o.clone();
-    reg(
+    reg_opts(
         engine,
+        o,
         "backup_db",
-        &["Map"],
         backup_doc,
-        move |ctx: NativeCallContext| -> HostResult<Dynamic> {
-            let ops = ops(&x, &ctx)?;
-            let r = ops
-                .backup_db(BackupOptions::default())
-                .map_err(|e| host_error(e, ctx.call_position()))?;
-            to_dyn(&r, ctx.call_position())
-        },
-    );
-    let x = o.clone();
-    reg(
-        engine,
-        "backup_db",
-        &["options: Map", "Map"],
-        backup_doc,
-        move |ctx: NativeCallContext, opts: Map| -> HostResult<Dynamic> {
-            let ops = ops(&x, &ctx)?;
-            let opts: BackupOptions = options("backup_db", opts, ctx.call_position())?;
-            let r = ops
-                .backup_db(opts)
-                .map_err(|e| host_error(e, ctx.call_position()))?;
-            to_dyn(&r, ctx.call_position())
-        },
+        |ops, opts: BackupOptions| ops.backup_db(opts),
     );
     let upgrade_doc = "Upgrade the existing database to the release's version: apply the release's pending migrations\n(each in its own transaction, recorded in the history table), then record the version.\nIrreversible. Refused without a verified backup of this database taken in this run (unless the site sets\n`database.external_backup`), refused for a database newer than the release (no downgrades) or older than\nthe release's `min_upgrade_from`. A database already at the release's version is left alone.\nOptions: none. Returns `#{ database, from, to, upgraded, migrations, backup }`.";
-    let x = o.clone();
-    reg(
+    reg_opts(
         engine,
+        o,
         "upgrade_db",
-        &["Map"],
         upgrade_doc,
-        move |ctx: NativeCallContext| -> HostResult<Dynamic> {
-            let ops = ops(&x, &ctx)?;
-            let r = ops
-                .upgrade_db(UpgradeOptions::default())
-                .map_err(|e| host_error(e, ctx.call_position()))?;
-            to_dyn(&r, ctx.call_position())
-        },
-    );
-    let x = o.clone();
-    reg(
-        engine,
-        "upgrade_db",
-        &["options: Map", "Map"],
-        upgrade_doc,
-        move |ctx: NativeCallContext, opts: Map| -> HostResult<Dynamic> {
-            let ops = ops(&x, &ctx)?;
-            let opts: UpgradeOptions = options("upgrade_db", opts, ctx.call_position())?;
-            let r = ops
-                .upgrade_db(opts)
-                .map_err(|e| host_error(e, ctx.call_position()))?;
-            to_dyn(&r, ctx.call_position())
-        },
+        |ops, opts: UpgradeOptions| ops.upgrade_db(opts),
     );
 }
 
@@ -387,46 +343,20 @@ fn register_instances(engine: &mut Engine, o: &Option<Arc<Ops>>) {
             }
         });
     let remove_doc = "Remove the current instance on `node`: run the site's stop command, unregister it, keep its folder.\nRefused on the primary while any secondary still has an instance (secondaries first).\nReturns the removed instance's record, or () when the node had none. Options: none.";
-    let x = o.clone();
-    reg(
+    reg_node_opts(
         engine,
+        o,
         "remove_instance",
-        &["node: Dynamic", "Map"],
         remove_doc,
-        move |ctx: NativeCallContext, node: Dynamic| -> HostResult<Dynamic> {
-            remove(&x, &ctx, node, Map::new())
-        },
-    );
-    let x = o.clone();
-    reg(
-        engine,
-        "remove_instance",
-        &["node: Dynamic", "options: Map", "Map"],
-        remove_doc,
-        move |ctx: NativeCallContext, node: Dynamic, opts: Map| -> HostResult<Dynamic> {
-            remove(&x, &ctx, node, opts)
-        },
+        |ops, node, opts: RemoveOptions| ops.remove_instance(node, opts),
     );
     let create_doc = "Create the release's instance on `node` in a new folder under the node's root: copy the payload,\nwrite the instance's config (no secrets), run the start and health commands.\nOptions: `app_name` (default: the site's application name; reuse the prior name so users keep their URL),\n`folder` (default `<app>-<version>`, suffixed when taken). Refused for a folder any earlier instance used\nor that exists and is not empty, and while the node still has another instance. A node that already runs\nthis app and version is left alone. Returns `#{ node, app_name, version, folder, created }`.";
-    let x = o.clone();
-    reg(
+    reg_node_opts(
         engine,
+        o,
         "create_instance",
-        &["node: Dynamic", "Map"],
         create_doc,
-        move |ctx: NativeCallContext, node: Dynamic| -> HostResult<Dynamic> {
-            create(&x, &ctx, node, Map::new())
-        },
-    );
-    let x = o.clone();
-    reg(
-        engine,
-        "create_instance",
-        &["node: Dynamic", "options: Map", "Map"],
-        create_doc,
-        move |ctx: NativeCallContext, node: Dynamic, opts: Map| -> HostResult<Dynamic> {
-            create(&x, &ctx, node, opts)
-        },
+        |ops, node, opts: CreateOptions| ops.create_instance(node, opts),
     );
 }
 
@@ -437,46 +367,88 @@ fn command(
     cmd: &str,
     opts: Map,
 ) -> HostResult<Dynamic> {
-    let ops = ops(x, ctx)?;
     let name = node_name(&node, ctx.call_position())?;
-    let opts: CommandOptions = options("node_command", opts, ctx.call_position())?;
-    let r = ops
-        .node_command(&name, cmd, opts)
-        .map_err(|e| host_error(e, ctx.call_position()))?;
+    invoke(x, ctx, "node_command", opts, |ops, o: CommandOptions| {
+        ops.node_command(&name, cmd, o)
+    })
+}
+
+/// Call `f` with the options map parsed into `O`, and convert the result.
+fn invoke<O: DeserializeOwned, R: Serialize>(
+    x: &Option<Arc<Ops>>,
+    ctx: &NativeCallContext,
+    name: &str,
+    opts: Map,
+    f: impl FnOnce(&Ops, O) -> crate::Result<R>,
+) -> HostResult<Dynamic> {
+    let ops = ops(x, ctx)?;
+    let opts: O = options(name, opts, ctx.call_position())?;
+    let r = f(ops, opts).map_err(|e| host_error(e, ctx.call_position()))?;
     to_dyn(&r, ctx.call_position())
 }
 
-fn remove(
-    x: &Option<Arc<Ops>>,
-    ctx: &NativeCallContext,
-    node: Dynamic,
-    opts: Map,
-) -> HostResult<Dynamic> {
-    let ops = ops(x, ctx)?;
-    let name = node_name(&node, ctx.call_position())?;
-    let opts: RemoveOptions = options("remove_instance", opts, ctx.call_position())?;
-    match ops
-        .remove_instance(&name, opts)
-        .map_err(|e| host_error(e, ctx.call_position()))?
-    {
-        Some(r) => to_dyn(&r, ctx.call_position()),
-        None => Ok(Dynamic::UNIT),
-    }
+/// Register `name()` and `name(options)`.
+fn reg_opts<O: DeserializeOwned + 'static, R: Serialize + 'static>(
+    engine: &mut Engine,
+    o: &Option<Arc<Ops>>,
+    name: &'static str,
+    doc: &str,
+    f: fn(&Ops, O) -> crate::Result<R>,
+) {
+    let x = o.clone();
+    reg(
+        engine,
+        name,
+        &["Map"],
+        doc,
+        move |ctx: NativeCallContext| -> HostResult<Dynamic> {
+            invoke(&x, &ctx, name, Map::new(), f)
+        },
+    );
+    let x = o.clone();
+    reg(
+        engine,
+        name,
+        &["options: Map", "Map"],
+        doc,
+        move |ctx: NativeCallContext, opts: Map| -> HostResult<Dynamic> {
+            invoke(&x, &ctx, name, opts, f)
+        },
+    );
 }
 
-fn create(
-    x: &Option<Arc<Ops>>,
-    ctx: &NativeCallContext,
-    node: Dynamic,
-    opts: Map,
-) -> HostResult<Dynamic> {
-    let ops = ops(x, ctx)?;
-    let name = node_name(&node, ctx.call_position())?;
-    let opts: CreateOptions = options("create_instance", opts, ctx.call_position())?;
-    let r = ops
-        .create_instance(&name, opts)
-        .map_err(|e| host_error(e, ctx.call_position()))?;
-    to_dyn(&r, ctx.call_position())
+/// Register `name(node)` and `name(node, options)`.
+fn reg_node_opts<O: DeserializeOwned + 'static, R: Serialize + 'static>(
+    engine: &mut Engine,
+    o: &Option<Arc<Ops>>,
+    name: &'static str,
+    doc: &str,
+    f: fn(&Ops, &str, O) -> crate::Result<R>,
+) {
+    let call = move |x: &Option<Arc<Ops>>, ctx: &NativeCallContext, node: Dynamic, opts: Map| {
+        let node = node_name(&node, ctx.call_position())?;
+        invoke(x, ctx, name, opts, |ops, o: O| f(ops, &node, o))
+    };
+    let x = o.clone();
+    reg(
+        engine,
+        name,
+        &["node: Dynamic", "Map"],
+        doc,
+        move |ctx: NativeCallContext, node: Dynamic| -> HostResult<Dynamic> {
+            call(&x, &ctx, node, Map::new())
+        },
+    );
+    let x = o.clone();
+    reg(
+        engine,
+        name,
+        &["node: Dynamic", "options: Map", "Map"],
+        doc,
+        move |ctx: NativeCallContext, node: Dynamic, opts: Map| -> HostResult<Dynamic> {
+            call(&x, &ctx, node, opts)
+        },
+    );
 }
 
 fn register_cluster(engine: &mut Engine, o: &Option<Arc<Ops>>) {
