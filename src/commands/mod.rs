@@ -68,13 +68,14 @@ impl Session {
     }
 }
 
-/// Human output (bars when stderr is a terminal) or JSON lines.
+/// Human output (bars when both stdout and stderr are terminals, so that
+/// `| tee run.log` keeps every line) or JSON lines.
 pub fn reporter(json: bool) -> Arc<Reporter> {
     let mode = if json {
         OutputMode::Json
     } else {
         OutputMode::Human {
-            tty: std::io::stderr().is_terminal(),
+            tty: std::io::stdout().is_terminal() && std::io::stderr().is_terminal(),
         }
     };
     Arc::new(Reporter::new(mode))
