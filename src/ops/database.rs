@@ -246,6 +246,7 @@ impl Ops {
                         }
                     }
                     db.set_version(&to)?;
+                    bar.set(pending.len() as u64, pending.len() as u64);
                     bar.finish();
                 }
                 Ok((report, description.clone()))
