@@ -2,6 +2,7 @@
 //! (indicatif), plain lines otherwise, or one JSON object per event (`--json`).
 //! Nothing else in the library prints.
 
+use std::cell::RefCell;
 use std::io::Write;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -60,6 +61,52 @@ pub enum Event {
         outcome: String,
         summary: Vec<String>,
     },
+    /// `for_each_node` finished its closure for one node.
+    NodeFinished {
+        node: String,
+        ok: bool,
+        ms: u128,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+}
+
+/// The node the current thread works for, inside `for_each_node`.
+struct NodeContext {
+    name: String,
+    /// Its own spinner line, on a terminal.
+    bar: Option<ProgressBar>,
+}
+
+thread_local! {
+    static NODE: RefCell<Option<NodeContext>> = const { RefCell::new(None) };
+}
+
+/// While alive, output of the current thread belongs to one node: human lines
+/// are prefixed with `[node]`, JSON events carry `"node"`, and on a terminal
+/// the node's steps show on its own spinner line. Restores the previous node
+/// on drop (scopes nest).
+pub struct NodeScope {
+    previous: Option<NodeContext>,
+    // Tied to the thread whose thread-local it set.
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl Drop for NodeScope {
+    fn drop(&mut self) {
+        let previous = self.previous.take();
+        NODE.with(|n| {
+            if let Some(ctx) = n.replace(previous) {
+                if let Some(bar) = ctx.bar {
+                    bar.finish_and_clear();
+                }
+            }
+        });
+    }
+}
+
+fn current_node() -> Option<(String, Option<ProgressBar>)> {
+    NODE.with(|n| n.borrow().as_ref().map(|c| (c.name.clone(), c.bar.clone())))
 }
 
 pub struct Reporter {
@@ -107,7 +154,35 @@ impl Reporter {
     /// Print a line for humans (ignored in JSON and quiet modes).
     pub fn line(&self, text: &str) {
         if let OutputMode::Human { .. } = self.mode {
-            self.write_line(text);
+            match current_node() {
+                Some((node, _)) => self.write_line(&prefixed(&node, text)),
+                None => self.write_line(text),
+            }
+        }
+    }
+
+    /// Attribute the current thread's output to `node` until the scope drops.
+    pub fn node_scope(&self, node: &str) -> NodeScope {
+        let bar = self.multi.as_ref().map(|m| {
+            let pb = m.add(ProgressBar::new_spinner());
+            pb.set_style(
+                ProgressStyle::with_template("{spinner} [{prefix}] {wide_msg} {elapsed}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            pb.set_prefix(node.to_string());
+            pb.set_message("started");
+            pb.enable_steady_tick(Duration::from_millis(120));
+            pb
+        });
+        let previous = NODE.with(|n| {
+            n.replace(Some(NodeContext {
+                name: node.to_string(),
+                bar,
+            }))
+        });
+        NodeScope {
+            previous,
+            _not_send: std::marker::PhantomData,
         }
     }
 
@@ -125,11 +200,20 @@ impl Reporter {
     }
 
     pub fn event(&self, ev: Event) {
+        let node = match self.mode {
+            OutputMode::Quiet => return,
+            _ => current_node(),
+        };
         match self.mode {
             OutputMode::Quiet => {}
             OutputMode::Json => {
-                if let Ok(s) = serde_json::to_string(&ev) {
-                    self.write_line(&s);
+                if let Ok(mut v) = serde_json::to_value(&ev) {
+                    if let (Some((name, _)), Some(obj)) = (&node, v.as_object_mut()) {
+                        obj.entry("node").or_insert_with(|| name.clone().into());
+                    }
+                    if let Ok(s) = serde_json::to_string(&v) {
+                        self.write_line(&s);
+                    }
                 }
             }
             OutputMode::Human { tty } => {
@@ -146,6 +230,9 @@ impl Reporter {
                         index, description, ..
                     } => {
                         if tty {
+                            if let Some((_, Some(bar))) = &node {
+                                bar.set_message(format!("[{index}] {description}"));
+                            }
                             return;
                         }
                         format!("[{index}] {description} ...")
@@ -187,8 +274,26 @@ impl Reporter {
                         }
                         s
                     }
+                    Event::NodeFinished {
+                        node: name,
+                        ok,
+                        ms,
+                        error,
+                    } => {
+                        let text = match (ok, error) {
+                            (true, _) => format!("done ({})", human_ms(*ms)),
+                            (false, Some(e)) => format!("FAILED after {}: {e}", human_ms(*ms)),
+                            (false, None) => format!("FAILED after {}", human_ms(*ms)),
+                        };
+                        // Said of its own node, whatever the thread's scope.
+                        self.write_line(&prefixed(name, &text));
+                        return;
+                    }
                 };
-                self.write_line(&text);
+                match &node {
+                    Some((name, _)) => self.write_line(&prefixed(name, &text)),
+                    None => self.write_line(&text),
+                }
             }
         }
     }
@@ -221,6 +326,14 @@ impl Reporter {
         pb.enable_steady_tick(Duration::from_millis(120));
         Some(Bar(pb))
     }
+}
+
+/// Prefix every line of `text` with `[node] `.
+fn prefixed(node: &str, text: &str) -> String {
+    text.lines()
+        .map(|l| format!("[{node}] {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 pub fn human_ms(ms: u128) -> String {

@@ -151,7 +151,7 @@ pub fn end_state(site: &Site) -> Result<EndState> {
     let mut nodes = BTreeMap::new();
     for n in &site.nodes {
         let inst = crate::nodes::NodeInstances {
-            transport: crate::nodes::connect(n)?,
+            transport: crate::nodes::connect(n, &site.ssh, crate::nodes::ConnectMode::ReadOnly)?,
             root: n.root.clone(),
             run_service_commands: false,
         };

@@ -13,3 +13,4 @@ mod mssql;
 mod mssql_real;
 mod plan;
 mod rails;
+mod ssh;

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use rhai::{Engine, AST};
 
-use crate::nodes::NodeInstances;
+use crate::nodes::{ConnectMode, NodeInstances};
 use crate::ops::{CommandPolicy, Mode, Ops, RunSpec};
 use crate::progress::{OutputMode, Reporter};
 use crate::script::{self, Procedure, Sources};
@@ -42,14 +42,24 @@ impl Session {
         if spec.mode == Mode::Run {
             db.lock_for_run(&spec.run_id)?;
         }
-        let mut nodes = Vec::with_capacity(site.nodes.len());
-        for n in &site.nodes {
-            nodes.push(NodeInstances {
-                transport: crate::nodes::connect(n)?,
+        // Every node is reached (and its host key checked) before the script
+        // starts, so an unreachable or unverified node stops the run before
+        // any change anywhere.
+        let connect_mode = match spec.mode {
+            Mode::Plan => ConnectMode::ReadOnly,
+            Mode::Run => ConnectMode::ReadWrite,
+        };
+        let transports = crate::nodes::connect_all(&site.nodes, &site.ssh, connect_mode)?;
+        let nodes = site
+            .nodes
+            .iter()
+            .zip(transports)
+            .map(|(n, transport)| NodeInstances {
+                transport,
                 root: n.root.clone(),
                 run_service_commands: spec.commands == CommandPolicy::Run,
-            });
-        }
+            })
+            .collect();
         let ops = Arc::new(Ops::new(spec, db, nodes, reporter));
         let sources = Sources::default();
         let engine = script::engine(proc.base.clone(), Some(ops.clone()), &sources);

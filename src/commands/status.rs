@@ -36,10 +36,12 @@ pub fn exec(a: StatusArgs) -> Result<i32> {
         Ok(b) => b,
         Err(e) => Some(format!("unknown ({e})")),
     };
+    let transports =
+        crate::nodes::connect_all(&site.nodes, &site.ssh, crate::nodes::ConnectMode::ReadOnly)?;
     let mut nodes = Vec::new();
-    for n in &site.nodes {
+    for (n, transport) in site.nodes.iter().zip(transports) {
         let inst = NodeInstances {
-            transport: crate::nodes::connect(n)?,
+            transport,
             root: n.root.clone(),
             run_service_commands: false,
         };

@@ -4,11 +4,14 @@
 
 pub(crate) mod ado;
 mod env;
+mod inventory;
 pub mod release;
 pub mod site;
 
 pub use release::{Migration, Release};
-pub use site::{DbKind, MssqlConfig, NodeAddress, NodeConfig, Role, Secret, Site};
+pub use site::{
+    DbKind, MssqlConfig, NodeAddress, NodeConfig, Role, Secret, Shell, Site, SshSettings,
+};
 
 /// Render a TOML deserialisation error with the file name in front.
 pub(crate) fn toml_error(path: &std::path::Path, err: toml::de::Error) -> crate::Error {

@@ -92,8 +92,23 @@ struct SiteFile {
     service: ServiceConfig,
     #[serde(default)]
     checks: BTreeMap<String, String>,
+    #[serde(default)]
+    ssh: SshSection,
+    inventory: Option<super::inventory::InventorySection>,
     #[serde(rename = "node", default)]
     nodes: Vec<NodeSection>,
+}
+
+/// `[ssh]`: how uprun reaches `ssh://` nodes. Every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SshSection {
+    identity: Option<String>,
+    known_hosts: Option<String>,
+    #[serde(default)]
+    accept_new_host_keys: bool,
+    connect_timeout_secs: Option<u64>,
+    command_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -201,12 +216,13 @@ fn default_timeout() -> u64 {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NodeSection {
-    name: String,
-    role: Role,
+pub(crate) struct NodeSection {
+    pub name: String,
+    pub role: Role,
     #[serde(default = "default_address")]
-    address: String,
-    root: String,
+    pub address: String,
+    pub root: String,
+    pub shell: Option<Shell>,
 }
 
 fn default_address() -> String {
@@ -216,6 +232,98 @@ fn default_address() -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeAddress {
     Local,
+    /// `ssh://user@host:port` (port 22 when not given).
+    Ssh {
+        user: String,
+        host: String,
+        port: u16,
+    },
+}
+
+impl fmt::Display for NodeAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NodeAddress::Local => f.write_str("local"),
+            NodeAddress::Ssh { user, host, port } if host.contains(':') => {
+                write!(f, "ssh://{user}@[{host}]:{port}")
+            }
+            NodeAddress::Ssh { user, host, port } => write!(f, "ssh://{user}@{host}:{port}"),
+        }
+    }
+}
+
+impl NodeAddress {
+    /// Parse `local` or `ssh://user@host[:port]`; the error says what is wrong.
+    pub fn parse(text: &str) -> std::result::Result<NodeAddress, String> {
+        if text == "local" {
+            return Ok(NodeAddress::Local);
+        }
+        let Some(rest) = text.strip_prefix("ssh://") else {
+            return Err("expected \"local\" or \"ssh://user@host:port\"".into());
+        };
+        let Some((user, hostport)) = rest.rsplit_once('@') else {
+            return Err("the user is missing: write \"ssh://user@host:port\"".into());
+        };
+        if user.is_empty() || user.contains([':', '/', ' ']) {
+            return Err(format!(
+                "user {user:?} is not a valid user name (a password never goes in the address: use a key or the SSH agent)"
+            ));
+        }
+        let hostport = hostport.strip_suffix('/').unwrap_or(hostport);
+        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+            let Some((host, after)) = v6.split_once(']') else {
+                return Err("unterminated `[` in the host".into());
+            };
+            match after {
+                "" => (host, None),
+                p => match p.strip_prefix(':') {
+                    Some(p) => (host, Some(p)),
+                    None => return Err(format!("unexpected {p:?} after the host")),
+                },
+            }
+        } else {
+            match hostport.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (hostport, None),
+            }
+        };
+        if host.is_empty() || host.contains(['/', '@', ' ', '?', '#']) {
+            return Err(format!("host {host:?} is not a host name or IP address"));
+        }
+        let port = match port {
+            None => 22,
+            Some(p) => match p.parse::<u16>() {
+                Ok(p) if p > 0 => p,
+                _ => return Err(format!("port {p:?} is not a number from 1 to 65535")),
+            },
+        };
+        Ok(NodeAddress::Ssh {
+            user: user.to_string(),
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+/// The shell that runs service commands on a node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Shell {
+    /// `sh`-compatible (Linux, macOS): commands go to the login shell as they are.
+    #[default]
+    Posix,
+    /// Windows OpenSSH: commands are sent as
+    /// `powershell.exe -NoProfile -NonInteractive -EncodedCommand <base64 UTF-16LE>`.
+    Powershell,
+}
+
+impl Shell {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Shell::Posix => "posix",
+            Shell::Powershell => "powershell",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -225,6 +333,36 @@ pub struct NodeConfig {
     pub address: NodeAddress,
     /// Folder under which instance folders live, as a path on the node.
     pub root: String,
+    pub shell: Shell,
+}
+
+/// How uprun reaches `ssh://` nodes (`[ssh]` in the site file).
+#[derive(Debug, Clone)]
+pub struct SshSettings {
+    /// Private key file; when absent, the SSH agent and then the usual
+    /// `~/.ssh/id_*` files are tried.
+    pub identity: Option<PathBuf>,
+    /// Known-hosts file; when absent, `~/.ssh/known_hosts`.
+    pub known_hosts: Option<PathBuf>,
+    /// Record the key of a host that is not in known_hosts yet instead of
+    /// refusing it. A changed key is always refused.
+    pub accept_new_host_keys: bool,
+    pub connect_timeout: Duration,
+    /// Limit for one file operation on a node (service commands use
+    /// `[service] timeout_secs`).
+    pub command_timeout: Duration,
+}
+
+impl Default for SshSettings {
+    fn default() -> Self {
+        SshSettings {
+            identity: None,
+            known_hosts: None,
+            accept_new_host_keys: false,
+            connect_timeout: Duration::from_secs(10),
+            command_timeout: Duration::from_secs(60),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -253,6 +391,7 @@ pub struct Site {
     pub service: ServiceConfig,
     pub checks: BTreeMap<String, String>,
     pub nodes: Vec<NodeConfig>,
+    pub ssh: SshSettings,
     pub state_dir: PathBuf,
 }
 
@@ -280,6 +419,16 @@ impl Site {
         let resolve = |value: &str, key: &str| -> Result<PathBuf> {
             let v = expand(value, &format!("{f}: `{key}`"))?;
             Ok(dir.join(v))
+        };
+
+        let secs = |v: Option<u64>, default: u64, key: &str| -> Result<Duration> {
+            match v {
+                None => Ok(Duration::from_secs(default)),
+                Some(0) => Err(Error::Config(format!(
+                    "{f}: `{key}` must be at least 1 (seconds)"
+                ))),
+                Some(s) => Ok(Duration::from_secs(s)),
+            }
         };
 
         let app_name = raw.application.name.trim().to_string();
@@ -320,14 +469,41 @@ impl Site {
             DbKind::Mssql => mssql_config(db, &dir, &f.to_string())?,
         };
 
-        if raw.nodes.is_empty() {
-            return Err(Error::Config(format!(
-                "{f}: no `[[node]]`; a site needs at least one node, one of them with `role = \"primary\"`"
-            )));
+        let (raw_nodes, from) = match &raw.inventory {
+            Some(inv) => {
+                if !raw.nodes.is_empty() {
+                    return Err(Error::Config(format!(
+                        "{f}: both `[inventory]` and `[[node]]` are given; take the nodes from one of them"
+                    )));
+                }
+                let file = resolve(&inv.file, "inventory.file")?;
+                let nodes = super::inventory::load(&file, inv)?;
+                (nodes, Some(file))
+            }
+            None => (raw.nodes, None),
+        };
+        if raw_nodes.is_empty() {
+            return Err(Error::Config(match &from {
+                Some(inv) => format!(
+                    "{f}: the inventory `{}` has no host in its primary or secondary group (`[inventory] primary_group` / `secondary_group`)",
+                    inv.display()
+                ),
+                None => format!(
+                    "{f}: no `[[node]]`; a site needs at least one node, one of them with `role = \"primary\"`"
+                ),
+            }));
         }
-        let mut nodes = Vec::with_capacity(raw.nodes.len());
-        for (i, n) in raw.nodes.into_iter().enumerate() {
-            let key = format!("node[{i}]");
+        // Where a node came from, for error messages.
+        let origin = match &from {
+            Some(inv) => format!("{f} (nodes from inventory `{}`)", inv.display()),
+            None => f.to_string(),
+        };
+        let mut nodes = Vec::with_capacity(raw_nodes.len());
+        for (i, n) in raw_nodes.into_iter().enumerate() {
+            let key = match &from {
+                Some(_) => format!("host `{}`", n.name),
+                None => format!("node[{i}]"),
+            };
             if n.name.is_empty()
                 || !n
                     .name
@@ -335,36 +511,55 @@ impl Site {
                     .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
             {
                 return Err(Error::Config(format!(
-                    "{f}: `{key}.name` = {:?}: use letters, digits, `-`, `_` and `.` only",
+                    "{origin}: `{key}.name` = {:?}: use letters, digits, `-`, `_` and `.` only",
                     n.name
                 )));
             }
             if nodes.iter().any(|o: &NodeConfig| o.name == n.name) {
                 return Err(Error::Config(format!(
-                    "{f}: `{key}.name`: node `{}` is listed twice",
+                    "{origin}: `{key}.name`: node `{}` is listed twice",
                     n.name
                 )));
             }
-            let address = match n.address.as_str() {
-                "local" => NodeAddress::Local,
-                other => {
-                    return Err(Error::Config(format!(
-                        "{f}: `{key}.address` = {other:?} for node `{}`: expected \"local\"",
-                        n.name
-                    )))
-                }
-            };
+            let address = NodeAddress::parse(&n.address).map_err(|why| {
+                Error::Config(format!(
+                    "{origin}: `{key}.address` = {:?} for node `{}`: {why}",
+                    n.address, n.name
+                ))
+            })?;
+            let shell = n.shell.unwrap_or_default();
             let root = match address {
                 NodeAddress::Local => {
+                    if shell != Shell::Posix {
+                        return Err(Error::Config(format!(
+                            "{origin}: `{key}.shell` of node `{}`: only `ssh://` nodes may use shell {:?}; local nodes run `sh`",
+                            n.name,
+                            shell.as_str()
+                        )));
+                    }
                     let root = resolve(&n.root, &format!("{key}.root"))?;
                     if !root.is_dir() {
                         return Err(Error::Config(format!(
-                            "{f}: `{key}.root` of node `{}`: folder `{}` does not exist; create it or correct `root`",
+                            "{origin}: `{key}.root` of node `{}`: folder `{}` does not exist; create it or correct `root`",
                             n.name,
                             root.display()
                         )));
                     }
                     root.to_string_lossy().into_owned()
+                }
+                NodeAddress::Ssh { .. } => {
+                    let root = expand(&n.root, &format!("{origin}: `{key}.root`"))?;
+                    if !is_absolute_remote(&root, shell) {
+                        return Err(Error::Config(format!(
+                            "{origin}: `{key}.root` = {root:?} of node `{}`: an ssh node's root is a path on the node and must be absolute ({})",
+                            n.name,
+                            match shell {
+                                Shell::Posix => "starting with `/`",
+                                Shell::Powershell => "like `C:/Apps/FastApp` or `D:\\Apps`",
+                            }
+                        )));
+                    }
+                    root
                 }
             };
             nodes.push(NodeConfig {
@@ -372,6 +567,7 @@ impl Site {
                 role: n.role,
                 address,
                 root,
+                shell,
             });
         }
         let primaries: Vec<&str> = nodes
@@ -393,6 +589,19 @@ impl Site {
                 )))
             }
         }
+        let ssh = SshSettings {
+            identity: match &raw.ssh.identity {
+                Some(p) => Some(resolve(p, "ssh.identity")?),
+                None => None,
+            },
+            known_hosts: match &raw.ssh.known_hosts {
+                Some(p) => Some(resolve(p, "ssh.known_hosts")?),
+                None => None,
+            },
+            accept_new_host_keys: raw.ssh.accept_new_host_keys,
+            connect_timeout: secs(raw.ssh.connect_timeout_secs, 10, "ssh.connect_timeout_secs")?,
+            command_timeout: secs(raw.ssh.command_timeout_secs, 60, "ssh.command_timeout_secs")?,
+        };
         let state_dir = match &raw.state_dir {
             Some(s) => resolve(s, "state_dir")?,
             None => dir.join(".uprun"),
@@ -406,8 +615,16 @@ impl Site {
             service: raw.service,
             checks: raw.checks,
             nodes,
+            ssh,
             state_dir,
         })
+    }
+
+    /// True when any node is reached over SSH.
+    pub fn has_ssh_nodes(&self) -> bool {
+        self.nodes
+            .iter()
+            .any(|n| matches!(n.address, NodeAddress::Ssh { .. }))
     }
 
     pub fn primary(&self) -> &NodeConfig {
@@ -518,6 +735,17 @@ fn mssql_config(db: DatabaseSection, dir: &Path, f: &str) -> Result<DatabaseConf
     })
 }
 
+/// An absolute path on a remote node: `/x` anywhere, `C:/x` or `C:\\x` on Windows.
+fn is_absolute_remote(path: &str, shell: Shell) -> bool {
+    let b = path.as_bytes();
+    path.starts_with('/')
+        || (shell == Shell::Powershell
+            && b.len() >= 3
+            && b[0].is_ascii_alphabetic()
+            && b[1] == b':'
+            && (b[2] == b'/' || b[2] == b'\\'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -581,5 +809,91 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("`database.connection` is required"), "{e}");
+    }
+
+    #[test]
+    fn parses_node_addresses() {
+        assert_eq!(NodeAddress::parse("local"), Ok(NodeAddress::Local));
+        assert_eq!(
+            NodeAddress::parse("ssh://deploy@app02.example.com"),
+            Ok(NodeAddress::Ssh {
+                user: "deploy".into(),
+                host: "app02.example.com".into(),
+                port: 22
+            })
+        );
+        assert_eq!(
+            NodeAddress::parse("ssh://root@127.0.0.1:2222"),
+            Ok(NodeAddress::Ssh {
+                user: "root".into(),
+                host: "127.0.0.1".into(),
+                port: 2222
+            })
+        );
+        let v6 = NodeAddress::parse("ssh://u@[::1]:2200").unwrap();
+        assert_eq!(v6.to_string(), "ssh://u@[::1]:2200");
+        for bad in [
+            "ssh://host",
+            "ssh://u@host:0",
+            "ssh://u@host:99999",
+            "ssh://u@:22",
+            "ssh://u:pw@host",
+            "sftp://u@h",
+            "remote",
+        ] {
+            assert!(NodeAddress::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn site_with(dir: &Path, extra: &str, nodes: &str) -> Result<Site> {
+        let text = format!(
+            "[application]\nname = \"FastApp\"\n[database]\nkind = \"sqlite\"\npath = \"db.sqlite\"\nbackup_dir = \"b\"\n{extra}\n{nodes}"
+        );
+        Site::parse(&dir.join("site.toml"), &text)
+    }
+
+    #[test]
+    fn ssh_nodes_and_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let site = site_with(
+            dir.path(),
+            "[ssh]\nidentity = \"keys/id\"\naccept_new_host_keys = true\nconnect_timeout_secs = 3\n",
+            "[[node]]\nname = \"w1\"\nrole = \"primary\"\naddress = \"ssh://admin@win1:22\"\nroot = \"C:/Apps\"\nshell = \"powershell\"\n\
+             [[node]]\nname = \"l1\"\nrole = \"secondary\"\naddress = \"ssh://deploy@l1\"\nroot = \"/opt/app\"\n",
+        )
+        .unwrap();
+        assert_eq!(site.nodes[0].shell, Shell::Powershell);
+        assert_eq!(site.nodes[1].shell, Shell::Posix);
+        assert_eq!(site.ssh.identity, Some(dir.path().join("keys/id")));
+        assert!(site.ssh.accept_new_host_keys);
+        assert_eq!(site.ssh.connect_timeout, Duration::from_secs(3));
+        assert!(site.has_ssh_nodes());
+
+        let err = site_with(
+            dir.path(),
+            "",
+            "[[node]]\nname = \"l1\"\nrole = \"primary\"\naddress = \"ssh://deploy@l1:70000\"\nroot = \"/opt\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("site.toml") && err.contains("node[0].address") && err.contains("port"),
+            "{err}"
+        );
+        let err = site_with(
+            dir.path(),
+            "",
+            "[[node]]\nname = \"l1\"\nrole = \"primary\"\naddress = \"ssh://deploy@l1\"\nroot = \"opt\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("node[0].root") && err.contains("absolute"),
+            "{err}"
+        );
+        let err = site_with(dir.path(), "[ssh]\nidentty = \"x\"\n", "")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("identty"), "{err}");
     }
 }

@@ -39,45 +39,6 @@ pub(crate) fn is_contained(rel: &Path) -> bool {
         .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
 }
 
-fn copy_tree(node: &str, src: &Path, dest: &Path, rel: &Path, total: &mut u64) -> Result<()> {
-    let dir = src.join(rel);
-    let entries = std::fs::read_dir(&dir).map_err(|e| Error::io("read payload folder", &dir, e))?;
-    let mut names: Vec<PathBuf> = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| Error::io("read payload folder", &dir, e))?;
-        names.push(rel.join(entry.file_name()));
-    }
-    names.sort();
-    for r in names {
-        if !is_contained(&r) {
-            return Err(Error::node(
-                node,
-                format!(
-                    "payload entry `{}` escapes the instance folder",
-                    r.display()
-                ),
-            ));
-        }
-        let from = src.join(&r);
-        let to = dest.join(&r);
-        let meta = std::fs::symlink_metadata(&from)
-            .map_err(|e| Error::io("read payload entry", &from, e))?;
-        if meta.file_type().is_symlink() {
-            return Err(Error::node(
-                node,
-                format!("payload entry `{}` is a symbolic link; payloads must hold plain files and folders", r.display()),
-            ));
-        } else if meta.is_dir() {
-            std::fs::create_dir_all(&to).map_err(|e| Error::io("create folder", &to, e))?;
-            copy_tree(node, src, dest, &r, total)?;
-        } else {
-            *total +=
-                std::fs::copy(&from, &to).map_err(|e| Error::io("copy payload file to", &to, e))?;
-        }
-    }
-    Ok(())
-}
-
 impl NodeTransport for LocalTransport {
     fn node(&self) -> &str {
         &self.node
@@ -124,8 +85,26 @@ impl NodeTransport for LocalTransport {
     }
 
     fn upload_tree(&self, src: &Path, dest: &str) -> Result<u64> {
+        // Every entry is checked before anything is copied.
+        let entries = super::payload_entries(&self.node, src)?;
+        let dest = Path::new(dest);
         let mut total = 0;
-        copy_tree(&self.node, src, Path::new(dest), Path::new(""), &mut total)?;
+        for e in entries {
+            let to = dest.join(&e.rel);
+            if e.is_dir {
+                std::fs::create_dir_all(&to).map_err(|err| Error::io("create folder", &to, err))?;
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(e.mode))
+                        .map_err(|err| Error::io("set the mode of", &to, err))?;
+                }
+            } else {
+                // `copy` keeps the permission bits.
+                total += std::fs::copy(&e.source, &to)
+                    .map_err(|err| Error::io("copy payload file to", &to, err))?;
+            }
+        }
         Ok(total)
     }
 

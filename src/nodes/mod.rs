@@ -1,16 +1,17 @@
-//! The node seam: how uprun reaches a node (`NodeTransport`: local, later ssh)
+//! The node seam: how uprun reaches a node (`NodeTransport`: local, ssh)
 //! and what an instance is on a node (`instances`: manifest, payload, service
 //! commands). Owns node I/O; it must not decide ordering or safety rules
 //! (those are in `ops`).
 
 pub mod instances;
 mod local;
+mod ssh;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::{NodeAddress, NodeConfig};
-use crate::Result;
+use crate::config::{NodeAddress, NodeConfig, SshSettings};
+use crate::{Error, Result};
 
 pub use instances::{InstanceRecord, Manifest, NodeInstances};
 pub(crate) use local::is_contained as local_is_contained;
@@ -59,9 +60,138 @@ pub trait NodeTransport: Send + Sync {
     }
 }
 
+/// Whether a connection may change anything on this machine while it is set
+/// up (recording a new host key). `uprun plan` connects read-only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectMode {
+    ReadOnly,
+    ReadWrite,
+}
+
 /// Connect to a node as its address says.
-pub fn connect(node: &NodeConfig) -> Result<Box<dyn NodeTransport>> {
-    match node.address {
-        NodeAddress::Local => Ok(Box::new(LocalTransport::new(&node.name))),
+pub fn connect(
+    node: &NodeConfig,
+    ssh: &SshSettings,
+    mode: ConnectMode,
+) -> Result<Box<dyn NodeTransport>> {
+    let mut all = connect_all(std::slice::from_ref(node), ssh, mode)?;
+    all.pop()
+        .ok_or_else(|| Error::node(&node.name, "no connection was made"))
+}
+
+/// Connect to every node, SSH nodes concurrently, in input order. Fails with
+/// the first node (in input order) that cannot be reached or verified, before
+/// anything is done on any node.
+pub fn connect_all(
+    nodes: &[NodeConfig],
+    ssh: &SshSettings,
+    mode: ConnectMode,
+) -> Result<Vec<Box<dyn NodeTransport>>> {
+    let remote: Vec<&NodeConfig> = nodes
+        .iter()
+        .filter(|n| matches!(n.address, NodeAddress::Ssh { .. }))
+        .collect();
+    let mut connected = ssh::connect_many(&remote, ssh, mode)?.into_iter();
+    let mut out: Vec<Box<dyn NodeTransport>> = Vec::with_capacity(nodes.len());
+    for n in nodes {
+        match n.address {
+            NodeAddress::Local => out.push(Box::new(LocalTransport::new(&n.name))),
+            NodeAddress::Ssh { .. } => match connected.next() {
+                Some(t) => out.push(Box::new(t)),
+                None => return Err(Error::node(&n.name, "no SSH connection was made")),
+            },
+        }
+    }
+    Ok(out)
+}
+
+/// One entry of a payload folder, checked before anything is copied.
+#[derive(Debug, Clone)]
+pub(crate) struct PayloadEntry {
+    /// Path relative to the payload folder, `/`-separated.
+    pub rel: String,
+    pub source: PathBuf,
+    pub is_dir: bool,
+    /// Permission bits (`0o755`, ...).
+    pub mode: u32,
+}
+
+/// List a payload folder, parents before children, in name order. Refuses,
+/// before anything is copied anywhere, any entry that could land outside the
+/// instance folder: symbolic links, names with `..`, `\` or a root, and
+/// anything that is neither a plain file nor a folder.
+pub(crate) fn payload_entries(node: &str, src: &Path) -> Result<Vec<PayloadEntry>> {
+    fn walk(node: &str, src: &Path, rel: &Path, out: &mut Vec<PayloadEntry>) -> Result<()> {
+        let dir = src.join(rel);
+        let entries =
+            std::fs::read_dir(&dir).map_err(|e| Error::io("read payload folder", &dir, e))?;
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io("read payload folder", &dir, e))?;
+            names.push(rel.join(entry.file_name()));
+        }
+        names.sort();
+        for r in names {
+            let shown = r.display().to_string();
+            let escapes = |why: &str| {
+                Error::node(
+                    node,
+                    format!("payload entry `{shown}` {why}; refusing to copy a payload that could write outside the instance folder (nothing was copied)"),
+                )
+            };
+            let Some(text) = r.to_str() else {
+                return Err(escapes("has a name that is not UTF-8"));
+            };
+            if !local::is_contained(&r) || text.contains('\\') {
+                return Err(escapes("escapes the instance folder"));
+            }
+            let source = src.join(&r);
+            let meta = std::fs::symlink_metadata(&source)
+                .map_err(|e| Error::io("read payload entry", &source, e))?;
+            let ft = meta.file_type();
+            if ft.is_symlink() {
+                let target = std::fs::read_link(&source)
+                    .map(|t| format!(" (to `{}`)", t.display()))
+                    .unwrap_or_default();
+                return Err(escapes(&format!(
+                    "is a symbolic link{target}; payloads must hold plain files and folders"
+                )));
+            }
+            if !ft.is_dir() && !ft.is_file() {
+                return Err(escapes("is neither a plain file nor a folder"));
+            }
+            out.push(PayloadEntry {
+                rel: r
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join("/"),
+                source: source.clone(),
+                is_dir: ft.is_dir(),
+                mode: mode_of(&meta),
+            });
+            if ft.is_dir() {
+                walk(node, src, &r, out)?;
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(node, src, Path::new(""), &mut out)?;
+    Ok(out)
+}
+
+#[cfg(unix)]
+fn mode_of(meta: &std::fs::Metadata) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    meta.permissions().mode() & 0o7777
+}
+
+#[cfg(not(unix))]
+fn mode_of(meta: &std::fs::Metadata) -> u32 {
+    match (meta.is_dir(), meta.permissions().readonly()) {
+        (true, _) => 0o755,
+        (false, true) => 0o444,
+        (false, false) => 0o644,
     }
 }

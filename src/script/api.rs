@@ -5,6 +5,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use rhai::{
     Array, Dynamic, Engine, EvalAltResult, FnPtr, FuncRegistration, Map, NativeCallContext,
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::ops::{
     BackupOptions, CommandOptions, CreateOptions, Mode, Ops, RemoveOptions, UpgradeOptions,
 };
+use crate::progress::{Event, Reporter};
 use crate::Error;
 
 type HostResult<T> = Result<T, Box<EvalAltResult>>;
@@ -138,16 +140,18 @@ fn node_name(d: &Dynamic, pos: Position) -> HostResult<String> {
 struct NodeInfo<'a> {
     name: &'a str,
     role: &'a str,
-    address: &'a str,
+    address: String,
     root: &'a str,
+    shell: &'a str,
 }
 
 fn node_info(n: &crate::config::NodeConfig) -> NodeInfo<'_> {
     NodeInfo {
         name: &n.name,
         role: n.role.as_str(),
-        address: "local",
+        address: n.address.to_string(),
         root: &n.root,
+        shell: n.shell.as_str(),
     }
 }
 
@@ -202,7 +206,7 @@ fn register_site(engine: &mut Engine, o: &Option<Arc<Ops>>) {
         engine,
         "nodes",
         &["Array"],
-        "Every node of the site, in site-file order: `#{ name, role, address, root }`.",
+        "Every node of the site, in site-file order: `#{ name, role, address, root, shell }`.\n`address` is \"local\" or \"ssh://user@host:port\"; `shell` is \"posix\" or \"powershell\".",
         move |ctx: NativeCallContext| -> HostResult<Dynamic> {
             let ops = ops(&x, &ctx)?;
             let nodes: Vec<NodeInfo> = ops.site.nodes.iter().map(node_info).collect();
@@ -214,7 +218,7 @@ fn register_site(engine: &mut Engine, o: &Option<Arc<Ops>>) {
         engine,
         "primary",
         &["Map"],
-        "The primary node: `#{ name, role, address, root }`.",
+        "The primary node: `#{ name, role, address, root, shell }`.",
         move |ctx: NativeCallContext| -> HostResult<Dynamic> {
             let ops = ops(&x, &ctx)?;
             to_dyn(&node_info(ops.site.primary()), ctx.call_position())
@@ -481,9 +485,10 @@ fn register_cluster(engine: &mut Engine, o: &Option<Arc<Ops>>) {
         &["nodes: Array", "f: FnPtr", "Array"],
         doc,
         move |ctx: NativeCallContext, nodes: Array, f: FnPtr| -> HostResult<Array> {
-            ops(&x, &ctx)?;
+            let ops = ops(&x, &ctx)?;
             for_each_node(
                 &ctx,
+                ops.reporter(),
                 nodes,
                 ForEachOptions {
                     parallel: 1,
@@ -500,7 +505,7 @@ fn register_cluster(engine: &mut Engine, o: &Option<Arc<Ops>>) {
         &["nodes: Array", "options: Map", "f: FnPtr", "Array"],
         doc,
         move |ctx: NativeCallContext, nodes: Array, opts: Map, f: FnPtr| -> HostResult<Array> {
-            ops(&x, &ctx)?;
+            let ops = ops(&x, &ctx)?;
             let opts: ForEachOptions = options("for_each_node", opts, ctx.call_position())?;
             if opts.parallel < 1 {
                 return Err(host_error(
@@ -508,13 +513,14 @@ fn register_cluster(engine: &mut Engine, o: &Option<Arc<Ops>>) {
                     ctx.call_position(),
                 ));
             }
-            for_each_node(&ctx, nodes, opts, f)
+            for_each_node(&ctx, ops.reporter(), nodes, opts, f)
         },
     );
 }
 
 fn for_each_node(
     ctx: &NativeCallContext,
+    reporter: &Reporter,
     nodes: Array,
     opts: ForEachOptions,
     f: FnPtr,
@@ -536,7 +542,16 @@ fn for_each_node(
         if i >= nodes.len() {
             break;
         }
+        let started = Instant::now();
+        let scope = reporter.node_scope(&names[i]);
         let r = f.call_within_context::<Dynamic>(ctx, (nodes[i].clone(),));
+        drop(scope);
+        reporter.event(Event::NodeFinished {
+            node: names[i].clone(),
+            ok: r.is_ok(),
+            ms: started.elapsed().as_millis(),
+            error: r.as_ref().err().map(|e| super::render::plain_message(e)),
+        });
         if r.is_err() && !opts.continue_on_error {
             stop.store(true, Ordering::SeqCst);
         }

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
 
+pub mod sshd;
+
 pub struct Sandbox {
     _tmp: tempfile::TempDir,
     pub dir: PathBuf,

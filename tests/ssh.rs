@@ -1,0 +1,473 @@
+//! Nodes over SSH, against a real OpenSSH server on 127.0.0.1 started by the
+//! test (see `support::sshd`). The three sandbox nodes become three `ssh://`
+//! nodes of that one server, each with its own root folder.
+
+use std::path::{Path, PathBuf};
+
+use crate::support::sshd::{self, Sshd};
+use crate::support::{uprun, Sandbox};
+
+/// Write `site-ssh.toml` beside the sandbox's site: the same site, with every
+/// node at `address(node)` and its root as an absolute path, plus `extra`.
+fn ssh_site(sb: &Sandbox, sshd: &Sshd, extra: &str, address: impl Fn(&str) -> String) -> PathBuf {
+    let mut text = std::fs::read_to_string(sb.site()).expect("site.toml");
+    for node in ["app01", "app02", "app03"] {
+        let root = sb.dir.join("nodes").join(node);
+        text = text.replace(
+            &format!("address = \"local\"\nroot = \"nodes/{node}\""),
+            &format!(
+                "address = \"{}\"\nroot = {:?}",
+                address(node),
+                root.display().to_string()
+            ),
+        );
+    }
+    assert!(!text.contains("\"local\""), "every node is remote");
+    text.push('\n');
+    text.push_str(&sshd.ssh_section());
+    text.push_str(extra);
+    let path = sb.dir.join("site-ssh.toml");
+    std::fs::write(&path, text).expect("write site");
+    path
+}
+
+fn run(sb: &Sandbox, site: &Path, script: &str) -> std::process::Output {
+    uprun()
+        .arg("run")
+        .arg(script)
+        .arg("--site")
+        .arg(site)
+        .arg("--release")
+        .arg(sb.release())
+        .arg("--yes")
+        .output()
+        .expect("run uprun")
+}
+
+fn text(out: &[u8]) -> String {
+    String::from_utf8_lossy(out).into_owned()
+}
+
+#[cfg(unix)]
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).expect("metadata").permissions().mode() & 0o7777
+}
+
+/// What a node looks like after a run, without times and run ids.
+fn node_state(sb: &Sandbox, node: &str) -> (serde_json::Value, Vec<(String, u32, Vec<u8>)>) {
+    let m = sb.manifest(node);
+    let current = m["current"].clone();
+    let summary = serde_json::json!({
+        "current": [current["app_name"], current["version"], current["folder"]],
+        "used_folders": m["used_folders"],
+        "removed": m["removed"].as_array().map(|r| r.len()),
+    });
+    let mut files = Vec::new();
+    let root = sb.dir.join("nodes").join(node);
+    fn walk(dir: &Path, root: &Path, out: &mut Vec<(String, u32, Vec<u8>)>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .expect("dir")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        entries.sort();
+        for p in entries {
+            let rel = p.strip_prefix(root).expect("prefix").display().to_string();
+            if p.is_dir() {
+                out.push((rel, mode(&p), Vec::new()));
+                walk(&p, root, out);
+            } else if rel.ends_with(".uprun-node.json") || rel.ends_with("uprun-instance.toml") {
+                // Hold times and run ids: compared through the manifest summary.
+                out.push((rel, 0, Vec::new()));
+            } else {
+                out.push((rel, mode(&p), std::fs::read(&p).expect("read")));
+            }
+        }
+    }
+    walk(&root, &root, &mut files);
+    (summary, files)
+}
+
+/// Give the release's payload distinctive modes, to see them preserved.
+fn set_payload_modes(sb: &Sandbox) {
+    use std::os::unix::fs::PermissionsExt;
+    let payload = sb.release().join("payload");
+    let set = |rel: &str, m: u32| {
+        std::fs::set_permissions(payload.join(rel), std::fs::Permissions::from_mode(m))
+            .expect("chmod")
+    };
+    set("bin/fastapp.txt", 0o755);
+    set("web/index.html", 0o640);
+    set("subscribers", 0o750);
+}
+
+#[test]
+fn stock_procedure_over_ssh_ends_like_a_local_run() {
+    let Some(sshd) = Sshd::start() else { return };
+    let local = Sandbox::new();
+    set_payload_modes(&local);
+    let out = local
+        .cmd("run", "in-place-upgrade", &["--yes"])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "local run failed: {}",
+        text(&out.stderr)
+    );
+
+    let remote = Sandbox::new();
+    set_payload_modes(&remote);
+    let site = ssh_site(&remote, &sshd, "", |_| sshd.address());
+    let out = run(&remote, &site, "in-place-upgrade");
+    assert!(
+        out.status.success(),
+        "ssh run failed:\nstdout: {}\nstderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_eq!(remote.db_version(), "2.0.0");
+    assert_eq!(local.db_version(), "2.0.0");
+    for node in ["app01", "app02", "app03"] {
+        let (l, r) = (node_state(&local, node), node_state(&remote, node));
+        assert_eq!(r.0, l.0, "manifest of {node} differs from the local run");
+        assert_eq!(r.1, l.1, "files of {node} differ from the local run");
+        assert_eq!(r.0["current"][1], "2.0.0");
+        let folder = remote.dir.join("nodes").join(node).join("FastApp-2.0.0");
+        assert_eq!(
+            mode(&folder.join("bin/fastapp.txt")),
+            0o755,
+            "mode kept over SFTP"
+        );
+        assert_eq!(
+            mode(&folder.join("web/index.html")),
+            0o640,
+            "mode kept over SFTP"
+        );
+        assert_eq!(
+            mode(&folder.join("subscribers")),
+            0o750,
+            "folder mode kept over SFTP"
+        );
+        let state = std::fs::read_to_string(folder.join("service.state")).expect("service ran");
+        assert_eq!(state.trim(), format!("running FastApp 2.0.0 on {node}"));
+    }
+    // No temporary file is left behind by the atomic writes.
+    for (path, _) in remote.snapshot() {
+        assert!(
+            !path.display().to_string().contains("uprun-tmp"),
+            "left over: {}",
+            path.display()
+        );
+    }
+    // Runs again: already at the release, nothing to do.
+    let again = run(&remote, &site, "in-place-upgrade");
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert!(
+        text(&again.stdout).contains("nothing to do"),
+        "{}",
+        text(&again.stdout)
+    );
+}
+
+/// Refused before anything changes: exit non-zero, the node named, the
+/// database and every node folder byte-identical, no backup taken.
+fn refused_before_any_change(sb: &Sandbox, site: &Path, needles: &[&str]) -> String {
+    let before = sb.snapshot();
+    let out = run(sb, site, "in-place-upgrade");
+    let err = text(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "run should fail; stdout: {}",
+        text(&out.stdout)
+    );
+    for n in needles {
+        assert!(err.contains(n), "stderr lacks {n:?}: {err}");
+    }
+    assert_eq!(
+        sb.snapshot(),
+        before,
+        "a refused connection changed something"
+    );
+    assert!(sb.backups().is_empty(), "a backup was taken");
+    err
+}
+
+#[test]
+fn unknown_host_key_is_refused_before_any_change() {
+    let Some(sshd) = Sshd::start() else { return };
+    let sb = Sandbox::new();
+    let empty = sb.dir.join("empty_known_hosts");
+    std::fs::write(&empty, "").expect("known_hosts");
+    let site = ssh_site(&sb, &sshd, "", |_| sshd.address());
+    let site_text = std::fs::read_to_string(&site).expect("site").replace(
+        &sshd.known_hosts.display().to_string(),
+        &empty.display().to_string(),
+    );
+    std::fs::write(&site, site_text).expect("site");
+    let err = refused_before_any_change(
+        &sb,
+        &site,
+        &[
+            "node `app01`",
+            "host key not known",
+            "accept_new_host_keys",
+            "ssh-keyscan",
+        ],
+    );
+    assert!(err.contains("SHA256:"), "fingerprint shown: {err}");
+    assert_eq!(
+        std::fs::read_to_string(&empty).expect("kh"),
+        "",
+        "known_hosts untouched"
+    );
+}
+
+#[test]
+fn changed_host_key_is_refused_even_when_new_keys_are_accepted() {
+    let Some(sshd) = Sshd::start() else { return };
+    let sb = Sandbox::new();
+    let forged = sb.dir.join("forged_known_hosts");
+    std::fs::write(
+        &forged,
+        format!("[127.0.0.1]:{} {}\n", sshd.port, sshd.other_host_key()),
+    )
+    .expect("kh");
+    let site = ssh_site(&sb, &sshd, "", |_| sshd.address());
+    let site_text = std::fs::read_to_string(&site)
+        .expect("site")
+        .replace(
+            &sshd.known_hosts.display().to_string(),
+            &forged.display().to_string(),
+        )
+        .replace("[ssh]\n", "[ssh]\naccept_new_host_keys = true\n");
+    std::fs::write(&site, site_text).expect("site");
+    refused_before_any_change(
+        &sb,
+        &site,
+        &[
+            "node `app01`",
+            "HOST KEY CHANGED",
+            "line 1",
+            "ssh-keygen -R",
+        ],
+    );
+}
+
+#[test]
+fn new_host_key_is_recorded_by_run_not_by_plan() {
+    let Some(sshd) = Sshd::start() else { return };
+    let sb = Sandbox::new();
+    let kh = sb.dir.join("fresh_known_hosts");
+    let site = ssh_site(&sb, &sshd, "", |_| sshd.address());
+    let site_text = std::fs::read_to_string(&site)
+        .expect("site")
+        .replace(
+            &sshd.known_hosts.display().to_string(),
+            &kh.display().to_string(),
+        )
+        .replace("[ssh]\n", "[ssh]\naccept_new_host_keys = true\n");
+    std::fs::write(&site, site_text).expect("site");
+
+    let plan = uprun()
+        .args(["plan", "in-place-upgrade", "--site"])
+        .arg(&site)
+        .arg("--release")
+        .arg(sb.release())
+        .output()
+        .expect("plan");
+    assert!(plan.status.success(), "{}", text(&plan.stderr));
+    assert!(!kh.exists(), "plan must not write known_hosts");
+
+    let out = run(&sb, &site, "in-place-upgrade");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let recorded = std::fs::read_to_string(&kh).expect("known_hosts written by run");
+    assert_eq!(
+        recorded.trim(),
+        format!("[127.0.0.1]:{} {}", sshd.port, sshd.host_key)
+    );
+}
+
+#[test]
+fn unreachable_node_is_named_and_nothing_changes() {
+    let Some(sshd) = Sshd::start() else { return };
+    let sb = Sandbox::new();
+    let closed = sshd::free_port();
+    let site = ssh_site(&sb, &sshd, "", |node| {
+        if node == "app02" {
+            format!("ssh://{}@127.0.0.1:{closed}", sshd.user)
+        } else {
+            sshd.address()
+        }
+    });
+    refused_before_any_change(
+        &sb,
+        &site,
+        &[
+            "node `app02`",
+            &format!("127.0.0.1:{closed}"),
+            "cannot reach the node",
+        ],
+    );
+}
+
+#[test]
+fn continue_on_error_finishes_the_other_nodes_and_reports_the_failed_one() {
+    let Some(sshd) = Sshd::start() else { return };
+    let sb = Sandbox::new();
+    let site = ssh_site(&sb, &sshd, "", |_| sshd.address());
+    // app02's stop command fails, on the node, with a message on stderr.
+    let site_text = std::fs::read_to_string(&site).expect("site").replace(
+        "stop = \"rm -f service.state\"",
+        "stop = \"if [ {node} = app02 ]; then echo 'service will not stop' >&2; exit 7; fi; rm -f service.state\"",
+    );
+    std::fs::write(&site, site_text).expect("site");
+    let script = sb.script(
+        "remove-secondaries.rhai",
+        r#"
+let results = for_each_node(nodes(), #{ parallel: 3, continue_on_error: true }, |n| {
+    if n.role == "primary" { return "kept"; }
+    remove_instance(n).folder
+});
+for r in results {
+    if r.ok { log(`RESULT ${r.node} ok ${r.value}`); } else { log(`RESULT ${r.node} failed ${r.kind}: ${r.error}`); }
+}
+"#,
+    );
+    let out = run(&sb, &site, script.to_str().expect("path"));
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains("RESULT app01 ok kept"), "{stdout}");
+    assert!(stdout.contains("RESULT app03 ok FastApp-1.0.0"), "{stdout}");
+    let failed = stdout
+        .lines()
+        .find(|l| l.contains("RESULT app02 failed"))
+        .unwrap_or_else(|| panic!("app02 not reported as failed: {stdout}"));
+    assert!(
+        failed.contains("service will not stop") && failed.contains("exit 7"),
+        "{failed}"
+    );
+    // Each node's own lines are prefixed with its name.
+    assert!(
+        stdout.lines().any(|l| l.starts_with("[app03] ")),
+        "{stdout}"
+    );
+    // The real state: app03 removed, app02 untouched.
+    assert!(sb.manifest("app03")["current"].is_null());
+    assert_eq!(sb.manifest("app02")["current"]["version"], "1.0.0");
+}
+
+#[test]
+fn payload_link_escaping_the_instance_folder_is_refused() {
+    let Some(sshd) = Sshd::start() else { return };
+    let sb = Sandbox::new();
+    let outside = tempfile::tempdir().expect("outside");
+    std::os::unix::fs::symlink(outside.path(), sb.release().join("payload/web/evil"))
+        .expect("symlink");
+    let site = ssh_site(&sb, &sshd, "", |_| sshd.address());
+    let out = run(&sb, &site, "in-place-upgrade");
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "must fail");
+    assert!(
+        err.contains("node `app01`") && err.contains("web/evil") && err.contains("symbolic link"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_dir(outside.path()).expect("outside").count(),
+        0,
+        "something was written outside the instance folder"
+    );
+    // Refused before anything was copied into the new folder.
+    let folder = sb.dir.join("nodes/app01/FastApp-2.0.0");
+    let copied = std::fs::read_dir(&folder).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(copied, 0, "payload partly copied into {}", folder.display());
+    assert_eq!(sb.db_version(), "1.0.0", "database not upgraded");
+}
+
+#[test]
+fn nodes_from_an_ansible_inventory_over_ssh() {
+    let Some(sshd) = Sshd::start() else { return };
+    let sb = Sandbox::new();
+    let nodes = sb.dir.join("nodes");
+    std::fs::write(
+        sb.dir.join("inventory.yml"),
+        format!(
+            "all:\n  vars:\n    ansible_host: 127.0.0.1\n    ansible_port: {port}\n  children:\n    primary:\n      hosts:\n        app01:\n          uprun_root: {n}/app01\n    secondaries:\n      hosts:\n        app02: {{ uprun_root: {n}/app02 }}\n        app03: {{ uprun_root: {n}/app03 }}\n",
+            port = sshd.port,
+            n = nodes.display()
+        ),
+    )
+    .expect("inventory");
+    let base = std::fs::read_to_string(sb.site()).expect("site");
+    let head = &base[..base.find("[[node]]").expect("nodes")];
+    let site = sb.dir.join("site-inventory.toml");
+    std::fs::write(
+        &site,
+        format!(
+            "{head}[inventory]\nfile = \"inventory.yml\"\nuser = \"{}\"\n\n{}",
+            sshd.user,
+            sshd.ssh_section()
+        ),
+    )
+    .expect("site");
+    let out = run(&sb, &site, "in-place-upgrade");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    for node in ["app01", "app02", "app03"] {
+        assert_eq!(sb.manifest(node)["current"]["version"], "2.0.0");
+    }
+}
+
+#[test]
+fn silent_node_times_out_with_its_name() {
+    let Some(sshd) = Sshd::start() else { return };
+    let sb = Sandbox::new();
+    // Accepts TCP connections (the kernel does) but never speaks SSH.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    let site = ssh_site(&sb, &sshd, "", |node| {
+        if node == "app03" {
+            format!("ssh://{}@127.0.0.1:{port}", sshd.user)
+        } else {
+            sshd.address()
+        }
+    });
+    let site_text = std::fs::read_to_string(&site)
+        .expect("site")
+        .replace("connect_timeout_secs = 5", "connect_timeout_secs = 1");
+    std::fs::write(&site, site_text).expect("site");
+    let started = std::time::Instant::now();
+    refused_before_any_change(&sb, &site, &["node `app03`", "did not finish within 1 s"]);
+    assert!(started.elapsed().as_secs() < 10, "timeout not applied");
+}
+
+#[test]
+fn slow_service_command_is_stopped_at_its_timeout() {
+    let Some(sshd) = Sshd::start() else { return };
+    let sb = Sandbox::new();
+    let site = ssh_site(&sb, &sshd, "", |_| sshd.address());
+    let site_text = std::fs::read_to_string(&site)
+        .expect("site")
+        .replace(
+            "stop = \"rm -f service.state\"",
+            "stop = \"sleep 30; rm -f service.state\"",
+        )
+        .replace("timeout_secs = 30", "timeout_secs = 1");
+    std::fs::write(&site, site_text).expect("site");
+    let script = sb.script("remove-one.rhai", "remove_instance(\"app02\");\n");
+    let started = std::time::Instant::now();
+    let out = run(&sb, &site, script.to_str().expect("path"));
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("node `app02`") && err.contains("did not finish within 1 s"),
+        "{err}"
+    );
+    assert!(started.elapsed().as_secs() < 10, "timeout not applied");
+    // The stop command never completed: the instance is still registered.
+    assert_eq!(sb.manifest("app02")["current"]["version"], "1.0.0");
+}

@@ -1,0 +1,185 @@
+//! A real OpenSSH server on 127.0.0.1 for the SSH tests: its own host key,
+//! client key, authorized_keys and known_hosts in a temporary folder, on a
+//! free port, killed on drop. Loopback only.
+
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const SSHD: &str = "/usr/sbin/sshd";
+
+pub struct Sshd {
+    _tmp: tempfile::TempDir,
+    pub dir: PathBuf,
+    pub port: u16,
+    pub user: String,
+    /// Private key the server accepts.
+    pub client_key: PathBuf,
+    /// A known_hosts file that lists this server's host key.
+    pub known_hosts: PathBuf,
+    /// The host key line (`ssh-ed25519 AAAA...`).
+    pub host_key: String,
+    child: Child,
+}
+
+/// `None` (with a loud message) when OpenSSH's server is not installed,
+/// unless `CI=true`, where a missing server is a failure.
+pub fn available() -> bool {
+    if Path::new(SSHD).exists() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{SSHD} is missing and CI=true: install openssh-server (.ci/run does)");
+    }
+    eprintln!(
+        "\n**************** SKIP: {SSHD} is missing; SSH tests did not run. Install openssh-server (apt-get install -y openssh-server) to run them. ****************\n"
+    );
+    false
+}
+
+fn keygen(path: &Path) {
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "uprun-test", "-f"])
+        .arg(path)
+        .stdin(Stdio::null())
+        .status()
+        .expect("run ssh-keygen");
+    assert!(st.success(), "ssh-keygen failed");
+}
+
+/// A free port on 127.0.0.1 that nothing listens on (it may be taken again
+/// later, so callers retry).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+pub fn current_user() -> String {
+    let out = Command::new("id").arg("-un").output().expect("id -un");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+impl Sshd {
+    /// Start a server; `None` when sshd is not installed (see `available`).
+    pub fn start() -> Option<Sshd> {
+        if !available() {
+            return None;
+        }
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().to_path_buf();
+        // sshd running as root refuses to start without its privilege-separation folder.
+        let _ = std::fs::create_dir_all("/run/sshd");
+        keygen(&dir.join("host_ed25519"));
+        keygen(&dir.join("client_ed25519"));
+        std::fs::copy(dir.join("client_ed25519.pub"), dir.join("authorized_keys"))
+            .expect("authorized_keys");
+        // A home without shell start-up files: root's real .bashrc may be slow.
+        std::fs::create_dir_all(dir.join("home")).expect("home");
+        let host_key = std::fs::read_to_string(dir.join("host_ed25519.pub")).expect("host key");
+        let host_key = host_key
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ");
+
+        for _attempt in 0..5 {
+            let port = free_port();
+            let config = dir.join("sshd_config");
+            std::fs::write(
+                &config,
+                format!(
+                    "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\nPidFile {d}/sshd.pid\n\
+                     AuthorizedKeysFile {d}/authorized_keys\nPermitRootLogin prohibit-password\n\
+                     PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
+                     Subsystem sftp internal-sftp\nMaxStartups 200\nMaxSessions 200\nSetEnv HOME={d}/home\n\
+                     PrintMotd no\nLogLevel ERROR\n",
+                    d = dir.display()
+                ),
+            )
+            .expect("sshd_config");
+            let log = std::fs::File::create(dir.join("sshd.log")).expect("log");
+            let mut child = Command::new(SSHD)
+                .args(["-D", "-e", "-f"])
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start sshd");
+            // Ready when the port accepts connections; gone when sshd exited.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut ready = false;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    ready = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if !ready {
+                let _ = child.kill();
+                let _ = child.wait();
+                continue; // port taken meanwhile, most likely: try another
+            }
+            let known_hosts = dir.join("known_hosts");
+            std::fs::write(&known_hosts, format!("[127.0.0.1]:{port} {host_key}\n"))
+                .expect("known_hosts");
+            return Some(Sshd {
+                port,
+                user: current_user(),
+                client_key: dir.join("client_ed25519"),
+                known_hosts,
+                host_key,
+                child,
+                dir,
+                _tmp: tmp,
+            });
+        }
+        let mut log = String::new();
+        let _ =
+            std::fs::File::open(dir.join("sshd.log")).and_then(|mut f| f.read_to_string(&mut log));
+        panic!("sshd did not start after 5 attempts; its log:\n{log}");
+    }
+
+    /// `ssh://user@127.0.0.1:port`
+    pub fn address(&self) -> String {
+        format!("ssh://{}@127.0.0.1:{}", self.user, self.port)
+    }
+
+    /// An `[ssh]` section for a site file using this server's keys.
+    pub fn ssh_section(&self) -> String {
+        format!(
+            "[ssh]\nidentity = {:?}\nknown_hosts = {:?}\nconnect_timeout_secs = 5\n",
+            self.client_key.display().to_string(),
+            self.known_hosts.display().to_string()
+        )
+    }
+
+    /// A key line of another host key, to play a changed or foreign key.
+    pub fn other_host_key(&self) -> String {
+        let p = self.dir.join("other_host_ed25519");
+        if !p.exists() {
+            keygen(&p);
+        }
+        let text = std::fs::read_to_string(p.with_extension("pub")).expect("other key");
+        text.split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
