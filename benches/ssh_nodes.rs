@@ -5,7 +5,7 @@
 //!    and as the same steps in an Ansible playbook (forks=5, pipelining on),
 //!    measured in the same run; the ratio is what counts.
 //! 2. `for_each_node` with `parallel = N` over N nodes, each doing 200 ms of
-//!    remote work (its stop command sleeps), against one node.
+//!    remote work (`node_command(n, "sleep 0.2")`), against one node.
 //!
 //!     PATH=/path/to/ansible/bin:$PATH cargo bench --bench ssh_nodes
 //!
@@ -287,19 +287,19 @@ fn cycle(sshd: &Sshd) {
 
 fn parallel(sshd: &Sshd) {
     const RUNS: usize = 3;
-    println!("for_each_node(parallel = N) over N nodes, each stop command sleeping 200 ms (median of {RUNS}):");
+    println!("for_each_node(parallel = N) over N nodes, each running `node_command(n, \"sleep 0.2\")` (median of {RUNS}):");
     let mut one = 0.0;
     for n in [1usize, 2, 4, 8, 16] {
         let mut times = Vec::new();
         for _ in 0..RUNS {
             let tmp = tempfile::tempdir().expect("tmp");
-            let site = lay_out(tmp.path(), n + 1, sshd, "sleep 0.2; rm -f service.state");
+            let site = lay_out(tmp.path(), n + 1, sshd, "rm -f service.state");
             let sb = tmp.path().join("sb");
             let script = sb.join("parallel.rhai");
             std::fs::write(
                 &script,
                 format!(
-                    "let t = timestamp();\nfor_each_node(secondaries(), #{{ parallel: {n} }}, |n| remove_instance(n));\nlog(`ELAPSED_MS ${{t.elapsed * 1000.0}}`);\n"
+                    "let t = timestamp();\nfor_each_node(secondaries(), #{{ parallel: {n} }}, |n| node_command(n, \"sleep 0.2\"));\nlog(`ELAPSED_MS ${{t.elapsed * 1000.0}}`);\n"
                 ),
             )
             .expect("script");

@@ -471,3 +471,30 @@ fn slow_service_command_is_stopped_at_its_timeout() {
     // The stop command never completed: the instance is still registered.
     assert_eq!(sb.manifest("app02")["current"]["version"], "1.0.0");
 }
+
+#[test]
+fn node_command_over_ssh_returns_output_and_status() {
+    let Some(sshd) = Sshd::start() else { return };
+    let sb = Sandbox::new();
+    let site = ssh_site(&sb, &sshd, "", |_| sshd.address());
+    let script = sb.script(
+        "command.rhai",
+        r#"
+let r = node_command("app02", "pwd; echo oops >&2; exit 3", #{ allow_failure: true, changes: false });
+log(`STATUS ${r.status}`);
+log(`STDOUT ${r.stdout}`);
+log(`STDERR [${r.stderr}]`);
+"#,
+    );
+    let out = run(&sb, &site, script.to_str().expect("path"));
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    let root = sb.dir.join("nodes/app02");
+    assert!(stdout.contains("STATUS 3"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("STDOUT {}", root.display())),
+        "{stdout}"
+    );
+    // The shell's pid line uprun uses for timeouts is not part of the output.
+    assert!(stdout.contains("STDERR [oops\n]"), "{stdout}");
+}
