@@ -88,7 +88,8 @@ fn node_state(sb: &Sandbox, node: &str) -> (serde_json::Value, Vec<(String, u32,
     (summary, files)
 }
 
-/// Give the release's payload distinctive modes, to see them preserved.
+/// Give the release's payload distinctive modes, to see them preserved, and
+/// a file larger than one SFTP request.
 fn set_payload_modes(sb: &Sandbox) {
     use std::os::unix::fs::PermissionsExt;
     let payload = sb.release().join("payload");
@@ -96,6 +97,11 @@ fn set_payload_modes(sb: &Sandbox) {
         std::fs::set_permissions(payload.join(rel), std::fs::Permissions::from_mode(m))
             .expect("chmod")
     };
+    // Larger than one SFTP request: written in chunks, several in flight.
+    let big: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(payload.join("bin/big.dat"), big).expect("big file");
     set("bin/fastapp.txt", 0o755);
     set("web/index.html", 0o640);
     set("subscribers", 0o750);

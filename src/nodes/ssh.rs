@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use futures_util::stream::{self, StreamExt, TryStreamExt};
 use russh::client::{self, Handle};
 use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 use russh::{ChannelMsg, Sig};
@@ -22,13 +23,17 @@ use russh_sftp::client::RawSftpSession;
 use russh_sftp::protocol::{FileAttributes, OpenFlags, Packet, StatusCode};
 use tokio::runtime::Runtime;
 
-use super::{ConnectMode, DirState, ExecOutput, NodeTransport};
+use super::{ConnectMode, DirState, ExecOutput, NodeTransport, PayloadEntry};
 use crate::config::{NodeAddress, NodeConfig, Shell, SshSettings};
 use crate::{Error, Result};
 
 /// Largest SFTP read or write request (OpenSSH accepts 256 KiB; 32 KiB is
 /// what every server accepts).
 const CHUNK: usize = 32 * 1024;
+/// SFTP write requests in flight for one file.
+const IN_FLIGHT: usize = 16;
+/// Payload files copied at once.
+const FILES_IN_FLIGHT: usize = 8;
 /// Output kept from one remote command (each of stdout and stderr).
 const MAX_OUTPUT: usize = 4 * 1024 * 1024;
 
@@ -726,15 +731,49 @@ impl SshTransport {
         block_on(f)
     }
 
+    /// Write `data` at the start of an open file, several requests in flight.
     async fn write_all(&self, handle: &str, data: &[u8]) -> std::result::Result<(), SftpError> {
         let sftp = &self.conn.sftp;
-        let mut offset = 0u64;
-        for chunk in data.chunks(CHUNK) {
-            sftp.write(handle.to_string(), offset, chunk.to_vec())
-                .await?;
-            offset += chunk.len() as u64;
-        }
-        Ok(())
+        stream::iter(
+            data.chunks(CHUNK).enumerate().map(|(i, chunk)| {
+                sftp.write(handle.to_string(), (i * CHUNK) as u64, chunk.to_vec())
+            }),
+        )
+        .buffer_unordered(IN_FLIGHT)
+        .try_for_each(|_| async { Ok(()) })
+        .await
+    }
+
+    /// Copy one payload file to `to`, which must not exist yet.
+    async fn upload_file(&self, e: &PayloadEntry, to: String) -> Result<u64> {
+        let sftp = &self.conn.sftp;
+        // block_on runs this future on the calling thread: plain I/O is fine.
+        let data = std::fs::read(&e.source)
+            .map_err(|err| Error::io("read payload file", &e.source, err))?;
+        // EXCLUDE: never write through something already there (a link).
+        let handle = sftp
+            .open(
+                to.clone(),
+                OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::EXCLUDE,
+                perms(e.mode),
+            )
+            .await
+            .map_err(|err| self.sftp_err("cannot create", &to, err))?
+            .handle;
+        let written = self.write_all(&handle, &data).await;
+        // The server applies its umask at creation: set the exact mode.
+        let moded = match written {
+            Ok(()) => sftp
+                .fsetstat(handle.clone(), perms(e.mode))
+                .await
+                .map(|_| ()),
+            Err(err) => Err(err),
+        };
+        let closed = sftp.close(handle).await.map(|_| ());
+        moded
+            .and(closed)
+            .map_err(|err| self.sftp_err("cannot write", &to, err))?;
+        Ok(data.len() as u64)
     }
 
     /// Stop a command past its timeout: the SSH `signal` request (sshd
@@ -969,47 +1008,34 @@ impl NodeTransport for SshTransport {
                 }
                 Err(e) => return Err(self.sftp_err("cannot read", dest, e)),
             }
-            let mut total = 0u64;
-            for e in &entries {
-                let to = format!("{}/{}", root.trim_end_matches('/'), e.rel);
-                if e.is_dir {
-                    match sftp.mkdir(to.clone(), perms(e.mode)).await {
-                        Ok(_) => {}
-                        Err(err) => {
-                            // Only an existing real folder is acceptable.
-                            if self.lstat_dir(&to).await.ok().flatten() != Some(true) {
-                                return Err(self.sftp_err("cannot create folder", &to, err));
-                            }
-                        }
+            let target = |e: &PayloadEntry| format!("{}/{}", root.trim_end_matches('/'), e.rel);
+            // Folders first (parents before children), writable by us until
+            // the files are in; then the files, several at once; then the
+            // folders' own modes, children before parents.
+            let dirs: Vec<&PayloadEntry> = entries.iter().filter(|e| e.is_dir).collect();
+            for e in &dirs {
+                let to = target(e);
+                if let Err(err) = sftp.mkdir(to.clone(), perms(e.mode | 0o700)).await {
+                    // Only an existing real folder is acceptable.
+                    if self.lstat_dir(&to).await.ok().flatten() != Some(true) {
+                        return Err(self.sftp_err("cannot create folder", &to, err));
                     }
-                    sftp.setstat(to.clone(), perms(e.mode))
-                        .await
-                        .map_err(|err| self.sftp_err("cannot set the mode of", &to, err))?;
-                    continue;
                 }
-                // block_on runs this future on the calling thread: plain I/O is fine.
-                let data = std::fs::read(&e.source).map_err(|err| Error::io("read payload file", &e.source, err))?;
-                // EXCLUDE: never write through something already there (a link).
-                let handle = sftp
-                    .open(
-                        to.clone(),
-                        OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::EXCLUDE,
-                        perms(e.mode),
-                    )
+            }
+            let total = stream::iter(
+                entries
+                    .iter()
+                    .filter(|e| !e.is_dir)
+                    .map(|e| self.upload_file(e, target(e))),
+            )
+            .buffer_unordered(FILES_IN_FLIGHT)
+            .try_fold(0u64, |sum, n| async move { Ok(sum + n) })
+            .await?;
+            for e in dirs.iter().rev() {
+                let to = target(e);
+                sftp.setstat(to.clone(), perms(e.mode))
                     .await
-                    .map_err(|err| self.sftp_err("cannot create", &to, err))?
-                    .handle;
-                let written = self.write_all(&handle, &data).await;
-                // The server applies its umask at creation: set the exact mode.
-                let moded = match written {
-                    Ok(()) => sftp.fsetstat(handle.clone(), perms(e.mode)).await.map(|_| ()),
-                    Err(err) => Err(err),
-                };
-                let closed = sftp.close(handle).await.map(|_| ());
-                moded
-                    .and(closed)
-                    .map_err(|err| self.sftp_err("cannot write", &to, err))?;
-                total += data.len() as u64;
+                    .map_err(|err| self.sftp_err("cannot set the mode of", &to, err))?;
             }
             Ok(total)
         })?
