@@ -207,13 +207,20 @@ impl Reporter {
         match self.mode {
             OutputMode::Quiet => {}
             OutputMode::Json => {
-                if let Ok(mut v) = serde_json::to_value(&ev) {
-                    if let (Some((name, _)), Some(obj)) = (&node, v.as_object_mut()) {
-                        obj.entry("node").or_insert_with(|| name.clone().into());
-                    }
-                    if let Ok(s) = serde_json::to_string(&v) {
-                        self.write_line(&s);
-                    }
+                if let Ok(s) = serde_json::to_string(&ev) {
+                    // Events inside `for_each_node` say which node they are
+                    // about, after `event` (kept first for readers).
+                    let tagged = match (&node, s.split_once(',')) {
+                        (Some((name, _)), Some((first, rest)))
+                            if !s.contains("\"node\":") && first.starts_with("{\"event\":") =>
+                        {
+                            serde_json::to_string(name)
+                                .map(|n| format!("{first},\"node\":{n},{rest}"))
+                                .unwrap_or(s)
+                        }
+                        _ => s,
+                    };
+                    self.write_line(&tagged);
                 }
             }
             OutputMode::Human { tty } => {

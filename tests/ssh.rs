@@ -504,3 +504,41 @@ log(`STDERR [${r.stderr}]`);
     // The shell's pid line uprun uses for timeouts is not part of the output.
     assert!(stdout.contains("STDERR [oops\n]"), "{stdout}");
 }
+
+#[test]
+fn json_events_of_parallel_nodes_name_their_node() {
+    let Some(sshd) = Sshd::start() else { return };
+    let sb = Sandbox::new();
+    let site = ssh_site(&sb, &sshd, "", |_| sshd.address());
+    let script = sb.script(
+        "touch.rhai",
+        "for_each_node(nodes(), #{ parallel: 3 }, |n| node_command(n, \"touch touched\"));\n",
+    );
+    let out = uprun()
+        .arg("run")
+        .arg(&script)
+        .arg("--site")
+        .arg(&site)
+        .arg("--release")
+        .arg(sb.release())
+        .args(["--yes", "--json"])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let events = crate::support::events(&out.stdout);
+    for node in ["app01", "app02", "app03"] {
+        assert!(
+            events
+                .iter()
+                .any(|e| e["event"] == "node_finished" && e["node"] == node && e["ok"] == true),
+            "no node_finished for {node}: {events:?}"
+        );
+        assert!(
+            events
+                .iter()
+                .any(|e| e["event"] == "step_done" && e["node"] == node),
+            "no step_done tagged {node}: {events:?}"
+        );
+        assert!(sb.dir.join("nodes").join(node).join("touched").is_file());
+    }
+}
