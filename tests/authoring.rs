@@ -27,6 +27,10 @@ fn api_lists_the_five_host_functions_with_their_options() {
         assert!(text.contains(option), "missing option {option}");
     }
     assert!(text.contains("std/cluster") && text.contains("cluster::remove_all(parallel)"));
+    assert!(
+        text.matches("Errors: ").count() >= 5,
+        "the five host functions say what they raise"
+    );
 }
 
 #[test]

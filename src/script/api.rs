@@ -316,7 +316,7 @@ fn register_database(engine: &mut Engine, o: &Option<Arc<Ops>>) {
             let rows = ops.query(sql).map_err(|e| host_error(e, ctx.call_position()))?;
             to_dyn(&rows, ctx.call_position())
         });
-    let backup_doc = "Take a full backup of the site's database into its backup folder and verify it.\nOptions: `verify` (bool, default true).\nReturns `#{ database, file, size, version, started, finished, verified, verification, checksum }`\n(`checksum`: the backup carries page checksums, SQL Server `WITH CHECKSUM`).\nOnly a verified backup taken in the same run allows `upgrade_db`.";
+    let backup_doc = "Take a full backup of the site's database into its backup folder and verify it.\nOptions: `verify` (bool, default true).\nReturns `#{ database, file, size, version, started, finished, verified, verification, checksum }`\n(`checksum`: the backup carries page checksums, SQL Server `WITH CHECKSUM`).\nOnly a verified backup taken in the same run allows `upgrade_db`.\nErrors: `database` (the backup or its verification failed: the server's message), `config` (a bad option).";
     reg_opts(
         engine,
         o,
@@ -324,7 +324,7 @@ fn register_database(engine: &mut Engine, o: &Option<Arc<Ops>>) {
         backup_doc,
         |ops, opts: BackupOptions| ops.backup_db(opts),
     );
-    let upgrade_doc = "Upgrade the existing database to the release's version: apply the release's pending migrations\n(each in its own transaction, recorded in the history table), then record the version.\nIrreversible. Refused without a verified backup of this database taken in this run (unless the site sets\n`database.external_backup`), refused for a database newer than the release (no downgrades) or older than\nthe release's `min_upgrade_from`. A database already at the release's version is left alone.\nOptions: none. Returns `#{ database, from, to, upgraded, migrations, backup }`.";
+    let upgrade_doc = "Upgrade the existing database to the release's version: apply the release's pending migrations\n(each in its own transaction, recorded in the history table), then record the version.\nIrreversible. Refused without a verified backup of this database taken in this run (unless the site sets\n`database.external_backup`), refused for a database newer than the release (no downgrades) or older than\nthe release's `min_upgrade_from`. A database already at the release's version is left alone.\nOptions: none. Returns `#{ database, from, to, upgraded, migrations, backup }`.\nErrors: `refused` (no verified backup, downgrade, below `min_upgrade_from`, not confirmed), `database` (a migration\nfailed and was rolled back; the history shows which were applied), `config` (no release, changed migration file).";
     reg_opts(
         engine,
         o,
@@ -346,7 +346,7 @@ fn register_instances(engine: &mut Engine, o: &Option<Arc<Ops>>) {
                 None => Ok(Dynamic::UNIT),
             }
         });
-    let remove_doc = "Remove the current instance on `node`: run the site's stop command, unregister it, keep its folder.\nRefused on the primary while any secondary still has an instance (secondaries first).\nReturns the removed instance's record, or () when the node had none. Options: none.";
+    let remove_doc = "Remove the current instance on `node`: run the site's stop command, unregister it, keep its folder.\nRefused on the primary while any secondary still has an instance (secondaries first).\nReturns the removed instance's record, or () when the node had none. Options: none.\nErrors: `refused` (primary before secondaries, not confirmed), `node` (the stop command failed, the node is unreachable).";
     reg_node_opts(
         engine,
         o,
@@ -354,7 +354,7 @@ fn register_instances(engine: &mut Engine, o: &Option<Arc<Ops>>) {
         remove_doc,
         |ops, node, opts: RemoveOptions| ops.remove_instance(node, opts),
     );
-    let create_doc = "Create the release's instance on `node` in a new folder under the node's root: copy the payload,\nwrite the instance's config (no secrets), run the start and health commands.\nOptions: `app_name` (default: the site's application name; reuse the prior name so users keep their URL),\n`folder` (default `<app>-<version>`, suffixed when taken). Refused for a folder any earlier instance used\nor that exists and is not empty, and while the node still has another instance. A node that already runs\nthis app and version is left alone. Returns `#{ node, app_name, version, folder, created }`.";
+    let create_doc = "Create the release's instance on `node` in a new folder under the node's root: copy the payload,\nwrite the instance's config (no secrets), run the start and health commands.\nOptions: `app_name` (default: the site's application name; reuse the prior name so users keep their URL),\n`folder` (default `<app>-<version>`, suffixed when taken). Refused for a folder any earlier instance used\nor that exists and is not empty, and while the node still has another instance. A node that already runs\nthis app and version is left alone. Returns `#{ node, app_name, version, folder, created }`.\nErrors: `refused` (used or non-empty folder, another instance still there, not confirmed), `node` (copy, start or\nhealth command failed), `config` (bad folder or app name, no release).";
     reg_node_opts(
         engine,
         o,
@@ -477,7 +477,7 @@ fn register_cluster(engine: &mut Engine, o: &Option<Arc<Ops>>) {
             command(&x, &ctx, node, cmd, opts)
         },
     );
-    let doc = "Run `f(node)` for every node in `nodes`. Returns one result per node, in input order:\n`#{ node, ok: true, value }` or `#{ node, ok: false, error, kind }`.\nOptions: `parallel` (how many nodes at once, default 1), `continue_on_error` (default false: the first\nfailure stops starting new nodes and the call fails once the running ones finish; true: every node runs and\nthe results say which failed). Closures should return values rather than assign captured variables.";
+    let doc = "Run `f(node)` for every node in `nodes`. Returns one result per node, in input order:\n`#{ node, ok: true, value }` or `#{ node, ok: false, error, kind }`.\nOptions: `parallel` (how many nodes at once, default 1), `continue_on_error` (default false: the first\nfailure stops starting new nodes and the call fails once the running ones finish; true: every node runs and\nthe results say which failed). Closures should return values rather than assign captured variables.\nErrors: the first closure error (with its node named) unless `continue_on_error`; `config` (bad options or node).";
     let x = o.clone();
     reg(
         engine,
