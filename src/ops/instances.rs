@@ -28,6 +28,19 @@ pub struct CreateOptions {
 }
 
 impl Ops {
+    /// Plan mode: from now on `node`'s current instance reads as `rec`, whose
+    /// folder counts as used.
+    fn plan_current(&self, node: &str, rec: Option<&InstanceRecord>) {
+        let mut st = lock(&self.state);
+        if let Some(r) = rec {
+            st.planned_used
+                .entry(node.to_string())
+                .or_default()
+                .push(r.folder.clone());
+        }
+        st.planned_current.insert(node.to_string(), rec.cloned());
+    }
+
     /// Every folder used on a node, including planned ones.
     fn used_folders(&self, node: &str) -> Result<Vec<String>> {
         let mut used = self.node(node)?.manifest()?.used_folders;
@@ -118,9 +131,7 @@ impl Ops {
             intent,
             || {
                 let removed = if self.mode == Mode::Plan {
-                    lock(&self.state)
-                        .planned_current
-                        .insert(node.to_string(), None);
+                    self.plan_current(node, None);
                     let mut r = current.clone();
                     r.removed = Some("(planned)".into());
                     Some(r)
@@ -219,13 +230,7 @@ impl Ops {
             intent,
             || {
                 if self.mode == Mode::Plan {
-                    let mut st = lock(&self.state);
-                    st.planned_current
-                        .insert(node.to_string(), Some(rec.clone()));
-                    st.planned_used
-                        .entry(node.to_string())
-                        .or_default()
-                        .push(folder.clone());
+                    self.plan_current(node, Some(&rec));
                     return Ok((rec.clone(), description.clone()));
                 }
                 let bytes = n.create(
@@ -280,9 +285,7 @@ impl Ops {
             intent,
             || {
                 if self.mode == Mode::Plan {
-                    lock(&self.state)
-                        .planned_current
-                        .insert(node.to_string(), Some(rec.clone()));
+                    self.plan_current(node, Some(&rec));
                     return Ok((rec.clone(), description.clone()));
                 }
                 if current.is_some() {
