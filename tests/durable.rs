@@ -427,3 +427,38 @@ fn an_abandoned_run_frees_the_site() {
         .success();
     assert_eq!(sb.db_version(), "2.0.0");
 }
+
+#[test]
+fn ctrl_c_stops_a_script_busy_between_steps() {
+    let sb = Sandbox::new();
+    let ready = sb.dir.join("busy.fifo");
+    assert!(Command::new("mkfifo")
+        .arg(&ready)
+        .status()
+        .expect("mkfifo")
+        .success());
+    let script = sb.script(
+        "busy.rhai",
+        &format!(
+            "node_command(primary(), \"echo up > '{}'\");\nif mode() == \"run\" {{\n    let i = 0;\n    loop {{ i += 1; }}\n}}\n",
+            ready.display()
+        ),
+    );
+    let mut run = spawn_run(&sb, script.to_str().expect("path"), &[]);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::read_to_string(ready));
+    });
+    if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+        let _ = run.kill();
+        panic!("the run never reached its loop");
+    }
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(run.id() as i32, libc::SIGINT);
+    }
+    let out = run.wait_with_output().expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("stopped by the operator"), "{err}");
+}

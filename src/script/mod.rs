@@ -102,6 +102,20 @@ pub fn engine(proc_base: Option<PathBuf>, ops: Option<Arc<Ops>>, sources: &Sourc
         engine.on_print(move |s| o.log("info", s));
         let o = ops.clone();
         engine.on_debug(move |s, _, _| o.log("debug", s));
+        if ops.mode == crate::ops::Mode::Run {
+            // Ctrl-C also stops a script busy between steps (a long loop).
+            engine.on_progress(|_| {
+                crate::interrupt::stop_requested().then(|| {
+                    let mut m = rhai::Map::new();
+                    m.insert("kind".into(), "interrupted".into());
+                    m.insert(
+                        "message".into(),
+                        "interrupted: stopped by the operator (Ctrl-C)".into(),
+                    );
+                    m.into()
+                })
+            });
+        }
     }
     api::register(&mut engine, ops);
     engine
