@@ -542,3 +542,87 @@ fn json_events_of_parallel_nodes_name_their_node() {
         assert!(sb.dir.join("nodes").join(node).join("touched").is_file());
     }
 }
+
+#[test]
+fn a_run_killed_mid_step_over_ssh_resumes_to_the_local_end_state() {
+    use std::os::unix::process::ExitStatusExt;
+    let Some(sshd) = Sshd::start() else { return };
+    let local = Sandbox::new();
+    let out = local
+        .cmd("run", "in-place-upgrade", &["--yes"])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "local run failed: {}",
+        text(&out.stderr)
+    );
+
+    // Inside the primary's create (payload copied over SFTP, not yet
+    // registered), and after a secondary's create (done, not yet journaled).
+    for point in ["step5:inner", "step7:after"] {
+        let remote = Sandbox::new();
+        let site = ssh_site(&remote, &sshd, "", |_| sshd.address());
+        let killed = uprun()
+            .arg("run")
+            .arg("in-place-upgrade")
+            .arg("--site")
+            .arg(&site)
+            .arg("--release")
+            .arg(remote.release())
+            .arg("--yes")
+            .env("UPRUN_FAILPOINT", point)
+            .output()
+            .expect("run");
+        assert_eq!(
+            killed.status.signal(),
+            Some(9),
+            "{point}: not killed: {}",
+            text(&killed.stderr)
+        );
+        let runs = std::fs::read_dir(remote.dir.join(".uprun/runs"))
+            .expect("journal")
+            .count();
+        assert_eq!(runs, 1);
+        let id = std::fs::read_dir(remote.dir.join(".uprun/runs"))
+            .expect("journal")
+            .map(|e| {
+                e.expect("entry")
+                    .path()
+                    .file_stem()
+                    .expect("stem")
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .next()
+            .expect("run id");
+        let out = uprun()
+            .arg("run")
+            .arg("in-place-upgrade")
+            .arg("--site")
+            .arg(&site)
+            .arg("--release")
+            .arg(remote.release())
+            .args(["--yes", "--resume", &id])
+            .output()
+            .expect("resume");
+        assert!(
+            out.status.success(),
+            "{point}: resume failed: {}\n{}",
+            text(&out.stderr),
+            text(&out.stdout)
+        );
+        assert_eq!(remote.db_version(), "2.0.0");
+        for node in ["app01", "app02", "app03"] {
+            let (l, r) = (node_state(&local, node), node_state(&remote, node));
+            assert_eq!(
+                r.0, l.0,
+                "{point}: manifest of {node} differs from the local run"
+            );
+            assert_eq!(
+                r.1, l.1,
+                "{point}: files of {node} differ from the local run"
+            );
+        }
+    }
+}

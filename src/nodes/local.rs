@@ -108,6 +108,14 @@ impl NodeTransport for LocalTransport {
         Ok(total)
     }
 
+    fn remove_tree(&self, path: &str) -> Result<()> {
+        match std::fs::remove_dir_all(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.err(format!("cannot remove `{path}`"), e)),
+        }
+    }
+
     fn exec(&self, command: &str, cwd: &str, timeout: Duration) -> Result<ExecOutput> {
         let mut child = Command::new("sh")
             .arg("-c")

@@ -49,6 +49,9 @@ pub trait NodeTransport: Send + Sync {
     fn write_file(&self, path: &str, data: &[u8]) -> Result<()>;
     fn dir_state(&self, path: &str) -> Result<DirState>;
     fn create_dir_all(&self, path: &str) -> Result<()>;
+    /// Delete a folder and everything in it (links are removed, not followed).
+    /// A missing folder is not an error.
+    fn remove_tree(&self, path: &str) -> Result<()>;
     /// Copy the local folder `src` into `dest` on the node (which must exist).
     /// Returns the number of bytes copied. Refuses entries that would escape `dest`.
     fn upload_tree(&self, src: &Path, dest: &str) -> Result<u64>;

@@ -908,6 +908,54 @@ impl NodeTransport for SshTransport {
         })?
     }
 
+    fn remove_tree(&self, path: &str) -> Result<()> {
+        let root = self.path(path);
+        self.run(async {
+            let sftp = &self.conn.sftp;
+            // Depth first: a folder is removed once its entries are.
+            let mut stack = vec![(root, false)];
+            while let Some((dir, emptied)) = stack.pop() {
+                if emptied {
+                    sftp.rmdir(dir.clone())
+                        .await
+                        .map_err(|e| self.sftp_err("cannot remove", &dir, e))?;
+                    continue;
+                }
+                let handle = match sftp.opendir(dir.clone()).await {
+                    Ok(h) => h.handle,
+                    Err(e) if is_status(&e, StatusCode::NoSuchFile) => continue,
+                    Err(e) => return Err(self.sftp_err("cannot list", &dir, e)),
+                };
+                let mut entries = Vec::new();
+                let listed = loop {
+                    match sftp.readdir(handle.clone()).await {
+                        Ok(names) if names.files.is_empty() => break Ok(()),
+                        Ok(names) => entries.extend(names.files),
+                        Err(e) if is_status(&e, StatusCode::Eof) => break Ok(()),
+                        Err(e) => break Err(e),
+                    }
+                };
+                let _ = sftp.close(handle).await;
+                listed.map_err(|e| self.sftp_err("cannot list", &dir, e))?;
+                stack.push((dir.clone(), true));
+                for f in entries {
+                    if f.filename == "." || f.filename == ".." {
+                        continue;
+                    }
+                    let p = format!("{}/{}", dir.trim_end_matches('/'), f.filename);
+                    if f.attrs.file_type().is_dir() {
+                        stack.push((p, false));
+                    } else {
+                        sftp.remove(p.clone())
+                            .await
+                            .map_err(|e| self.sftp_err("cannot remove", &p, e))?;
+                    }
+                }
+            }
+            Ok(())
+        })?
+    }
+
     fn dir_state(&self, path: &str) -> Result<DirState> {
         let p = self.path(path);
         self.run(async {

@@ -302,6 +302,9 @@ impl Ops {
                         &self.site.service,
                     )?;
                 } else {
+                    // The folder is this run's own (announced in the
+                    // journal): empty what the earlier attempt left half-copied.
+                    n.transport.remove_tree(&n.folder_path(&rec.folder))?;
                     n.create(
                         &rec,
                         &self.release.payload,
