@@ -185,3 +185,22 @@ fn scripts_lists_and_shows_bundled_procedures() {
         .expect("show");
     assert!(String::from_utf8_lossy(&out.stdout).contains("upgrade_db()"));
 }
+
+#[test]
+fn missing_site_or_release_is_bad_input_with_a_hint() {
+    let sb = Sandbox::new();
+    let out = uprun()
+        .args(["status", "--site", "/no/such/site.toml"])
+        .output()
+        .expect("status");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("uprun init"));
+    let out = uprun()
+        .args(["plan", "in-place-upgrade", "--site"])
+        .arg(sb.site())
+        .args(["--release", "/no/such/release"])
+        .output()
+        .expect("plan");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("holding release.toml"));
+}

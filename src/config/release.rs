@@ -63,7 +63,13 @@ impl Release {
             (dir, path.to_path_buf())
         };
         let text =
-            std::fs::read_to_string(&file).map_err(|e| Error::io("read release file", &file, e))?;
+            std::fs::read_to_string(&file).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Error::Config(format!(
+                    "no release at `{}`: give --release the release folder (holding release.toml) or its release.toml",
+                    path.display()
+                )),
+                _ => Error::io("read release file", &file, e),
+            })?;
         let raw: ReleaseFile = toml::from_str(&text).map_err(|e| super::toml_error(&file, e))?;
         if raw.min_upgrade_from > raw.version {
             return Err(Error::Config(format!(

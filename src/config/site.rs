@@ -397,8 +397,13 @@ pub struct Site {
 
 impl Site {
     pub fn load(file: &Path) -> Result<Site> {
-        let text =
-            std::fs::read_to_string(file).map_err(|e| Error::io("read site file", file, e))?;
+        let text = std::fs::read_to_string(file).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::Config(format!(
+                "no site file `{}`; `uprun init DIR` writes a commented one to start from",
+                file.display()
+            )),
+            _ => Error::io("read site file", file, e),
+        })?;
         Site::parse(file, &text)
     }
 
