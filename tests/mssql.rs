@@ -1,8 +1,9 @@
 //! SQL Server backend at the protocol level: uprun (through its driver) talks
 //! to a scripted TDS responder on 127.0.0.1 that plays a small "database"
 //! (version, migration history with transactions, msdb backups, the applock).
-//! Nothing outside this machine is needed. The tests against a real server
-//! are in `mssql_real.rs`.
+//! Named instances are found through a SQL Server Browser on 127.0.0.1 (UDP,
+//! `support::browser`). Nothing outside this machine is needed. The tests
+//! against a real server are in `mssql_real.rs`.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -12,6 +13,7 @@ use std::time::Duration;
 use uprun::config::{Release, Site};
 use uprun::db::{Database, MssqlDatabase};
 
+use crate::support::browser::{free_udp_port, instance, instance_request, Browser};
 use crate::support::tds::{i, s, Ctx, Reply, Request, TdsServer, Value};
 use crate::support::Sandbox;
 
@@ -85,13 +87,24 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Mock {
     fn start(fake: Fake) -> Mock {
+        Mock::spawn(fake, None)
+    }
+
+    /// A responder that is the named instance `name`.
+    fn start_instance(fake: Fake, name: &str) -> Mock {
+        Mock::spawn(fake, Some(name))
+    }
+
+    fn spawn(fake: Fake, name: Option<&str>) -> Mock {
         let fake = Arc::new(Mutex::new(fake));
         // Set once the progress monitor has asked after the last queued value.
         let progress_read = Arc::new((Mutex::new(false), Condvar::new()));
         let (f, p) = (fake.clone(), progress_read.clone());
-        let server = TdsServer::start(Arc::new(move |ctx: &Ctx, req: &Request| {
-            answer(&f, &p, ctx, req)
-        }));
+        let handler = Arc::new(move |ctx: &Ctx, req: &Request| answer(&f, &p, ctx, req));
+        let server = match name {
+            Some(name) => TdsServer::start_instance(handler, name),
+            None => TdsServer::start(handler),
+        };
         Mock { server, fake }
     }
 
@@ -101,10 +114,7 @@ impl Mock {
 
     /// A connection string for the responder (no TLS: it cannot do any).
     fn connection(&self, password: &str) -> String {
-        format!(
-            "Server=tcp:127.0.0.1,{};Database=FastApp;User Id=uprun;Password='{password}';Encrypt=DANGER_PLAINTEXT",
-            self.server.port()
-        )
+        connection_to(&format!("127.0.0.1,{}", self.server.port()), password)
     }
 
     /// Lay out the demo sandbox and point its site at the responder. The
@@ -115,23 +125,43 @@ impl Mock {
 
     /// `sandbox`, with more `[database]` keys.
     fn sandbox_with(&self, extra: &str) -> Sandbox {
-        let sb = Sandbox::new();
-        let site = std::fs::read_to_string(sb.site()).expect("site");
-        let section = format!(
-            "kind = \"mssql\"\nconnection = \"{}\"\nbackup_dir = \"{BACKUP_DIR}\"\nconnect_timeout_secs = 10\n{extra}",
-            self.connection("${env:UPRUN_TEST_MSSQL_PASSWORD}")
-        );
-        let site = site
-            .replace("kind = \"sqlite\"\npath = \"db/app.sqlite\"", &section)
-            .replace("backup_dir = \"backups\"\n", "");
-        assert!(site.contains("kind = \"mssql\""), "site layout changed");
-        std::fs::write(sb.site(), site).expect("write site");
-        sb
+        sandbox_at(&self.connection("${env:UPRUN_TEST_MSSQL_PASSWORD}"), extra)
     }
 
     fn sql(&self) -> Vec<String> {
         self.server.sql()
     }
+}
+
+/// A connection string for `Server=tcp:{server}` (no TLS: the responder
+/// cannot do any).
+fn connection_to(server: &str, password: &str) -> String {
+    format!(
+        "Server=tcp:{server};Database=FastApp;User Id=uprun;Password='{password}';Encrypt=DANGER_PLAINTEXT"
+    )
+}
+
+/// The demo sandbox with its site pointed at `connection` (TOML-escaped
+/// here), plus `extra` `[database]` keys (`connect_timeout_secs` is 10
+/// unless they set it).
+fn sandbox_at(connection: &str, extra: &str) -> Sandbox {
+    let sb = Sandbox::new();
+    let site = std::fs::read_to_string(sb.site()).expect("site");
+    let timeout = if extra.contains("connect_timeout_secs") {
+        ""
+    } else {
+        "connect_timeout_secs = 10\n"
+    };
+    let section = format!(
+        "kind = \"mssql\"\nconnection = \"{}\"\nbackup_dir = \"{BACKUP_DIR}\"\n{timeout}{extra}",
+        connection.replace('\\', "\\\\")
+    );
+    let site = site
+        .replace("kind = \"sqlite\"\npath = \"db/app.sqlite\"", &section)
+        .replace("backup_dir = \"backups\"\n", "");
+    assert!(site.contains("kind = \"mssql\""), "site layout changed");
+    std::fs::write(sb.site(), site).expect("write site");
+    sb
 }
 
 fn rows(cols: &[&str], rows: Vec<Vec<Value>>) -> Vec<Reply> {
@@ -875,4 +905,241 @@ fn a_silent_backup_hits_our_deadline_and_the_next_call_reconnects() {
         .expect("version read");
     assert_ne!(read.conn, backup_conn);
     assert_eq!(read.app, "uprun");
+}
+
+const INSTANCE: &str = "TESTINST";
+
+/// `uprun status` on the sandbox, with the SQL Server Browser at `browser_port`.
+fn status(sb: &Sandbox, browser_port: u16) -> std::process::Output {
+    crate::support::uprun()
+        .args(["status", "--site"])
+        .arg(sb.site())
+        .env("UPRUN_TEST_MSSQL_PASSWORD", PASSWORD)
+        .env(uprun::db::mssql::BROWSER_PORT_ENV, browser_port.to_string())
+        .output()
+        .expect("status")
+}
+
+fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn assert_contains(text: &str, needles: &[&str]) {
+    for needle in needles {
+        assert!(text.contains(needle), "lacks {needle:?}: {text}");
+    }
+    assert!(!text.contains(PASSWORD) && !text.contains("Pa55"), "{text}");
+}
+
+const PASSWORD_REF: &str = "${env:UPRUN_TEST_MSSQL_PASSWORD}";
+
+#[test]
+fn a_named_instance_is_found_through_the_browser_and_the_run_reaches_it() {
+    let mock = Mock::start_instance(Fake::default(), INSTANCE);
+    let browser = Browser::start(vec![
+        instance("SQLEXPRESS", Some(1)),
+        instance(INSTANCE, Some(mock.server.port())),
+    ]);
+    // Instance names are not case-sensitive.
+    let sb = sandbox_at(&connection_to("127.0.0.1\\testinst", PASSWORD_REF), "");
+    let (key, port) = browser.env();
+    let out = sb
+        .cmd("run", "in-place-upgrade", &["--yes"])
+        .env("UPRUN_TEST_MSSQL_PASSWORD", PASSWORD)
+        .env(key, port)
+        .output()
+        .expect("run");
+    let all = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert_contains(&all, &[]);
+    assert_eq!(mock.fake().version, "2.0.0");
+    assert_eq!(mock.fake().history.len(), 3);
+
+    // The Browser was asked for that instance only, and answered at once (so
+    // its list of instances was never asked for).
+    let requests = browser.requests();
+    assert!(!requests.is_empty());
+    assert!(
+        requests.iter().all(|r| *r == instance_request("testinst")),
+        "{requests:?}"
+    );
+    // Every connection (main, progress monitor, run lock) reached the
+    // instance's port and named the instance in its prelogin.
+    let prelogins = mock.server.prelogin_instances();
+    assert!(prelogins.iter().all(|p| p == "testinst"), "{prelogins:?}");
+    let apps: std::collections::BTreeSet<String> =
+        mock.server.log().into_iter().map(|l| l.app).collect();
+    assert!(
+        apps.contains("uprun")
+            && apps.contains("uprun progress")
+            && apps.iter().any(|a| a.starts_with("uprun run ")),
+        "{apps:?}"
+    );
+    assert_eq!(
+        prelogins.len(),
+        mock.server.log().iter().map(|l| l.conn).max().unwrap_or(0)
+    );
+}
+
+#[test]
+fn an_explicit_port_wins_over_the_browser_and_the_server_checks_the_instance() {
+    let mock = Mock::start_instance(Fake::default(), INSTANCE);
+    let browser = Browser::silent();
+    let port = mock.server.port();
+    let sb = sandbox_at(
+        &connection_to(&format!("127.0.0.1\\{INSTANCE},{port}"), PASSWORD_REF),
+        "connect_timeout_secs = 2",
+    );
+    let out = status(&sb, browser.port);
+    let all = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(browser.requests().is_empty(), "the Browser was asked");
+    let prelogins = mock.server.prelogin_instances();
+    assert!(
+        !prelogins.is_empty() && prelogins.iter().all(|p| p == INSTANCE),
+        "{prelogins:?}"
+    );
+
+    // A port that belongs to another instance: the server refuses the name.
+    let logins = |m: &Mock| {
+        m.server
+            .log()
+            .iter()
+            .filter(|l| matches!(l.request, Request::Login { .. }))
+            .count()
+    };
+    let before = logins(&mock);
+    let sb = sandbox_at(
+        &connection_to(&format!("127.0.0.1\\OTHER,{port}"), PASSWORD_REF),
+        "connect_timeout_secs = 2",
+    );
+    let out = status(&sb, browser.port);
+    let all = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert_contains(
+        &all,
+        &[
+            "database `FastApp`",
+            &format!("the SQL Server at 127.0.0.1:{port} is not instance `OTHER`"),
+            "leave the port out so that the SQL Server Browser finds the instance",
+        ],
+    );
+    assert!(browser.requests().is_empty(), "the Browser was asked");
+    assert_eq!(logins(&mock), before, "logged in to the wrong instance");
+}
+
+#[test]
+fn a_browser_that_does_not_answer_is_named_with_what_to_do() {
+    let mock = Mock::start_instance(Fake::default(), INSTANCE);
+    let browser = Browser::silent();
+    let sb = sandbox_at(
+        &connection_to(&format!("127.0.0.1\\{INSTANCE}"), PASSWORD_REF),
+        "connect_timeout_secs = 2",
+    );
+    let started = std::time::Instant::now();
+    let out = status(&sb, browser.port);
+    let all = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_contains(
+        &all,
+        &[
+            "database `FastApp`",
+            &format!(
+                "SQL Server Browser on 127.0.0.1:{} did not answer for instance `{INSTANCE}` within 2 s (`database.connect_timeout_secs`)",
+                browser.port
+            ),
+            "start the SQL Server Browser service on 127.0.0.1",
+            &format!("`Server=tcp:127.0.0.1\\{INSTANCE},<port>`"),
+        ],
+    );
+    // Asked for the instance, then again together with the list of instances.
+    let requests = browser.requests();
+    assert_eq!(requests.first(), Some(&instance_request(INSTANCE)));
+    assert!(requests.contains(&vec![0x03]), "{requests:?}");
+    // Nothing reached the server.
+    assert!(mock.server.prelogin_instances().is_empty());
+    assert!(mock.server.log().is_empty());
+}
+
+#[test]
+fn no_browser_on_the_host_is_told_apart_from_a_silent_one() {
+    let port = free_udp_port();
+    let sb = sandbox_at(
+        &connection_to(&format!("127.0.0.1\\{INSTANCE}"), PASSWORD_REF),
+        "",
+    );
+    let started = std::time::Instant::now();
+    let out = status(&sb, port);
+    let all = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    // A closed port is known at once (ICMP port unreachable): no waiting.
+    assert!(started.elapsed() < Duration::from_secs(8), "{all}");
+    assert_contains(
+        &all,
+        &[
+            &format!(
+                "SQL Server Browser on 127.0.0.1:{port} is not running (UDP port {port} is closed), so instance `{INSTANCE}` cannot be found"
+            ),
+            "start the SQL Server Browser service on 127.0.0.1",
+            &format!("`Server=tcp:127.0.0.1\\{INSTANCE},<port>`"),
+        ],
+    );
+}
+
+#[test]
+fn unknown_instances_and_instances_without_tcp_are_explained() {
+    let browser = Browser::start(vec![
+        instance("SQLEXPRESS", Some(1)),
+        instance("PIPES", None),
+    ]);
+    let sb = sandbox_at(&connection_to("127.0.0.1\\NOPE", PASSWORD_REF), "");
+    let out = status(&sb, browser.port);
+    let all = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert_contains(
+        &all,
+        &[
+            &format!(
+                "SQL Server Browser on 127.0.0.1:{} knows no instance `NOPE`; it reported `SQLEXPRESS`, `PIPES`: correct the instance name in `Server=` of `database.connection`",
+                browser.port
+            ),
+        ],
+    );
+    // A real Browser ignores a request for an instance it does not know: the
+    // list came from asking for all of them.
+    let requests = browser.requests();
+    assert_eq!(requests.first(), Some(&instance_request("NOPE")));
+    assert!(requests.contains(&vec![0x03]), "{requests:?}");
+
+    let sb = sandbox_at(&connection_to("127.0.0.1\\pipes", PASSWORD_REF), "");
+    let out = status(&sb, browser.port);
+    let all = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert_contains(
+        &all,
+        &[&format!(
+            "instance `pipes` on 127.0.0.1 does not accept TCP connections (SQL Server Browser on 127.0.0.1:{} reports only: np): enable TCP/IP for the instance",
+            browser.port
+        )],
+    );
+
+    // Named pipes are refused before anything is sent.
+    let before = browser.requests().len();
+    let sb = sandbox_at(
+        &format!("Server=np:\\\\127.0.0.1\\pipe\\MSSQL$PIPES\\sql\\query;Database=FastApp;User Id=uprun;Password='{PASSWORD_REF}'"),
+        "",
+    );
+    let out = status(&sb, browser.port);
+    let all = output_text(&out);
+    assert_ne!(out.status.code(), Some(0), "{all}");
+    assert_contains(
+        &all,
+        &["protocol `np:` is not supported; uprun connects over TCP"],
+    );
+    assert_eq!(browser.requests().len(), before);
 }

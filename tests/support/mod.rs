@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+pub mod browser;
 pub mod tds;
 
 use std::path::{Path, PathBuf};

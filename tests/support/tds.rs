@@ -3,6 +3,10 @@
 //! answers "encryption not supported"), send SQL batches and `sp_executesql`
 //! calls, and read back rows, INFO and ERROR messages and DONE tokens.
 //!
+//! Started with an instance name (`start_instance`), it answers the prelogin's
+//! instance option as SQL Server does: valid when the client names no
+//! instance or this one, invalid otherwise.
+//!
 //! Every request is logged (connection number, application name, SQL,
 //! parameters) so tests can assert the exact SQL sent; a handler chosen by the
 //! test decides the replies. The handler runs on the connection's own thread
@@ -161,26 +165,57 @@ pub type Handler = Arc<dyn Fn(&Ctx, &Request) -> Vec<Reply> + Send + Sync>;
 pub struct TdsServer {
     pub addr: SocketAddr,
     log: Arc<Mutex<Vec<Logged>>>,
+    prelogins: Arc<Mutex<Vec<String>>>,
 }
 
 impl TdsServer {
     pub fn start(handler: Handler) -> TdsServer {
+        TdsServer::spawn(handler, None)
+    }
+
+    /// A server that is the named instance `instance`.
+    pub fn start_instance(handler: Handler, instance: &str) -> TdsServer {
+        TdsServer::spawn(handler, Some(instance.to_string()))
+    }
+
+    fn spawn(handler: Handler, instance: Option<String>) -> TdsServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
         let addr = listener.local_addr().expect("local addr");
         let log = Arc::new(Mutex::new(Vec::new()));
+        let prelogins = Arc::new(Mutex::new(Vec::new()));
         let counter = Arc::new(AtomicUsize::new(0));
-        let log2 = log.clone();
+        let (log2, prelogins2) = (log.clone(), prelogins.clone());
+        let instance = Arc::new(instance);
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { return };
                 let conn = counter.fetch_add(1, Ordering::SeqCst) + 1;
                 let (log, handler) = (log2.clone(), handler.clone());
+                let (prelogins, instance) = (prelogins2.clone(), instance.clone());
                 std::thread::spawn(move || {
-                    let _ = serve(stream, conn, &log, &handler);
+                    let server = Served {
+                        log: &log,
+                        prelogins: &prelogins,
+                        instance: instance.as_deref(),
+                        handler: &handler,
+                    };
+                    let _ = serve(stream, conn, &server);
                 });
             }
         });
-        TdsServer { addr, log }
+        TdsServer {
+            addr,
+            log,
+            prelogins,
+        }
+    }
+
+    /// The instance name of every prelogin received ("" when none was sent).
+    pub fn prelogin_instances(&self) -> Vec<String> {
+        self.prelogins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn port(&self) -> u16 {
@@ -267,12 +302,86 @@ fn login_field(p: &[u8], at: usize) -> String {
     p.get(off..off + len).map(utf16).unwrap_or_default()
 }
 
-fn prelogin_reply() -> Vec<u8> {
-    // Two options (version, encryption) + terminator = 11 bytes of table.
-    let mut p = vec![0x00, 0, 11, 0, 6, 0x01, 0, 17, 0, 1, 0xff];
-    p.extend_from_slice(&[16, 0, 0x10, 0x00, 0, 0]); // version 16.0.4096
-    p.push(0x02); // ENCRYPT_NOT_SUP
-    p
+const PRELOGIN_INSTOPT: u8 = 0x02;
+
+/// The instance name of a client prelogin ("" when none).
+fn prelogin_instance(p: &[u8]) -> String {
+    let mut at = 0;
+    while let Some(&token) = p.get(at) {
+        if token == 0xff || at + 5 > p.len() {
+            break;
+        }
+        let offset = u16::from_be_bytes([p[at + 1], p[at + 2]]) as usize;
+        let len = u16::from_be_bytes([p[at + 3], p[at + 4]]) as usize;
+        if token == PRELOGIN_INSTOPT {
+            let bytes = p.get(offset..offset + len).unwrap_or_default();
+            let name = bytes.split(|b| *b == 0).next().unwrap_or_default();
+            return String::from_utf8_lossy(name).into_owned();
+        }
+        at += 5;
+    }
+    String::new()
+}
+
+/// Version and encryption ("not supported"); for a named instance also the
+/// instance check (0x00 valid, 0x01 not this instance), the thread id and
+/// MARS, in the order and layout SQL Server uses.
+fn prelogin_reply(instance_check: Option<bool>) -> Vec<u8> {
+    let version = [16, 0, 0x10, 0x00, 0, 0]; // 16.0.4096
+    const ENCRYPT_NOT_SUP: u8 = 0x02;
+    match instance_check {
+        None => {
+            // Two options + terminator = 11 bytes of table.
+            let mut p = vec![0x00, 0, 11, 0, 6, 0x01, 0, 17, 0, 1, 0xff];
+            p.extend_from_slice(&version);
+            p.push(ENCRYPT_NOT_SUP);
+            p
+        }
+        Some(valid) => {
+            // Five options + terminator = 26 bytes of table.
+            let mut p = vec![
+                0x00,
+                0,
+                26,
+                0,
+                6, // version
+                0x01,
+                0,
+                32,
+                0,
+                1, // encryption
+                PRELOGIN_INSTOPT,
+                0,
+                33,
+                0,
+                1, // instance check
+                0x03,
+                0,
+                34,
+                0,
+                0, // thread id (empty from a server)
+                0x04,
+                0,
+                34,
+                0,
+                1, // MARS
+                0xff,
+            ];
+            p.extend_from_slice(&version);
+            p.push(ENCRYPT_NOT_SUP);
+            p.push(if valid { 0x00 } else { 0x01 });
+            p.push(0x00); // MARS off
+            p
+        }
+    }
+}
+
+/// What a connection's thread serves with.
+struct Served<'a> {
+    log: &'a Mutex<Vec<Logged>>,
+    prelogins: &'a Mutex<Vec<String>>,
+    instance: Option<&'a str>,
+    handler: &'a Handler,
 }
 
 fn done(out: &mut Vec<u8>, status: u16, rows: u64) {
@@ -508,18 +617,23 @@ fn decode_rpc(p: &[u8]) -> Request {
     }
 }
 
-fn serve(
-    mut stream: TcpStream,
-    conn: usize,
-    log: &Mutex<Vec<Logged>>,
-    handler: &Handler,
-) -> std::io::Result<()> {
+fn serve(mut stream: TcpStream, conn: usize, server: &Served) -> std::io::Result<()> {
+    let (log, handler) = (server.log, server.handler);
     let mut app = String::new();
     loop {
         let (ty, payload) = read_packet(&mut stream)?;
         let request = match ty {
             PACKET_PRELOGIN => {
-                write_message(&mut stream, PACKET_REPLY, &prelogin_reply())?;
+                let asked = prelogin_instance(&payload);
+                let check = server
+                    .instance
+                    .map(|me| asked.is_empty() || asked.eq_ignore_ascii_case(me));
+                server
+                    .prelogins
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(asked);
+                write_message(&mut stream, PACKET_REPLY, &prelogin_reply(check))?;
                 continue;
             }
             PACKET_LOGIN7 => {
