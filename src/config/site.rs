@@ -175,7 +175,7 @@ pub struct MssqlConfig {
     pub trust_server_certificate: bool,
     /// Trust this CA (PEM/DER file on this machine) for the server certificate.
     pub ca_file: Option<PathBuf>,
-    /// TCP connect plus TLS and login.
+    /// SQL Server Browser lookup (named instances), TCP connect, TLS and login.
     pub connect_timeout: Duration,
     /// Deadline for short statements (version, history, checks, lock).
     pub query_timeout: Duration,
