@@ -1,6 +1,10 @@
 //! Ctrl-C during a run. The first stops the run after the current step; the
-//! second aborts the current step where that is safe (a backup copy); a third
+//! second aborts the current step where that is safe (a backup copy; a
+//! command running on a node, local or SSH, which is killed there); a third
 //! exits at once. Either way the journal says where the run stopped.
+//!
+//! The flags are set on the handler's thread and polled by the work they
+//! stop (a backup between chunks, a node command while it waits).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -12,7 +16,7 @@ pub fn install() {
         let n = PRESSES.fetch_add(1, Ordering::SeqCst) + 1;
         match n {
             1 => eprintln!("\nuprun: stopping after the current step (Ctrl-C again to abort it where that is safe)"),
-            2 => eprintln!("\nuprun: aborting the current step where that is safe; otherwise it finishes first (Ctrl-C again to exit at once)"),
+            2 => eprintln!("\nuprun: aborting the current step where that is safe (a backup copy, a running node command); otherwise it finishes first (Ctrl-C again to exit at once)"),
             _ => {
                 eprintln!("\nuprun: exiting now; the journal shows the step in flight, `--resume` reconciles it");
                 std::process::exit(130);

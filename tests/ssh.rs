@@ -3,6 +3,7 @@
 //! nodes of that one server, each with its own root folder.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::support::sshd::{self, Sshd};
 use crate::support::{uprun, Sandbox};
@@ -625,4 +626,381 @@ fn a_run_killed_mid_step_over_ssh_resumes_to_the_local_end_state() {
             );
         }
     }
+}
+
+/// A FIFO in the sandbox.
+fn fifo(sb: &Sandbox, name: &str) -> PathBuf {
+    let p = sb.dir.join(name);
+    let st = std::process::Command::new("mkfifo")
+        .arg(&p)
+        .status()
+        .expect("mkfifo");
+    assert!(st.success(), "mkfifo {}", p.display());
+    p
+}
+
+/// Opens a gate FIFO when dropped, without blocking when nothing reads it:
+/// a command left waiting on it by a failed assertion ends too.
+struct OpenOnDrop(PathBuf);
+
+impl OpenOnDrop {
+    fn open(&self) {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&self.0)
+        {
+            let _ = f.write_all(b"go\n");
+        }
+    }
+}
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.open();
+    }
+}
+
+/// `uprun run SCRIPT --site SITE --yes` in the background, output piped.
+fn spawn_run(sb: &Sandbox, site: &Path, script: &Path) -> std::process::Child {
+    std::process::Command::new(assert_cmd::cargo::cargo_bin("uprun"))
+        .arg("run")
+        .arg(script)
+        .arg("--site")
+        .arg(site)
+        .arg("--release")
+        .arg(sb.release())
+        .arg("--yes")
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn uprun")
+}
+
+/// Wait (bounded) until a command of the run writes to the `ready` FIFO.
+fn wait_ready(ready: &Path, run: &mut std::process::Child, what: &str) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let ready = ready.to_path_buf();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::read_to_string(ready));
+    });
+    if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+        let _ = run.kill();
+        panic!("the run never reached {what}");
+    }
+}
+
+/// Wait (bounded) for the run to end; stderr may have been taken already.
+fn finish(run: std::process::Child) -> std::process::Output {
+    let pid = run.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(run.wait_with_output());
+    });
+    match rx.recv_timeout(Duration::from_secs(120)) {
+        Ok(out) => out.expect("run output"),
+        Err(_) => {
+            // SAFETY: killing our own child, which did not end.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+            panic!("the run did not end within 120 s");
+        }
+    }
+}
+
+fn run_ids(sb: &Sandbox) -> Vec<String> {
+    std::fs::read_dir(sb.dir.join(".uprun/runs"))
+        .expect("journal folder")
+        .map(|e| {
+            e.expect("entry")
+                .path()
+                .file_stem()
+                .expect("stem")
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect()
+}
+
+/// The site with every node on `sshd` except app01, which stays on this
+/// machine (it holds the test's gate while sshd restarts).
+fn ssh_site_local_app01(sb: &Sandbox, sshd: &Sshd) -> PathBuf {
+    let site = ssh_site(sb, sshd, "", |_| sshd.address());
+    let root = sb.dir.join("nodes/app01").display().to_string();
+    let text = std::fs::read_to_string(&site).expect("site");
+    let remote = format!("address = \"{}\"\nroot = {root:?}", sshd.address());
+    assert!(text.contains(&remote), "{text}");
+    std::fs::write(
+        &site,
+        text.replace(&remote, &format!("address = \"local\"\nroot = {root:?}")),
+    )
+    .expect("site");
+    site
+}
+
+#[test]
+fn a_dropped_connection_is_reopened_for_the_next_operation() {
+    let Some(mut sshd) = Sshd::start() else {
+        return;
+    };
+    let sb = Sandbox::new();
+    let site = ssh_site_local_app01(&sb, &sshd);
+    let ready = fifo(&sb, "ready.fifo");
+    let gate = OpenOnDrop(fifo(&sb, "gate.fifo"));
+    // app02 and app03 are connected (and used) before the gate; sshd is
+    // killed with their sessions and started again while app01 waits; then a
+    // command on app02 (a new channel) and a removal on app03 (SFTP first).
+    let script = sb.script(
+        "reconnect.rhai",
+        &format!(
+            "node_command(\"app02\", \"echo one > one.txt\");\n\
+             node_command(\"app01\", \"echo up > '{}'; cat '{}' > /dev/null\");\n\
+             node_command(\"app02\", \"echo two > two.txt\");\n\
+             remove_instance(\"app03\");\n",
+            ready.display(),
+            gate.0.display()
+        ),
+    );
+    let mut run = spawn_run(&sb, &site, &script);
+    wait_ready(&ready, &mut run, "app01's gate");
+    assert_eq!(
+        std::fs::read_to_string(sb.dir.join("nodes/app02/one.txt")).expect("one.txt"),
+        "one\n"
+    );
+    sshd.restart();
+    gate.open();
+    let out = finish(run);
+    assert!(
+        out.status.success(),
+        "the run did not survive the restart:\nstdout: {}\nstderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(sb.dir.join("nodes/app02/two.txt")).expect("two.txt"),
+        "two\n"
+    );
+    assert!(sb.manifest("app03")["current"].is_null(), "app03 removed");
+    assert_eq!(sb.manifest("app02")["current"]["version"], "1.0.0");
+}
+
+#[test]
+fn a_reconnection_checks_the_host_key_again() {
+    let Some(mut sshd) = Sshd::start() else {
+        return;
+    };
+    let sb = Sandbox::new();
+    let site = ssh_site_local_app01(&sb, &sshd);
+    let ready = fifo(&sb, "ready.fifo");
+    let gate = OpenOnDrop(fifo(&sb, "gate.fifo"));
+    let script = sb.script(
+        "reconnect.rhai",
+        &format!(
+            "node_command(\"app02\", \"echo one > one.txt\");\n\
+             node_command(\"app01\", \"echo up > '{}'; cat '{}' > /dev/null\");\n\
+             node_command(\"app02\", \"echo two > two.txt\");\n",
+            ready.display(),
+            gate.0.display()
+        ),
+    );
+    let mut run = spawn_run(&sb, &site, &script);
+    wait_ready(&ready, &mut run, "app01's gate");
+    sshd.restart_as_another_host();
+    gate.open();
+    let out = finish(run);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("node `app02`")
+            && err.contains("could not be reopened")
+            && err.contains("HOST KEY CHANGED"),
+        "{err}"
+    );
+    assert!(!sb.dir.join("nodes/app02/two.txt").exists());
+}
+
+#[test]
+fn a_command_cut_off_by_a_dropped_connection_is_reported_not_run_again() {
+    let Some(mut sshd) = Sshd::start() else {
+        return;
+    };
+    let sb = Sandbox::new();
+    let site = ssh_site(&sb, &sshd, "", |_| sshd.address());
+    let ready = fifo(&sb, "ready.fifo");
+    let gate = OpenOnDrop(fifo(&sb, "gate.fifo"));
+    // Counts its runs; only the first waits at the gate.
+    let command = format!(
+        "echo ran >> runs.txt; if [ $(wc -l < runs.txt) -eq 1 ]; then echo up > '{}'; cat '{}' > /dev/null; fi",
+        ready.display(),
+        gate.0.display()
+    );
+    let script = sb.script(
+        "cut.rhai",
+        &format!(
+            "node_command(\"app02\", {command:?});\nnode_command(\"app02\", \"echo after > after.txt\");\n"
+        ),
+    );
+    let mut run = spawn_run(&sb, &site, &script);
+    wait_ready(&ready, &mut run, "the command on app02");
+    // Kills the command's session (and the command) under it.
+    sshd.restart();
+    let out = finish(run);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}\n{}", text(&out.stdout));
+    assert!(
+        err.contains("node `app02`")
+            && err.contains("echo ran >> runs.txt")
+            && err.contains("does not run it again on its own"),
+        "{err}"
+    );
+    let runs = sb.dir.join("nodes/app02/runs.txt");
+    assert_eq!(
+        std::fs::read_to_string(&runs).expect("runs.txt"),
+        "ran\n",
+        "run again"
+    );
+    assert!(!sb.dir.join("nodes/app02/after.txt").exists());
+    // Resuming (the operator's decision) runs the step in flight again.
+    let ids = run_ids(&sb);
+    assert_eq!(ids.len(), 1);
+    let out = uprun()
+        .arg("run")
+        .arg(&script)
+        .arg("--site")
+        .arg(&site)
+        .arg("--release")
+        .arg(sb.release())
+        .args(["--yes", "--resume", &ids[0]])
+        .output()
+        .expect("resume");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        text(&out.stdout)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&runs).expect("runs.txt"),
+        "ran\nran\n"
+    );
+    assert!(sb.dir.join("nodes/app02/after.txt").is_file());
+}
+
+/// Run a command on app02 that blocks, press Ctrl-C twice (the second once
+/// the first is acknowledged), and check the command was killed where it ran.
+fn ctrl_c_twice_kills_the_running_command(sb: &Sandbox, site: &Path) {
+    use std::io::BufRead;
+    let ready = fifo(sb, "ready.fifo");
+    let gate = OpenOnDrop(fifo(sb, "gate.fifo"));
+    // `exec`: the blocked process is the shell itself, whose pid it records.
+    let script = sb.script(
+        "blocked.rhai",
+        &format!(
+            "node_command(\"app02\", \"echo $$ > cmd.pid; echo up > '{}'; exec cat '{}' > /dev/null\");\nnode_command(\"app02\", \"echo after > after.txt\");\n",
+            ready.display(),
+            gate.0.display()
+        ),
+    );
+    let mut run = spawn_run(sb, site, &script);
+    let pid = run.id() as i32;
+    let stderr = run.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            all.push_str(&line);
+            all.push('\n');
+            let _ = tx.send(line);
+        }
+        all
+    });
+    wait_ready(&ready, &mut run, "the command on app02");
+    let sigint = || {
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(pid, libc::SIGINT);
+        }
+    };
+    sigint();
+    // Two signals sent at once may merge into one: wait for the first to be
+    // acknowledged before the second.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains("stopping after the current step") => break,
+            Ok(_) => {}
+            Err(_) => {
+                let _ = run.kill();
+                panic!("the first Ctrl-C was not acknowledged");
+            }
+        }
+    }
+    sigint();
+    let out = finish(run);
+    let err = reader.join().expect("stderr reader");
+    assert_eq!(out.status.code(), Some(130), "{err}\n{}", text(&out.stdout));
+    assert!(
+        err.contains("interrupted: `echo $$ > cmd.pid")
+            && err.contains("node `app02`")
+            && err.contains("aborted by the operator"),
+        "{err}"
+    );
+    assert!(
+        text(&out.stdout).contains("--resume"),
+        "{}",
+        text(&out.stdout)
+    );
+    let cmd_pid: u32 = std::fs::read_to_string(sb.dir.join("nodes/app02/cmd.pid"))
+        .expect("cmd.pid")
+        .trim()
+        .parse()
+        .expect("pid");
+    // uprun waited for the kill to be reported, so the process is normally
+    // gone already; SIGKILL still takes effect asynchronously and it is not
+    // our child (nothing to wait on), hence a short bounded yielding poll.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while sshd::alive(cmd_pid) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the command (pid {cmd_pid}) still runs after the abort: {err}"
+        );
+        std::thread::yield_now();
+    }
+    assert!(!sb.dir.join("nodes/app02/after.txt").exists());
+    drop(gate);
+}
+
+#[test]
+fn ctrl_c_twice_kills_a_command_running_over_ssh() {
+    let Some(sshd) = Sshd::start() else { return };
+    let sb = Sandbox::new();
+    let site = ssh_site(&sb, &sshd, "", |_| sshd.address());
+    ctrl_c_twice_kills_the_running_command(&sb, &site);
+    assert!(
+        text(
+            &std::fs::read(
+                sb.dir
+                    .join(".uprun/runs")
+                    .join(format!("{}.jsonl", run_ids(&sb)[0]))
+            )
+            .expect("journal")
+        )
+        .contains("\"interrupted\""),
+        "journal outcome"
+    );
+}
+
+/// The same on a local node (no sshd needed): the local transport honours
+/// the abort too.
+#[test]
+fn ctrl_c_twice_kills_a_local_command() {
+    let sb = Sandbox::new();
+    ctrl_c_twice_kills_the_running_command(&sb, &sb.site());
 }

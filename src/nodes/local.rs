@@ -2,8 +2,8 @@
 
 use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use wait_timeout::ChildExt;
 
@@ -117,13 +117,28 @@ impl NodeTransport for LocalTransport {
     }
 
     fn exec(&self, command: &str, cwd: &str, timeout: Duration) -> Result<ExecOutput> {
-        let mut child = Command::new("sh")
-            .arg("-c")
+        if crate::interrupt::abort_requested() {
+            return Err(Error::Interrupted(format!(
+                "interrupted: `{command}` was not started on node `{}`: the operator aborted the run (second Ctrl-C)",
+                self.node
+            )));
+        }
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
             .arg(command)
             .current_dir(cwd)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::piped());
+        // Its own process group, as a remote command has: the terminal's
+        // Ctrl-C reaches uprun only (the first one lets the step finish), and
+        // a timeout or an abort kills the command with everything it started.
+        #[cfg(unix)]
+        {
+            use std::os::unix::process::CommandExt;
+            cmd.process_group(0);
+        }
+        let mut child = cmd
             .spawn()
             .map_err(|e| self.err(format!("cannot start `{command}` in `{cwd}`"), e))?;
         let out = child.stdout.take();
@@ -139,11 +154,13 @@ impl NodeTransport for LocalTransport {
         };
         let out_reader = read(out.map(|p| Box::new(p) as Box<dyn Read + Send>));
         let err_reader = read(err.map(|p| Box::new(p) as Box<dyn Read + Send>));
-        let status = match child.wait_timeout(timeout) {
-            Ok(Some(status)) => status,
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
+        let started = Instant::now();
+        // The abort flag is set by the Ctrl-C handler thread: polled between
+        // short waits.
+        let status = loop {
+            let left = timeout.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                kill_group(&mut child);
                 return Err(Error::node(
                     &self.node,
                     format!(
@@ -152,7 +169,18 @@ impl NodeTransport for LocalTransport {
                     ),
                 ));
             }
-            Err(e) => return Err(self.err(format!("waiting for `{command}`"), e)),
+            match child.wait_timeout(left.min(ABORT_POLL)) {
+                Ok(Some(status)) => break status,
+                Ok(None) if crate::interrupt::abort_requested() => {
+                    kill_group(&mut child);
+                    return Err(Error::Interrupted(format!(
+                        "interrupted: `{command}` on node `{}` was aborted by the operator (second Ctrl-C) and killed",
+                        self.node
+                    )));
+                }
+                Ok(None) => {}
+                Err(e) => return Err(self.err(format!("waiting for `{command}`"), e)),
+            }
         };
         let stdout = out_reader.join().unwrap_or_default();
         let stderr = err_reader.join().unwrap_or_default();
@@ -162,4 +190,24 @@ impl NodeTransport for LocalTransport {
             stderr,
         })
     }
+}
+
+/// How often a running command checks whether the operator aborted it.
+const ABORT_POLL: Duration = Duration::from_millis(100);
+
+/// Kill a command and whatever it started (its process group), and reap it.
+fn kill_group(child: &mut Child) {
+    #[cfg(unix)]
+    {
+        // `-s KILL --`: the form dash, bash and busybox all accept.
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!("kill -s KILL -- -{} 2>/dev/null", child.id()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -55,7 +55,9 @@ pub trait NodeTransport: Send + Sync {
     /// Copy the local folder `src` into `dest` on the node (which must exist).
     /// Returns the number of bytes copied. Refuses entries that would escape `dest`.
     fn upload_tree(&self, src: &Path, dest: &str) -> Result<u64>;
-    /// Run a shell command with `cwd` as working folder.
+    /// Run a shell command with `cwd` as working folder. Past `timeout`, or
+    /// once the operator aborts (second Ctrl-C: `Error::Interrupted`), the
+    /// command is killed with everything it started.
     fn exec(&self, command: &str, cwd: &str, timeout: Duration) -> Result<ExecOutput>;
     /// Join a relative path (with `/`) onto a node path.
     fn join(&self, base: &str, rel: &str) -> String {

@@ -7,10 +7,16 @@
 //! block on it (never from inside it). Host keys are checked against
 //! known_hosts: an unknown key is refused unless the site accepts new keys, a
 //! changed key always is. Keys, passphrases and secrets never reach output.
+//!
+//! A connection found closed (sshd restarted, network dropped) is reopened
+//! once, with the same checks, by an operation that has not yet sent anything
+//! that could change the node; one lost after that is reported, never
+//! repeated. A running command stops when the operator aborts (second Ctrl-C).
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -36,6 +42,8 @@ const IN_FLIGHT: usize = 16;
 const FILES_IN_FLIGHT: usize = 8;
 /// Output kept from one remote command (each of stdout and stderr).
 const MAX_OUTPUT: usize = 4 * 1024 * 1024;
+/// How often a running command checks whether the operator aborted it.
+const ABORT_POLL: Duration = Duration::from_millis(100);
 
 /// The runtime that drives every SSH connection of this process.
 fn runtime() -> Result<&'static Runtime> {
@@ -146,10 +154,59 @@ struct Connection {
     fsync: bool,
     /// A new host key accepted while connecting read-only, not yet recorded.
     unrecorded_key: Mutex<Option<PublicKey>>,
+    /// The SFTP session ended (its channel or the connection closed).
+    sftp_lost: AtomicBool,
+}
+
+impl Connection {
+    /// Closed: nothing more can be sent on it.
+    fn is_closed(&self) -> bool {
+        self.handle.is_closed() || self.sftp_lost.load(Ordering::SeqCst)
+    }
+}
+
+/// A node's connection and how to open it again: every transport of the node
+/// shares it, so one reconnection serves them all.
+struct Link {
+    spec: ConnectSpec,
+    current: Mutex<Arc<Connection>>,
+    /// One reconnection at a time.
+    reconnecting: tokio::sync::Mutex<()>,
+}
+
+impl Link {
+    fn new(spec: ConnectSpec, conn: Connection) -> Link {
+        Link {
+            spec,
+            current: Mutex::new(Arc::new(conn)),
+            reconnecting: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn current(&self) -> Arc<Connection> {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A new connection in place of `dead`, made exactly as the first one
+    /// (host key check, authentication, settings), unless another operation
+    /// has already replaced it.
+    async fn reconnect(&self, dead: &Arc<Connection>) -> Result<Arc<Connection>> {
+        let _one = self.reconnecting.lock().await;
+        let now = self.current();
+        if !Arc::ptr_eq(&now, dead) && !now.is_closed() {
+            return Ok(now);
+        }
+        let fresh = Arc::new(self.spec.connect().await?);
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
+        Ok(fresh)
+    }
 }
 
 /// Connections of this process, by node and everything that chose them.
-type Pool = Mutex<HashMap<String, Arc<Connection>>>;
+type Pool = Mutex<HashMap<String, Arc<Link>>>;
 
 fn pool() -> &'static Pool {
     static POOL: OnceLock<Pool> = OnceLock::new();
@@ -160,7 +217,7 @@ fn pool() -> &'static Pool {
 pub struct SshTransport {
     node: String,
     shell: Shell,
-    conn: Arc<Connection>,
+    link: Arc<Link>,
     /// Limit for one SFTP request.
     file_timeout: Duration,
 }
@@ -212,7 +269,7 @@ pub(crate) fn connect_many(
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
-            .filter(|c| !c.handle.is_closed())
+            .filter(|l| !l.current().is_closed())
             .cloned();
         let spec = ConnectSpec {
             node: n.name.clone(),
@@ -230,8 +287,11 @@ pub(crate) fn connect_many(
             n.shell,
             rt.spawn(async move {
                 match pooled {
-                    Some(c) => Ok(c),
-                    None => spec.connect().await.map(Arc::new),
+                    Some(l) => Ok(l),
+                    None => {
+                        let conn = spec.connect().await?;
+                        Ok(Arc::new(Link::new(spec, conn)))
+                    }
                 }
             }),
         ));
@@ -244,18 +304,18 @@ pub(crate) fn connect_many(
             Err(e) => Err(Error::node(&node, format!("connection task failed: {e}"))),
         };
         match result {
-            Ok(conn) => {
+            Ok(link) => {
                 if mode == ConnectMode::ReadWrite {
-                    conn.record_accepted_key(&node)?;
+                    link.current().record_accepted_key(&node)?;
                 }
                 pool()
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(key, conn.clone());
+                    .insert(key, link.clone());
                 out.push(SshTransport {
                     node,
                     shell,
-                    conn,
+                    link,
                     file_timeout: settings.command_timeout,
                 });
             }
@@ -306,7 +366,7 @@ impl ConnectSpec {
         }
     }
 
-    async fn connect(self) -> Result<Connection> {
+    async fn connect(&self) -> Result<Connection> {
         let timeout = self.settings.connect_timeout;
         let secs = timeout.as_secs();
         let tcp = match tokio::time::timeout(
@@ -385,6 +445,7 @@ impl ConnectSpec {
             posix_rename: sftp.1,
             fsync: sftp.2,
             unrecorded_key: Mutex::new(unrecorded_key),
+            sftp_lost: AtomicBool::new(false),
         };
         // The root must exist, as for local nodes; checked before any change.
         let root = sftp_path(self.shell, &self.root);
@@ -708,16 +769,60 @@ impl Connection {
     }
 }
 
+/// One attempt of one operation on a node: the connection it uses, and
+/// whether it has sent anything that may change the node.
+struct Op {
+    conn: Arc<Connection>,
+    changing: AtomicBool,
+}
+
+impl Op {
+    fn sftp(&self) -> &RawSftpSession {
+        &self.conn.sftp
+    }
+
+    /// From here on the operation may change the node: if the connection is
+    /// lost now, the operation is reported, not run again.
+    fn changes(&self) {
+        self.changing.store(true, Ordering::SeqCst);
+    }
+}
+
+/// How a remote command's wait ended.
+enum End {
+    /// The channel closed, or the connection did after the exit status came.
+    Finished,
+    /// The channel went away before the command reported how it exited.
+    Lost,
+    TimedOut,
+    Aborted,
+}
+
+/// An SFTP error that means the session (or the whole connection) is gone,
+/// as russh-sftp =3.0.1 words it: no request can be sent, or the session
+/// ended with requests pending.
+fn sftp_session_lost(e: &SftpError) -> bool {
+    matches!(e, SftpError::UnexpectedBehavior(m)
+        if m == "session closed" || m == "sender dropped" || m.starts_with("SendError"))
+}
+
 impl SshTransport {
+    fn target(&self) -> String {
+        self.link.spec.target()
+    }
+
     fn err(&self, message: String) -> Error {
-        Error::node(&self.node, format!("{}: {message}", self.conn.target))
+        Error::node(&self.node, format!("{}: {message}", self.target()))
     }
 
     fn path(&self, p: &str) -> String {
         sftp_path(self.shell, p)
     }
 
-    fn sftp_err(&self, what: &str, path: &str, e: SftpError) -> Error {
+    fn sftp_err(&self, op: &Op, what: &str, path: &str, e: SftpError) -> Error {
+        if sftp_session_lost(&e) {
+            op.conn.sftp_lost.store(true, Ordering::SeqCst);
+        }
         match e {
             SftpError::Timeout => self.err(format!(
                 "{what} `{path}`: no answer within {} s (`[ssh] command_timeout_secs`)",
@@ -727,13 +832,72 @@ impl SshTransport {
         }
     }
 
-    fn run<F: Future>(&self, f: F) -> Result<F::Output> {
-        block_on(f)
+    /// Run one operation (`what`, for messages) on the node's connection.
+    /// A connection found closed before the operation sent anything that
+    /// could change the node is reopened once (same host key check,
+    /// authentication and settings) and the operation run on the new one.
+    /// One lost after that is reported naming the node, and never retried:
+    /// the journal and `--resume` deal with a step left half-done.
+    fn run<T, F, Fut>(&self, what: &str, f: F) -> Result<T>
+    where
+        F: Fn(Arc<Op>) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        block_on(async {
+            let mut conn = self.link.current();
+            let mut reconnected = false;
+            if conn.is_closed() {
+                conn = self.reconnect(&conn).await?;
+                reconnected = true;
+            }
+            loop {
+                let op = Arc::new(Op {
+                    conn: conn.clone(),
+                    changing: AtomicBool::new(false),
+                });
+                let e = match f(op.clone()).await {
+                    Ok(v) => return Ok(v),
+                    Err(e) => e,
+                };
+                if matches!(e, Error::Interrupted(_)) || !conn.is_closed() {
+                    return Err(e);
+                }
+                if op.changing.load(Ordering::SeqCst) {
+                    return Err(self.err(format!(
+                        "the connection was lost while {what} (sshd restarted, or the network dropped it); it may have been done in part or in full on the node, and uprun does not run it again on its own. Check the node, then resume the run (`--resume`)"
+                    )));
+                }
+                if reconnected {
+                    return Err(self.err(format!(
+                        "the connection closed again right after it was reopened, before {what} could start (nothing was changed by it); check sshd on the node and the network, then resume the run (`--resume`)"
+                    )));
+                }
+                conn = self.reconnect(&conn).await?;
+                reconnected = true;
+            }
+        })?
+    }
+
+    async fn reconnect(&self, dead: &Arc<Connection>) -> Result<Arc<Connection>> {
+        self.link.reconnect(dead).await.map_err(|e| match e {
+            Error::Node { node, message } => Error::node(
+                node,
+                format!(
+                    "the SSH connection was lost (sshd restarted, or the network dropped it) and could not be reopened, so nothing more was done on this node: {message}"
+                ),
+            ),
+            e => e,
+        })
     }
 
     /// Write `data` at the start of an open file, several requests in flight.
-    async fn write_all(&self, handle: &str, data: &[u8]) -> std::result::Result<(), SftpError> {
-        let sftp = &self.conn.sftp;
+    async fn write_all(
+        &self,
+        op: &Op,
+        handle: &str,
+        data: &[u8],
+    ) -> std::result::Result<(), SftpError> {
+        let sftp = op.sftp();
         stream::iter(
             data.chunks(CHUNK).enumerate().map(|(i, chunk)| {
                 sftp.write(handle.to_string(), (i * CHUNK) as u64, chunk.to_vec())
@@ -745,8 +909,8 @@ impl SshTransport {
     }
 
     /// Copy one payload file to `to`, which must not exist yet.
-    async fn upload_file(&self, e: &PayloadEntry, to: String) -> Result<u64> {
-        let sftp = &self.conn.sftp;
+    async fn upload_file(&self, op: &Op, e: &PayloadEntry, to: String) -> Result<u64> {
+        let sftp = op.sftp();
         // block_on runs this future on the calling thread: plain I/O is fine.
         let data = std::fs::read(&e.source)
             .map_err(|err| Error::io("read payload file", &e.source, err))?;
@@ -758,9 +922,9 @@ impl SshTransport {
                 perms(e.mode),
             )
             .await
-            .map_err(|err| self.sftp_err("cannot create", &to, err))?
+            .map_err(|err| self.sftp_err(op, "cannot create", &to, err))?
             .handle;
-        let written = self.write_all(&handle, &data).await;
+        let written = self.write_all(op, &handle, &data).await;
         // The server applies its umask at creation: set the exact mode.
         let moded = match written {
             Ok(()) => sftp
@@ -772,21 +936,28 @@ impl SshTransport {
         let closed = sftp.close(handle).await.map(|_| ());
         moded
             .and(closed)
-            .map_err(|err| self.sftp_err("cannot write", &to, err))?;
+            .map_err(|err| self.sftp_err(op, "cannot write", &to, err))?;
         Ok(data.len() as u64)
     }
 
-    /// Stop a command past its timeout: the SSH `signal` request (sshd
-    /// honours it for non-root logins only), then `kill` of the shell's
-    /// process group on a second channel. True when the channel closed.
-    async fn kill(&self, channel: &mut russh::Channel<client::Msg>, pid: Option<u32>) -> bool {
+    /// Stop a command (past its timeout, or aborted): the SSH `signal`
+    /// request (sshd honours it for non-root logins only), then `kill` of
+    /// the shell's process group on a second channel. True when the
+    /// channel closed.
+    async fn kill(
+        &self,
+        op: &Op,
+        channel: &mut russh::Channel<client::Msg>,
+        pid: Option<u32>,
+    ) -> bool {
         let _ = channel.signal(Sig::KILL).await;
         if let (Some(pid), Shell::Posix) = (pid, self.shell) {
             let _ = tokio::time::timeout(Duration::from_secs(5), async {
-                let ch = self.conn.handle.channel_open_session().await.ok()?;
+                let ch = op.conn.handle.channel_open_session().await.ok()?;
                 ch.exec(
                     true,
-                    format!("kill -KILL -- -{pid} 2>/dev/null || kill -KILL {pid}"),
+                    // `-s KILL --`: the form dash, bash and busybox all accept.
+                    format!("kill -s KILL -- -{pid} 2>/dev/null || kill -s KILL {pid}"),
                 )
                 .await
                 .ok()?;
@@ -818,8 +989,8 @@ impl SshTransport {
     }
 
     /// Is `path` a real folder (not a link to one)?
-    async fn lstat_dir(&self, path: &str) -> std::result::Result<Option<bool>, SftpError> {
-        match self.conn.sftp.lstat(path.to_string()).await {
+    async fn lstat_dir(&self, op: &Op, path: &str) -> std::result::Result<Option<bool>, SftpError> {
+        match op.sftp().lstat(path.to_string()).await {
             Ok(a) => Ok(Some(a.attrs.is_dir() && !a.attrs.is_symlink())),
             Err(e) if is_status(&e, StatusCode::NoSuchFile) => Ok(None),
             Err(e) => Err(e),
@@ -833,16 +1004,16 @@ impl NodeTransport for SshTransport {
     }
 
     fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>> {
-        let p = self.path(path);
-        self.run(async {
-            let sftp = &self.conn.sftp;
+        let p = &self.path(path);
+        self.run(&format!("reading `{path}`"), |op| async move {
+            let sftp = op.sftp();
             let handle = match sftp
                 .open(p.clone(), OpenFlags::READ, FileAttributes::empty())
                 .await
             {
                 Ok(h) => h.handle,
                 Err(e) if is_status(&e, StatusCode::NoSuchFile) => return Ok(None),
-                Err(e) => return Err(self.sftp_err("cannot read", path, e)),
+                Err(e) => return Err(self.sftp_err(&op, "cannot read", path, e)),
             };
             let mut data = Vec::new();
             let result = loop {
@@ -853,20 +1024,21 @@ impl NodeTransport for SshTransport {
                     Ok(d) if d.data.is_empty() => break Ok(()),
                     Ok(d) => data.extend_from_slice(&d.data),
                     Err(e) if is_status(&e, StatusCode::Eof) => break Ok(()),
-                    Err(e) => break Err(self.sftp_err("cannot read", path, e)),
+                    Err(e) => break Err(self.sftp_err(&op, "cannot read", path, e)),
                 }
             };
             let _ = sftp.close(handle).await;
             result.map(|()| Some(data))
-        })?
+        })
     }
 
     fn write_file(&self, path: &str, data: &[u8]) -> Result<()> {
-        let target = self.path(path);
-        let tmp = format!("{target}.uprun-tmp");
-        self.run(async {
-            let sftp = &self.conn.sftp;
-            let fail = |e| self.sftp_err("cannot write", path, e);
+        let target = &self.path(path);
+        let tmp = &format!("{target}.uprun-tmp");
+        self.run(&format!("writing `{path}`"), |op| async move {
+            let sftp = op.sftp();
+            let fail = |e| self.sftp_err(&op, "cannot write", path, e);
+            op.changes();
             let handle = sftp
                 .open(
                     tmp.clone(),
@@ -876,17 +1048,17 @@ impl NodeTransport for SshTransport {
                 .await
                 .map_err(fail)?
                 .handle;
-            let written = self.write_all(&handle, data).await;
-            let synced = match (&written, self.conn.fsync) {
+            let written = self.write_all(&op, &handle, data).await;
+            let synced = match (&written, op.conn.fsync) {
                 (Ok(()), true) => sftp.fsync(handle.clone()).await.map(|_| ()),
                 _ => Ok(()),
             };
             let closed = sftp.close(handle).await.map(|_| ());
             written.and(synced).and(closed).map_err(fail)?;
-            if self.conn.posix_rename {
+            if op.conn.posix_rename {
                 let mut args = Vec::new();
-                ssh_string(&mut args, &tmp);
-                ssh_string(&mut args, &target);
+                ssh_string(&mut args, tmp);
+                ssh_string(&mut args, target);
                 match sftp.extended("posix-rename@openssh.com", args).await {
                     Ok(Packet::Status(s)) if s.status_code == StatusCode::Ok => Ok(()),
                     Ok(Packet::Status(s)) => Err(fail(SftpError::Status(s))),
@@ -905,26 +1077,27 @@ impl NodeTransport for SshTransport {
                     .map(|_| ())
                     .map_err(fail)
             }
-        })?
+        })
     }
 
     fn remove_tree(&self, path: &str) -> Result<()> {
-        let root = self.path(path);
-        self.run(async {
-            let sftp = &self.conn.sftp;
+        let root = &self.path(path);
+        self.run(&format!("removing `{path}`"), |op| async move {
+            let sftp = op.sftp();
             // Depth first: a folder is removed once its entries are.
-            let mut stack = vec![(root, false)];
+            let mut stack = vec![(root.clone(), false)];
             while let Some((dir, emptied)) = stack.pop() {
                 if emptied {
+                    op.changes();
                     sftp.rmdir(dir.clone())
                         .await
-                        .map_err(|e| self.sftp_err("cannot remove", &dir, e))?;
+                        .map_err(|e| self.sftp_err(&op, "cannot remove", &dir, e))?;
                     continue;
                 }
                 let handle = match sftp.opendir(dir.clone()).await {
                     Ok(h) => h.handle,
                     Err(e) if is_status(&e, StatusCode::NoSuchFile) => continue,
-                    Err(e) => return Err(self.sftp_err("cannot list", &dir, e)),
+                    Err(e) => return Err(self.sftp_err(&op, "cannot list", &dir, e)),
                 };
                 let mut entries = Vec::new();
                 let listed = loop {
@@ -936,7 +1109,7 @@ impl NodeTransport for SshTransport {
                     }
                 };
                 let _ = sftp.close(handle).await;
-                listed.map_err(|e| self.sftp_err("cannot list", &dir, e))?;
+                listed.map_err(|e| self.sftp_err(&op, "cannot list", &dir, e))?;
                 stack.push((dir.clone(), true));
                 for f in entries {
                     if f.filename == "." || f.filename == ".." {
@@ -946,24 +1119,25 @@ impl NodeTransport for SshTransport {
                     if f.attrs.file_type().is_dir() {
                         stack.push((p, false));
                     } else {
+                        op.changes();
                         sftp.remove(p.clone())
                             .await
-                            .map_err(|e| self.sftp_err("cannot remove", &p, e))?;
+                            .map_err(|e| self.sftp_err(&op, "cannot remove", &p, e))?;
                     }
                 }
             }
             Ok(())
-        })?
+        })
     }
 
     fn dir_state(&self, path: &str) -> Result<DirState> {
-        let p = self.path(path);
-        self.run(async {
-            let sftp = &self.conn.sftp;
+        let p = &self.path(path);
+        self.run(&format!("listing `{path}`"), |op| async move {
+            let sftp = op.sftp();
             let handle = match sftp.opendir(p.clone()).await {
                 Ok(h) => h.handle,
                 Err(e) if is_status(&e, StatusCode::NoSuchFile) => return Ok(DirState::Missing),
-                Err(e) => return Err(self.sftp_err("cannot list", path, e)),
+                Err(e) => return Err(self.sftp_err(&op, "cannot list", path, e)),
             };
             let state = loop {
                 match sftp.readdir(handle.clone()).await {
@@ -980,21 +1154,21 @@ impl NodeTransport for SshTransport {
                         }
                     }
                     Err(e) if is_status(&e, StatusCode::Eof) => break Ok(DirState::Empty),
-                    Err(e) => break Err(self.sftp_err("cannot list", path, e)),
+                    Err(e) => break Err(self.sftp_err(&op, "cannot list", path, e)),
                 }
             };
             let _ = sftp.close(handle).await;
             state
-        })?
+        })
     }
 
     fn create_dir_all(&self, path: &str) -> Result<()> {
-        let full = self.path(path);
-        self.run(async {
+        let full = &self.path(path);
+        self.run(&format!("creating `{path}`"), |op| async move {
             if self
-                .lstat_dir(&full)
+                .lstat_dir(&op, full)
                 .await
-                .map_err(|e| self.sftp_err("cannot create", path, e))?
+                .map_err(|e| self.sftp_err(&op, "cannot create", path, e))?
                 == Some(true)
             {
                 return Ok(());
@@ -1007,16 +1181,15 @@ impl NodeTransport for SshTransport {
                 }
                 prefix.push_str(part);
                 match self
-                    .lstat_dir(&prefix)
+                    .lstat_dir(&op, &prefix)
                     .await
-                    .map_err(|e| self.sftp_err("cannot create", path, e))?
+                    .map_err(|e| self.sftp_err(&op, "cannot create", path, e))?
                 {
                     Some(true) => continue,
                     // A drive (`/C:`) or a link to a folder is walked through.
                     Some(false)
-                        if self
-                            .conn
-                            .sftp
+                        if op
+                            .sftp()
                             .stat(prefix.clone())
                             .await
                             .is_ok_and(|a| a.attrs.is_dir()) =>
@@ -1029,52 +1202,54 @@ impl NodeTransport for SshTransport {
                         )))
                     }
                     None => {
-                        self.conn
-                            .sftp
+                        op.changes();
+                        op.sftp()
                             .mkdir(prefix.clone(), FileAttributes::empty())
                             .await
-                            .map_err(|e| self.sftp_err("cannot create", &prefix, e))?;
+                            .map_err(|e| self.sftp_err(&op, "cannot create", &prefix, e))?;
                     }
                 }
             }
             Ok(())
-        })?
+        })
     }
 
     fn upload_tree(&self, src: &Path, dest: &str) -> Result<u64> {
         // Every entry is checked before anything is written on the node.
-        let entries = super::payload_entries(&self.node, src)?;
-        let root = self.path(dest);
-        self.run(async {
-            let sftp = &self.conn.sftp;
-            match self.lstat_dir(&root).await {
+        let entries = &super::payload_entries(&self.node, src)?;
+        let root = &self.path(dest);
+        self.run(&format!("copying the payload into `{dest}`"), |op| async move {
+            let sftp = op.sftp();
+            match self.lstat_dir(&op, root).await {
                 Ok(Some(true)) => {}
                 Ok(_) => {
                     return Err(self.err(format!(
                         "instance folder `{dest}` is missing or is not a plain folder (a link?); refusing to copy into it"
                     )))
                 }
-                Err(e) => return Err(self.sftp_err("cannot read", dest, e)),
+                Err(e) => return Err(self.sftp_err(&op, "cannot read", dest, e)),
             }
             let target = |e: &PayloadEntry| format!("{}/{}", root.trim_end_matches('/'), e.rel);
             // Folders first (parents before children), writable by us until
             // the files are in; then the files, several at once; then the
             // folders' own modes, children before parents.
+            op.changes();
             let dirs: Vec<&PayloadEntry> = entries.iter().filter(|e| e.is_dir).collect();
             for e in &dirs {
                 let to = target(e);
                 if let Err(err) = sftp.mkdir(to.clone(), perms(e.mode | 0o700)).await {
                     // Only an existing real folder is acceptable.
-                    if self.lstat_dir(&to).await.ok().flatten() != Some(true) {
-                        return Err(self.sftp_err("cannot create folder", &to, err));
+                    if self.lstat_dir(&op, &to).await.ok().flatten() != Some(true) {
+                        return Err(self.sftp_err(&op, "cannot create folder", &to, err));
                     }
                 }
             }
+            let op = &op;
             let total = stream::iter(
                 entries
                     .iter()
                     .filter(|e| !e.is_dir)
-                    .map(|e| self.upload_file(e, target(e))),
+                    .map(|e| self.upload_file(op, e, target(e))),
             )
             .buffer_unordered(FILES_IN_FLIGHT)
             .try_fold(0u64, |sum, n| async move { Ok(sum + n) })
@@ -1083,21 +1258,28 @@ impl NodeTransport for SshTransport {
                 let to = target(e);
                 sftp.setstat(to.clone(), perms(e.mode))
                     .await
-                    .map_err(|err| self.sftp_err("cannot set the mode of", &to, err))?;
+                    .map_err(|err| self.sftp_err(op, "cannot set the mode of", &to, err))?;
             }
             Ok(total)
-        })?
+        })
     }
 
     fn exec(&self, command: &str, cwd: &str, timeout: Duration) -> Result<ExecOutput> {
-        let line = command_line(self.shell, command, cwd);
-        self.run(async {
-            let mut channel = self
+        if crate::interrupt::abort_requested() {
+            return Err(Error::Interrupted(format!(
+                "interrupted: `{command}` was not started on node `{}`: the operator aborted the run (second Ctrl-C)",
+                self.node
+            )));
+        }
+        let line = &command_line(self.shell, command, cwd);
+        self.run(&format!("running `{command}`"), |op| async move {
+            let mut channel = op
                 .conn
                 .handle
                 .channel_open_session()
                 .await
                 .map_err(|e| self.err(format!("cannot open a channel for `{command}`: {e}")))?;
+            op.changes();
             channel
                 .exec(true, line.as_bytes())
                 .await
@@ -1105,42 +1287,77 @@ impl NodeTransport for SshTransport {
             let mut stdout = Vec::new();
             let mut stderr = Vec::new();
             let mut status = None;
+            let mut exited = false;
             let keep = |buf: &mut Vec<u8>, data: &[u8]| {
                 let room = MAX_OUTPUT.saturating_sub(buf.len());
                 buf.extend_from_slice(&data[..data.len().min(room)]);
             };
-            let finished = tokio::time::timeout(timeout, async {
-                while let Some(msg) = channel.wait().await {
-                    match msg {
-                        ChannelMsg::Data { data } => keep(&mut stdout, &data),
-                        ChannelMsg::ExtendedData { data, ext: 1 } => keep(&mut stderr, &data),
-                        ChannelMsg::ExitStatus { exit_status } => {
-                            status = Some(exit_status as i32)
+            let deadline = tokio::time::sleep(timeout);
+            tokio::pin!(deadline);
+            // The abort flag is set by the Ctrl-C handler thread: polled.
+            let mut tick = tokio::time::interval(ABORT_POLL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let end = loop {
+                tokio::select! {
+                    msg = channel.wait() => match msg {
+                        Some(ChannelMsg::Data { data }) => keep(&mut stdout, &data),
+                        Some(ChannelMsg::ExtendedData { data, ext: 1 }) => keep(&mut stderr, &data),
+                        Some(ChannelMsg::ExitStatus { exit_status }) => {
+                            exited = true;
+                            status = Some(exit_status as i32);
                         }
-                        ChannelMsg::ExitSignal { signal_name, .. } => {
+                        Some(ChannelMsg::ExitSignal { signal_name, .. }) => {
+                            exited = true;
                             keep(
                                 &mut stderr,
                                 format!("killed by signal {signal_name:?}").as_bytes(),
                             );
                         }
-                        ChannelMsg::Close => break,
-                        _ => {}
+                        Some(ChannelMsg::Close) => break End::Finished,
+                        Some(_) => {}
+                        None if exited => break End::Finished,
+                        None => break End::Lost,
+                    },
+                    () = &mut deadline => break End::TimedOut,
+                    _ = tick.tick() => {
+                        if crate::interrupt::abort_requested() {
+                            break End::Aborted;
+                        }
                     }
                 }
-            })
-            .await;
+            };
             let (pid, rest) = take_pid(&stderr);
-            if finished.is_err() {
-                let stopped = self.kill(&mut channel, pid).await;
-                return Err(self.err(format!(
-                    "`{command}` did not finish within {} s; {}",
-                    timeout.as_secs(),
-                    if stopped {
-                        "it was killed on the node"
-                    } else {
-                        "uprun asked the node to kill it, but it may still be running there: check the node"
-                    }
-                )));
+            let killed = |stopped: bool| {
+                if stopped {
+                    "it was killed on the node"
+                } else {
+                    "uprun asked the node to kill it, but it may still be running there: check the node"
+                }
+            };
+            match end {
+                End::Finished => {}
+                End::TimedOut => {
+                    let stopped = self.kill(&op, &mut channel, pid).await;
+                    return Err(self.err(format!(
+                        "`{command}` did not finish within {} s; {}",
+                        timeout.as_secs(),
+                        killed(stopped)
+                    )));
+                }
+                End::Aborted => {
+                    let stopped = self.kill(&op, &mut channel, pid).await;
+                    return Err(Error::Interrupted(format!(
+                        "interrupted: `{command}` on node `{}` ({}) was aborted by the operator (second Ctrl-C); {}",
+                        self.node,
+                        self.target(),
+                        killed(stopped)
+                    )));
+                }
+                End::Lost => {
+                    return Err(self.err(format!(
+                        "the channel of `{command}` closed before the command reported how it exited; it may or may not have finished on the node, and uprun does not run it again on its own. Check the node, then resume the run (`--resume`)"
+                    )));
+                }
             }
             let stderr = rest.to_vec();
             Ok(ExecOutput {
@@ -1148,7 +1365,7 @@ impl NodeTransport for SshTransport {
                 stdout: String::from_utf8_lossy(&stdout).into_owned(),
                 stderr: String::from_utf8_lossy(&stderr).into_owned(),
             })
-        })?
+        })
     }
 }
 

@@ -1,6 +1,7 @@
 //! A real OpenSSH server on 127.0.0.1 for the SSH tests: its own host key,
 //! client key, authorized_keys and known_hosts in a temporary folder, on a
-//! free port, killed on drop. Loopback only.
+//! free port, killed on drop. Loopback only. `restart` kills it with its
+//! sessions (every connection drops) and starts it again, same port and keys.
 
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
@@ -21,6 +22,7 @@ pub struct Sshd {
     pub known_hosts: PathBuf,
     /// The host key line (`ssh-ed25519 AAAA...`).
     pub host_key: String,
+    config: PathBuf,
     child: Child,
 }
 
@@ -102,33 +104,9 @@ impl Sshd {
                 ),
             )
             .expect("sshd_config");
-            let log = std::fs::File::create(dir.join("sshd.log")).expect("log");
-            let mut child = Command::new(SSHD)
-                .args(["-D", "-e", "-f"])
-                .arg(&config)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("start sshd");
-            // Ready when the port accepts connections; gone when sshd exited.
-            let deadline = Instant::now() + Duration::from_secs(10);
-            let mut ready = false;
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    ready = true;
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            if !ready {
-                let _ = child.kill();
-                let _ = child.wait();
+            let Some(child) = launch(&config, port, &dir) else {
                 continue; // port taken meanwhile, most likely: try another
-            }
+            };
             let known_hosts = dir.join("known_hosts");
             std::fs::write(&known_hosts, format!("[127.0.0.1]:{port} {host_key}\n"))
                 .expect("known_hosts");
@@ -138,15 +116,69 @@ impl Sshd {
                 client_key: dir.join("client_ed25519"),
                 known_hosts,
                 host_key,
+                config,
                 child,
                 dir,
                 _tmp: tmp,
             });
         }
-        let mut log = String::new();
-        let _ =
-            std::fs::File::open(dir.join("sshd.log")).and_then(|mut f| f.read_to_string(&mut log));
-        panic!("sshd did not start after 5 attempts; its log:\n{log}");
+        panic!(
+            "sshd did not start after 5 attempts; its log:\n{}",
+            read_log(&dir)
+        );
+    }
+
+    /// Kill the server and every process it started (its sessions and their
+    /// commands: every connection to it drops, as when the node reboots),
+    /// then start it again on the same port with the same keys. Returns once
+    /// it accepts connections.
+    pub fn restart(&mut self) {
+        self.restart_with(|_| {});
+    }
+
+    /// `restart`, the server coming back with another host key (the one of
+    /// `other_host_key`), as a reinstalled node or an impostor would.
+    pub fn restart_as_another_host(&mut self) {
+        self.other_host_key();
+        self.restart_with(|dir| {
+            std::fs::copy(dir.join("other_host_ed25519"), dir.join("host_ed25519"))
+                .expect("swap the host key");
+        });
+    }
+
+    fn restart_with(&mut self, while_down: impl FnOnce(&Path)) {
+        let pid = self.child.id();
+        let mut doomed = descendants(pid);
+        doomed.push(pid);
+        for p in &doomed {
+            // SAFETY: plain kill(2) on processes this server started.
+            unsafe {
+                libc::kill(*p as i32, libc::SIGKILL);
+            }
+        }
+        let _ = self.child.wait();
+        // The sessions are not our children: wait (bounded) until each is
+        // gone or a zombie, so no connection is still served. SIGKILL takes
+        // effect asynchronously and there is nothing to block on for a
+        // process that is not our child, hence a short yielding poll.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for p in &doomed {
+            while alive(*p) {
+                assert!(
+                    Instant::now() < deadline,
+                    "sshd process {p} survived SIGKILL"
+                );
+                std::thread::yield_now();
+            }
+        }
+        while_down(&self.dir);
+        self.child = launch(&self.config, self.port, &self.dir).unwrap_or_else(|| {
+            panic!(
+                "sshd did not start again on port {}; its log:\n{}",
+                self.port,
+                read_log(&self.dir)
+            )
+        });
     }
 
     /// `ssh://user@127.0.0.1:port`
@@ -175,6 +207,83 @@ impl Sshd {
             .collect::<Vec<_>>()
             .join(" ")
     }
+}
+
+/// Start sshd with `config` and wait (bounded) until `port` accepts
+/// connections; `None` when it exits first or never listens.
+fn launch(config: &Path, port: u16, dir: &Path) -> Option<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("sshd.log"))
+        .expect("log");
+    let mut child = Command::new(SSHD)
+        .args(["-D", "-e", "-f"])
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start sshd");
+    // Ready when the port accepts connections; gone when sshd exited.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some(child);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+fn read_log(dir: &Path) -> String {
+    let mut log = String::new();
+    let _ = std::fs::File::open(dir.join("sshd.log")).and_then(|mut f| f.read_to_string(&mut log));
+    log
+}
+
+/// `(state, parent pid)` of a process, from `/proc/PID/stat`.
+fn proc_stat(pid: u32) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (command) state ppid ...`; the command may hold spaces and `)`.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+/// Whether a process still runs (a zombie has finished).
+pub fn alive(pid: u32) -> bool {
+    matches!(proc_stat(pid), Some((state, _)) if state != 'Z' && state != 'X')
+}
+
+/// Every process below `root` (children, their children...).
+fn descendants(root: u32) -> Vec<u32> {
+    let mut parents = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            if let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) {
+                if let Some((_, ppid)) = proc_stat(pid) {
+                    parents.push((pid, ppid));
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(p) = frontier.pop() {
+        for (pid, _) in parents.iter().filter(|(_, ppid)| *ppid == p) {
+            out.push(*pid);
+            frontier.push(*pid);
+        }
+    }
+    out
 }
 
 impl Drop for Sshd {
