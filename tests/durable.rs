@@ -4,13 +4,11 @@
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::Child;
 
 use serde_json::Value;
 
-use crate::support::{uprun, Sandbox};
+use crate::support::{fifo, uprun, Sandbox};
 
 /// The comparable end state: database version and history, and each node's
 /// manifest without timestamps.
@@ -211,17 +209,13 @@ fn runs_lists_and_shows_the_journal() {
 /// `ready` FIFO) and then waits for the test (reads the `gate` FIFO).
 struct Gate {
     ready: PathBuf,
-    gate: PathBuf,
+    gate: fifo::OpenOnDrop,
 }
 
 impl Gate {
     fn install(sb: &Sandbox) -> Gate {
-        let ready = sb.dir.join("ready.fifo");
-        let gate = sb.dir.join("gate.fifo");
-        for f in [&ready, &gate] {
-            let st = Command::new("mkfifo").arg(f).status().expect("mkfifo");
-            assert!(st.success());
-        }
+        let ready = fifo::make(&sb.dir, "ready.fifo");
+        let gate = fifo::make(&sb.dir, "gate.fifo");
         let site = std::fs::read_to_string(sb.site()).expect("site").replace(
             "stop = \"rm -f service.state\"",
             &format!(
@@ -231,56 +225,24 @@ impl Gate {
             ),
         );
         std::fs::write(sb.site(), site).expect("write site");
-        Gate { ready, gate }
+        Gate {
+            ready,
+            gate: fifo::OpenOnDrop(gate),
+        }
     }
 
     /// Wait (bounded) until the run is inside app02's stop command.
     fn wait_ready(&self, child: &mut Child) {
-        let (tx, rx) = mpsc::channel();
-        let ready = self.ready.clone();
-        std::thread::spawn(move || {
-            let _ = tx.send(std::fs::read_to_string(ready));
-        });
-        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
-            let _ = child.kill();
-            panic!("the run never reached app02's stop command");
-        }
+        fifo::wait_ready(&self.ready, child, "app02's stop command");
     }
 
     fn open(&self) {
-        std::fs::write(&self.gate, "go\n").expect("open the gate");
-    }
-}
-
-impl Drop for Gate {
-    /// A test that fails while a run waits at the gate must not leave that
-    /// run blocked: open the gate if someone is still reading it.
-    fn drop(&mut self) {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&self.gate)
-        {
-            let _ = f.write_all(b"go\n");
-        }
+        self.gate.open();
     }
 }
 
 fn spawn_run(sb: &Sandbox, script: &str, extra: &[&str]) -> Child {
-    let bin = assert_cmd::cargo::cargo_bin("uprun");
-    Command::new(bin)
-        .args(["run", script, "--site"])
-        .arg(sb.site())
-        .arg("--release")
-        .arg(sb.release())
-        .arg("--yes")
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn")
+    sb.spawn_run(&sb.site(), script, extra)
 }
 
 #[test]
@@ -447,12 +409,7 @@ fn an_abandoned_run_frees_the_site() {
 #[test]
 fn ctrl_c_stops_a_script_busy_between_steps() {
     let sb = Sandbox::new();
-    let ready = sb.dir.join("busy.fifo");
-    assert!(Command::new("mkfifo")
-        .arg(&ready)
-        .status()
-        .expect("mkfifo")
-        .success());
+    let ready = fifo::make(&sb.dir, "busy.fifo");
     let script = sb.script(
         "busy.rhai",
         &format!(
@@ -461,14 +418,7 @@ fn ctrl_c_stops_a_script_busy_between_steps() {
         ),
     );
     let mut run = spawn_run(&sb, script.to_str().expect("path"), &[]);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(std::fs::read_to_string(ready));
-    });
-    if rx.recv_timeout(Duration::from_secs(60)).is_err() {
-        let _ = run.kill();
-        panic!("the run never reached its loop");
-    }
+    fifo::wait_ready(&ready, &mut run, "its loop");
     // SAFETY: signalling our own child.
     unsafe {
         libc::kill(run.id() as i32, libc::SIGINT);

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::support::sshd::{self, Sshd};
-use crate::support::{uprun, Sandbox};
+use crate::support::{fifo, uprun, Sandbox};
 
 /// Write `site-ssh.toml` beside the sandbox's site: the same site, with every
 /// node at `address(node)` and its root as an absolute path, plus `extra`.
@@ -628,91 +628,6 @@ fn a_run_killed_mid_step_over_ssh_resumes_to_the_local_end_state() {
     }
 }
 
-/// A FIFO in the sandbox.
-fn fifo(sb: &Sandbox, name: &str) -> PathBuf {
-    let p = sb.dir.join(name);
-    let st = std::process::Command::new("mkfifo")
-        .arg(&p)
-        .status()
-        .expect("mkfifo");
-    assert!(st.success(), "mkfifo {}", p.display());
-    p
-}
-
-/// Opens a gate FIFO when dropped, without blocking when nothing reads it:
-/// a command left waiting on it by a failed assertion ends too.
-struct OpenOnDrop(PathBuf);
-
-impl OpenOnDrop {
-    fn open(&self) {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&self.0)
-        {
-            let _ = f.write_all(b"go\n");
-        }
-    }
-}
-
-impl Drop for OpenOnDrop {
-    fn drop(&mut self) {
-        self.open();
-    }
-}
-
-/// `uprun run SCRIPT --site SITE --yes` in the background, output piped.
-fn spawn_run(sb: &Sandbox, site: &Path, script: &Path) -> std::process::Child {
-    std::process::Command::new(assert_cmd::cargo::cargo_bin("uprun"))
-        .arg("run")
-        .arg(script)
-        .arg("--site")
-        .arg(site)
-        .arg("--release")
-        .arg(sb.release())
-        .arg("--yes")
-        .env_remove("RUST_LOG")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn uprun")
-}
-
-/// Wait (bounded) until a command of the run writes to the `ready` FIFO.
-fn wait_ready(ready: &Path, run: &mut std::process::Child, what: &str) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let ready = ready.to_path_buf();
-    std::thread::spawn(move || {
-        let _ = tx.send(std::fs::read_to_string(ready));
-    });
-    if rx.recv_timeout(Duration::from_secs(60)).is_err() {
-        let _ = run.kill();
-        panic!("the run never reached {what}");
-    }
-}
-
-/// Wait (bounded) for the run to end; stderr may have been taken already.
-fn finish(run: std::process::Child) -> std::process::Output {
-    let pid = run.id() as i32;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(run.wait_with_output());
-    });
-    match rx.recv_timeout(Duration::from_secs(120)) {
-        Ok(out) => out.expect("run output"),
-        Err(_) => {
-            // SAFETY: killing our own child, which did not end.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
-            panic!("the run did not end within 120 s");
-        }
-    }
-}
-
 fn run_ids(sb: &Sandbox) -> Vec<String> {
     std::fs::read_dir(sb.dir.join(".uprun/runs"))
         .expect("journal folder")
@@ -750,8 +665,8 @@ fn a_dropped_connection_is_reopened_for_the_next_operation() {
     };
     let sb = Sandbox::new();
     let site = ssh_site_local_app01(&sb, &sshd);
-    let ready = fifo(&sb, "ready.fifo");
-    let gate = OpenOnDrop(fifo(&sb, "gate.fifo"));
+    let ready = fifo::make(&sb.dir, "ready.fifo");
+    let gate = fifo::OpenOnDrop(fifo::make(&sb.dir, "gate.fifo"));
     // app02 and app03 are connected (and used) before the gate; sshd is
     // killed with their sessions and started again while app01 waits; then a
     // command on app02 (a new channel) and a removal on app03 (SFTP first).
@@ -766,15 +681,15 @@ fn a_dropped_connection_is_reopened_for_the_next_operation() {
             gate.0.display()
         ),
     );
-    let mut run = spawn_run(&sb, &site, &script);
-    wait_ready(&ready, &mut run, "app01's gate");
+    let mut run = sb.spawn_run(&site, script.to_str().expect("path"), &[]);
+    fifo::wait_ready(&ready, &mut run, "app01's gate");
     assert_eq!(
         std::fs::read_to_string(sb.dir.join("nodes/app02/one.txt")).expect("one.txt"),
         "one\n"
     );
     sshd.restart();
     gate.open();
-    let out = finish(run);
+    let out = fifo::finish(run);
     assert!(
         out.status.success(),
         "the run did not survive the restart:\nstdout: {}\nstderr: {}",
@@ -796,8 +711,8 @@ fn a_reconnection_checks_the_host_key_again() {
     };
     let sb = Sandbox::new();
     let site = ssh_site_local_app01(&sb, &sshd);
-    let ready = fifo(&sb, "ready.fifo");
-    let gate = OpenOnDrop(fifo(&sb, "gate.fifo"));
+    let ready = fifo::make(&sb.dir, "ready.fifo");
+    let gate = fifo::OpenOnDrop(fifo::make(&sb.dir, "gate.fifo"));
     let script = sb.script(
         "reconnect.rhai",
         &format!(
@@ -808,11 +723,11 @@ fn a_reconnection_checks_the_host_key_again() {
             gate.0.display()
         ),
     );
-    let mut run = spawn_run(&sb, &site, &script);
-    wait_ready(&ready, &mut run, "app01's gate");
+    let mut run = sb.spawn_run(&site, script.to_str().expect("path"), &[]);
+    fifo::wait_ready(&ready, &mut run, "app01's gate");
     sshd.restart_as_another_host();
     gate.open();
-    let out = finish(run);
+    let out = fifo::finish(run);
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -831,8 +746,8 @@ fn a_command_cut_off_by_a_dropped_connection_is_reported_not_run_again() {
     };
     let sb = Sandbox::new();
     let site = ssh_site(&sb, &sshd, "", |_| sshd.address());
-    let ready = fifo(&sb, "ready.fifo");
-    let gate = OpenOnDrop(fifo(&sb, "gate.fifo"));
+    let ready = fifo::make(&sb.dir, "ready.fifo");
+    let gate = fifo::OpenOnDrop(fifo::make(&sb.dir, "gate.fifo"));
     // Counts its runs; only the first waits at the gate.
     let command = format!(
         "echo ran >> runs.txt; if [ $(wc -l < runs.txt) -eq 1 ]; then echo up > '{}'; cat '{}' > /dev/null; fi",
@@ -845,11 +760,11 @@ fn a_command_cut_off_by_a_dropped_connection_is_reported_not_run_again() {
             "node_command(\"app02\", {command:?});\nnode_command(\"app02\", \"echo after > after.txt\");\n"
         ),
     );
-    let mut run = spawn_run(&sb, &site, &script);
-    wait_ready(&ready, &mut run, "the command on app02");
+    let mut run = sb.spawn_run(&site, script.to_str().expect("path"), &[]);
+    fifo::wait_ready(&ready, &mut run, "the command on app02");
     // Kills the command's session (and the command) under it.
     sshd.restart();
-    let out = finish(run);
+    let out = fifo::finish(run);
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}\n{}", text(&out.stdout));
     assert!(
@@ -895,8 +810,8 @@ fn a_command_cut_off_by_a_dropped_connection_is_reported_not_run_again() {
 /// the first is acknowledged), and check the command was killed where it ran.
 fn ctrl_c_twice_kills_the_running_command(sb: &Sandbox, site: &Path) {
     use std::io::BufRead;
-    let ready = fifo(sb, "ready.fifo");
-    let gate = OpenOnDrop(fifo(sb, "gate.fifo"));
+    let ready = fifo::make(&sb.dir, "ready.fifo");
+    let gate = fifo::OpenOnDrop(fifo::make(&sb.dir, "gate.fifo"));
     // `exec`: the blocked process is the shell itself, whose pid it records.
     let script = sb.script(
         "blocked.rhai",
@@ -906,7 +821,7 @@ fn ctrl_c_twice_kills_the_running_command(sb: &Sandbox, site: &Path) {
             gate.0.display()
         ),
     );
-    let mut run = spawn_run(sb, site, &script);
+    let mut run = sb.spawn_run(site, script.to_str().expect("path"), &[]);
     let pid = run.id() as i32;
     let stderr = run.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel();
@@ -920,7 +835,7 @@ fn ctrl_c_twice_kills_the_running_command(sb: &Sandbox, site: &Path) {
         }
         all
     });
-    wait_ready(&ready, &mut run, "the command on app02");
+    fifo::wait_ready(&ready, &mut run, "the command on app02");
     let sigint = || {
         // SAFETY: signalling our own child.
         unsafe {
@@ -943,7 +858,7 @@ fn ctrl_c_twice_kills_the_running_command(sb: &Sandbox, site: &Path) {
         }
     }
     sigint();
-    let out = finish(run);
+    let out = fifo::finish(run);
     let err = reader.join().expect("stderr reader");
     assert_eq!(out.status.code(), Some(130), "{err}\n{}", text(&out.stdout));
     assert!(

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
 
+pub mod fifo;
 pub mod sshd;
 
 pub struct Sandbox {
@@ -111,6 +112,26 @@ impl Sandbox {
             diff.push(format!("added {}", p.display()));
         }
         assert!(diff.is_empty(), "{what}: {diff:?}");
+    }
+
+    /// `uprun run SCRIPT --site SITE --release R --yes EXTRA` in the
+    /// background, output piped.
+    pub fn spawn_run(&self, site: &Path, script: &str, extra: &[&str]) -> std::process::Child {
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("uprun"))
+            .arg("run")
+            .arg(script)
+            .arg("--site")
+            .arg(site)
+            .arg("--release")
+            .arg(self.release())
+            .arg("--yes")
+            .args(extra)
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn uprun")
     }
 
     pub fn backups(&self) -> Vec<PathBuf> {
