@@ -30,7 +30,7 @@ pub enum Command {
     Run(RunArgs),
     /// Show, in order, what `run` would do. Reads are real (database version, check queries, node state);
     /// nothing is changed.
-    Plan(TargetArgs),
+    Plan(PlanArgs),
     /// Compile a procedure with its imports and report errors as file:line:column with the source line.
     /// Also flags misspelled option keys of host functions.
     Check(CheckArgs),
@@ -93,6 +93,15 @@ pub struct TargetArgs {
     /// Print one JSON object per event instead of human output.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Show what `run --resume ID` would do: steps the journal shows done are listed as done.
+    #[arg(long, value_name = "ID")]
+    pub resume: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -395,11 +395,59 @@ fn an_abandoned_run_frees_the_site() {
         err.contains("stale lock") && err.contains(&id) && err.contains("runs abandon"),
         "{err}"
     );
+    // `status` shows the unfinished run; `plan --resume` what resuming would do.
+    let unfinished = |sb: &Sandbox| -> Vec<String> {
+        let out = uprun()
+            .args(["status", "--json", "--site"])
+            .arg(sb.site())
+            .output()
+            .expect("status");
+        let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+        v["unfinished_runs"]
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|r| r["run_id"].as_str().expect("id").to_string())
+            .collect()
+    };
+    assert_eq!(unfinished(&sb), vec![id.clone()]);
+    let out = sb
+        .cmd("plan", "in-place-upgrade", &["--json", "--resume", &id])
+        .output()
+        .expect("plan");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let planned: Vec<Value> = crate::support::events(&out.stdout)
+        .into_iter()
+        .filter(|e| e["event"] == "planned")
+        .collect();
+    let done_earlier = planned
+        .iter()
+        .filter(|e| {
+            e["description"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("done in an earlier attempt")
+        })
+        .count();
+    assert_eq!(
+        done_earlier, 2,
+        "backup and the first removal: {planned:#?}"
+    );
+    assert_eq!(
+        planned.iter().filter(|e| e["changes"] == true).count(),
+        6,
+        "{planned:#?}"
+    );
     uprun()
         .args(["runs", "abandon", &id, "--site"])
         .arg(sb.site())
         .assert()
         .success();
+    assert!(unfinished(&sb).is_empty());
     sb.cmd("run", "in-place-upgrade", &["--yes"])
         .assert()
         .success();

@@ -1,13 +1,14 @@
 //! `uprun plan`: the procedure with reads real and changes only described.
 
-use crate::cli::TargetArgs;
+use crate::cli::PlanArgs;
 use crate::config::{Release, Site};
 use crate::ops::{Confirmation, Mode, RunSpec};
 use crate::progress::Event;
 use crate::script::Procedure;
 use crate::Result;
 
-pub fn exec(a: TargetArgs) -> Result<i32> {
+pub fn exec(p: PlanArgs) -> Result<i32> {
+    let a = p.target;
     let site = Site::load(&a.site)?;
     let release = Release::load_opt(a.release.as_deref())?;
     let proc = Procedure::load(&a.script)?;
@@ -19,17 +20,34 @@ pub fn exec(a: TargetArgs) -> Result<i32> {
         script: proc.name.clone(),
         site: site.file.display().to_string(),
     });
+    let replay = match &p.resume {
+        Some(id) => {
+            let inputs = crate::journal::digest_inputs(&proc.name, &proc.text, &site, &release)?;
+            let (replay, changed) = super::run::load_resume(&site, id, &inputs, true)?;
+            for c in changed {
+                reporter.event(Event::Log {
+                    level: "warn".into(),
+                    message: format!("{c} since run {id} started: `run --resume` will refuse without --accept-changed-inputs"),
+                });
+            }
+            replay
+        }
+        None => Default::default(),
+    };
     let session = super::Session::open(
-        RunSpec::new(
-            &site,
-            &release,
-            Mode::Plan,
-            &run_id,
-            Confirmation {
-                yes: true,
-                interactive: false,
-            },
-        ),
+        RunSpec {
+            replay,
+            ..RunSpec::new(
+                &site,
+                &release,
+                Mode::Plan,
+                &run_id,
+                Confirmation {
+                    yes: true,
+                    interactive: false,
+                },
+            )
+        },
         &proc,
         reporter.clone(),
     )?;

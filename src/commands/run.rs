@@ -45,7 +45,7 @@ fn needs_consent(s: &StepRecord) -> bool {
 
 /// Load the journal of the run to resume, and check it may be resumed with
 /// these inputs. Returns what it did and the input changes accepted.
-fn load_resume(
+pub(super) fn load_resume(
     site: &Site,
     id: &str,
     inputs: &journal::Inputs,

@@ -24,6 +24,9 @@ struct Status {
     /// The newest full backup the database server knows of (SQL Server: msdb).
     latest_full_backup: Option<String>,
     nodes: Vec<NodeStatus>,
+    /// Runs whose journal never closed (their process died, or they are
+    /// running now): resume or abandon them.
+    unfinished_runs: Vec<crate::journal::RunInfo>,
 }
 
 pub fn exec(a: StatusArgs) -> Result<i32> {
@@ -60,6 +63,11 @@ pub fn exec(a: StatusArgs) -> Result<i32> {
         migrations_applied: history.len(),
         latest_full_backup,
         nodes,
+        unfinished_runs: crate::journal::list_runs(&site)?
+            .into_iter()
+            .map(|(info, _)| info)
+            .filter(|info| info.ended.is_none())
+            .collect(),
     };
     if a.json {
         println!(
@@ -84,6 +92,20 @@ pub fn exec(a: StatusArgs) -> Result<i32> {
             ),
             None => println!("node {} ({}): no instance", n.name, n.role),
         }
+    }
+    for r in &status.unfinished_runs {
+        println!(
+            "unfinished run {} ({}, started {}; last: {}): resume it with `uprun run {} --site {} --release RELEASE --resume {}`, or abandon it with `uprun runs abandon {} --site {}`",
+            r.run_id,
+            r.script,
+            r.started,
+            r.last_step.as_deref().unwrap_or("-"),
+            r.script,
+            site.file.display(),
+            r.run_id,
+            r.run_id,
+            site.file.display()
+        );
     }
     Ok(0)
 }
