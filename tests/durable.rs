@@ -433,14 +433,18 @@ fn an_abandoned_run_frees_the_site() {
                 .starts_with("done in an earlier attempt")
         })
         .count();
-    assert_eq!(
-        done_earlier, 2,
-        "backup and the first removal: {planned:#?}"
-    );
+    // The secondaries' removals run in parallel: the other one may have
+    // finished before the kill too. The journal says which are done.
+    let done_in_journal = journal_entries(&journals(&sb)[0])
+        .iter()
+        .filter(|e| e["type"] == "done")
+        .count();
+    assert!(done_in_journal >= 1, "the backup at least was done");
+    assert_eq!(done_earlier, done_in_journal, "{planned:#?}");
     assert_eq!(
         planned.iter().filter(|e| e["changes"] == true).count(),
-        6,
-        "{planned:#?}"
+        8 - done_in_journal,
+        "the rest of the 8 changing steps is still to do: {planned:#?}"
     );
     uprun()
         .args(["runs", "abandon", &id, "--site"])
