@@ -350,3 +350,27 @@ pub fn human_ms(ms: u128) -> String {
         format!("{:.1} s", ms as f64 / 1000.0)
     }
 }
+
+/// Write command output (a report, a reference, a JSON document) to stdout.
+/// A closed pipe (`uprun api | head`) ends it quietly instead of panicking
+/// as `println!` would.
+pub fn write_out(args: std::fmt::Arguments<'_>, newline: bool) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_fmt(args);
+    if newline {
+        let _ = out.write_all(b"\n");
+    }
+    let _ = out.flush();
+}
+
+/// `println!` for command output, through [`write_out`].
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => { $crate::progress::write_out(format_args!($($arg)*), true) };
+}
+
+/// `print!` for command output, through [`write_out`].
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::progress::write_out(format_args!($($arg)*), false) };
+}

@@ -91,7 +91,7 @@ pub fn exec(a: ApiArgs) -> Result<i32> {
             .with_headers(true)
             .write_to_dir(&dir)
             .map_err(|e| Error::io("write definitions into", &dir, e))?;
-        println!(
+        crate::outln!(
             "definitions written to `{}` (point your editor's Rhai language server at it)",
             dir.display()
         );
@@ -147,7 +147,7 @@ pub fn exec(a: ApiArgs) -> Result<i32> {
         }
         out.push('\n');
     }
-    print!("{out}");
+    crate::out!("{out}");
     Ok(0)
 }
 

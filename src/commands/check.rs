@@ -29,7 +29,7 @@ pub fn exec(a: CheckArgs) -> Result<i32> {
             .collect();
         return Err(Error::Script(rendered.join("\n")));
     }
-    println!("ok: `{}` compiles and its imports resolve", proc.name);
+    crate::outln!("ok: `{}` compiles and its imports resolve", proc.name);
     Ok(0)
 }
 

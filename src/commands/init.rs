@@ -27,9 +27,9 @@ pub fn exec(dir: PathBuf) -> Result<i32> {
     for (name, text) in FILES {
         let path = dir.join(name);
         std::fs::write(&path, text).map_err(|e| Error::io("write", &path, e))?;
-        println!("wrote {}", path.display());
+        crate::outln!("wrote {}", path.display());
     }
-    println!(
+    crate::outln!(
         "Next: edit {0}/site.toml (nodes, database, service commands), then\n  uprun check {0}/upgrade.rhai\n  uprun plan {0}/upgrade.rhai --site {0}/site.toml --release RELEASE",
         dir.display()
     );

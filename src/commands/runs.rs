@@ -15,17 +15,17 @@ pub fn exec(a: RunsArgs) -> Result<i32> {
         None => {
             if a.json {
                 let infos: Vec<_> = runs.iter().map(|(i, _)| i).collect();
-                println!(
+                crate::outln!(
                     "{}",
                     serde_json::to_string_pretty(&infos).unwrap_or_default()
                 );
                 return Ok(0);
             }
             if runs.is_empty() {
-                println!("no runs yet for {}", site.file.display());
+                crate::outln!("no runs yet for {}", site.file.display());
             }
             for (i, _) in &runs {
-                println!(
+                crate::outln!(
                     "{}  {:<11} {}  started {}  ended {}  {} step(s) done  last: {}",
                     i.run_id,
                     i.outcome,
@@ -45,39 +45,46 @@ pub fn exec(a: RunsArgs) -> Result<i32> {
                 )));
             };
             if a.json {
-                println!(
+                crate::outln!(
                     "{}",
                     serde_json::to_string_pretty(entries).unwrap_or_default()
                 );
                 return Ok(0);
             }
-            println!("run {} ({}): {}", info.run_id, info.script, info.outcome);
+            crate::outln!("run {} ({}): {}", info.run_id, info.script, info.outcome);
             for e in entries {
                 match e {
                     Entry::Run {
                         at, inputs, user, ..
-                    } => println!(
+                    } => crate::outln!(
                         "{at}  started by {user}: {} on {} with release {} ({})",
-                        inputs.script, inputs.site, inputs.release_version, inputs.release
+                        inputs.script,
+                        inputs.site,
+                        inputs.release_version,
+                        inputs.release
                     ),
                     Entry::Resume {
                         at,
                         accepted_changes,
                         ..
                     } => {
-                        println!("{at}  resumed");
+                        crate::outln!("{at}  resumed");
                         for c in accepted_changes {
-                            println!("{at}    accepted: {c}");
+                            crate::outln!("{at}    accepted: {c}");
                         }
                     }
                     Entry::Started {
                         at, description, ..
-                    } => println!("{at}  started  {description}"),
-                    Entry::Done { at, key, ms, .. } => println!("{at}  done     {key} ({ms} ms)"),
-                    Entry::Failed { at, key, error } => println!("{at}  FAILED   {key}: {error}"),
-                    Entry::Note { at, message } => println!("{at}  note     {message}"),
+                    } => crate::outln!("{at}  started  {description}"),
+                    Entry::Done { at, key, ms, .. } => {
+                        crate::outln!("{at}  done     {key} ({ms} ms)")
+                    }
+                    Entry::Failed { at, key, error } => {
+                        crate::outln!("{at}  FAILED   {key}: {error}")
+                    }
+                    Entry::Note { at, message } => crate::outln!("{at}  note     {message}"),
                     Entry::End { at, outcome, error } => {
-                        println!(
+                        crate::outln!(
                             "{at}  {outcome}{}",
                             error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
                         )
@@ -104,7 +111,7 @@ pub fn exec(a: RunsArgs) -> Result<i32> {
                 "abandoned",
                 Some("abandoned by the operator".into()),
             ))?;
-            println!("run {id} abandoned; new runs may start. Nothing was undone: `uprun status --site {}` shows the site.", site.file.display());
+            crate::outln!("run {id} abandoned; new runs may start. Nothing was undone: `uprun status --site {}` shows the site.", site.file.display());
         }
     }
     Ok(0)

@@ -8,7 +8,7 @@ pub fn exec(a: ScriptsArgs) -> Result<i32> {
     match a.command {
         None => {
             for (name, text) in BUNDLED {
-                println!("{name:<20} {}", Procedure::description(text));
+                crate::outln!("{name:<20} {}", Procedure::description(text));
             }
         }
         Some(ScriptsCommand::Show { name }) => {
@@ -19,7 +19,7 @@ pub fn exec(a: ScriptsArgs) -> Result<i32> {
                     names.join(", ")
                 )));
             };
-            print!("{text}");
+            crate::out!("{text}");
         }
     }
     Ok(0)

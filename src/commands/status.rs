@@ -70,31 +70,38 @@ pub fn exec(a: StatusArgs) -> Result<i32> {
             .collect(),
     };
     if a.json {
-        println!(
+        crate::outln!(
             "{}",
             serde_json::to_string_pretty(&status).unwrap_or_default()
         );
         return Ok(0);
     }
-    println!("site {}", status.site);
-    println!(
+    crate::outln!("site {}", status.site);
+    crate::outln!(
         "database {}: version {} ({} migration(s) applied by uprun)",
-        status.database, status.database_version, status.migrations_applied
+        status.database,
+        status.database_version,
+        status.migrations_applied
     );
     if let Some(b) = &status.latest_full_backup {
-        println!("latest full backup: {b}");
+        crate::outln!("latest full backup: {b}");
     }
     for n in &status.nodes {
         match &n.instance {
-            Some(i) => println!(
+            Some(i) => crate::outln!(
                 "node {} ({}): {} {} in `{}` (since {})",
-                n.name, n.role, i.app_name, i.version, i.folder, i.created
+                n.name,
+                n.role,
+                i.app_name,
+                i.version,
+                i.folder,
+                i.created
             ),
-            None => println!("node {} ({}): no instance", n.name, n.role),
+            None => crate::outln!("node {} ({}): no instance", n.name, n.role),
         }
     }
     for r in &status.unfinished_runs {
-        println!(
+        crate::outln!(
             "unfinished run {} ({}, started {}; last: {}): resume it with `uprun run {} --site {} --release RELEASE --resume {}`, or abandon it with `uprun runs abandon {} --site {}`",
             r.run_id,
             r.script,

@@ -18,44 +18,46 @@ pub fn exec(a: TestArgs) -> Result<i32> {
     };
     let report = testing::test_procedure(&site, &release, &proc, policy)?;
     if a.target.json {
-        println!(
+        crate::outln!(
             "{}",
             serde_json::to_string_pretty(&report).unwrap_or_default()
         );
         return Ok(if report.all_converge() { 0 } else { 1 });
     }
-    println!(
+    crate::outln!(
         "uprun test {} on a disposable copy of {} (the real site is not touched)",
         report.procedure,
         site.file.display()
     );
     if report.commands_simulated {
-        println!("service commands and node_command are simulated (recorded, not run); --run-commands runs them in the copy");
+        crate::outln!("service commands and node_command are simulated (recorded, not run); --run-commands runs them in the copy");
     }
     let s = &report.end_state;
-    println!(
+    crate::outln!(
         "clean run: {} changing step(s); ends with the database at {}",
         report.steps.len(),
         s.database_version
     );
     for (name, n) in &s.nodes {
-        println!(
+        crate::outln!(
             "  {name}: {}",
             n.current.as_deref().unwrap_or("no instance")
         );
     }
-    println!("interrupted before and after each step's change, then resumed:");
+    crate::outln!("interrupted before and after each step's change, then resumed:");
     for p in &report.paths {
         let verdict = if p.converged { "converges" } else { "DIVERGES" };
-        println!(
+        crate::outln!(
             "  step {:>2} {:<6} {verdict:<9} {}",
-            p.step, p.point, p.description
+            p.step,
+            p.point,
+            p.description
         );
         for problem in &p.problems {
-            println!("             - {problem}");
+            crate::outln!("             - {problem}");
         }
         for c in &p.reran_commands {
-            println!("             ! re-ran on resume (must be idempotent): {c}");
+            crate::outln!("             ! re-ran on resume (must be idempotent): {c}");
         }
     }
     let bad = report.paths.iter().filter(|p| !p.converged).count();
@@ -65,16 +67,16 @@ pub fn exec(a: TestArgs) -> Result<i32> {
         .filter(|p| !p.reran_commands.is_empty())
         .count();
     if reran > 0 {
-        println!("note: on {reran} path(s) a command ran again on resume (marked !): make sure it is idempotent");
+        crate::outln!("note: on {reran} path(s) a command ran again on resume (marked !): make sure it is idempotent");
     }
     if bad == 0 {
-        println!(
+        crate::outln!(
             "result: every interruption point converges ({} paths); the safety rails held on every path",
             report.paths.len()
         );
         Ok(0)
     } else {
-        println!(
+        crate::outln!(
             "result: {bad} of {} paths do not end where a clean run ends; make those steps safe to resume before the window",
             report.paths.len()
         );
