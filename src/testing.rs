@@ -261,10 +261,7 @@ fn attempt(
             release,
             Mode::Run,
             "uprun-test",
-            Confirmation {
-                yes: true,
-                interactive: false,
-            },
+            Confirmation::UNATTENDED,
         )
     };
     let session = crate::commands::Session::open(spec, proc, quiet)?;

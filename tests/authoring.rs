@@ -70,9 +70,8 @@ fn init_writes_a_procedure_that_plans_against_the_demo_sandbox() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let kinds: Vec<String> = crate::support::events(&out.stdout)
+    let kinds: Vec<String> = crate::support::planned(&out.stdout)
         .into_iter()
-        .filter(|e| e["event"] == "planned")
         .map(|e| e["kind"].as_str().expect("kind").to_string())
         .collect();
     assert_eq!(

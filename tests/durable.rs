@@ -420,10 +420,7 @@ fn an_abandoned_run_frees_the_site() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let planned: Vec<Value> = crate::support::events(&out.stdout)
-        .into_iter()
-        .filter(|e| e["event"] == "planned")
-        .collect();
+    let planned = crate::support::planned(&out.stdout);
     let done_earlier = planned
         .iter()
         .filter(|e| {

@@ -1,6 +1,6 @@
 //! `uprun plan`: the ordered list of what `run` would do; nothing changes.
 
-use crate::support::{events, Sandbox};
+use crate::support::Sandbox;
 
 fn planned(sb: &Sandbox) -> Vec<(String, String)> {
     let out = sb
@@ -12,9 +12,8 @@ fn planned(sb: &Sandbox) -> Vec<(String, String)> {
         "plan failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    events(&out.stdout)
+    crate::support::planned(&out.stdout)
         .into_iter()
-        .filter(|e| e["event"] == "planned")
         .map(|e| {
             (
                 e["kind"].as_str().expect("kind").to_string(),

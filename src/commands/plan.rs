@@ -42,10 +42,7 @@ pub fn exec(p: PlanArgs) -> Result<i32> {
                 &release,
                 Mode::Plan,
                 &run_id,
-                Confirmation {
-                    yes: true,
-                    interactive: false,
-                },
+                Confirmation::UNATTENDED,
             )
         },
         &proc,

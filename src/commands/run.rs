@@ -118,10 +118,7 @@ pub fn execute(
                 &release,
                 Mode::Plan,
                 &run_id,
-                Confirmation {
-                    yes: true,
-                    interactive: false,
-                },
+                Confirmation::UNATTENDED,
             )
         },
         &proc,

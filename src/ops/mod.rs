@@ -45,6 +45,15 @@ pub struct Confirmation {
     pub interactive: bool,
 }
 
+impl Confirmation {
+    /// Nobody to ask and every question answered yes: the planning pass of
+    /// `run`, `plan` itself, and `uprun test`'s disposable copies.
+    pub const UNATTENDED: Confirmation = Confirmation {
+        yes: true,
+        interactive: false,
+    };
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {

@@ -165,6 +165,14 @@ pub fn uprun() -> Command {
     c
 }
 
+/// The `planned` events of JSON-lines output, in order.
+pub fn planned(stdout: &[u8]) -> Vec<serde_json::Value> {
+    events(stdout)
+        .into_iter()
+        .filter(|e| e["event"] == "planned")
+        .collect()
+}
+
 /// Parse JSON-lines output into events.
 pub fn events(stdout: &[u8]) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(stdout)
