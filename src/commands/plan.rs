@@ -48,7 +48,8 @@ pub fn exec(p: PlanArgs) -> Result<i32> {
         &proc,
         reporter.clone(),
     )?;
-    if let Ok(Some(b)) = crate::db::open(&site, true).and_then(|mut db| db.latest_full_backup()) {
+    // Through the session's connection: no second login to the server.
+    if let Ok(Some(b)) = session.ops.latest_full_backup() {
         reporter.event(Event::Log {
             level: "info".into(),
             message: format!("latest full backup of `{}`: {b}", site.database.name),

@@ -278,6 +278,11 @@ impl Ops {
         rows
     }
 
+    /// The newest full backup the database server knows of (SQL Server: msdb).
+    pub fn latest_full_backup(&self) -> Result<Option<String>> {
+        lock(&self.db).latest_full_backup()
+    }
+
     /// Run a read-only query against the database.
     pub fn query(&self, sql: &str) -> Result<Vec<crate::db::Row>> {
         lock(&self.db).query_readonly(sql)
