@@ -32,6 +32,10 @@ pub enum Error {
     /// The operator stopped the run (Ctrl-C). The journal says where.
     #[error("{0}")]
     Interrupted(String),
+    /// The procedure ended, but the run-end audit found the site not as the
+    /// run must leave it (a node or the database left behind).
+    #[error("{0}")]
+    Incomplete(String),
     /// The procedure failed (script error, rendered with its position).
     #[error("{0}")]
     Script(String),
@@ -73,6 +77,7 @@ impl Error {
             Error::Node { .. } => "node",
             Error::Refused(_) => "refused",
             Error::Interrupted(_) => "interrupted",
+            Error::Incomplete(_) => "incomplete",
             Error::Script(_) => "script",
             Error::ScriptRefused(_) => "refused",
         }

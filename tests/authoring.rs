@@ -199,6 +199,8 @@ fn uprun_test_names_the_step_that_is_not_safe_to_resume() {
         .arg(&fixture)
         .arg("--site")
         .arg(sb.site())
+        .arg("--release")
+        .arg(sb.release())
         .args(["--run-commands", "--json"])
         .output()
         .expect("test");

@@ -241,6 +241,17 @@ impl Gate {
     }
 }
 
+/// A whole upgrade, one step at a time, app02's removal first (the gate).
+const SEQUENTIAL_UPGRADE: &str = "backup_db();
+remove_instance(\"app02\");
+remove_instance(\"app03\");
+remove_instance(\"app01\");
+create_instance(\"app01\");
+upgrade_db();
+create_instance(\"app02\");
+create_instance(\"app03\");
+";
+
 fn spawn_run(sb: &Sandbox, script: &str, extra: &[&str]) -> Child {
     sb.spawn_run(&sb.site(), script, extra)
 }
@@ -249,8 +260,8 @@ fn spawn_run(sb: &Sandbox, script: &str, extra: &[&str]) -> Child {
 fn a_second_run_on_a_locked_site_is_refused_and_changes_nothing() {
     let sb = Sandbox::new();
     let gate = Gate::install(&sb);
-    // The first run does one thing only, so nothing else moves while it waits.
-    let only = sb.script("only.rhai", "remove_instance(\"app02\");\n");
+    // The first run goes one step at a time, so nothing else moves while it waits.
+    let only = sb.script("only.rhai", SEQUENTIAL_UPGRADE);
     let mut first = spawn_run(&sb, only.to_str().expect("path"), &[]);
     gate.wait_ready(&mut first);
     let before = sb.snapshot();
@@ -272,7 +283,7 @@ fn a_second_run_on_a_locked_site_is_refused_and_changes_nothing() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(sb.manifest("app02")["current"].is_null());
+    assert_eq!(sb.manifest("app02")["current"]["version"], "2.0.0");
     assert_eq!(journals(&sb).len(), 1, "the refused run left no journal");
 }
 
@@ -322,7 +333,7 @@ fn ctrl_c_stops_after_the_current_step_and_the_run_resumes() {
 #[test]
 fn resume_with_an_edited_script_is_refused_unless_accepted() {
     let sb = Sandbox::new();
-    let script = "import \"std/cluster\" as cluster;\nlet b = backup_db();\nlet r = cluster::remove_all(1);\nif mode() == \"run\" { throw \"stop here\"; }\n";
+    let script = "import \"std/cluster\" as cluster;\nlet b = backup_db();\nlet r = cluster::remove_all(1);\nif mode() == \"run\" { throw \"stop here\"; }\ncreate_instance(primary());\nupgrade_db();\ncluster::configure_secondaries(site().app_name, 1);\n";
     let path = sb.script("proc.rhai", script);
     let p = path.to_str().expect("path");
     let out = sb.cmd("run", p, &["--yes"]).output().expect("run");
@@ -373,7 +384,10 @@ fn resume_with_an_edited_script_is_refused_unless_accepted() {
     // The earlier backup and removals were not done again.
     assert_eq!(sb.backups().len(), 1);
     let started = entries.iter().filter(|e| e["type"] == "started").count();
-    assert_eq!(started, 4, "backup + 3 removals, once each: {entries:#?}");
+    assert_eq!(
+        started, 8,
+        "backup + 3 removals once each, then 3 creations and the upgrade: {entries:#?}"
+    );
 }
 
 #[test]

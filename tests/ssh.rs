@@ -323,18 +323,14 @@ fn continue_on_error_finishes_the_other_nodes_and_reports_the_failed_one() {
     let Some(sshd) = Sshd::start() else { return };
     let sb = Sandbox::new();
     let site = ssh_site(&sb, &sshd, "", |_| sshd.address());
-    // app02's stop command fails, on the node, with a message on stderr.
-    let site_text = std::fs::read_to_string(&site).expect("site").replace(
-        "stop = \"rm -f service.state\"",
-        "stop = \"if [ {node} = app02 ]; then echo 'service will not stop' >&2; exit 7; fi; rm -f service.state\"",
-    );
-    std::fs::write(&site, site_text).expect("site");
+    // A drain command fails on app02, on the node, with a message on stderr.
     let script = sb.script(
-        "remove-secondaries.rhai",
+        "drain-secondaries.rhai",
         r#"
 let results = for_each_node(nodes(), #{ parallel: 3, continue_on_error: true }, |n| {
     if n.role == "primary" { return "kept"; }
-    remove_instance(n).folder
+    node_command(n, "if [ " + n.name + " = app02 ]; then echo 'service will not stop' >&2; exit 7; fi; touch drained", #{ cwd: "FastApp-1.0.0" });
+    "drained"
 });
 for r in results {
     if r.ok { log(`RESULT ${r.node} ok ${r.value}`); } else { log(`RESULT ${r.node} failed ${r.kind}: ${r.error}`); }
@@ -345,7 +341,7 @@ for r in results {
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
     assert!(stdout.contains("RESULT app01 ok kept"), "{stdout}");
-    assert!(stdout.contains("RESULT app03 ok FastApp-1.0.0"), "{stdout}");
+    assert!(stdout.contains("RESULT app03 ok drained"), "{stdout}");
     let failed = stdout
         .lines()
         .find(|l| l.contains("RESULT app02 failed"))
@@ -359,9 +355,15 @@ for r in results {
         stdout.lines().any(|l| l.starts_with("[app03] ")),
         "{stdout}"
     );
-    // The real state: app03 removed, app02 untouched.
-    assert!(sb.manifest("app03")["current"].is_null());
-    assert_eq!(sb.manifest("app02")["current"]["version"], "1.0.0");
+    // The real state: app03 drained, app02 not.
+    let drained = |n: &str| {
+        sb.dir
+            .join("nodes")
+            .join(n)
+            .join("FastApp-1.0.0/drained")
+            .exists()
+    };
+    assert!(drained("app03") && !drained("app02"));
 }
 
 #[test]
@@ -465,9 +467,8 @@ fn slow_service_command_is_stopped_at_its_timeout() {
         )
         .replace("timeout_secs = 30", "timeout_secs = 1");
     std::fs::write(&site, site_text).expect("site");
-    let script = sb.script("remove-one.rhai", "remove_instance(\"app02\");\n");
     let started = std::time::Instant::now();
-    let out = run(&sb, &site, script.to_str().expect("path"));
+    let out = run(&sb, &site, "in-place-upgrade");
     let err = text(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -673,10 +674,17 @@ fn a_dropped_connection_is_reopened_for_the_next_operation() {
     let script = sb.script(
         "reconnect.rhai",
         &format!(
-            "node_command(\"app02\", \"echo one > one.txt\");\n\
+            "backup_db();\n\
+             node_command(\"app02\", \"echo one > one.txt\");\n\
              node_command(\"app01\", \"echo up > '{}'; cat '{}' > /dev/null\");\n\
              node_command(\"app02\", \"echo two > two.txt\");\n\
-             remove_instance(\"app03\");\n",
+             remove_instance(\"app03\");\n\
+             remove_instance(\"app02\");\n\
+             remove_instance(\"app01\");\n\
+             create_instance(\"app01\");\n\
+             upgrade_db();\n\
+             create_instance(\"app02\");\n\
+             create_instance(\"app03\");\n",
             ready.display(),
             gate.0.display()
         ),
@@ -700,8 +708,9 @@ fn a_dropped_connection_is_reopened_for_the_next_operation() {
         std::fs::read_to_string(sb.dir.join("nodes/app02/two.txt")).expect("two.txt"),
         "two\n"
     );
-    assert!(sb.manifest("app03")["current"].is_null(), "app03 removed");
-    assert_eq!(sb.manifest("app02")["current"]["version"], "1.0.0");
+    let removed = &sb.manifest("app03")["removed"];
+    assert_eq!(removed[0]["version"], "1.0.0", "app03 removed");
+    assert_eq!(sb.manifest("app03")["current"]["version"], "2.0.0");
 }
 
 #[test]

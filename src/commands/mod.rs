@@ -73,8 +73,33 @@ impl Session {
         })
     }
 
+    /// Run the procedure to its end, then the run-end audit: a run that
+    /// changed an instance or the database must leave every node and the
+    /// database at the target (see `ops::audit`). In plan mode a procedure
+    /// that would leave the site incomplete is refused, so `run` stops before
+    /// changing anything.
     pub fn run(&self) -> Result<()> {
-        script::run(&self.engine, &self.ast, &self.proc, &self.sources)
+        script::run(&self.engine, &self.ast, &self.proc, &self.sources)?;
+        let audit = self.ops.audit()?;
+        if audit.complete() {
+            return Ok(());
+        }
+        let target = audit.target.unwrap_or_default();
+        let problems = audit.problems.join("; ");
+        let finish = format!(
+            "uprun run in-place-upgrade --site {}{} --yes",
+            self.ops.site.file.display(),
+            self.ops.release.arg()
+        );
+        match self.ops.mode {
+            Mode::Plan => Err(crate::Error::Refused(format!(
+                "procedure `{}` would change the site and leave it incomplete: {problems}. Every node must run the application at {target} against a database at {target} once an instance or the database changes (vendor: nodes left behind cause errors); configure every node in the procedure, or run the stock procedure: {finish}",
+                self.proc.name
+            ))),
+            Mode::Run => Err(crate::Error::Incomplete(format!(
+                "the run is incomplete: {problems}. Every node must run the application at {target}, healthy, against a database at {target} (vendor: nodes left behind cause errors). Fix the cause, then finish with: {finish}"
+            ))),
+        }
     }
 }
 

@@ -233,10 +233,10 @@ pub fn execute(
             Ok(0)
         }
         Err(e) => {
-            let kind = if matches!(e, Error::Interrupted(_)) {
-                "interrupted"
-            } else {
-                "failed"
+            let kind = match e {
+                Error::Interrupted(_) => "interrupted",
+                Error::Incomplete(_) => "incomplete",
+                _ => "failed",
             };
             let _ = journal.append(&journal::entry_now_end(kind, Some(e.to_string())));
             for s in planned.iter().skip(done.len()).filter(|s| s.changes) {

@@ -1,6 +1,7 @@
 //! The release being installed: `release.toml`, the payload folder and the
 //! migrations for each database kind.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use semver::Version;
@@ -17,15 +18,35 @@ struct ReleaseFile {
     min_upgrade_from: Version,
     #[serde(default = "default_payload")]
     payload: String,
-    #[serde(default = "default_migrations")]
-    migrations: String,
+    #[serde(default)]
+    migrations: MigrationsSection,
+    /// `false` declares that this version changes nothing in the database
+    /// schema: an upgrade then records the version with no migration.
+    #[serde(default = "default_true")]
+    schema_change: bool,
+}
+
+/// `migrations = "folder"` (one subfolder per database kind, the short form)
+/// or `[migrations]` with one folder per kind (`sqlite = "db/sqlite"`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum MigrationsSection {
+    Base(String),
+    PerKind(BTreeMap<String, String>),
+}
+
+impl Default for MigrationsSection {
+    fn default() -> Self {
+        MigrationsSection::Base("migrations".into())
+    }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_payload() -> String {
     "payload".into()
-}
-fn default_migrations() -> String {
-    "migrations".into()
 }
 
 #[derive(Debug, Clone)]
@@ -37,7 +58,20 @@ pub struct Release {
     pub version: Version,
     pub min_upgrade_from: Version,
     pub payload: PathBuf,
-    migrations_dir: PathBuf,
+    /// The release file, for messages.
+    pub file: PathBuf,
+    /// Where the migrations of each database kind are, as declared.
+    migrations: Migrations,
+    /// False when the release declares that it changes no schema.
+    pub schema_change: bool,
+}
+
+#[derive(Debug, Clone)]
+enum Migrations {
+    /// `<base>/<kind>/`.
+    Base(PathBuf),
+    /// Declared per kind; a kind that is not listed has no folder.
+    PerKind(BTreeMap<String, PathBuf>),
 }
 
 /// One migration file: `<version>_<name>.sql`, applied when upgrading a database
@@ -87,12 +121,30 @@ impl Release {
                 payload.display()
             )));
         }
+        let migrations = match raw.migrations {
+            MigrationsSection::Base(base) => Migrations::Base(dir.join(base)),
+            MigrationsSection::PerKind(map) => {
+                let mut out = BTreeMap::new();
+                for (kind, folder) in map {
+                    if !["sqlite", "mssql"].contains(&kind.as_str()) {
+                        return Err(Error::Config(format!(
+                            "{}: `[migrations]` names unknown database kind `{kind}`; kinds are `sqlite` and `mssql`",
+                            file.display()
+                        )));
+                    }
+                    out.insert(kind, dir.join(folder));
+                }
+                Migrations::PerKind(out)
+            }
+        };
         Ok(Release {
             present: true,
             version: raw.version,
             min_upgrade_from: raw.min_upgrade_from,
             payload,
-            migrations_dir: dir.join(&raw.migrations),
+            file,
+            migrations,
+            schema_change: raw.schema_change,
             dir,
         })
     }
@@ -105,7 +157,9 @@ impl Release {
             version: Version::new(0, 0, 0),
             min_upgrade_from: Version::new(0, 0, 0),
             payload: PathBuf::new(),
-            migrations_dir: PathBuf::new(),
+            file: PathBuf::new(),
+            migrations: Migrations::PerKind(BTreeMap::new()),
+            schema_change: false,
         }
     }
 
@@ -135,10 +189,21 @@ impl Release {
         }
     }
 
-    /// Every migration for `kind`, sorted by version then name. A release
-    /// without migrations for that kind has none (and says so in `plan`).
+    /// The folder of `kind`'s migrations, as declared (it may not exist).
+    pub fn migrations_dir(&self, kind: DbKind) -> Option<PathBuf> {
+        match &self.migrations {
+            Migrations::Base(base) => Some(base.join(kind.as_str())),
+            Migrations::PerKind(map) => map.get(kind.as_str()).cloned(),
+        }
+    }
+
+    /// Every migration for `kind`, sorted by version then name. A kind with no
+    /// declared or existing folder has none: whether that is allowed is the
+    /// upgrade rail's decision (`schema_change`).
     pub fn migrations(&self, kind: DbKind) -> Result<Vec<Migration>> {
-        let dir = self.migrations_dir.join(kind.as_str());
+        let Some(dir) = self.migrations_dir(kind) else {
+            return Ok(Vec::new());
+        };
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),

@@ -208,6 +208,11 @@ pub struct ServiceConfig {
     /// Seconds a service command may take before it is considered failed.
     #[serde(default = "default_timeout")]
     pub timeout_secs: u64,
+    /// Whether `node_command(.., #{ changes: false })` runs while planning
+    /// (`plan`, and `run` before the operator's consent). Off by default: a
+    /// command the script calls read-only may not be.
+    #[serde(default)]
+    pub read_commands_in_plan: bool,
 }
 
 fn default_timeout() -> u64 {

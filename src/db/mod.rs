@@ -73,6 +73,9 @@ pub trait Database: Send {
     fn apply(&mut self, migration: &Migration, applied_by: &str) -> Result<()>;
     /// Record the application's schema version.
     fn set_version(&mut self, version: &Version) -> Result<()>;
+    /// Parse a migration the way `apply` will, without running it, so that a
+    /// bad file is found before the first migration of an upgrade is applied.
+    fn check_migration(&self, migration: &Migration) -> Result<()>;
     /// The newest full backup the server knows of (whoever took it), for
     /// `plan` and `status`. Backends without such a catalogue return None.
     fn latest_full_backup(&mut self) -> Result<Option<String>> {

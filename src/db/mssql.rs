@@ -1066,6 +1066,13 @@ impl Database for MssqlDatabase {
         })
     }
 
+    fn check_migration(&self, m: &Migration) -> Result<()> {
+        let file = m.path.display().to_string();
+        batches::split(&m.sql, &file)
+            .map(|_| ())
+            .map_err(|e| Error::Config(format!("{e}; fix the release (nothing was applied)")))
+    }
+
     fn apply(&mut self, m: &Migration, applied_by: &str) -> Result<()> {
         self.refuse_read_only(&format!("migration `{}`", m.name))?;
         let file = m.path.display().to_string();

@@ -386,6 +386,10 @@ impl Database for SqliteDatabase {
         tx.commit().map_err(fail)
     }
 
+    fn check_migration(&self, m: &Migration) -> Result<()> {
+        check_sqlite_migration(m)
+    }
+
     fn set_version(&mut self, version: &Version) -> Result<()> {
         self.conn
             .execute(
@@ -401,6 +405,37 @@ impl std::fmt::Debug for SqliteDatabase {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "SqliteDatabase({})", self.path.display())
     }
+}
+
+/// A SQLite migration must hold complete statements (no unterminated string,
+/// comment or trailing statement without `;`) and at least one of them. Names
+/// of tables that earlier statements create cannot be resolved before they
+/// run, so this is a syntactic check; `uprun test` rehearses the real thing.
+fn check_sqlite_migration(m: &Migration) -> Result<()> {
+    let bad = |why: &str| {
+        Error::Config(format!(
+            "migration `{}` {why}; fix the release (nothing was applied)",
+            m.path.display()
+        ))
+    };
+    let code: String = m
+        .sql
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    if code.trim().is_empty() {
+        return Err(bad("holds no statement"));
+    }
+    let text = std::ffi::CString::new(m.sql.as_str()).map_err(|_| bad("contains a NUL byte"))?;
+    // SAFETY: `text` is a valid NUL-terminated string for the whole call.
+    let complete = unsafe { rusqlite::ffi::sqlite3_complete(text.as_ptr()) };
+    if complete == 0 {
+        return Err(bad(
+            "does not end with a complete statement (a missing `;`, or an unterminated string or comment)",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -55,6 +55,61 @@ pub struct CommandResult {
 }
 
 impl Ops {
+    /// A command the script declares read-only (`changes: false`), listed as
+    /// a read step. While planning (`plan`, and the planning pass of `run`,
+    /// before the operator has said yes) it runs only where the site allows
+    /// it (`service.read_commands_in_plan`); otherwise it returns status `()`
+    /// and empty output, and the listing says it was not run.
+    fn read_command(
+        &self,
+        node: &str,
+        command: &str,
+        execute: impl FnOnce() -> Result<CommandResult>,
+    ) -> Result<CommandResult> {
+        let plan_skip = self.mode == Mode::Plan && !self.site.service.read_commands_in_plan;
+        let description = format!("read: run `{command}` on `{node}`");
+        let idx = self.begin_step(
+            "node_command",
+            description.clone(),
+            Some(node),
+            false,
+            false,
+        );
+        if plan_skip {
+            self.finish_step(
+                idx,
+                Ok(format!(
+                    "{description} (not run while planning; `service.read_commands_in_plan = true` allows it)"
+                )),
+                0,
+            );
+            return Ok(CommandResult {
+                node: node.to_string(),
+                command: command.to_string(),
+                status: None,
+                stdout: String::new(),
+                stderr: String::new(),
+            });
+        }
+        let start = std::time::Instant::now();
+        let r = execute();
+        let ms = start.elapsed().as_millis();
+        match &r {
+            Ok(out) => self.finish_step(
+                idx,
+                Ok(format!(
+                    "{description}: exit {}",
+                    out.status
+                        .map(|c| c.to_string())
+                        .unwrap_or_else(|| "-".into())
+                )),
+                ms,
+            ),
+            Err(e) => self.finish_step(idx, Err(e), ms),
+        }
+        r
+    }
+
     /// Run `command` with the node's shell.
     pub fn node_command(
         &self,
@@ -110,7 +165,7 @@ impl Ops {
             })
         };
         if !opts.changes {
-            return execute();
+            return self.read_command(node, command, execute);
         }
         let key = self.call_key("node_command", Some(node));
         if let Some(r) = self.replayed::<CommandResult>(&key, "node_command", Some(node))? {

@@ -204,6 +204,10 @@ impl Ops {
         }
         let backup = self.backup_for_upgrade(&from)?;
         let pending = self.pending_migrations(&from, &to)?;
+        // Every pending file is read and parsed before the first is applied.
+        for m in &pending {
+            lock(&self.db).check_migration(m)?;
+        }
         let names: Vec<String> = pending.iter().map(|m| m.name.clone()).collect();
         let description = format!(
             "upgrade database `{name}` from {from} to {to} ({} migration(s): {})",
@@ -232,6 +236,9 @@ impl Ops {
             true,
             intent,
             || {
+                // Rule "no invalid strategies": the site's checks, on the
+                // connection that migrates, right before the first change.
+                self.enforce_checks(&mut **lock(&self.db))?;
                 if self.mode == Mode::Plan {
                     lock(&self.state).planned_version = Some(to.clone());
                 } else {
@@ -281,11 +288,54 @@ impl Ops {
         )))
     }
 
+    /// Rail: every query of the site's `[checks]` returns no row (rows are
+    /// problems: invalid strategies and the like). Refused, listing them.
+    fn enforce_checks(&self, db: &mut dyn crate::db::Database) -> Result<()> {
+        let mut problems = Vec::new();
+        for (check, sql) in &self.site.checks {
+            let rows = db.query_readonly(sql)?;
+            if !rows.is_empty() {
+                let listed: Vec<String> = rows.iter().take(20).map(describe_row).collect();
+                problems.push(format!(
+                    "check `{check}` returned {} row(s): {}{}",
+                    rows.len(),
+                    listed.join("; "),
+                    if rows.len() > 20 { "; ..." } else { "" }
+                ));
+            }
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Refused(format!(
+            "upgrade of database `{}`: {} (rows are problems, such as matching or address-verification strategies in an invalid state: correct or delete them, then run again; the checks are `[checks]` in `{}`)",
+            self.site.database.name,
+            problems.join(" / "),
+            self.site.file.display()
+        )))
+    }
+
     /// The release's migrations newer than `from`, minus those already recorded
     /// as applied (a resumed upgrade). A recorded migration whose file changed
-    /// since it was applied is an error.
+    /// since it was applied is an error. A release that changes the version
+    /// must bring at least one migration for it, unless it declares
+    /// `schema_change = false`.
     fn pending_migrations(&self, from: &Version, to: &Version) -> Result<Vec<Migration>> {
-        let all = self.release.migrations(self.site.database.kind)?;
+        let kind = self.site.database.kind;
+        let all = self.release.migrations(kind)?;
+        let declared = all.iter().any(|m| &m.version > from && &m.version <= to);
+        if !declared && self.release.schema_change && from < to {
+            let folder = self
+                .release
+                .migrations_dir(kind)
+                .map(|d| format!("folder `{}`", d.display()))
+                .unwrap_or_else(|| format!("no folder declared for `{}`", kind.as_str()));
+            return Err(Error::Refused(format!(
+                "release {to} has no {} migration newer than {from} ({folder} is missing or holds none): the database would be marked {to} with its schema unchanged. Fix `migrations` in `{}`; a release that changes nothing in the database declares `schema_change = false` there",
+                kind.as_str(),
+                self.release.file.display()
+            )));
+        }
         let history = lock(&self.db).history()?;
         let mut pending = Vec::new();
         for m in all {
@@ -307,6 +357,35 @@ impl Ops {
         }
         Ok(pending)
     }
+}
+
+/// A row as `key=value` pairs, control characters escaped (the values come
+/// from the database and end up on a terminal).
+pub(crate) fn describe_row(row: &crate::db::Row) -> String {
+    row.iter()
+        .map(|(k, v)| {
+            let v = match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            format!("{}={}", escape_control(k), escape_control(&v))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `text` with control characters shown as escapes, so that it cannot forge
+/// output lines or move the cursor.
+pub(crate) fn escape_control(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
 }
 
 fn applied_by(run_id: &str) -> String {

@@ -239,6 +239,7 @@ impl Ops {
                     &self.instance_config(&rec),
                     &self.site.service,
                 )?;
+                self.mark_healthy(node);
                 Ok((
                     rec.clone(),
                     format!("{description} ({bytes} bytes of payload)"),
@@ -312,6 +313,7 @@ impl Ops {
                         &self.site.service,
                     )?;
                 }
+                self.mark_healthy(node);
                 Ok((rec.clone(), description.clone()))
             },
         )

@@ -4,11 +4,13 @@
 //! change is only described, and recorded in an overlay so that later reads
 //! (and later rails) see the planned state.
 
+mod audit;
 mod commands;
 mod database;
+mod groups;
 mod instances;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, Write};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -26,6 +28,7 @@ use crate::nodes::{InstanceRecord, NodeInstances};
 use crate::progress::{Event, Reporter};
 use crate::{Error, Result};
 
+pub use audit::Audit;
 pub use commands::{CommandOptions, CommandResult};
 pub use database::{BackupOptions, UpgradeOptions, UpgradeReport};
 pub use instances::{CreateOptions, RemoveOptions};
@@ -97,6 +100,12 @@ struct RunState {
     crashed: bool,
     /// Commands run (or simulated) by `node_command`, in order.
     commands_run: Vec<(String, String)>,
+    /// Instance changes made inside parallel `for_each_node` calls.
+    groups: groups::Groups,
+    /// An instance or the database was changed by this run (any attempt).
+    site_changed: bool,
+    /// Nodes whose health command passed in this attempt.
+    healthy: HashSet<String>,
 }
 
 /// Whether commands (service commands, `node_command`) really run. `uprun
@@ -360,6 +369,11 @@ impl Ops {
         changes: bool,
         irreversible: bool,
     ) -> usize {
+        if changes && matches!(kind, "remove_instance" | "create_instance") {
+            if let Some(n) = node {
+                self.record_group_change(kind, n);
+            }
+        }
         let mut st = lock(&self.state);
         let index = st.steps.len() + 1;
         let status = if self.mode == Mode::Plan {
@@ -459,6 +473,7 @@ impl Ops {
         })?;
         let idx = self.begin_step(kind, String::new(), node, false, false);
         self.finish_step(idx, Ok(format!("done in an earlier attempt: {key}")), 0);
+        self.mark_site_changed(kind);
         Ok(Some(v))
     }
 
@@ -529,6 +544,9 @@ impl Ops {
         work: impl FnOnce() -> Result<(T, String)>,
     ) -> Result<T> {
         self.check_interrupt()?;
+        if matches!(kind, "remove_instance" | "create_instance" | "upgrade_db") {
+            self.require_customizations_acknowledged(&description)?;
+        }
         let idx = self.begin_step(kind, description.clone(), node, true, irreversible);
         let start = Instant::now();
         let seq = {
@@ -569,6 +587,7 @@ impl Ops {
         let ms = start.elapsed().as_millis();
         match outcome {
             Ok((value, text)) => {
+                self.mark_site_changed(kind);
                 let result = serde_json::to_value(&value).unwrap_or(Value::Null);
                 let recorded = self.announce(Entry::Done {
                     key: key.to_string(),
@@ -593,6 +612,18 @@ impl Ops {
                 Err(e)
             }
         }
+    }
+
+    /// Rail (vendor step 7): SDK customisations are upgraded separately, and
+    /// the site says so before any instance or the database changes.
+    fn require_customizations_acknowledged(&self, description: &str) -> Result<()> {
+        if self.site.customizations.is_some() {
+            return Ok(());
+        }
+        Err(Error::Refused(format!(
+            "{description}: the site does not say how its SDK customisations (workflows, custom web applications, service-bus integrations) are upgraded; they are not upgraded by this procedure. Add `customizations = \"none\"` or `customizations = \"upgraded-separately\"` under `[application]` in `{}`",
+            self.site.file.display()
+        )))
     }
 
     /// What this run changed, for the end-of-run summary.

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::ops::{
     BackupOptions, CommandOptions, CreateOptions, Mode, Ops, RemoveOptions, UpgradeOptions,
 };
-use crate::progress::{Event, Reporter};
+use crate::progress::Event;
 use crate::Error;
 
 type HostResult<T> = Result<T, Box<EvalAltResult>>;
@@ -488,7 +488,7 @@ fn register_cluster(engine: &mut Engine, o: &Option<Arc<Ops>>) {
             let ops = ops(&x, &ctx)?;
             for_each_node(
                 &ctx,
-                ops.reporter(),
+                ops,
                 nodes,
                 ForEachOptions {
                     parallel: 1,
@@ -513,19 +513,23 @@ fn register_cluster(engine: &mut Engine, o: &Option<Arc<Ops>>) {
                     ctx.call_position(),
                 ));
             }
-            for_each_node(&ctx, ops.reporter(), nodes, opts, f)
+            for_each_node(&ctx, ops, nodes, opts, f)
         },
     );
 }
 
 fn for_each_node(
     ctx: &NativeCallContext,
-    reporter: &Reporter,
+    ops: &Ops,
     nodes: Array,
     opts: ForEachOptions,
     f: FnPtr,
 ) -> HostResult<Array> {
+    let reporter = ops.reporter();
     let pos = ctx.call_position();
+    // The order rails see which closure changed which node (see ops::groups).
+    let context = ops.parallel_context();
+    let group = (opts.parallel > 1).then(|| ops.begin_parallel());
     let names = nodes
         .iter()
         .map(|n| node_name(n, pos))
@@ -544,7 +548,9 @@ fn for_each_node(
         }
         let started = Instant::now();
         let scope = reporter.node_scope(&names[i]);
+        let member = group.map(|g| ops.enter_member(&context, g, i));
         let r = f.call_within_context::<Dynamic>(ctx, (nodes[i].clone(),));
+        drop(member);
         drop(scope);
         reporter.event(Event::NodeFinished {
             node: names[i].clone(),
@@ -557,7 +563,14 @@ fn for_each_node(
         }
         *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
     };
-    let workers = (opts.parallel as usize).min(nodes.len()).max(1);
+    // Plan mode runs the closures one after the other, so that what it
+    // reports does not depend on timing; the order rails above hold for any
+    // interleaving.
+    let workers = if ops.mode == Mode::Plan {
+        1
+    } else {
+        (opts.parallel as usize).min(nodes.len()).max(1)
+    };
     if workers == 1 {
         work();
     } else {
@@ -566,6 +579,10 @@ fn for_each_node(
                 s.spawn(work);
             }
         });
+    }
+    if let Some(g) = group {
+        ops.end_parallel(g, &format!("for_each_node(parallel: {})", opts.parallel))
+            .map_err(|e| host_error(e, pos))?;
     }
     let mut out = Array::new();
     let mut first_err = None;

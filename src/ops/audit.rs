@@ -1,0 +1,100 @@
+//! The run-end audit (vendor step 6: every node configured after the
+//! primary). A run that changed an instance or the database ends `succeeded`
+//! only if the host observes, at its end, the database at the target version
+//! and every node running the application at that version, healthy now. What
+//! the procedure did or claims does not matter; `continue_on_error` cannot
+//! turn a node left behind into a success.
+
+use std::collections::HashSet;
+
+use serde::Serialize;
+
+use super::{lock, Mode, Ops};
+use crate::Result;
+
+/// What the audit found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Audit {
+    /// The run (this attempt or an earlier one) changed an instance or the database.
+    pub changed: bool,
+    /// The version every node and the database must be at.
+    pub target: Option<String>,
+    /// One line per node or database not as it must be.
+    pub problems: Vec<String>,
+}
+
+impl Audit {
+    pub fn complete(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+impl Ops {
+    /// Record that a step changed the site (an instance or the database), in
+    /// this attempt or, replayed, in an earlier one.
+    pub(super) fn mark_site_changed(&self, kind: &str) {
+        if matches!(kind, "remove_instance" | "create_instance" | "upgrade_db") {
+            lock(&self.state).site_changed = true;
+        }
+    }
+
+    /// Record that `node`'s health command passed in this attempt.
+    pub(super) fn mark_healthy(&self, node: &str) {
+        lock(&self.state).healthy.insert(node.to_string());
+    }
+
+    /// Observe the site as it is now (as planned, in plan mode). In run mode a
+    /// node whose health command has not passed in this attempt runs it now.
+    pub fn audit(&self) -> Result<Audit> {
+        let changed = lock(&self.state).site_changed;
+        if !changed {
+            return Ok(Audit::default());
+        }
+        let db_version = self.db_version()?;
+        // Without a release (a procedure that installs nothing) the target is
+        // the database's version.
+        let target = if self.release.present {
+            self.release.version.clone()
+        } else {
+            db_version.clone()
+        };
+        let mut problems = Vec::new();
+        if db_version != target {
+            problems.push(format!(
+                "database `{}` is at {db_version}, not {target}",
+                self.site.database.name
+            ));
+        }
+        let healthy: HashSet<String> = lock(&self.state).healthy.clone();
+        let app = &self.site.app_name;
+        for n in &self.nodes {
+            let name = n.node();
+            match self.instance(name)? {
+                None => problems.push(format!("node `{name}` has no instance")),
+                Some(i) if i.app_name != *app || i.version != target.to_string() => {
+                    problems.push(format!(
+                        "node `{name}` runs {} {}, not {app} {target}",
+                        i.app_name, i.version
+                    ))
+                }
+                Some(i) => {
+                    if self.mode == Mode::Run && !healthy.contains(name) {
+                        if let Err(e) = n.service_command(
+                            "health",
+                            self.site.service.health.as_deref(),
+                            &i,
+                            &self.site.service,
+                        ) {
+                            problems.push(format!("node `{name}` is not healthy: {e}"));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Audit {
+            changed,
+            target: Some(target.to_string()),
+            problems,
+        })
+    }
+}
