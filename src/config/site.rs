@@ -1021,4 +1021,99 @@ mod tests {
             .to_string();
         assert!(err.contains("identty"), "{err}");
     }
+
+    fn two_nodes(first: (&str, &str), second: (&str, &str)) -> String {
+        format!(
+            "[[node]]\nname = \"a\"\nrole = \"primary\"\naddress = \"{}\"\nroot = {:?}\n\
+             [[node]]\nname = \"b\"\nrole = \"secondary\"\naddress = \"{}\"\nroot = {:?}\n",
+            first.0, first.1, second.0, second.1
+        )
+    }
+
+    #[test]
+    fn node_roots_must_not_overlap() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("n/a/inner")).unwrap();
+        std::fs::create_dir_all(dir.path().join("n/b")).unwrap();
+        let err = |nodes: String| site_with(dir.path(), "", &nodes).unwrap_err().to_string();
+        let e = err(two_nodes(("local", "n/a"), ("local", "./n/b/../a/")));
+        assert!(e.contains("nodes `a` and `b` share the root folder"), "{e}");
+        let e = err(two_nodes(("local", "n/a/inner"), ("local", "n/a")));
+        assert!(
+            e.contains("the root of node `a` (`") && e.contains("inside the root of node `b`"),
+            "{e}"
+        );
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink("a", dir.path().join("n/link")).unwrap();
+            let e = err(two_nodes(("local", "n/a"), ("local", "n/link")));
+            assert!(e.contains("share the root folder"), "{e}");
+        }
+        assert!(site_with(
+            dir.path(),
+            "",
+            &two_nodes(("local", "n/a"), ("local", "n/b"))
+        )
+        .is_ok());
+        // SSH nodes: compared when they share host and port.
+        let ssh = "ssh://u@h1:22";
+        let e = err(two_nodes(
+            (ssh, "/opt/app/"),
+            ("ssh://v@H1", "/opt/x/../app"),
+        ));
+        assert!(e.contains("share the root folder"), "{e}");
+        let e = err(two_nodes((ssh, "/opt/app"), (ssh, "/opt/app/b")));
+        assert!(e.contains("inside the root of node `a`"), "{e}");
+        assert!(site_with(
+            dir.path(),
+            "",
+            &two_nodes((ssh, "/opt/app"), ("ssh://u@h2", "/opt/app"))
+        )
+        .is_ok());
+        assert!(site_with(
+            dir.path(),
+            "",
+            &two_nodes((ssh, "/opt/app"), ("ssh://u@h1:2222", "/opt/app"))
+        )
+        .is_ok());
+        assert!(site_with(
+            dir.path(),
+            "",
+            &two_nodes((ssh, "/opt/app"), (ssh, "/opt/app2"))
+        )
+        .is_ok());
+        // Windows nodes ignore case and take either separator.
+        let nodes = two_nodes((ssh, "C:/Apps/Fast"), (ssh, "c:\\apps\\fast\\b"))
+            .replace("root = \"C:", "shell = \"powershell\"\nroot = \"C:")
+            .replace("root = \"c:", "shell = \"powershell\"\nroot = \"c:");
+        let e = err(nodes);
+        assert!(e.contains("inside the root of node `a`"), "{e}");
+    }
+
+    #[test]
+    fn renamed_from_is_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("n1")).unwrap();
+        let parse = |app: &str| {
+            let text = format!(
+                "[application]\n{app}\n[database]\nkind = \"sqlite\"\npath = \"db.sqlite\"\nbackup_dir = \"b\"\n[[node]]\nname = \"n1\"\nrole = \"primary\"\nroot = \"n1\"\n"
+            );
+            Site::parse(&dir.path().join("site.toml"), &text)
+        };
+        let s = parse("name = \"NewApp\"\nrenamed_from = \"FastApp\"").unwrap();
+        assert_eq!(s.renamed_from.as_deref(), Some("FastApp"));
+        assert_eq!(parse("name = \"FastApp\"").unwrap().renamed_from, None);
+        let e = parse("name = \"FastApp\"\nrenamed_from = \"FastApp\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nothing is renamed"), "{e}");
+        let e = parse("name = \"NewApp\"\nrenamed_from = \"a/b\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("application.renamed_from"), "{e}");
+        let e = parse("name = \"NewApp\"\nrenamed_form = \"FastApp\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("renamed_form"), "{e}");
+    }
 }

@@ -523,7 +523,8 @@ pub(crate) fn decide_app_name(
     found: &[FoundName],
     requested: Option<&str>,
 ) -> std::result::Result<String, String> {
-    const WHY: &str = "a new instance keeps the prior application name so that users reconnect to the same URL";
+    const WHY: &str =
+        "a new instance keeps the prior application name so that users reconnect to the same URL";
     let strays: Vec<&FoundName> = found
         .iter()
         .filter(|f| f.app_name != site_name && Some(f.app_name.as_str()) != renamed_from)
@@ -637,7 +638,7 @@ pub(crate) fn judge_folder(
             Some(Overlap::Contains) => "contains",
         };
         return Err(format!(
-            "folder `{folder}` (`{}`) {what} `{spelled}` (`{}`), a folder used by an earlier instance; {stale}",
+            "folder `{folder}` (`{}`) {what} `{spelled}` (`{}`), which was used by an earlier instance; {stale}",
             candidate.shown, u.shown
         ));
     }
@@ -671,26 +672,41 @@ mod tests {
 
     #[test]
     fn the_prior_name_is_kept() {
-        let f = [found("app01", "FastApp", true), found("app02", "FastApp", true)];
-        assert_eq!(decide_app_name("FastApp", None, &f, None), Ok("FastApp".into()));
+        let f = [
+            found("app01", "FastApp", true),
+            found("app02", "FastApp", true),
+        ];
+        assert_eq!(
+            decide_app_name("FastApp", None, &f, None),
+            Ok("FastApp".into())
+        );
         assert_eq!(
             decide_app_name("FastApp", None, &f, Some("FastApp")),
             Ok("FastApp".into())
         );
         let e = decide_app_name("FastApp", None, &f, Some("OtherApp")).unwrap_err();
-        assert!(e.contains("\"OtherApp\" differs from the prior application name \"FastApp\""), "{e}");
+        assert!(
+            e.contains("\"OtherApp\" differs from the prior application name \"FastApp\""),
+            "{e}"
+        );
         assert!(e.contains("renamed_from = \"FastApp\""), "{e}");
     }
 
     #[test]
     fn a_fresh_site_uses_the_site_name() {
-        assert_eq!(decide_app_name("FastApp", None, &[], None), Ok("FastApp".into()));
+        assert_eq!(
+            decide_app_name("FastApp", None, &[], None),
+            Ok("FastApp".into())
+        );
         assert!(decide_app_name("FastApp", None, &[], Some("Other")).is_err());
     }
 
     #[test]
     fn a_renamed_site_is_refused_unless_declared() {
-        let f = [found("app01", "FastApp", true), found("app02", "FastApp", false)];
+        let f = [
+            found("app01", "FastApp", true),
+            found("app02", "FastApp", false),
+        ];
         let e = decide_app_name("NewApp", None, &f, None).unwrap_err();
         assert!(e.contains("`app01` had FastApp 1.0.0 (removed)"), "{e}");
         assert!(e.contains("renamed_from = \"FastApp\""), "{e}");
@@ -699,7 +715,10 @@ mod tests {
             Ok("NewApp".into())
         );
         // Half-way through a declared rename, both names are expected.
-        let g = [found("app02", "FastApp", true), found("app01", "NewApp", false)];
+        let g = [
+            found("app02", "FastApp", true),
+            found("app01", "NewApp", false),
+        ];
         assert_eq!(
             decide_app_name("NewApp", Some("FastApp"), &g, Some("NewApp")),
             Ok("NewApp".into())
@@ -735,7 +754,7 @@ mod tests {
             .contains(") is `FastApp-1.0.0`"));
         assert!(judge(&at("/n/app01/mnt", Some((1, 2)), false))
             .unwrap_err()
-            .contains("a folder used by an earlier instance"));
+            .contains("which was used by an earlier instance"));
         // A link to the old folder, inside it, or to its parent.
         assert!(judge(&at("/n/app01/FastApp-1.0.0", Some((1, 2)), true)).is_err());
         assert!(judge(&at("/n/app01/FastApp-1.0.0/next", None, false))
@@ -753,9 +772,11 @@ mod tests {
             .contains("symbolic link"));
         // An old nested folder is held by the candidate.
         let nested = vec![("a/b".to_string(), at("/n/app01/a/b", None, false))];
-        assert!(judge_folder("a", &at("/n/app01/a", None, false), &root, &nested)
-            .unwrap_err()
-            .contains("contains"));
+        assert!(
+            judge_folder("a", &at("/n/app01/a", None, false), &root, &nested)
+                .unwrap_err()
+                .contains("contains")
+        );
     }
 
     #[test]
