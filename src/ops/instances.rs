@@ -67,12 +67,27 @@ impl Ops {
         Ok(used)
     }
 
-    /// The instance removed last from a node (as planned, in plan mode).
-    fn last_removed(&self, node: &str) -> Result<Option<InstanceRecord>> {
-        if let Some(r) = lock(&self.state).planned_removed.get(node) {
-            return Ok(Some(r.clone()));
+    /// The current instance of a node and the one removed last (as planned,
+    /// in plan mode), from one read of its manifest.
+    fn current_and_last_removed(
+        &self,
+        node: &str,
+    ) -> Result<(Option<InstanceRecord>, Option<InstanceRecord>)> {
+        let (current, removed) = {
+            let st = lock(&self.state);
+            (
+                st.planned_current.get(node).cloned(),
+                st.planned_removed.get(node).cloned(),
+            )
+        };
+        if let (Some(c), Some(r)) = (&current, &removed) {
+            return Ok((c.clone(), Some(r.clone())));
         }
-        Ok(self.node(node)?.manifest()?.removed.last().cloned())
+        let m = self.node(node)?.manifest()?;
+        Ok((
+            current.unwrap_or(m.current),
+            removed.or_else(|| m.removed.last().cloned()),
+        ))
     }
 
     /// The application names found on the site, `node`'s own first (current,
@@ -88,10 +103,8 @@ impl Ops {
         );
         let mut found = Vec::new();
         for name in order {
-            for (rec, removed) in [
-                (self.instance(name)?, false),
-                (self.last_removed(name)?, true),
-            ] {
+            let (current, removed) = self.current_and_last_removed(name)?;
+            for (rec, removed) in [(current, false), (removed, true)] {
                 if let Some(r) = rec {
                     found.push(FoundName {
                         node: name.to_string(),
