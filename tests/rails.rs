@@ -362,6 +362,15 @@ fn a_declared_rename_gives_every_node_the_new_name() {
         "name = \"NewApp\"\nrenamed_from = \"FastApp\"",
     );
     std::fs::write(sb.site(), site).expect("write site");
+    let plan = sb
+        .cmd("plan", "in-place-upgrade", &[])
+        .output()
+        .expect("plan");
+    let text = String::from_utf8_lossy(&plan.stdout);
+    assert!(
+        text.contains("create instance NewApp 2.0.0 on `app01` in new folder `NewApp-2.0.0` (renamed from FastApp"),
+        "the plan says so: {text}"
+    );
     let out = sb
         .cmd("run", "in-place-upgrade", &["--yes"])
         .output()

@@ -326,13 +326,25 @@ impl Ops {
                 )));
             }
         }
+        if let Some(f) = &opts.folder {
+            check_folder_name(node, f)?;
+        }
+        let found = self.found_names(node)?;
         let app_name = decide_app_name(
             &self.site.app_name,
             self.site.renamed_from.as_deref(),
-            &self.found_names(node)?,
+            &found,
             opts.app_name.as_deref(),
         )
         .map_err(|why| Error::Refused(format!("create_instance on `{node}`: {why}")))?;
+        // Said in the plan, so the operator sees the rename before the window.
+        let renamed = match found.first() {
+            Some(p) if p.app_name != app_name => format!(
+                " (renamed from {}, as `[application] renamed_from` declares)",
+                p.app_name
+            ),
+            _ => String::new(),
+        };
         let version = self.release.version.to_string();
         if let Some(current) = self.instance(node)? {
             if current.app_name == app_name && current.version == version {
@@ -362,8 +374,9 @@ impl Ops {
             created: now_rfc3339(),
             removed: None,
         };
-        let description =
-            format!("create instance {app_name} {version} on `{node}` in new folder `{folder}`");
+        let description = format!(
+            "create instance {app_name} {version} on `{node}` in new folder `{folder}`{renamed}"
+        );
         self.ensure_confirmed(&description, false)?;
         let intent = serde_json::to_value(&rec).unwrap_or_default();
         self.step(
