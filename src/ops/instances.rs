@@ -620,6 +620,8 @@ pub(crate) fn check_folder_name(node: &str, folder: &str) -> Result<()> {
         Some("it contains a NUL character")
     } else if folder.contains(':') {
         Some("it contains `:` (a drive or stream on Windows nodes)")
+    } else if folder.starts_with(".uprun") {
+        Some("names starting with `.uprun` are uprun's own files in the root (the manifest)")
     } else if folder.ends_with(['.', ' ']) || folder.starts_with(' ') {
         Some("it starts with a space or ends with `.` or a space (Windows nodes drop those, so it would name another folder)")
     } else {
@@ -820,6 +822,7 @@ mod tests {
             "a\0b",
             "trailing.",
             "trailing ",
+            ".uprun-node.json",
         ] {
             let e = check_folder_name("app01", bad).unwrap_err();
             assert!(matches!(e, Error::Config(_)), "{bad:?}");
