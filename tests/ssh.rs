@@ -928,3 +928,29 @@ fn ctrl_c_twice_kills_a_local_command() {
     let sb = Sandbox::new();
     ctrl_c_twice_kills_the_running_command(&sb, &sb.site());
 }
+
+#[cfg(unix)]
+#[test]
+fn a_link_to_the_old_folder_is_refused_over_ssh() {
+    let Some(sshd) = Sshd::start() else { return };
+    let sb = Sandbox::new();
+    let site = ssh_site(&sb, &sshd, "", |_| sshd.address());
+    // The old folder emptied: only its identity (SFTP realpath) tells.
+    let old = sb.dir.join("nodes/app01/FastApp-1.0.0");
+    std::fs::remove_dir_all(&old).expect("empty");
+    std::fs::create_dir(&old).expect("mkdir");
+    std::os::unix::fs::symlink("FastApp-1.0.0", sb.dir.join("nodes/app01/fresh")).expect("symlink");
+    let script = sb.script(
+        "custom.rhai",
+        "for n in secondaries() { remove_instance(n); }\nremove_instance(primary());\ncreate_instance(primary(), #{ folder: \"fresh\" });\n",
+    );
+    let before = sb.snapshot();
+    let out = run(&sb, &site, script.to_str().expect("path"));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("folder `fresh`") && err.contains("is `FastApp-1.0.0`"),
+        "{err}"
+    );
+    assert_eq!(sb.snapshot(), before, "a refused run changed something");
+}

@@ -115,6 +115,9 @@ struct SshSection {
 #[serde(deny_unknown_fields)]
 struct ApplicationSection {
     name: String,
+    /// The application is being renamed on purpose: instances named this are
+    /// upgraded to `name`.
+    renamed_from: Option<String>,
     customizations: Option<Customizations>,
 }
 
@@ -391,6 +394,11 @@ pub struct Site {
     pub file: PathBuf,
     pub dir: PathBuf,
     pub app_name: String,
+    /// `[application] renamed_from`: instances named this take `app_name`
+    /// when they are created again (a deliberate rename). Without it, a new
+    /// instance keeps the prior instance's name, and a site file whose name
+    /// differs from the instances found is refused.
+    pub renamed_from: Option<String>,
     pub customizations: Option<Customizations>,
     pub database: DatabaseConfig,
     pub service: ServiceConfig,
@@ -447,6 +455,24 @@ impl Site {
                 "{f}: `application.name` must be a non-empty name without `/` or `\\`"
             )));
         }
+
+        let renamed_from = match &raw.application.renamed_from {
+            None => None,
+            Some(old) => {
+                let old = old.trim().to_string();
+                if old.is_empty() || old.contains(['/', '\\', '\0']) {
+                    return Err(Error::Config(format!(
+                        "{f}: `application.renamed_from` must be a non-empty name without `/` or `\\` (the name the instances have now)"
+                    )));
+                }
+                if old == app_name {
+                    return Err(Error::Config(format!(
+                        "{f}: `application.renamed_from` = {old:?} is the same as `application.name`: nothing is renamed; remove `renamed_from`"
+                    )));
+                }
+                Some(old)
+            }
+        };
 
         let db = raw.database;
         let database = match db.kind {
@@ -580,6 +606,7 @@ impl Site {
                 shell,
             });
         }
+        check_roots_apart(&nodes, &origin)?;
         let primaries: Vec<&str> = nodes
             .iter()
             .filter(|n| n.role == Role::Primary)
@@ -620,6 +647,7 @@ impl Site {
             file: file.to_path_buf(),
             dir,
             app_name,
+            renamed_from,
             customizations: raw.application.customizations,
             database,
             service: raw.service,
@@ -743,6 +771,98 @@ fn mssql_config(db: DatabaseSection, dir: &Path, f: &str) -> Result<DatabaseConf
             )?,
         }),
     })
+}
+
+/// The named components of a path, lexically normalised: `.` and empty
+/// components dropped, `..` resolved, `\\` a separator and case folded on
+/// Windows nodes (`windows`). `/C:/x` and `C:\\x` give the same components.
+/// Meant for absolute paths, whose leading root it drops.
+pub fn path_components(path: &str, windows: bool) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let seps: &[char] = if windows { &['/', '\\'] } else { &['/'] };
+    for c in path.split(seps) {
+        match c {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            c if windows => out.push(c.to_lowercase()),
+            c => out.push(c.to_string()),
+        }
+    }
+    out
+}
+
+/// How the root folders of two nodes overlap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overlap {
+    Same,
+    /// The first is inside the second.
+    Inside,
+    /// The first contains the second.
+    Contains,
+}
+
+/// How two normalised paths overlap, if they do.
+pub fn overlap(a: &[String], b: &[String]) -> Option<Overlap> {
+    if a == b {
+        Some(Overlap::Same)
+    } else if a.starts_with(b) {
+        Some(Overlap::Inside)
+    } else if b.starts_with(a) {
+        Some(Overlap::Contains)
+    } else {
+        None
+    }
+}
+
+/// Rail: every node has a root folder of its own. Two nodes whose roots are
+/// the same folder, or one inside the other, would take each other's manifest
+/// and instance folders: removing "a secondary" would remove the primary's
+/// instance. Local roots are compared as this machine resolves them (links
+/// followed); SSH roots when the nodes share host and port, lexically.
+fn check_roots_apart(nodes: &[NodeConfig], origin: &str) -> Result<()> {
+    // Where a root lives (None: this machine) and its normalised components.
+    let place = |n: &NodeConfig| -> (Option<(String, u16)>, Vec<String>) {
+        match &n.address {
+            NodeAddress::Local => {
+                let resolved = std::fs::canonicalize(&n.root)
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_else(|_| n.root.clone());
+                (None, path_components(&resolved, cfg!(windows)))
+            }
+            NodeAddress::Ssh { host, port, .. } => (
+                Some((host.to_lowercase(), *port)),
+                path_components(&n.root, n.shell == Shell::Powershell),
+            ),
+        }
+    };
+    let placed: Vec<_> = nodes.iter().map(|n| (n, place(n))).collect();
+    for (i, (a, (host_a, pa))) in placed.iter().enumerate() {
+        for (b, (host_b, pb)) in placed.iter().skip(i + 1) {
+            if host_a != host_b {
+                continue;
+            }
+            let why = "each node needs a root folder of its own, or one node's manifest and instance folders would be taken for the other's (removing one node's instance would remove the other's)";
+            match overlap(pa, pb) {
+                None => {}
+                Some(Overlap::Same) => {
+                    return Err(Error::Config(format!(
+                        "{origin}: nodes `{}` and `{}` share the root folder `{}` (`{}`): {why}",
+                        a.name, b.name, a.root, b.root
+                    )))
+                }
+                Some(o) => {
+                    let (inner, outer) = if o == Overlap::Inside { (a, b) } else { (b, a) };
+                    return Err(Error::Config(format!(
+                        "{origin}: the root of node `{}` (`{}`) is inside the root of node `{}` (`{}`): {why}",
+                        inner.name, inner.root, outer.name, outer.root
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// An absolute path on a remote node: `/x` anywhere, `C:/x` or `C:\\x` on Windows.
@@ -905,5 +1025,100 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("identty"), "{err}");
+    }
+
+    fn two_nodes(first: (&str, &str), second: (&str, &str)) -> String {
+        format!(
+            "[[node]]\nname = \"a\"\nrole = \"primary\"\naddress = \"{}\"\nroot = {:?}\n\
+             [[node]]\nname = \"b\"\nrole = \"secondary\"\naddress = \"{}\"\nroot = {:?}\n",
+            first.0, first.1, second.0, second.1
+        )
+    }
+
+    #[test]
+    fn node_roots_must_not_overlap() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("n/a/inner")).unwrap();
+        std::fs::create_dir_all(dir.path().join("n/b")).unwrap();
+        let err = |nodes: String| site_with(dir.path(), "", &nodes).unwrap_err().to_string();
+        let e = err(two_nodes(("local", "n/a"), ("local", "./n/b/../a/")));
+        assert!(e.contains("nodes `a` and `b` share the root folder"), "{e}");
+        let e = err(two_nodes(("local", "n/a/inner"), ("local", "n/a")));
+        assert!(
+            e.contains("the root of node `a` (`") && e.contains("inside the root of node `b`"),
+            "{e}"
+        );
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink("a", dir.path().join("n/link")).unwrap();
+            let e = err(two_nodes(("local", "n/a"), ("local", "n/link")));
+            assert!(e.contains("share the root folder"), "{e}");
+        }
+        assert!(site_with(
+            dir.path(),
+            "",
+            &two_nodes(("local", "n/a"), ("local", "n/b"))
+        )
+        .is_ok());
+        // SSH nodes: compared when they share host and port.
+        let ssh = "ssh://u@h1:22";
+        let e = err(two_nodes(
+            (ssh, "/opt/app/"),
+            ("ssh://v@H1", "/opt/x/../app"),
+        ));
+        assert!(e.contains("share the root folder"), "{e}");
+        let e = err(two_nodes((ssh, "/opt/app"), (ssh, "/opt/app/b")));
+        assert!(e.contains("inside the root of node `a`"), "{e}");
+        assert!(site_with(
+            dir.path(),
+            "",
+            &two_nodes((ssh, "/opt/app"), ("ssh://u@h2", "/opt/app"))
+        )
+        .is_ok());
+        assert!(site_with(
+            dir.path(),
+            "",
+            &two_nodes((ssh, "/opt/app"), ("ssh://u@h1:2222", "/opt/app"))
+        )
+        .is_ok());
+        assert!(site_with(
+            dir.path(),
+            "",
+            &two_nodes((ssh, "/opt/app"), (ssh, "/opt/app2"))
+        )
+        .is_ok());
+        // Windows nodes ignore case and take either separator.
+        let nodes = two_nodes((ssh, "C:/Apps/Fast"), (ssh, "c:\\apps\\fast\\b"))
+            .replace("root = \"C:", "shell = \"powershell\"\nroot = \"C:")
+            .replace("root = \"c:", "shell = \"powershell\"\nroot = \"c:");
+        let e = err(nodes);
+        assert!(e.contains("inside the root of node `a`"), "{e}");
+    }
+
+    #[test]
+    fn renamed_from_is_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("n1")).unwrap();
+        let parse = |app: &str| {
+            let text = format!(
+                "[application]\n{app}\n[database]\nkind = \"sqlite\"\npath = \"db.sqlite\"\nbackup_dir = \"b\"\n[[node]]\nname = \"n1\"\nrole = \"primary\"\nroot = \"n1\"\n"
+            );
+            Site::parse(&dir.path().join("site.toml"), &text)
+        };
+        let s = parse("name = \"NewApp\"\nrenamed_from = \"FastApp\"").unwrap();
+        assert_eq!(s.renamed_from.as_deref(), Some("FastApp"));
+        assert_eq!(parse("name = \"FastApp\"").unwrap().renamed_from, None);
+        let e = parse("name = \"FastApp\"\nrenamed_from = \"FastApp\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nothing is renamed"), "{e}");
+        let e = parse("name = \"NewApp\"\nrenamed_from = \"a/b\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("application.renamed_from"), "{e}");
+        let e = parse("name = \"NewApp\"\nrenamed_form = \"FastApp\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("renamed_form"), "{e}");
     }
 }

@@ -165,6 +165,13 @@ impl NodeInstances {
         }
         let folder = self.folder_path(&rec.folder);
         self.transport.create_dir_all(&folder)?;
+        // `ops` checked the folder; a link put there since is not followed.
+        if self.transport.identity(&folder)?.is_some_and(|id| id.link) {
+            return Err(Error::node(
+                self.node(),
+                format!("`{folder}` became a symbolic link after it was checked; nothing was copied into it. Check the node by hand"),
+            ));
+        }
         let bytes = self.transport.upload_tree(payload, &folder)?;
         crate::failpoint::inner();
         self.transport.write_file(

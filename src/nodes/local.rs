@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use wait_timeout::ChildExt;
 
-use super::{DirState, ExecOutput, NodeTransport};
+use super::{DirState, ExecOutput, NodeTransport, PathIdentity};
 use crate::{Error, Result};
 
 pub struct LocalTransport {
@@ -116,6 +116,35 @@ impl NodeTransport for LocalTransport {
         }
     }
 
+    fn identity(&self, path: &str) -> Result<Option<PathIdentity>> {
+        let p = Path::new(path);
+        let link = match std::fs::symlink_metadata(p) {
+            Ok(m) => m.file_type().is_symlink(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.err(format!("cannot read `{path}`"), e)),
+        };
+        let canonical = match std::fs::canonicalize(p) {
+            Ok(c) => c,
+            // A dangling link: name the link itself (its folder resolved).
+            Err(e) if link && e.kind() == std::io::ErrorKind::NotFound => {
+                let parent = p.parent().unwrap_or(Path::new("."));
+                let parent = std::fs::canonicalize(parent)
+                    .map_err(|e| self.err(format!("cannot resolve `{}`", parent.display()), e))?;
+                match p.file_name() {
+                    Some(name) => parent.join(name),
+                    None => parent,
+                }
+            }
+            Err(e) => return Err(self.err(format!("cannot resolve `{path}`"), e)),
+        };
+        let file_id = file_id(&canonical);
+        Ok(Some(PathIdentity {
+            canonical: canonical.to_string_lossy().into_owned(),
+            file_id,
+            link,
+        }))
+    }
+
     fn exec(&self, command: &str, cwd: &str, timeout: Duration) -> Result<ExecOutput> {
         if crate::interrupt::abort_requested() {
             return Err(Error::Interrupted(format!(
@@ -190,6 +219,18 @@ impl NodeTransport for LocalTransport {
             stderr,
         })
     }
+}
+
+/// Device and inode of what `path` resolves to.
+#[cfg(unix)]
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+#[cfg(not(unix))]
+fn file_id(_path: &Path) -> Option<(u64, u64)> {
+    None
 }
 
 /// How often a running command checks whether the operator aborted it.

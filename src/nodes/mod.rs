@@ -25,6 +25,20 @@ pub enum DirState {
     NotEmpty,
 }
 
+/// What a path on a node is, as the node resolves it: the same folder spelled
+/// differently, reached through a link or a mount has the same identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathIdentity {
+    /// The path with links, `.` and `..` resolved (the node's canonical spelling).
+    pub canonical: String,
+    /// Device and inode of what the path resolves to, where the transport can
+    /// tell (local nodes; SFTP does not report inodes).
+    pub file_id: Option<(u64, u64)>,
+    /// The path itself is a symbolic link (`canonical` is where it leads; for
+    /// a dangling link, the link's own path).
+    pub link: bool,
+}
+
 /// The result of a command run on a node.
 #[derive(Debug, Clone)]
 pub struct ExecOutput {
@@ -59,6 +73,14 @@ pub trait NodeTransport: Send + Sync {
     /// once the operator aborts (second Ctrl-C: `Error::Interrupted`), the
     /// command is killed with everything it started.
     fn exec(&self, command: &str, cwd: &str, timeout: Duration) -> Result<ExecOutput>;
+    /// What `path` is on the node (canonical path, device and inode where
+    /// known, whether it is a link); `None` when nothing is there.
+    fn identity(&self, path: &str) -> Result<Option<PathIdentity>>;
+    /// Whether the node's file names ignore case (Windows nodes), so that
+    /// paths that differ only in case name the same folder.
+    fn paths_ignore_case(&self) -> bool {
+        false
+    }
     /// Join a relative path (with `/`) onto a node path.
     fn join(&self, base: &str, rel: &str) -> String {
         format!("{}/{}", base.trim_end_matches(['/', '\\']), rel)

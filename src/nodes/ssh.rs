@@ -29,7 +29,7 @@ use russh_sftp::client::RawSftpSession;
 use russh_sftp::protocol::{FileAttributes, OpenFlags, Packet, StatusCode};
 use tokio::runtime::Runtime;
 
-use super::{ConnectMode, DirState, ExecOutput, NodeTransport, PayloadEntry};
+use super::{ConnectMode, DirState, ExecOutput, NodeTransport, PathIdentity, PayloadEntry};
 use crate::config::{NodeAddress, NodeConfig, Shell, SshSettings};
 use crate::{Error, Result};
 
@@ -1262,6 +1262,34 @@ impl NodeTransport for SshTransport {
             }
             Ok(total)
         })
+    }
+
+    fn identity(&self, path: &str) -> Result<Option<PathIdentity>> {
+        let p = &self.path(path);
+        self.run(&format!("resolving `{path}`"), |op| async move {
+            let sftp = op.sftp();
+            let link = match sftp.lstat(p.clone()).await {
+                Ok(a) => a.attrs.is_symlink(),
+                Err(e) if is_status(&e, StatusCode::NoSuchFile) => return Ok(None),
+                Err(e) => return Err(self.sftp_err(&op, "cannot read", path, e)),
+            };
+            // SFTP reports no inode: the server's realpath is the identity.
+            let canonical = match sftp.realpath(p.clone()).await {
+                Ok(name) => name.files.into_iter().next().map(|f| f.filename),
+                // A dangling link: name the link itself.
+                Err(e) if link && is_status(&e, StatusCode::NoSuchFile) => None,
+                Err(e) => return Err(self.sftp_err(&op, "cannot resolve", path, e)),
+            };
+            Ok(Some(PathIdentity {
+                canonical: canonical.unwrap_or_else(|| p.clone()),
+                file_id: None,
+                link,
+            }))
+        })
+    }
+
+    fn paths_ignore_case(&self) -> bool {
+        self.shell == Shell::Powershell
     }
 
     fn exec(&self, command: &str, cwd: &str, timeout: Duration) -> Result<ExecOutput> {

@@ -1,14 +1,18 @@
-//! Instance operations with their rails: secondaries before the primary, and
-//! a new instance never in an old or non-empty folder.
+//! Instance operations with their rails: secondaries before the primary; a
+//! new instance in a fresh folder directly under the node's root, never one
+//! that is, holds or sits in an old instance's folder (compared by what the
+//! node resolves, not by spelling); and under the prior application name
+//! unless the site file declares a rename.
 
 use std::path::Path;
 
 use serde::Deserialize;
 
 use super::{lock, Mode, Ops};
+use crate::config::site::{overlap, path_components, Overlap};
 use crate::config::Role;
 use crate::db::now_rfc3339;
-use crate::nodes::{DirState, InstanceRecord};
+use crate::nodes::{DirState, InstanceRecord, NodeInstances};
 use crate::{Error, Result};
 
 /// Options of `remove_instance` (none yet; the map is still checked for typos).
@@ -20,10 +24,11 @@ pub struct RemoveOptions {}
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOptions {
-    /// Application name of the new instance (default: the site's `application.name`).
+    /// Application name of the new instance (default: the prior instance's;
+    /// any other name is refused).
     pub app_name: Option<String>,
-    /// Folder under the node's root (default: `<app>-<version>`, with a numeric
-    /// suffix when that was used before).
+    /// One folder name, created directly under the node's root (default:
+    /// `<app>-<version>`, with a numeric suffix when that is taken).
     pub folder: Option<String>,
 }
 
@@ -41,13 +46,170 @@ impl Ops {
         st.planned_current.insert(node.to_string(), rec.cloned());
     }
 
-    /// Every folder used on a node, including planned ones.
+    /// Every folder used on a node, including planned ones: the manifest's
+    /// record of used folders and the folders of its current and removed
+    /// instances.
     fn used_folders(&self, node: &str) -> Result<Vec<String>> {
-        let mut used = self.node(node)?.manifest()?.used_folders;
-        if let Some(p) = lock(&self.state).planned_used.get(node) {
-            used.extend(p.iter().cloned());
+        let m = self.node(node)?.manifest()?;
+        let mut used = m.used_folders;
+        used.extend(m.current.iter().chain(&m.removed).map(|r| r.folder.clone()));
+        {
+            let st = lock(&self.state);
+            if let Some(p) = st.planned_used.get(node) {
+                used.extend(p.iter().cloned());
+            }
+            if let Some(Some(r)) = st.planned_current.get(node) {
+                used.push(r.folder.clone());
+            }
         }
+        let mut seen = std::collections::HashSet::new();
+        used.retain(|f| seen.insert(f.clone()));
         Ok(used)
+    }
+
+    /// The current instance of a node and the one removed last (as planned,
+    /// in plan mode), from one read of its manifest.
+    fn current_and_last_removed(
+        &self,
+        node: &str,
+    ) -> Result<(Option<InstanceRecord>, Option<InstanceRecord>)> {
+        let (current, removed) = {
+            let st = lock(&self.state);
+            (
+                st.planned_current.get(node).cloned(),
+                st.planned_removed.get(node).cloned(),
+            )
+        };
+        if let (Some(c), Some(r)) = (&current, &removed) {
+            return Ok((c.clone(), Some(r.clone())));
+        }
+        let m = self.node(node)?.manifest()?;
+        Ok((
+            current.unwrap_or(m.current),
+            removed.or_else(|| m.removed.last().cloned()),
+        ))
+    }
+
+    /// The application names found on the site, `node`'s own first (current,
+    /// then removed last), then the other nodes' in site order.
+    fn found_names(&self, node: &str) -> Result<Vec<FoundName>> {
+        let mut order: Vec<&str> = vec![node];
+        order.extend(
+            self.site
+                .nodes
+                .iter()
+                .map(|n| n.name.as_str())
+                .filter(|n| *n != node),
+        );
+        let mut found = Vec::new();
+        for name in order {
+            let (current, removed) = self.current_and_last_removed(name)?;
+            for (rec, removed) in [(current, false), (removed, true)] {
+                if let Some(r) = rec {
+                    found.push(FoundName {
+                        node: name.to_string(),
+                        app_name: r.app_name,
+                        version: r.version,
+                        removed,
+                    });
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// A folder (relative to the root) as the node resolves it; a folder
+    /// that does not exist is placed lexically under the resolved root.
+    fn resolve_folder(&self, n: &NodeInstances, rel: &str, root: &Resolved) -> Result<Resolved> {
+        let ignore_case = n.transport.paths_ignore_case();
+        Ok(match n.transport.identity(&n.folder_path(rel))? {
+            Some(id) => Resolved {
+                parts: path_components(&id.canonical, ignore_case),
+                file_id: id.file_id,
+                link: id.link,
+                shown: id.canonical,
+            },
+            None => {
+                let mut parts = root.parts.clone();
+                for c in path_components(rel, ignore_case) {
+                    parts.push(c);
+                }
+                Resolved {
+                    parts,
+                    file_id: None,
+                    link: false,
+                    shown: n.transport.join(&root.shown, rel),
+                }
+            }
+        })
+    }
+
+    /// The node's root as the node resolves it.
+    fn resolve_root(&self, n: &NodeInstances) -> Result<Resolved> {
+        let Some(id) = n.transport.identity(&n.root)? else {
+            return Err(Error::node(
+                n.node(),
+                format!(
+                    "the root folder `{}` does not exist; create it or correct `root` in the site file",
+                    n.root
+                ),
+            ));
+        };
+        Ok(Resolved {
+            parts: path_components(&id.canonical, n.transport.paths_ignore_case()),
+            file_id: id.file_id,
+            link: id.link,
+            shown: id.canonical,
+        })
+    }
+
+    /// Rail: pick or check the new instance's folder. It must be one plain
+    /// name directly under the root, not a link, and, as the node resolves
+    /// it, neither be nor hold nor sit inside any folder an instance used;
+    /// and it must be missing or empty.
+    fn choose_folder(&self, node: &str, requested: Option<String>, base: &str) -> Result<String> {
+        let n = self.node(node)?;
+        let root = self.resolve_root(n)?;
+        let mut used = Vec::new();
+        for f in self.used_folders(node)? {
+            let r = self.resolve_folder(n, &f, &root)?;
+            used.push((f, r));
+        }
+        if let Some(f) = requested {
+            check_folder_name(node, &f)?;
+            let candidate = self.resolve_folder(n, &f, &root)?;
+            judge_folder(&f, &candidate, &root, &used)
+                .map_err(|why| Error::Refused(format!("node `{node}`: {why}")))?;
+            if n.folder_state(&f)? == DirState::NotEmpty {
+                return Err(Error::Refused(format!(
+                    "node `{node}`: folder `{}` exists and is not empty; choose a new, empty folder",
+                    n.folder_path(&f)
+                )));
+            }
+            return Ok(f);
+        }
+        check_folder_name(node, base).map_err(|_| {
+            Error::Config(format!(
+                "create_instance on `{node}`: the default folder name {base:?} (`<app>-<version>`) is not a plain folder name; give one with the `folder` option"
+            ))
+        })?;
+        for i in 1..=MAX_SUFFIX {
+            let candidate = if i == 1 {
+                base.to_string()
+            } else {
+                format!("{base}-{i}")
+            };
+            let resolved = self.resolve_folder(n, &candidate, &root)?;
+            if judge_folder(&candidate, &resolved, &root, &used).is_ok()
+                && n.folder_state(&candidate)? != DirState::NotEmpty
+            {
+                return Ok(candidate);
+            }
+        }
+        Err(Error::Refused(format!(
+            "node `{node}`: `{base}` and its {MAX_SUFFIX} suffixed variants are all taken under `{}`; give a new folder with the `folder` option",
+            n.root
+        )))
     }
 
     /// Remove the current instance on `node` (stop it, unregister it, keep its
@@ -134,6 +296,9 @@ impl Ops {
                     self.plan_current(node, None);
                     let mut r = current.clone();
                     r.removed = Some("(planned)".into());
+                    lock(&self.state)
+                        .planned_removed
+                        .insert(node.to_string(), r.clone());
                     Some(r)
                 } else {
                     n.remove(&self.site.service, &now_rfc3339())?
@@ -154,12 +319,32 @@ impl Ops {
         if let Some(intent) = self.in_flight(&key) {
             return self.finish_interrupted_create(&key, node, intent.clone());
         }
-        let app_name = opts.app_name.unwrap_or_else(|| self.site.app_name.clone());
-        if app_name.is_empty() || app_name.contains(['/', '\\', '\0']) {
-            return Err(Error::Config(format!(
-                "create_instance on `{node}`: `app_name` {app_name:?} must be a non-empty name without `/` or `\\`"
-            )));
+        if let Some(a) = &opts.app_name {
+            if a.is_empty() || a.contains(['/', '\\', '\0']) {
+                return Err(Error::Config(format!(
+                    "create_instance on `{node}`: `app_name` {a:?} must be a non-empty name without `/` or `\\`"
+                )));
+            }
         }
+        if let Some(f) = &opts.folder {
+            check_folder_name(node, f)?;
+        }
+        let found = self.found_names(node)?;
+        let app_name = decide_app_name(
+            &self.site.app_name,
+            self.site.renamed_from.as_deref(),
+            &found,
+            opts.app_name.as_deref(),
+        )
+        .map_err(|why| Error::Refused(format!("create_instance on `{node}`: {why}")))?;
+        // Said in the plan, so the operator sees the rename before the window.
+        let renamed = match found.first() {
+            Some(p) if p.app_name != app_name => format!(
+                " (renamed from {}, as `[application] renamed_from` declares)",
+                p.app_name
+            ),
+            _ => String::new(),
+        };
         let version = self.release.version.to_string();
         if let Some(current) = self.instance(node)? {
             if current.app_name == app_name && current.version == version {
@@ -180,35 +365,7 @@ impl Ops {
                 current.app_name, current.version, current.folder
             )));
         }
-        let used = self.used_folders(node)?;
-        let folder = match opts.folder {
-            Some(f) => {
-                check_relative(node, &f)?;
-                if used.contains(&f) {
-                    return Err(Error::Refused(format!(
-                        "node `{node}`: folder `{f}` was used by an earlier instance and may hold stale subscriber DLLs of an older version; use a new folder"
-                    )));
-                }
-                if n.folder_state(&f)? == DirState::NotEmpty {
-                    return Err(Error::Refused(format!(
-                        "node `{node}`: folder `{}` exists and is not empty; choose a new, empty folder",
-                        n.folder_path(&f)
-                    )));
-                }
-                f
-            }
-            None => {
-                let base = format!("{app_name}-{version}");
-                let mut candidate = base.clone();
-                let mut i = 1;
-                while used.contains(&candidate) || n.folder_state(&candidate)? == DirState::NotEmpty
-                {
-                    i += 1;
-                    candidate = format!("{base}-{i}");
-                }
-                candidate
-            }
-        };
+        let folder = self.choose_folder(node, opts.folder, &format!("{app_name}-{version}"))?;
         let rec = InstanceRecord {
             node: node.to_string(),
             app_name: app_name.clone(),
@@ -217,8 +374,9 @@ impl Ops {
             created: now_rfc3339(),
             removed: None,
         };
-        let description =
-            format!("create instance {app_name} {version} on `{node}` in new folder `{folder}`");
+        let description = format!(
+            "create instance {app_name} {version} on `{node}` in new folder `{folder}`{renamed}"
+        );
         self.ensure_confirmed(&description, false)?;
         let intent = serde_json::to_value(&rec).unwrap_or_default();
         self.step(
@@ -353,4 +511,327 @@ pub(super) fn check_relative(node: &str, folder: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// How many suffixed variants of the default folder name are tried.
+const MAX_SUFFIX: usize = 1000;
+
+/// An instance found on the site, for deciding the new instance's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FoundName {
+    pub node: String,
+    pub app_name: String,
+    pub version: String,
+    /// The node's instance removed last (else its current one).
+    pub removed: bool,
+}
+
+impl FoundName {
+    fn describe(&self) -> String {
+        format!(
+            "`{}` {} {} {} ({})",
+            self.node,
+            if self.removed { "had" } else { "runs" },
+            self.app_name,
+            self.version,
+            if self.removed { "removed" } else { "current" },
+        )
+    }
+}
+
+/// Rail: the new instance keeps the prior application name, so users
+/// reconnect to the same URL. `found` lists the instances on the site, the
+/// node's own first; the first is the prior instance. Every name found must
+/// be the site's `name`, or its `renamed_from` (a declared rename, whose
+/// instances take `name`). A requested name must be the one decided.
+/// Returns the name, or why it is refused.
+pub(crate) fn decide_app_name(
+    site_name: &str,
+    renamed_from: Option<&str>,
+    found: &[FoundName],
+    requested: Option<&str>,
+) -> std::result::Result<String, String> {
+    const WHY: &str =
+        "a new instance keeps the prior application name so that users reconnect to the same URL";
+    let strays: Vec<&FoundName> = found
+        .iter()
+        .filter(|f| f.app_name != site_name && Some(f.app_name.as_str()) != renamed_from)
+        .collect();
+    if let Some(first) = strays.first() {
+        let declared = match renamed_from {
+            Some(r) => format!(" and `renamed_from = {r:?}`"),
+            None => String::new(),
+        };
+        return Err(format!(
+            "the site file says `[application] name = {site_name:?}`{declared}, but {}; {WHY}. Correct `name` to {:?}, or, to rename the application on purpose, set `renamed_from = {:?}` under `[application]` (instances named {:?} are then created again as {site_name:?})",
+            strays.iter().map(|f| f.describe()).collect::<Vec<_>>().join(", "),
+            first.app_name,
+            first.app_name,
+            first.app_name,
+        ));
+    }
+    let (expected, source) = match found.first() {
+        Some(p) if Some(p.app_name.as_str()) == renamed_from => (
+            site_name.to_string(),
+            format!(
+                "{}, renamed by `[application] renamed_from = {:?}`",
+                p.describe(),
+                p.app_name
+            ),
+        ),
+        Some(p) => (p.app_name.clone(), p.describe()),
+        None => (
+            site_name.to_string(),
+            "no instance on the site: the site file's `[application] name`".to_string(),
+        ),
+    };
+    match requested {
+        Some(r) if r != expected && Some(r) == renamed_from => Err(format!(
+            "`app_name` {r:?} is the name the site file renames away from (`[application] renamed_from`); the new instance is named {expected:?} ({source}): leave `app_name` out"
+        )),
+        Some(r) if r != expected => Err(format!(
+            "`app_name` {r:?} differs from the prior application name {expected:?} ({source}); {WHY}. Leave `app_name` out, or, to rename the application on purpose, set `[application] name = {r:?}` and `renamed_from = {expected:?}` in the site file"
+        )),
+        _ => Ok(expected),
+    }
+}
+
+/// A folder as its node resolves it, for comparing by identity.
+#[derive(Debug, Clone)]
+pub(crate) struct Resolved {
+    /// Components of the canonical path (placed lexically when missing).
+    pub parts: Vec<String>,
+    /// Device and inode, where the node can tell.
+    pub file_id: Option<(u64, u64)>,
+    /// The name itself is a symbolic link.
+    pub link: bool,
+    /// The canonical path, for messages.
+    pub shown: String,
+}
+
+/// Rail (spelling): a new instance folder is one plain name directly under
+/// the node's root. Anything else is a configuration error.
+pub(crate) fn check_folder_name(node: &str, folder: &str) -> Result<()> {
+    let why = if folder.is_empty() {
+        Some("it is empty")
+    } else if folder == "." || folder == ".." {
+        Some("it names the root or its parent")
+    } else if folder.contains(['/', '\\']) {
+        Some("it is a path, not one folder name")
+    } else if folder.contains('\0') {
+        Some("it contains a NUL character")
+    } else if folder.contains(':') {
+        Some("it contains `:` (a drive or stream on Windows nodes)")
+    } else if folder.starts_with(".uprun") {
+        Some("names starting with `.uprun` are uprun's own files in the root (the manifest)")
+    } else if folder.ends_with(['.', ' ']) || folder.starts_with(' ') {
+        Some("it starts with a space or ends with `.` or a space (Windows nodes drop those, so it would name another folder)")
+    } else {
+        None
+    };
+    match why {
+        None => Ok(()),
+        Some(why) => Err(Error::Config(format!(
+            "create_instance on `{node}`: `folder` {folder:?} is not allowed: {why}. Give one plain folder name, without `/`, `\\`, `:`, `.` or `..`, created directly under the node's root, e.g. \"FastApp-2.0.0\""
+        ))),
+    }
+}
+
+/// Rail (identity): may a new instance go in `candidate` (spelled `folder`)?
+/// It must resolve to a folder directly under `root`, must not be, hold or
+/// sit inside any `used` folder (same device and inode, or same canonical
+/// path), and must not be a link. Returns why not.
+pub(crate) fn judge_folder(
+    folder: &str,
+    candidate: &Resolved,
+    root: &Resolved,
+    used: &[(String, Resolved)],
+) -> std::result::Result<(), String> {
+    let stale = "an old instance's folder may hold stale subscriber DLLs of an older version; use a new folder";
+    if !candidate.parts.starts_with(&root.parts) || candidate.parts.len() <= root.parts.len() {
+        return Err(format!(
+            "folder `{folder}` resolves to `{}`, outside the node's root `{}`; an instance folder is created directly under the root",
+            candidate.shown, root.shown
+        ));
+    }
+    for (spelled, u) in used {
+        let same_file = matches!((candidate.file_id, u.file_id), (Some(a), Some(b)) if a == b);
+        let relation = if same_file {
+            Some(Overlap::Same)
+        } else {
+            overlap(&candidate.parts, &u.parts)
+        };
+        let what = match relation {
+            None => continue,
+            Some(Overlap::Same) => "is",
+            Some(Overlap::Inside) => "is inside",
+            Some(Overlap::Contains) => "contains",
+        };
+        return Err(format!(
+            "folder `{folder}` (`{}`) {what} `{spelled}` (`{}`), which was used by an earlier instance; {stale}",
+            candidate.shown, u.shown
+        ));
+    }
+    if candidate.parts.len() != root.parts.len() + 1 {
+        return Err(format!(
+            "folder `{folder}` resolves to `{}`, not a folder directly under the node's root `{}`",
+            candidate.shown, root.shown
+        ));
+    }
+    if candidate.link {
+        return Err(format!(
+            "folder `{folder}` is a symbolic link (to `{}`); a new instance goes in a real folder that uprun creates",
+            candidate.shown
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(node: &str, app: &str, removed: bool) -> FoundName {
+        FoundName {
+            node: node.into(),
+            app_name: app.into(),
+            version: "1.0.0".into(),
+            removed,
+        }
+    }
+
+    #[test]
+    fn the_prior_name_is_kept() {
+        let f = [
+            found("app01", "FastApp", true),
+            found("app02", "FastApp", true),
+        ];
+        assert_eq!(
+            decide_app_name("FastApp", None, &f, None),
+            Ok("FastApp".into())
+        );
+        assert_eq!(
+            decide_app_name("FastApp", None, &f, Some("FastApp")),
+            Ok("FastApp".into())
+        );
+        let e = decide_app_name("FastApp", None, &f, Some("OtherApp")).unwrap_err();
+        assert!(
+            e.contains("\"OtherApp\" differs from the prior application name \"FastApp\""),
+            "{e}"
+        );
+        assert!(e.contains("renamed_from = \"FastApp\""), "{e}");
+    }
+
+    #[test]
+    fn a_fresh_site_uses_the_site_name() {
+        assert_eq!(
+            decide_app_name("FastApp", None, &[], None),
+            Ok("FastApp".into())
+        );
+        assert!(decide_app_name("FastApp", None, &[], Some("Other")).is_err());
+    }
+
+    #[test]
+    fn a_renamed_site_is_refused_unless_declared() {
+        let f = [
+            found("app01", "FastApp", true),
+            found("app02", "FastApp", false),
+        ];
+        let e = decide_app_name("NewApp", None, &f, None).unwrap_err();
+        assert!(e.contains("`app01` had FastApp 1.0.0 (removed)"), "{e}");
+        assert!(e.contains("renamed_from = \"FastApp\""), "{e}");
+        assert_eq!(
+            decide_app_name("NewApp", Some("FastApp"), &f, None),
+            Ok("NewApp".into())
+        );
+        // Half-way through a declared rename, both names are expected.
+        let g = [
+            found("app02", "FastApp", true),
+            found("app01", "NewApp", false),
+        ];
+        assert_eq!(
+            decide_app_name("NewApp", Some("FastApp"), &g, Some("NewApp")),
+            Ok("NewApp".into())
+        );
+        let e = decide_app_name("NewApp", Some("FastApp"), &g, Some("FastApp")).unwrap_err();
+        assert!(e.contains("renames away from"), "{e}");
+        // A third name is not covered by the declaration.
+        let h = [found("app01", "OldApp", true)];
+        assert!(decide_app_name("NewApp", Some("FastApp"), &h, None).is_err());
+    }
+
+    fn at(path: &str, id: Option<(u64, u64)>, link: bool) -> Resolved {
+        Resolved {
+            parts: path_components(path, false),
+            file_id: id,
+            link,
+            shown: path.into(),
+        }
+    }
+
+    #[test]
+    fn folders_are_compared_by_identity() {
+        let root = at("/n/app01", Some((1, 1)), false);
+        let used = vec![(
+            "FastApp-1.0.0".to_string(),
+            at("/n/app01/FastApp-1.0.0", Some((1, 2)), false),
+        )];
+        let judge = |c: &Resolved| judge_folder("x", c, &root, &used);
+        assert!(judge(&at("/n/app01/FastApp-2.0.0", None, false)).is_ok());
+        // Same canonical path, or same inode under another path (a mount).
+        assert!(judge(&at("/n/app01/FastApp-1.0.0", None, false))
+            .unwrap_err()
+            .contains(") is `FastApp-1.0.0`"));
+        assert!(judge(&at("/n/app01/mnt", Some((1, 2)), false))
+            .unwrap_err()
+            .contains("which was used by an earlier instance"));
+        // A link to the old folder, inside it, or to its parent.
+        assert!(judge(&at("/n/app01/FastApp-1.0.0", Some((1, 2)), true)).is_err());
+        assert!(judge(&at("/n/app01/FastApp-1.0.0/next", None, false))
+            .unwrap_err()
+            .contains("is inside"));
+        assert!(judge(&at("/n/app01", Some((1, 1)), true))
+            .unwrap_err()
+            .contains("outside the node's root"));
+        // Outside the root, or a link at all.
+        assert!(judge(&at("/elsewhere/x", Some((2, 2)), true))
+            .unwrap_err()
+            .contains("outside the node's root"));
+        assert!(judge(&at("/n/app01/fresh", Some((1, 9)), true))
+            .unwrap_err()
+            .contains("symbolic link"));
+        // An old nested folder is held by the candidate.
+        let nested = vec![("a/b".to_string(), at("/n/app01/a/b", None, false))];
+        assert!(
+            judge_folder("a", &at("/n/app01/a", None, false), &root, &nested)
+                .unwrap_err()
+                .contains("contains")
+        );
+    }
+
+    #[test]
+    fn folder_names_are_one_plain_component() {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "./FastApp-1.0.0",
+            "FastApp-1.0.0/",
+            "FastApp-1.0.0/next",
+            "a\\b",
+            "/abs",
+            "C:x",
+            "a\0b",
+            "trailing.",
+            "trailing ",
+            ".uprun-node.json",
+        ] {
+            let e = check_folder_name("app01", bad).unwrap_err();
+            assert!(matches!(e, Error::Config(_)), "{bad:?}");
+            assert!(e.to_string().contains("app01"), "{e}");
+        }
+        for good in ["FastApp-2.0.0", "fresh", ".hidden", "FastApp-2.0.0+build.1"] {
+            assert!(check_folder_name("app01", good).is_ok(), "{good:?}");
+        }
+    }
 }

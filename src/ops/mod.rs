@@ -90,6 +90,8 @@ struct RunState {
     planned_current: HashMap<String, Option<InstanceRecord>>,
     /// Plan overlay: node name -> folders planned to be used.
     planned_used: HashMap<String, Vec<String>>,
+    /// Plan overlay: node name -> instance planned to be removed last.
+    planned_removed: HashMap<String, InstanceRecord>,
     /// The operator accepted the run's changes (once, up front).
     changes_confirmed: bool,
     /// Calls of changing functions so far, by `call:node` (journal keys).
