@@ -33,7 +33,7 @@ impl Ops {
     /// Record that a step changed the site (an instance or the database), in
     /// this attempt or, replayed, in an earlier one.
     pub(super) fn mark_site_changed(&self, kind: &str) {
-        if matches!(kind, "remove_instance" | "create_instance" | "upgrade_db") {
+        if super::changes_site(kind) {
             lock(&self.state).site_changed = true;
         }
     }

@@ -194,6 +194,13 @@ impl Ops {
         nodes: Vec<NodeInstances>,
         reporter: Arc<Reporter>,
     ) -> Self {
+        let r = &spec.replay;
+        let site_changed = r
+            .done
+            .keys()
+            .chain(r.in_flight.keys())
+            .chain(r.failed.keys())
+            .any(|k| changes_site(k.split(':').next().unwrap_or_default()));
         Ops {
             site: spec.site,
             release: spec.release,
@@ -207,7 +214,12 @@ impl Ops {
             replay: spec.replay,
             commands: spec.commands,
             crash_at: spec.crash_at,
-            state: Mutex::new(RunState::default()),
+            state: Mutex::new(RunState {
+                // A resumed run changed the site if an earlier attempt did,
+                // even when this attempt has nothing left to do.
+                site_changed,
+                ..RunState::default()
+            }),
         }
     }
 
@@ -546,7 +558,7 @@ impl Ops {
         work: impl FnOnce() -> Result<(T, String)>,
     ) -> Result<T> {
         self.check_interrupt()?;
-        if matches!(kind, "remove_instance" | "create_instance" | "upgrade_db") {
+        if changes_site(kind) {
             self.require_customizations_acknowledged(&description)?;
         }
         let idx = self.begin_step(kind, description.clone(), node, true, irreversible);
@@ -643,6 +655,11 @@ impl Ops {
         }
         out
     }
+}
+
+/// Steps of these kinds change the site (an instance or the database).
+pub(crate) fn changes_site(kind: &str) -> bool {
+    matches!(kind, "remove_instance" | "create_instance" | "upgrade_db")
 }
 
 /// Ask a yes/no question on the terminal (stderr), default no.
