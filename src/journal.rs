@@ -74,12 +74,24 @@ pub enum Entry {
         at: String,
         message: String,
     },
+    /// A refusal raised in the procedure (by a rail, or by the procedure
+    /// with `refuse`), recorded whether or not the script caught it.
+    Refusal {
+        /// `rail` or `procedure`.
+        by: String,
+        message: String,
+        at: String,
+    },
     End {
         outcome: String,
         at: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// An entry of a kind this version does not know (written by a newer
+    /// uprun): kept readable, ignored.
+    #[serde(other)]
+    Unknown,
 }
 
 /// An open journal, appended to durably.
@@ -269,7 +281,7 @@ pub fn summarize(run_id: &str, entries: &[Entry]) -> RunInfo {
                 info.ended = Some(at.clone());
                 info.outcome = outcome.clone();
             }
-            Entry::Note { .. } => {}
+            Entry::Note { .. } | Entry::Refusal { .. } | Entry::Unknown => {}
         }
     }
     info

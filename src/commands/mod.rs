@@ -57,6 +57,7 @@ impl Session {
             .map(|(n, transport)| NodeInstances {
                 transport,
                 root: n.root.clone(),
+                shell: n.shell,
                 run_service_commands: spec.commands == CommandPolicy::Run,
             })
             .collect();
@@ -74,7 +75,7 @@ impl Session {
     }
 
     pub fn run(&self) -> Result<()> {
-        script::run(&self.engine, &self.ast, &self.proc, &self.sources)
+        script::run(&self.engine, &self.ast, &self.proc, &self.sources, &self.ops)
     }
 }
 

@@ -83,6 +83,11 @@ pub fn exec(a: RunsArgs) -> Result<i32> {
                         crate::outln!("{at}  FAILED   {key}: {error}")
                     }
                     Entry::Note { at, message } => crate::outln!("{at}  note     {message}"),
+                    Entry::Refusal { at, by, message } => crate::outln!(
+                        "{at}  refused  {} (by the {by})",
+                        crate::progress::escape_controls(message)
+                    ),
+                    Entry::Unknown => {}
                     Entry::End { at, outcome, error } => {
                         crate::outln!(
                             "{at}  {outcome}{}",

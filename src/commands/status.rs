@@ -46,6 +46,7 @@ pub fn exec(a: StatusArgs) -> Result<i32> {
         let inst = NodeInstances {
             transport,
             root: n.root.clone(),
+            shell: n.shell,
             run_service_commands: false,
         };
         let m = inst.manifest()?;

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{DirState, NodeTransport};
 use crate::config::site::ServiceConfig;
+use crate::config::Shell;
 use crate::{Error, Result};
 
 /// File name of the manifest in the node's root folder.
@@ -46,18 +47,87 @@ pub struct Manifest {
 pub struct NodeInstances {
     pub transport: Box<dyn NodeTransport>,
     pub root: String,
+    /// The shell that runs its service commands: placeholders are quoted for it.
+    pub shell: Shell,
     /// False on `uprun test`'s disposable copies: service commands are
     /// skipped there, since they may address the real service.
     pub run_service_commands: bool,
 }
 
-/// Substitute `{app}`, `{version}`, `{folder}`, `{node}` in a command template.
-pub fn expand_template(template: &str, rec: &InstanceRecord, folder_path: &str) -> String {
-    template
-        .replace("{app}", &rec.app_name)
-        .replace("{version}", &rec.version)
-        .replace("{folder}", folder_path)
-        .replace("{node}", &rec.node)
+/// Quote `value` as one word for `shell`: single quotes, with embedded quotes
+/// escaped (`'\''` for sh; doubled for PowerShell, which also takes the
+/// typographic single quotes as quotes). A value no quoting carries safely
+/// (NUL anywhere; line breaks and other control characters in PowerShell) is
+/// refused with the reason.
+pub fn quote_for_shell(shell: Shell, value: &str) -> std::result::Result<String, String> {
+    if value.contains('\0') {
+        return Err("it contains a NUL character".into());
+    }
+    match shell {
+        Shell::Posix => Ok(format!("'{}'", value.replace('\'', "'\\''"))),
+        Shell::Powershell => {
+            if let Some(c) = value.chars().find(|c| c.is_control()) {
+                return Err(format!(
+                    "it contains the control character `{}`, which a PowerShell command cannot carry",
+                    c.escape_default()
+                ));
+            }
+            let mut out = String::with_capacity(value.len() + 2);
+            out.push('\'');
+            for c in value.chars() {
+                if matches!(c, '\'' | '\u{2018}' | '\u{2019}' | '\u{201a}' | '\u{201b}') {
+                    out.push(c);
+                }
+                out.push(c);
+            }
+            out.push('\'');
+            Ok(out)
+        }
+    }
+}
+
+/// Substitute `{app}`, `{version}`, `{folder}`, `{node}` in a command template,
+/// each as one word quoted for the node's `shell`, so that no value runs as
+/// shell code. One pass: a value that contains a placeholder stays literal.
+pub fn expand_template(
+    template: &str,
+    rec: &InstanceRecord,
+    folder_path: &str,
+    shell: Shell,
+) -> Result<String> {
+    let mut out = String::with_capacity(template.len() + 64);
+    let mut rest = template;
+    while let Some(i) = rest.find('{') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        let found = [
+            ("{app}", rec.app_name.as_str()),
+            ("{version}", rec.version.as_str()),
+            ("{folder}", folder_path),
+            ("{node}", rec.node.as_str()),
+        ]
+        .into_iter()
+        .find(|(p, _)| tail.starts_with(p));
+        match found {
+            Some((placeholder, value)) => {
+                let quoted = quote_for_shell(shell, value).map_err(|why| {
+                    Error::Config(format!(
+                        "node `{}`: the value of {placeholder} ({value:?}) cannot be passed to its {} shell: {why}",
+                        rec.node,
+                        shell.as_str()
+                    ))
+                })?;
+                out.push_str(&quoted);
+                rest = &tail[placeholder.len()..];
+            }
+            None => {
+                out.push('{');
+                rest = &tail[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 impl NodeInstances {
@@ -110,7 +180,7 @@ impl NodeInstances {
             return Ok(());
         };
         let folder = self.folder_path(&rec.folder);
-        let cmd = expand_template(t, rec, &folder);
+        let cmd = expand_template(t, rec, &folder, self.shell)?;
         let out = self
             .transport
             .exec(&cmd, &folder, Duration::from_secs(service.timeout_secs))?;

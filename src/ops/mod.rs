@@ -97,6 +97,34 @@ struct RunState {
     crashed: bool,
     /// Commands run (or simulated) by `node_command`, in order.
     commands_run: Vec<(String, String)>,
+    /// Every refusal raised in the script, caught or not, in order.
+    refusals: Vec<Refusal>,
+}
+
+/// Who refused: a safety rail of the host, or the procedure (`refuse`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusedBy {
+    Rail,
+    Procedure,
+}
+
+impl RefusedBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusedBy::Rail => "rail",
+            RefusedBy::Procedure => "procedure",
+        }
+    }
+}
+
+/// A refusal raised in the script.
+#[derive(Debug, Clone, Serialize)]
+pub struct Refusal {
+    pub by: RefusedBy,
+    pub message: String,
+    /// It ended the run (reported as the run's error, not listed again).
+    pub ended_run: bool,
 }
 
 /// Whether commands (service commands, `node_command`) really run. `uprun
@@ -501,6 +529,41 @@ impl Ops {
         )))
     }
 
+    /// Record a refusal about to be raised in the script, journaled in run
+    /// mode; returns its number. Recorded before the script can catch it, so
+    /// a caught refusal still shows in the journal and the summary.
+    pub fn record_refusal(&self, by: RefusedBy, message: &str) -> usize {
+        let n = {
+            let mut st = lock(&self.state);
+            st.refusals.push(Refusal {
+                by,
+                message: message.to_string(),
+                ended_run: false,
+            });
+            st.refusals.len() - 1
+        };
+        // The refusal itself is what the script sees; a journal that cannot
+        // be written fails the next step's announcement.
+        let _ = self.announce(Entry::Refusal {
+            by: by.as_str().to_string(),
+            message: message.to_string(),
+            at: now_rfc3339(),
+        });
+        n
+    }
+
+    /// The refusal numbered `n` ended the run: the run's error reports it.
+    pub fn refusal_ended_run(&self, n: usize) {
+        if let Some(r) = lock(&self.state).refusals.get_mut(n) {
+            r.ended_run = true;
+        }
+    }
+
+    /// Every refusal raised so far, in order.
+    pub fn refusals(&self) -> Vec<Refusal> {
+        lock(&self.state).refusals.clone()
+    }
+
     /// Commands run (or simulated) by `node_command` so far.
     pub fn commands_run(&self) -> Vec<(String, String)> {
         lock(&self.state).commands_run.clone()
@@ -607,6 +670,21 @@ impl Ops {
                 StepStatus::Planned => "planned",
             };
             out.push(format!("{status}: {}", s.description));
+        }
+        let caught: Vec<String> = st
+            .refusals
+            .iter()
+            .filter(|r| !r.ended_run)
+            .map(|r| match r.by {
+                RefusedBy::Rail => r.message.clone(),
+                RefusedBy::Procedure => format!("{} (by the procedure)", r.message),
+            })
+            .collect();
+        if !caught.is_empty() {
+            out.push(format!(
+                "refusals caught by the procedure: {}",
+                caught.join("; ")
+            ));
         }
         out
     }
