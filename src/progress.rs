@@ -361,8 +361,10 @@ fn prefixed(node: &str, text: &str) -> String {
 /// so that text from a database, a node or a manifest prints as one inert
 /// line. Tabs stay.
 pub fn escape_controls(text: &str) -> Cow<'_, str> {
-    let unsafe_char =
-        |c: char| (c.is_control() && c != '\t') || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    let unsafe_char = |c: char| {
+        (c.is_control() && c != '\t')
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
     if !text.chars().any(unsafe_char) {
         return Cow::Borrowed(text);
     }
@@ -432,4 +434,59 @@ macro_rules! outln {
 #[macro_export]
 macro_rules! out {
     ($($arg:tt)*) => { $crate::progress::write_out(format_args!($($arg)*), false) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(escape_controls("plain text\tok"), "plain text\tok");
+        assert_eq!(
+            escape_controls("evil\nrun succeeded"),
+            "evil\\nrun succeeded"
+        );
+        assert_eq!(escape_controls("a\r\x1b[2Jb"), "a\\r\\u{1b}[2Jb");
+        assert_eq!(escape_controls("\u{7f}\u{9b}\0"), "\\u{7f}\\u{9b}\\u{0}");
+        assert_eq!(escape_controls("abc\u{202e}cba"), "abc\\u{202e}cba");
+        assert_eq!(escape_controls("é ü 漢字"), "é ü 漢字");
+        assert_eq!(escape_controls_keep_lines("a\nb\x1b"), "a\nb\\u{1b}");
+    }
+
+    /// A writer the test can read back.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn plain_lines_cannot_be_forged_from_event_text() {
+        let out = Captured::default();
+        let r = Reporter::with_writer(OutputMode::Human { tty: false }, Box::new(out.clone()));
+        r.event(Event::Log {
+            level: "info".into(),
+            message: "row: evil\nrun succeeded".into(),
+        });
+        r.event(Event::RunFinished {
+            outcome: "failed".into(),
+            summary: vec!["refused: x\nrun succeeded\x1b[2J".into()],
+        });
+        let text = String::from_utf8(out.0.lock().expect("lock").clone()).expect("utf8");
+        assert!(!text.lines().any(|l| l.trim() == "run succeeded"), "{text}");
+        assert!(text.contains("evil\\nrun succeeded"), "{text}");
+        assert!(
+            text.contains("\\u{1b}[2J") && !text.contains('\x1b'),
+            "{text}"
+        );
+        assert!(text.contains("run failed\n  refused: x"), "{text}");
+    }
 }

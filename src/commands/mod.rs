@@ -75,7 +75,13 @@ impl Session {
     }
 
     pub fn run(&self) -> Result<()> {
-        script::run(&self.engine, &self.ast, &self.proc, &self.sources, &self.ops)
+        script::run(
+            &self.engine,
+            &self.ast,
+            &self.proc,
+            &self.sources,
+            &self.ops,
+        )
     }
 }
 

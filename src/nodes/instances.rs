@@ -248,3 +248,115 @@ impl NodeInstances {
         Ok(bytes)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOSTILE: &[&str] = &[
+        "$(touch PWNED)",
+        "`touch PWNED`",
+        "a; touch PWNED",
+        "it's",
+        "'; touch PWNED; '",
+        "\"double\" $HOME",
+        "line\nbreak",
+        "tab\there",
+        "back\\slash",
+        "{node}",
+        "",
+    ];
+
+    fn record(app: &str) -> InstanceRecord {
+        InstanceRecord {
+            node: "app01".into(),
+            app_name: app.into(),
+            version: "2.0.0".into(),
+            folder: "x".into(),
+            created: String::new(),
+            removed: None,
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn posix_quoting_gives_back_the_value_and_runs_nothing() {
+        let dir = tempfile::tempdir().expect("tmp");
+        for value in HOSTILE {
+            let q = quote_for_shell(Shell::Posix, value).expect("quotable");
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("printf %s {q}"))
+                .current_dir(dir.path())
+                .output()
+                .expect("sh");
+            assert!(out.status.success(), "{value:?} -> {q}");
+            assert_eq!(String::from_utf8_lossy(&out.stdout), *value, "{q}");
+        }
+        assert!(!dir.path().join("PWNED").exists());
+    }
+
+    #[test]
+    fn posix_quoting_escapes_single_quotes_and_refuses_nul() {
+        assert_eq!(
+            quote_for_shell(Shell::Posix, "it's").as_deref(),
+            Ok("'it'\\''s'")
+        );
+        assert_eq!(
+            quote_for_shell(Shell::Posix, "$(touch PWNED)").as_deref(),
+            Ok("'$(touch PWNED)'")
+        );
+        assert!(quote_for_shell(Shell::Posix, "a\0b").is_err());
+    }
+
+    #[test]
+    fn powershell_quoting_doubles_every_single_quote_and_refuses_line_breaks() {
+        let q = |v: &str| quote_for_shell(Shell::Powershell, v);
+        assert_eq!(q("$(touch PWNED)").as_deref(), Ok("'$(touch PWNED)'"));
+        assert_eq!(q("`touch PWNED`; x").as_deref(), Ok("'`touch PWNED`; x'"));
+        assert_eq!(q("it's").as_deref(), Ok("'it''s'"));
+        assert_eq!(q("'; rm x; '").as_deref(), Ok("'''; rm x; '''"));
+        // PowerShell ends a single-quoted string at typographic quotes too.
+        assert_eq!(q("a\u{2019}b").as_deref(), Ok("'a\u{2019}\u{2019}b'"));
+        assert_eq!(q("a\u{2018}b").as_deref(), Ok("'a\u{2018}\u{2018}b'"));
+        assert_eq!(q("C:\\Apps\\x y").as_deref(), Ok("'C:\\Apps\\x y'"));
+        for bad in ["line\nbreak", "cr\rhere", "nul\0", "esc\u{1b}[2J"] {
+            assert!(q(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn templates_substitute_quoted_words_in_one_pass() {
+        let t = "echo running {app} {version} on {node} in {folder} {other}";
+        let cmd = expand_template(t, &record("$(touch PWNED)"), "/opt/a b", Shell::Posix)
+            .expect("expands");
+        assert_eq!(
+            cmd,
+            "echo running '$(touch PWNED)' '2.0.0' on 'app01' in '/opt/a b' {other}"
+        );
+        // A value holding a placeholder is not expanded again.
+        let cmd = expand_template("x {app} {node}", &record("{node}"), "/f", Shell::Posix)
+            .expect("expands");
+        assert_eq!(cmd, "x '{node}' 'app01'");
+        let cmd = expand_template(
+            "Start-App {app}",
+            &record("it's"),
+            "C:\\f",
+            Shell::Powershell,
+        )
+        .expect("expands");
+        assert_eq!(cmd, "Start-App 'it''s'");
+    }
+
+    #[test]
+    fn a_value_that_cannot_be_quoted_is_refused_with_the_placeholder_named() {
+        let e = expand_template("run {app}", &record("a\nb"), "C:\\f", Shell::Powershell)
+            .expect_err("refused");
+        let text = e.to_string();
+        assert!(
+            text.contains("{app}") && text.contains("powershell"),
+            "{text}"
+        );
+        assert_eq!(e.exit_code(), 2);
+    }
+}

@@ -591,7 +591,8 @@ fn for_each_node(
                 m.insert("error".into(), super::render::plain_message(&e).into());
                 m.insert("kind".into(), super::render::root_kind(&e).into());
                 // The first error, or the first that stops the procedure.
-                let stops = |f: &Option<Box<EvalAltResult>>| f.as_deref().is_some_and(is_uncatchable);
+                let stops =
+                    |f: &Option<Box<EvalAltResult>>| f.as_deref().is_some_and(is_uncatchable);
                 if first_err.is_none() || (is_uncatchable(&e) && !stops(&first_err)) {
                     first_err = Some(for_node(&name, *e));
                 }

@@ -106,14 +106,17 @@ pub fn register(engine: &mut Engine) {
             .with_params_info(["error: HostError", "String"])
             .with_comments([format!("/// {doc}")])
     };
-    getter("kind", "What failed: refused, config, database, node, io, script.")
-        .register_into_engine(engine, |e: &mut HostError| e.kind.to_string());
+    getter(
+        "kind",
+        "What failed: refused, config, database, node, io, script.",
+    )
+    .register_into_engine(engine, |e: &mut HostError| e.kind.to_string());
     getter("message", "The error message, as uprun renders it.")
         .register_into_engine(engine, |e: &mut HostError| e.message.clone());
-    getter("node", "The node the error is about, or ().").register_into_engine(
-        engine,
-        |e: &mut HostError| e.node.clone().map(Dynamic::from).unwrap_or(Dynamic::UNIT),
-    );
+    getter("node", "The node the error is about, or ().")
+        .register_into_engine(engine, |e: &mut HostError| {
+            e.node.clone().map(Dynamic::from).unwrap_or(Dynamic::UNIT)
+        });
     for name in ["to_string", "to_debug"] {
         FuncRegistration::new(name)
             .with_params_info(["error: HostError", "String"])

@@ -171,7 +171,13 @@ pub fn compile(engine: &Engine, proc: &Procedure, sources: &Sources) -> Result<A
 /// Run a compiled procedure to its end. Only errors the host raised end it
 /// as refused (3), bad input (2) or interrupted (130); anything else the
 /// script throws is a script failure (1).
-pub fn run(engine: &Engine, ast: &AST, proc: &Procedure, sources: &Sources, ops: &Ops) -> Result<()> {
+pub fn run(
+    engine: &Engine,
+    ast: &AST,
+    proc: &Procedure,
+    sources: &Sources,
+    ops: &Ops,
+) -> Result<()> {
     let Err(e) = engine.run_ast_with_scope(&mut Scope::new(), ast) else {
         return Ok(());
     };
