@@ -392,3 +392,27 @@ pub fn changed_inputs(before: &Inputs, now: &Inputs) -> Vec<String> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_and_unknown_entry_kinds_are_read() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("r.jsonl");
+        std::fs::write(
+            &path,
+            concat!(
+                "{\"type\":\"refusal\",\"by\":\"rail\",\"message\":\"no\",\"at\":\"t\"}\n",
+                "{\"type\":\"written_by_a_newer_uprun\",\"x\":1}\n",
+                "{\"type\":\"end\",\"outcome\":\"succeeded\",\"at\":\"t\"}\n",
+            ),
+        )
+        .expect("write");
+        let entries = read(&path).expect("readable");
+        assert!(matches!(&entries[0], Entry::Refusal { by, .. } if by == "rail"));
+        assert!(matches!(entries[1], Entry::Unknown));
+        assert_eq!(summarize("r", &entries).outcome, "succeeded");
+    }
+}

@@ -64,14 +64,14 @@ fn a_caught_refusal_is_journaled_and_listed_in_the_summary() {
 try {
     remove_instance(primary());
 } catch (e) {
-    log(`caught ${type_of(e)} ${e.kind} node=${e.node}: ${e.message}`);
+    log(`caught ${type_of(e)} ${e.kind}/${e["kind"]} node=${e.node}: ${e.message}`);
 }
 try { refuse("not in this window"); } catch (e) { log(`caught ${e}`); }
 "#;
     let (code, out, err) = run(&sb, script);
     assert_eq!(code, Some(0), "{err}");
     assert!(
-        out.contains("caught HostError refused node=: refused: cannot remove the instance on primary node `app01`"),
+        out.contains("caught HostError refused/refused node=: refused: cannot remove the instance on primary node `app01`"),
         "{out}"
     );
     assert!(

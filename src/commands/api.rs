@@ -112,7 +112,7 @@ pub fn exec(a: ApiArgs) -> Result<i32> {
         by_name.entry(f.name.clone()).or_default().push(f);
     }
     let mut out = String::new();
-    out.push_str("uprun host API\n\nOptions are maps; an unknown key is an error that lists the valid ones. A node argument is a\nnode map (from `nodes()`) or a node name. A failing call raises a host error, catchable\nwith `try { ... } catch (e) { ... }`: read `e.kind`, `e.message`, `e.node` (or () ); kinds: refused, config, database,\nnode, io. Only the host raises these: a script's own `throw` (of anything) fails the run as a script error (exit 1);\nto stop with a refusal (exit 3), call `refuse(message)`. Ctrl-C and the site's time limit cannot be caught.\n\n");
+    out.push_str("uprun host API\n\nOptions are maps; an unknown key is an error that lists the valid ones. A node argument is a\nnode map (from `nodes()`) or a node name. A failing call raises a host error, catchable\nwith `try { ... } catch (e) { ... }`: read `e.kind`, `e.message`, `e.node` (() when none); kinds: refused, config, database,\nnode, io. Only the host raises these: a script's own `throw` (of anything) fails the run as a script error (exit 1);\nto stop with a refusal (exit 3), call `refuse(message)`. Ctrl-C and the site's time limit cannot be caught.\n\n");
     for (_, overloads) in by_name {
         let mut overloads = overloads;
         overloads.sort_by_key(|f| f.params.len());

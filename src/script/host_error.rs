@@ -117,6 +117,24 @@ pub fn register(engine: &mut Engine) {
         .register_into_engine(engine, |e: &mut HostError| {
             e.node.clone().map(Dynamic::from).unwrap_or(Dynamic::UNIT)
         });
+    // `e["kind"]` as well as `e.kind`, as with the maps host errors once were.
+    FuncRegistration::new_index_getter()
+        .with_params_info(["error: HostError", "key: &str", "Dynamic"])
+        .with_comments(["/// `kind`, `message` or `node` of a host error."])
+        .register_into_engine(
+            engine,
+            |e: &mut HostError, key: &str| -> Result<Dynamic, Box<EvalAltResult>> {
+                match key {
+                    "kind" => Ok(e.kind.into()),
+                    "message" => Ok(e.message.clone().into()),
+                    "node" => Ok(e.node.clone().map(Dynamic::from).unwrap_or(Dynamic::UNIT)),
+                    other => Err(format!(
+                        "a host error has no `{other}`: it has `kind`, `message` and `node`"
+                    )
+                    .into()),
+                }
+            },
+        );
     for name in ["to_string", "to_debug"] {
         FuncRegistration::new(name)
             .with_params_info(["error: HostError", "String"])
