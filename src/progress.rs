@@ -173,7 +173,7 @@ impl Reporter {
                 ProgressStyle::with_template("{spinner} [{prefix}] {wide_msg} {elapsed}")
                     .unwrap_or_else(|_| ProgressStyle::default_spinner()),
             );
-            pb.set_prefix(node.to_string());
+            pb.set_prefix(escape_controls(node).into_owned());
             pb.set_message("started");
             pb.enable_steady_tick(Duration::from_millis(120));
             pb
@@ -329,7 +329,7 @@ impl Reporter {
                     .unwrap_or_else(|_| ProgressStyle::default_bar())
                     .progress_chars("=> "),
                 );
-                pb.set_message(message.to_string());
+                pb.set_message(escape_controls(message).into_owned());
                 pb.enable_steady_tick(Duration::from_millis(120));
                 Bar(pb)
             }
@@ -341,7 +341,7 @@ impl Reporter {
     pub fn spinner(&self, message: &str) -> Option<Bar> {
         let m = self.multi.as_ref()?;
         let pb = m.add(ProgressBar::new_spinner());
-        pb.set_message(message.to_string());
+        pb.set_message(escape_controls(message).into_owned());
         pb.enable_steady_tick(Duration::from_millis(120));
         Some(Bar(pb))
     }
