@@ -119,12 +119,12 @@ impl RefusedBy {
 }
 
 /// A refusal raised in the script.
-#[derive(Debug, Clone, Serialize)]
-pub struct Refusal {
-    pub by: RefusedBy,
-    pub message: String,
+#[derive(Debug, Clone)]
+struct Refusal {
+    by: RefusedBy,
+    message: String,
     /// It ended the run (reported as the run's error, not listed again).
-    pub ended_run: bool,
+    ended_run: bool,
 }
 
 /// Whether commands (service commands, `node_command`) really run. `uprun
@@ -557,11 +557,6 @@ impl Ops {
         if let Some(r) = lock(&self.state).refusals.get_mut(n) {
             r.ended_run = true;
         }
-    }
-
-    /// Every refusal raised so far, in order.
-    pub fn refusals(&self) -> Vec<Refusal> {
-        lock(&self.state).refusals.clone()
     }
 
     /// Commands run (or simulated) by `node_command` so far.
