@@ -43,6 +43,11 @@ pub enum Error {
     /// with the script position). Nothing was changed by it.
     #[error("{0}")]
     ScriptRefused(String),
+    /// Bad input found by a host function while the procedure ran (an unknown
+    /// node, a bad option or folder), rendered with the script position.
+    /// Exit code 2, like bad input found before the run.
+    #[error("{0}")]
+    ScriptConfig(String),
 }
 
 impl Error {
@@ -80,18 +85,22 @@ impl Error {
             Error::Incomplete(_) => "incomplete",
             Error::Script(_) => "script",
             Error::ScriptRefused(_) => "refused",
+            Error::ScriptConfig(_) => "config",
         }
     }
 
     /// Whether the message is already rendered with its own `error:` heading.
     pub fn is_rendered(&self) -> bool {
-        matches!(self, Error::Script(_) | Error::ScriptRefused(_))
+        matches!(
+            self,
+            Error::Script(_) | Error::ScriptRefused(_) | Error::ScriptConfig(_)
+        )
     }
 
     /// Documented exit codes: 2 bad input, 3 refused by a safety rail, 1 anything else.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Config(_) => 2,
+            Error::Config(_) | Error::ScriptConfig(_) => 2,
             Error::Refused(_) | Error::ScriptRefused(_) => 3,
             Error::Interrupted(_) => 130,
             _ => 1,

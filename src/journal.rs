@@ -74,12 +74,24 @@ pub enum Entry {
         at: String,
         message: String,
     },
+    /// A refusal raised in the procedure (by a rail, or by the procedure
+    /// with `refuse`), recorded whether or not the script caught it.
+    Refusal {
+        /// `rail` or `procedure`.
+        by: String,
+        message: String,
+        at: String,
+    },
     End {
         outcome: String,
         at: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// An entry of a kind this version does not know (written by a newer
+    /// uprun): kept readable, ignored.
+    #[serde(other)]
+    Unknown,
 }
 
 /// An open journal, appended to durably.
@@ -269,7 +281,7 @@ pub fn summarize(run_id: &str, entries: &[Entry]) -> RunInfo {
                 info.ended = Some(at.clone());
                 info.outcome = outcome.clone();
             }
-            Entry::Note { .. } => {}
+            Entry::Note { .. } | Entry::Refusal { .. } | Entry::Unknown => {}
         }
     }
     info
@@ -379,4 +391,28 @@ pub fn changed_inputs(before: &Inputs, now: &Inputs) -> Vec<String> {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_and_unknown_entry_kinds_are_read() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("r.jsonl");
+        std::fs::write(
+            &path,
+            concat!(
+                "{\"type\":\"refusal\",\"by\":\"rail\",\"message\":\"no\",\"at\":\"t\"}\n",
+                "{\"type\":\"written_by_a_newer_uprun\",\"x\":1}\n",
+                "{\"type\":\"end\",\"outcome\":\"succeeded\",\"at\":\"t\"}\n",
+            ),
+        )
+        .expect("write");
+        let entries = read(&path).expect("readable");
+        assert!(matches!(&entries[0], Entry::Refusal { by, .. } if by == "rail"));
+        assert!(matches!(entries[1], Entry::Unknown));
+        assert_eq!(summarize("r", &entries).outcome, "succeeded");
+    }
 }

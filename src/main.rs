@@ -5,11 +5,7 @@ fn main() {
     match uprun::run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            if e.is_rendered() {
-                eprintln!("{e}");
-            } else {
-                eprintln!("error: {e}");
-            }
+            eprintln!("{}", uprun::progress::error_text(&e));
             std::process::exit(e.exit_code());
         }
     }

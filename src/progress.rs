@@ -1,7 +1,11 @@
 //! The one place that writes run output: progress bars on a terminal
 //! (indicatif), plain lines otherwise, or one JSON object per event (`--json`).
-//! Nothing else in the library prints.
+//! Nothing else in the library prints. Text that came from outside (database
+//! rows, node output, manifests, error messages) has its control characters
+//! escaped here, so that it cannot forge a line or drive the terminal; JSON
+//! output is escaped by serde.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::io::Write;
 use std::sync::Mutex;
@@ -169,7 +173,7 @@ impl Reporter {
                 ProgressStyle::with_template("{spinner} [{prefix}] {wide_msg} {elapsed}")
                     .unwrap_or_else(|_| ProgressStyle::default_spinner()),
             );
-            pb.set_prefix(node.to_string());
+            pb.set_prefix(escape_controls(node).into_owned());
             pb.set_message("started");
             pb.enable_steady_tick(Duration::from_millis(120));
             pb
@@ -224,6 +228,7 @@ impl Reporter {
                 }
             }
             OutputMode::Human { tty } => {
+                let e = escape_controls;
                 let text = match &ev {
                     Event::RunStarted {
                         run_id,
@@ -231,18 +236,23 @@ impl Reporter {
                         script,
                         site,
                     } => {
-                        format!("uprun {mode} {script} on {site} (run {run_id})")
+                        format!(
+                            "uprun {mode} {} on {} (run {})",
+                            e(script),
+                            e(site),
+                            e(run_id)
+                        )
                     }
                     Event::StepStarted {
                         index, description, ..
                     } => {
                         if tty {
                             if let Some((_, Some(bar))) = &node {
-                                bar.set_message(format!("[{index}] {description}"));
+                                bar.set_message(format!("[{index}] {}", e(description)));
                             }
                             return;
                         }
-                        format!("[{index}] {description} ...")
+                        format!("[{index}] {} ...", e(description))
                     }
                     Event::StepDone {
                         index,
@@ -250,7 +260,7 @@ impl Reporter {
                         ms,
                         ..
                     } => {
-                        format!("[{index}] done: {description} ({})", human_ms(*ms))
+                        format!("[{index}] done: {} ({})", e(description), human_ms(*ms))
                     }
                     Event::StepFailed {
                         index,
@@ -258,7 +268,7 @@ impl Reporter {
                         error,
                         ..
                     } => {
-                        format!("[{index}] FAILED: {description}: {error}")
+                        format!("[{index}] FAILED: {}: {}", e(description), e(error))
                     }
                     Event::Planned {
                         index,
@@ -267,17 +277,17 @@ impl Reporter {
                         changes,
                     } => {
                         let mark = if *changes { "change" } else { "read" };
-                        format!("{index:>3}. [{mark:<6}] {kind:<16} {description}")
+                        format!("{index:>3}. [{mark:<6}] {:<16} {}", e(kind), e(description))
                     }
                     Event::Log { level, message } => match level.as_str() {
-                        "info" => message.clone(),
-                        l => format!("{l}: {message}"),
+                        "info" => e(message).into_owned(),
+                        l => format!("{}: {}", e(l), e(message)),
                     },
                     Event::RunFinished { outcome, summary } => {
-                        let mut s = format!("run {outcome}");
+                        let mut s = format!("run {}", e(outcome));
                         for l in summary {
                             s.push_str("\n  ");
-                            s.push_str(l);
+                            s.push_str(&e(l));
                         }
                         s
                     }
@@ -289,7 +299,9 @@ impl Reporter {
                     } => {
                         let text = match (ok, error) {
                             (true, _) => format!("done ({})", human_ms(*ms)),
-                            (false, Some(e)) => format!("FAILED after {}: {e}", human_ms(*ms)),
+                            (false, Some(err)) => {
+                                format!("FAILED after {}: {}", human_ms(*ms), e(err))
+                            }
                             (false, None) => format!("FAILED after {}", human_ms(*ms)),
                         };
                         // Said of its own node, whatever the thread's scope.
@@ -317,7 +329,7 @@ impl Reporter {
                     .unwrap_or_else(|_| ProgressStyle::default_bar())
                     .progress_chars("=> "),
                 );
-                pb.set_message(message.to_string());
+                pb.set_message(escape_controls(message).into_owned());
                 pb.enable_steady_tick(Duration::from_millis(120));
                 Bar(pb)
             }
@@ -329,7 +341,7 @@ impl Reporter {
     pub fn spinner(&self, message: &str) -> Option<Bar> {
         let m = self.multi.as_ref()?;
         let pb = m.add(ProgressBar::new_spinner());
-        pb.set_message(message.to_string());
+        pb.set_message(escape_controls(message).into_owned());
         pb.enable_steady_tick(Duration::from_millis(120));
         Some(Bar(pb))
     }
@@ -337,10 +349,59 @@ impl Reporter {
 
 /// Prefix every line of `text` with `[node] `.
 fn prefixed(node: &str, text: &str) -> String {
+    let node = escape_controls(node);
     text.lines()
         .map(|l| format!("[{node}] {l}"))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// `text` with every control character escaped (newline as `\n`, carriage
+/// return as `\r`, ESC as `\u{1b}`...), and the bidirectional overrides too,
+/// so that text from a database, a node or a manifest prints as one inert
+/// line. Tabs stay.
+pub fn escape_controls(text: &str) -> Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        (c.is_control() && c != '\t')
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(unsafe_char) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if unsafe_char(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// `text` escaped as [`escape_controls`] does, keeping its line breaks: for
+/// messages that are several lines by design (a site file's parse error with
+/// its snippet).
+pub fn escape_controls_keep_lines(text: &str) -> String {
+    text.split('\n')
+        .map(|l| escape_controls(l).into_owned())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// An error as printed on stderr: a rendered script error as it is (its
+/// message was escaped when rendered), anything else after `error: `, with
+/// text from outside escaped. Errors about local input (a site file) keep
+/// their line breaks.
+pub fn error_text(e: &crate::Error) -> String {
+    match e {
+        _ if e.is_rendered() => e.to_string(),
+        crate::Error::Config(_) | crate::Error::Io { .. } => {
+            format!("error: {}", escape_controls_keep_lines(&e.to_string()))
+        }
+        _ => format!("error: {}", escape_controls(&e.to_string())),
+    }
 }
 
 pub fn human_ms(ms: u128) -> String {
@@ -373,4 +434,59 @@ macro_rules! outln {
 #[macro_export]
 macro_rules! out {
     ($($arg:tt)*) => { $crate::progress::write_out(format_args!($($arg)*), false) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(escape_controls("plain text\tok"), "plain text\tok");
+        assert_eq!(
+            escape_controls("evil\nrun succeeded"),
+            "evil\\nrun succeeded"
+        );
+        assert_eq!(escape_controls("a\r\x1b[2Jb"), "a\\r\\u{1b}[2Jb");
+        assert_eq!(escape_controls("\u{7f}\u{9b}\0"), "\\u{7f}\\u{9b}\\u{0}");
+        assert_eq!(escape_controls("abc\u{202e}cba"), "abc\\u{202e}cba");
+        assert_eq!(escape_controls("é ü 漢字"), "é ü 漢字");
+        assert_eq!(escape_controls_keep_lines("a\nb\x1b"), "a\nb\\u{1b}");
+    }
+
+    /// A writer the test can read back.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn plain_lines_cannot_be_forged_from_event_text() {
+        let out = Captured::default();
+        let r = Reporter::with_writer(OutputMode::Human { tty: false }, Box::new(out.clone()));
+        r.event(Event::Log {
+            level: "info".into(),
+            message: "row: evil\nrun succeeded".into(),
+        });
+        r.event(Event::RunFinished {
+            outcome: "failed".into(),
+            summary: vec!["refused: x\nrun succeeded\x1b[2J".into()],
+        });
+        let text = String::from_utf8(out.0.lock().expect("lock").clone()).expect("utf8");
+        assert!(!text.lines().any(|l| l.trim() == "run succeeded"), "{text}");
+        assert!(text.contains("evil\\nrun succeeded"), "{text}");
+        assert!(
+            text.contains("\\u{1b}[2J") && !text.contains('\x1b'),
+            "{text}"
+        );
+        assert!(text.contains("run failed\n  refused: x"), "{text}");
+    }
 }

@@ -37,8 +37,9 @@ path = "db/app.sqlite"
 backup_dir = "backups"
 
 [service]
-# Command templates run in the instance folder; {app} {version} {folder} {node}.
-start = "echo \"running {app} {version} on {node}\" > service.state"
+# Command templates run in the instance folder; {app} {version} {folder} {node}
+# are substituted as quoted shell words (do not put them inside quotes).
+start = "echo running {app} {version} on {node} > service.state"
 stop = "rm -f service.state"
 health = "grep -q running service.state"
 timeout_secs = 30

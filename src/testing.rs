@@ -153,6 +153,7 @@ pub fn end_state(site: &Site) -> Result<EndState> {
         let inst = crate::nodes::NodeInstances {
             transport: crate::nodes::connect(n, &site.ssh, crate::nodes::ConnectMode::ReadOnly)?,
             root: n.root.clone(),
+            shell: n.shell,
             run_service_commands: false,
         };
         let m = inst.manifest()?;

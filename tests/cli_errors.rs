@@ -41,7 +41,8 @@ fn a_misspelled_option_at_run_time_names_the_valid_keys() {
         .cmd("plan", path.to_str().expect("path"), &[])
         .output()
         .expect("plan");
-    assert_eq!(out.status.code(), Some(1));
+    // Bad input, found while the procedure runs: exit 2 like any bad input.
+    assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("fodler") && err.contains("`app_name`, `folder`"),

@@ -9,6 +9,7 @@ mod cli_errors;
 mod demo;
 mod durable;
 mod errors;
+mod host_errors;
 mod host_rails;
 mod mssql;
 mod mssql_real;

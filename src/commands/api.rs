@@ -44,7 +44,17 @@ pub fn host_functions() -> Result<Vec<FnMeta>> {
         .map_err(|e| Error::Script(format!("cannot list the host API: {e}")))?;
     let meta: Metadata = serde_json::from_str(&json)
         .map_err(|e| Error::Script(format!("cannot read the host API metadata: {e}")))?;
-    Ok(meta.functions)
+    // The accessors of a caught host error are described in the header.
+    Ok(meta
+        .functions
+        .into_iter()
+        .filter(|f| {
+            !f.params
+                .first()
+                .and_then(|p| p.typ.as_deref())
+                .is_some_and(|t| t.contains(script::host_error::TYPE_NAME))
+        })
+        .collect())
 }
 
 fn doc_text(comments: &[String]) -> String {
@@ -102,7 +112,7 @@ pub fn exec(a: ApiArgs) -> Result<i32> {
         by_name.entry(f.name.clone()).or_default().push(f);
     }
     let mut out = String::new();
-    out.push_str("uprun host API\n\nOptions are maps; an unknown key is an error that lists the valid ones. A node argument is a\nnode map (from `nodes()`) or a node name. A failing call raises `#{ kind, message, node }`, catchable\nwith `try { ... } catch (e) { ... }`; kinds: refused, config, database, node, io, interrupted.\n\n");
+    out.push_str("uprun host API\n\nOptions are maps; an unknown key is an error that lists the valid ones. A node argument is a\nnode map (from `nodes()`) or a node name. A failing call raises a host error, catchable\nwith `try { ... } catch (e) { ... }`: read `e.kind`, `e.message`, `e.node` (() when none); kinds: refused, config, database,\nnode, io. Only the host raises these: a script's own `throw` (of anything) fails the run as a script error (exit 1);\nto stop with a refusal (exit 3), call `refuse(message)`. Ctrl-C and the site's time limit cannot be caught.\n\n");
     for (_, overloads) in by_name {
         let mut overloads = overloads;
         overloads.sort_by_key(|f| f.params.len());

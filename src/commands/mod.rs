@@ -57,6 +57,7 @@ impl Session {
             .map(|(n, transport)| NodeInstances {
                 transport,
                 root: n.root.clone(),
+                shell: n.shell,
                 run_service_commands: spec.commands == CommandPolicy::Run,
             })
             .collect();
@@ -79,7 +80,13 @@ impl Session {
     /// that would leave the site incomplete is refused, so `run` stops before
     /// changing anything.
     pub fn run(&self) -> Result<()> {
-        script::run(&self.engine, &self.ast, &self.proc, &self.sources)?;
+        script::run(
+            &self.engine,
+            &self.ast,
+            &self.proc,
+            &self.sources,
+            &self.ops,
+        )?;
         let audit = self.ops.audit()?;
         if audit.complete() {
             return Ok(());

@@ -3,6 +3,7 @@
 use crate::cli::{RunsArgs, RunsCommand};
 use crate::config::Site;
 use crate::journal::{self, Entry, Journal};
+use crate::progress::escape_controls as escape;
 use crate::{Error, Result};
 
 pub fn exec(a: RunsArgs) -> Result<i32> {
@@ -33,7 +34,7 @@ pub fn exec(a: RunsArgs) -> Result<i32> {
                     i.started,
                     i.ended.as_deref().unwrap_or("-"),
                     i.steps_done,
-                    i.last_step.as_deref().unwrap_or("-")
+                    escape(i.last_step.as_deref().unwrap_or("-"))
                 );
             }
         }
@@ -75,18 +76,27 @@ pub fn exec(a: RunsArgs) -> Result<i32> {
                     }
                     Entry::Started {
                         at, description, ..
-                    } => crate::outln!("{at}  started  {description}"),
+                    } => crate::outln!("{at}  started  {}", escape(description)),
                     Entry::Done { at, key, ms, .. } => {
                         crate::outln!("{at}  done     {key} ({ms} ms)")
                     }
                     Entry::Failed { at, key, error } => {
-                        crate::outln!("{at}  FAILED   {key}: {error}")
+                        crate::outln!("{at}  FAILED   {key}: {}", escape(error))
                     }
-                    Entry::Note { at, message } => crate::outln!("{at}  note     {message}"),
+                    Entry::Note { at, message } => {
+                        crate::outln!("{at}  note     {}", escape(message))
+                    }
+                    Entry::Refusal { at, by, message } => {
+                        crate::outln!("{at}  refused  {} (by the {by})", escape(message))
+                    }
+                    Entry::Unknown => {}
                     Entry::End { at, outcome, error } => {
                         crate::outln!(
                             "{at}  {outcome}{}",
-                            error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+                            error
+                                .as_ref()
+                                .map(|e| format!(": {}", escape(e)))
+                                .unwrap_or_default()
                         )
                     }
                 }

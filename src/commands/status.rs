@@ -46,6 +46,7 @@ pub fn exec(a: StatusArgs) -> Result<i32> {
         let inst = NodeInstances {
             transport,
             root: n.root.clone(),
+            shell: n.shell,
             run_service_commands: false,
         };
         let m = inst.manifest()?;
@@ -76,6 +77,8 @@ pub fn exec(a: StatusArgs) -> Result<i32> {
         );
         return Ok(0);
     }
+    // Manifests, the server and journals are text from outside: one inert line each.
+    let e = crate::progress::escape_controls;
     crate::outln!("site {}", status.site);
     crate::outln!(
         "database {}: version {} ({} migration(s) applied by uprun)",
@@ -84,7 +87,7 @@ pub fn exec(a: StatusArgs) -> Result<i32> {
         status.migrations_applied
     );
     if let Some(b) = &status.latest_full_backup {
-        crate::outln!("latest full backup: {b}");
+        crate::outln!("latest full backup: {}", e(b));
     }
     for n in &status.nodes {
         match &n.instance {
@@ -92,10 +95,10 @@ pub fn exec(a: StatusArgs) -> Result<i32> {
                 "node {} ({}): {} {} in `{}` (since {})",
                 n.name,
                 n.role,
-                i.app_name,
-                i.version,
-                i.folder,
-                i.created
+                e(&i.app_name),
+                e(&i.version),
+                e(&i.folder),
+                e(&i.created)
             ),
             None => crate::outln!("node {} ({}): no instance", n.name, n.role),
         }
@@ -106,7 +109,7 @@ pub fn exec(a: StatusArgs) -> Result<i32> {
             r.run_id,
             r.script,
             r.started,
-            r.last_step.as_deref().unwrap_or("-"),
+            e(r.last_step.as_deref().unwrap_or("-")),
             r.script,
             site.file.display(),
             r.run_id,

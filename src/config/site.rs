@@ -97,7 +97,26 @@ struct SiteFile {
     inventory: Option<super::inventory::InventorySection>,
     #[serde(rename = "node", default)]
     nodes: Vec<NodeSection>,
+    #[serde(default)]
+    limits: LimitsSection,
 }
+
+/// `[limits]`: bounds on a procedure. Every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsSection {
+    script_timeout_secs: Option<u64>,
+}
+
+/// Bounds on a procedure (`[limits]` in the site file).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Wall-clock time a run's procedure may take, host calls included.
+    pub script_timeout: Duration,
+}
+
+/// Default of `limits.script_timeout_secs`: a long maintenance window.
+pub const DEFAULT_SCRIPT_TIMEOUT_SECS: u64 = 6 * 60 * 60;
 
 /// `[ssh]`: how uprun reaches `ssh://` nodes. Every key is optional.
 #[derive(Debug, Default, Deserialize)]
@@ -406,6 +425,7 @@ pub struct Site {
     pub nodes: Vec<NodeConfig>,
     pub ssh: SshSettings,
     pub state_dir: PathBuf,
+    pub limits: Limits,
 }
 
 impl Site {
@@ -655,6 +675,13 @@ impl Site {
             nodes,
             ssh,
             state_dir,
+            limits: Limits {
+                script_timeout: secs(
+                    raw.limits.script_timeout_secs,
+                    DEFAULT_SCRIPT_TIMEOUT_SECS,
+                    "limits.script_timeout_secs",
+                )?,
+            },
         })
     }
 

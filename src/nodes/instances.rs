@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{DirState, NodeTransport};
 use crate::config::site::ServiceConfig;
+use crate::config::Shell;
 use crate::{Error, Result};
 
 /// File name of the manifest in the node's root folder.
@@ -46,18 +47,87 @@ pub struct Manifest {
 pub struct NodeInstances {
     pub transport: Box<dyn NodeTransport>,
     pub root: String,
+    /// The shell that runs its service commands: placeholders are quoted for it.
+    pub shell: Shell,
     /// False on `uprun test`'s disposable copies: service commands are
     /// skipped there, since they may address the real service.
     pub run_service_commands: bool,
 }
 
-/// Substitute `{app}`, `{version}`, `{folder}`, `{node}` in a command template.
-pub fn expand_template(template: &str, rec: &InstanceRecord, folder_path: &str) -> String {
-    template
-        .replace("{app}", &rec.app_name)
-        .replace("{version}", &rec.version)
-        .replace("{folder}", folder_path)
-        .replace("{node}", &rec.node)
+/// Quote `value` as one word for `shell`: single quotes, with embedded quotes
+/// escaped (`'\''` for sh; doubled for PowerShell, which also takes the
+/// typographic single quotes as quotes). A value no quoting carries safely
+/// (NUL anywhere; line breaks and other control characters in PowerShell) is
+/// refused with the reason.
+pub fn quote_for_shell(shell: Shell, value: &str) -> std::result::Result<String, String> {
+    if value.contains('\0') {
+        return Err("it contains a NUL character".into());
+    }
+    match shell {
+        Shell::Posix => Ok(format!("'{}'", value.replace('\'', "'\\''"))),
+        Shell::Powershell => {
+            if let Some(c) = value.chars().find(|c| c.is_control()) {
+                return Err(format!(
+                    "it contains the control character `{}`, which a PowerShell command cannot carry",
+                    c.escape_default()
+                ));
+            }
+            let mut out = String::with_capacity(value.len() + 2);
+            out.push('\'');
+            for c in value.chars() {
+                if matches!(c, '\'' | '\u{2018}' | '\u{2019}' | '\u{201a}' | '\u{201b}') {
+                    out.push(c);
+                }
+                out.push(c);
+            }
+            out.push('\'');
+            Ok(out)
+        }
+    }
+}
+
+/// Substitute `{app}`, `{version}`, `{folder}`, `{node}` in a command template,
+/// each as one word quoted for the node's `shell`, so that no value runs as
+/// shell code. One pass: a value that contains a placeholder stays literal.
+pub fn expand_template(
+    template: &str,
+    rec: &InstanceRecord,
+    folder_path: &str,
+    shell: Shell,
+) -> Result<String> {
+    let mut out = String::with_capacity(template.len() + 64);
+    let mut rest = template;
+    while let Some(i) = rest.find('{') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        let found = [
+            ("{app}", rec.app_name.as_str()),
+            ("{version}", rec.version.as_str()),
+            ("{folder}", folder_path),
+            ("{node}", rec.node.as_str()),
+        ]
+        .into_iter()
+        .find(|(p, _)| tail.starts_with(p));
+        match found {
+            Some((placeholder, value)) => {
+                let quoted = quote_for_shell(shell, value).map_err(|why| {
+                    Error::Config(format!(
+                        "node `{}`: the value of {placeholder} ({value:?}) cannot be passed to its {} shell: {why}",
+                        rec.node,
+                        shell.as_str()
+                    ))
+                })?;
+                out.push_str(&quoted);
+                rest = &tail[placeholder.len()..];
+            }
+            None => {
+                out.push('{');
+                rest = &tail[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 impl NodeInstances {
@@ -110,7 +180,7 @@ impl NodeInstances {
             return Ok(());
         };
         let folder = self.folder_path(&rec.folder);
-        let cmd = expand_template(t, rec, &folder);
+        let cmd = expand_template(t, rec, &folder, self.shell)?;
         let out = self
             .transport
             .exec(&cmd, &folder, Duration::from_secs(service.timeout_secs))?;
@@ -183,5 +253,117 @@ impl NodeInstances {
         self.service_command("start", service.start.as_deref(), rec, service)?;
         self.service_command("health", service.health.as_deref(), rec, service)?;
         Ok(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOSTILE: &[&str] = &[
+        "$(touch PWNED)",
+        "`touch PWNED`",
+        "a; touch PWNED",
+        "it's",
+        "'; touch PWNED; '",
+        "\"double\" $HOME",
+        "line\nbreak",
+        "tab\there",
+        "back\\slash",
+        "{node}",
+        "",
+    ];
+
+    fn record(app: &str) -> InstanceRecord {
+        InstanceRecord {
+            node: "app01".into(),
+            app_name: app.into(),
+            version: "2.0.0".into(),
+            folder: "x".into(),
+            created: String::new(),
+            removed: None,
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn posix_quoting_gives_back_the_value_and_runs_nothing() {
+        let dir = tempfile::tempdir().expect("tmp");
+        for value in HOSTILE {
+            let q = quote_for_shell(Shell::Posix, value).expect("quotable");
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("printf %s {q}"))
+                .current_dir(dir.path())
+                .output()
+                .expect("sh");
+            assert!(out.status.success(), "{value:?} -> {q}");
+            assert_eq!(String::from_utf8_lossy(&out.stdout), *value, "{q}");
+        }
+        assert!(!dir.path().join("PWNED").exists());
+    }
+
+    #[test]
+    fn posix_quoting_escapes_single_quotes_and_refuses_nul() {
+        assert_eq!(
+            quote_for_shell(Shell::Posix, "it's").as_deref(),
+            Ok("'it'\\''s'")
+        );
+        assert_eq!(
+            quote_for_shell(Shell::Posix, "$(touch PWNED)").as_deref(),
+            Ok("'$(touch PWNED)'")
+        );
+        assert!(quote_for_shell(Shell::Posix, "a\0b").is_err());
+    }
+
+    #[test]
+    fn powershell_quoting_doubles_every_single_quote_and_refuses_line_breaks() {
+        let q = |v: &str| quote_for_shell(Shell::Powershell, v);
+        assert_eq!(q("$(touch PWNED)").as_deref(), Ok("'$(touch PWNED)'"));
+        assert_eq!(q("`touch PWNED`; x").as_deref(), Ok("'`touch PWNED`; x'"));
+        assert_eq!(q("it's").as_deref(), Ok("'it''s'"));
+        assert_eq!(q("'; rm x; '").as_deref(), Ok("'''; rm x; '''"));
+        // PowerShell ends a single-quoted string at typographic quotes too.
+        assert_eq!(q("a\u{2019}b").as_deref(), Ok("'a\u{2019}\u{2019}b'"));
+        assert_eq!(q("a\u{2018}b").as_deref(), Ok("'a\u{2018}\u{2018}b'"));
+        assert_eq!(q("C:\\Apps\\x y").as_deref(), Ok("'C:\\Apps\\x y'"));
+        for bad in ["line\nbreak", "cr\rhere", "nul\0", "esc\u{1b}[2J"] {
+            assert!(q(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn templates_substitute_quoted_words_in_one_pass() {
+        let t = "echo running {app} {version} on {node} in {folder} {other}";
+        let cmd = expand_template(t, &record("$(touch PWNED)"), "/opt/a b", Shell::Posix)
+            .expect("expands");
+        assert_eq!(
+            cmd,
+            "echo running '$(touch PWNED)' '2.0.0' on 'app01' in '/opt/a b' {other}"
+        );
+        // A value holding a placeholder is not expanded again.
+        let cmd = expand_template("x {app} {node}", &record("{node}"), "/f", Shell::Posix)
+            .expect("expands");
+        assert_eq!(cmd, "x '{node}' 'app01'");
+        let cmd = expand_template(
+            "Start-App {app}",
+            &record("it's"),
+            "C:\\f",
+            Shell::Powershell,
+        )
+        .expect("expands");
+        assert_eq!(cmd, "Start-App 'it''s'");
+    }
+
+    #[test]
+    fn a_value_that_cannot_be_quoted_is_refused_with_the_placeholder_named() {
+        let e = expand_template("run {app}", &record("a\nb"), "C:\\f", Shell::Powershell)
+            .expect_err("refused");
+        let text = e.to_string();
+        assert!(
+            text.contains("{app}") && text.contains("powershell"),
+            "{text}"
+        );
+        assert_eq!(e.exit_code(), 2);
     }
 }

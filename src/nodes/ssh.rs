@@ -677,7 +677,15 @@ fn command_line(shell: Shell, command: &str, cwd: &str) -> String {
             sh_quote(cwd)
         ),
         Shell::Powershell => {
-            let cwd = cwd.replace('/', "\\").replace('\'', "''");
+            // PowerShell also ends a single-quoted string at typographic quotes.
+            let cwd: String = cwd
+                .replace('/', "\\")
+                .chars()
+                .flat_map(|c| match c {
+                    '\'' | '\u{2018}' | '\u{2019}' | '\u{201a}' | '\u{201b}' => vec![c, c],
+                    c => vec![c],
+                })
+                .collect();
             let script = format!(
                 "$ErrorActionPreference = 'Stop'\nSet-Location -LiteralPath '{cwd}'\n{command}\nif ($LASTEXITCODE) {{ exit $LASTEXITCODE }}\n"
             );
@@ -1414,7 +1422,11 @@ mod tests {
     fn powershell_commands_are_encoded() {
         // `dir` in UTF-16LE, as `powershell -EncodedCommand` documents it.
         assert_eq!(powershell_encode("dir"), "ZABpAHIA");
-        let line = command_line(Shell::Powershell, "appcmd start site 'x'", "C:/Apps/it's");
+        let line = command_line(
+            Shell::Powershell,
+            "appcmd start site 'x'",
+            "C:/Apps/it's \u{2019}",
+        );
         let b64 = line
             .strip_prefix("powershell.exe -NoProfile -NonInteractive -EncodedCommand ")
             .unwrap();
@@ -1428,7 +1440,7 @@ mod tests {
             .collect();
         let script = String::from_utf16(&units).unwrap();
         assert!(
-            script.contains("Set-Location -LiteralPath 'C:\\Apps\\it''s'"),
+            script.contains("Set-Location -LiteralPath 'C:\\Apps\\it''s \u{2019}\u{2019}'"),
             "{script}"
         );
         assert!(script.contains("appcmd start site 'x'"));

@@ -108,6 +108,34 @@ struct RunState {
     site_changed: bool,
     /// Nodes whose health command passed in this attempt.
     healthy: HashSet<String>,
+    /// Every refusal raised in the script, caught or not, in order.
+    refusals: Vec<Refusal>,
+}
+
+/// Who refused: a safety rail of the host, or the procedure (`refuse`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusedBy {
+    Rail,
+    Procedure,
+}
+
+impl RefusedBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusedBy::Rail => "rail",
+            RefusedBy::Procedure => "procedure",
+        }
+    }
+}
+
+/// A refusal raised in the script.
+#[derive(Debug, Clone)]
+struct Refusal {
+    by: RefusedBy,
+    message: String,
+    /// It ended the run (reported as the run's error, not listed again).
+    ended_run: bool,
 }
 
 /// Whether commands (service commands, `node_command`) really run. `uprun
@@ -530,6 +558,36 @@ impl Ops {
         )))
     }
 
+    /// Record a refusal about to be raised in the script, journaled in run
+    /// mode; returns its number. Recorded before the script can catch it, so
+    /// a caught refusal still shows in the journal and the summary.
+    pub fn record_refusal(&self, by: RefusedBy, message: &str) -> usize {
+        let n = {
+            let mut st = lock(&self.state);
+            st.refusals.push(Refusal {
+                by,
+                message: message.to_string(),
+                ended_run: false,
+            });
+            st.refusals.len() - 1
+        };
+        // The refusal itself is what the script sees; a journal that cannot
+        // be written fails the next step's announcement.
+        let _ = self.announce(Entry::Refusal {
+            by: by.as_str().to_string(),
+            message: message.to_string(),
+            at: now_rfc3339(),
+        });
+        n
+    }
+
+    /// The refusal numbered `n` ended the run: the run's error reports it.
+    pub fn refusal_ended_run(&self, n: usize) {
+        if let Some(r) = lock(&self.state).refusals.get_mut(n) {
+            r.ended_run = true;
+        }
+    }
+
     /// Commands run (or simulated) by `node_command` so far.
     pub fn commands_run(&self) -> Vec<(String, String)> {
         lock(&self.state).commands_run.clone()
@@ -652,6 +710,21 @@ impl Ops {
                 StepStatus::Planned => "planned",
             };
             out.push(format!("{status}: {}", s.description));
+        }
+        let caught: Vec<String> = st
+            .refusals
+            .iter()
+            .filter(|r| !r.ended_run)
+            .map(|r| match r.by {
+                RefusedBy::Rail => r.message.clone(),
+                RefusedBy::Procedure => format!("{} (by the procedure)", r.message),
+            })
+            .collect();
+        if !caught.is_empty() {
+            out.push(format!(
+                "refusals caught by the procedure: {}",
+                caught.join("; ")
+            ));
         }
         out
     }

@@ -1,7 +1,8 @@
 //! The host API registered with the engine, area by area. Each function's
 //! documentation is registered with it (one source of truth for `uprun api`).
 //! Functions convert Rhai values to `ops` calls and back; errors reach the
-//! script as a catchable map `#{ kind, message, node }` at the calling line.
+//! script as a catchable `HostError` (`e.kind`, `e.message`, `e.node`) at the
+//! calling line, and refusals are recorded on the way (see `fail`).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,8 +15,10 @@ use rhai::{
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::host_error::HostError;
 use crate::ops::{
-    BackupOptions, CommandOptions, CreateOptions, Mode, Ops, RemoveOptions, UpgradeOptions,
+    BackupOptions, CommandOptions, CreateOptions, Mode, Ops, RefusedBy, RemoveOptions,
+    UpgradeOptions,
 };
 use crate::progress::Event;
 use crate::Error;
@@ -58,18 +61,21 @@ fn one() -> i64 {
     1
 }
 
+/// Raise an error that no run state needs to hear of (bad arguments).
 fn host_error(e: Error, pos: Position) -> Box<EvalAltResult> {
-    let mut map = Map::new();
-    map.insert("kind".into(), e.kind().into());
-    map.insert("message".into(), e.to_string().into());
-    if let Error::Node { node, .. } = &e {
-        map.insert("node".into(), node.clone().into());
+    HostError::from_error(&e).raise(pos)
+}
+
+/// Raise an error returned by `ops`. A refusal is recorded in the run state
+/// (and journal) here, so that one the script catches is still reported.
+fn fail(ops: &Ops, e: Error, pos: Position) -> Box<EvalAltResult> {
+    match &e {
+        Error::Refused(m) => {
+            let n = ops.record_refusal(RefusedBy::Rail, m);
+            HostError::refusal(e.to_string(), Some(n)).raise(pos)
+        }
+        _ => host_error(e, pos),
     }
-    if matches!(e, Error::Interrupted(_)) {
-        // Not catchable: a script must not carry on past Ctrl-C or a crash.
-        return EvalAltResult::ErrorTerminated(map.into(), pos).into();
-    }
-    EvalAltResult::ErrorRuntime(map.into(), pos).into()
 }
 
 fn ops<'a>(o: &'a Option<Arc<Ops>>, ctx: &NativeCallContext) -> HostResult<&'a Arc<Ops>> {
@@ -252,7 +258,7 @@ fn register_site(engine: &mut Engine, o: &Option<Arc<Ops>>) {
             let ops = ops(&x, &ctx)?;
             ops.release
                 .require("release()")
-                .map_err(|e| host_error(e, ctx.call_position()))?;
+                .map_err(|e| fail(ops, e, ctx.call_position()))?;
             let mut m = Map::new();
             m.insert("version".into(), ops.release.version.to_string().into());
             m.insert(
@@ -298,14 +304,14 @@ fn register_database(engine: &mut Engine, o: &Option<Arc<Ops>>) {
         "The application's schema version as the database records it (after planned upgrades, in plan mode).",
         move |ctx: NativeCallContext| -> HostResult<String> {
             let ops = ops(&x, &ctx)?;
-            ops.db_version().map(|v| v.to_string()).map_err(|e| host_error(e, ctx.call_position()))
+            ops.db_version().map(|v| v.to_string()).map_err(|e| fail(ops, e, ctx.call_position()))
         });
     let x = o.clone();
     reg(engine, "run_check", &["name: &str", "Array"],
         "Run the read-only check query `name` from the site's `[checks]`; returns its rows as maps.\nRows are problems: an empty array means the check passed. Listed as a step in `plan`.",
         move |ctx: NativeCallContext, name: &str| -> HostResult<Dynamic> {
             let ops = ops(&x, &ctx)?;
-            let rows = ops.run_check(name).map_err(|e| host_error(e, ctx.call_position()))?;
+            let rows = ops.run_check(name).map_err(|e| fail(ops, e, ctx.call_position()))?;
             to_dyn(&rows, ctx.call_position())
         });
     let x = o.clone();
@@ -313,7 +319,7 @@ fn register_database(engine: &mut Engine, o: &Option<Arc<Ops>>) {
         "Run a read-only SQL query and return its rows as maps. A statement that would change the database is refused.",
         move |ctx: NativeCallContext, sql: &str| -> HostResult<Dynamic> {
             let ops = ops(&x, &ctx)?;
-            let rows = ops.query(sql).map_err(|e| host_error(e, ctx.call_position()))?;
+            let rows = ops.query(sql).map_err(|e| fail(ops, e, ctx.call_position()))?;
             to_dyn(&rows, ctx.call_position())
         });
     let backup_doc = "Take a full backup of the site's database into its backup folder and verify it.\nOptions: `verify` (bool, default true).\nReturns `#{ database, file, size, version, started, finished, verified, verification, checksum }`\n(`checksum`: the backup carries page checksums, SQL Server `WITH CHECKSUM`).\nOnly a verified backup taken in the same run allows `upgrade_db`.\nErrors: `database` (the backup or its verification failed: the server's message), `config` (a bad option).";
@@ -341,7 +347,7 @@ fn register_instances(engine: &mut Engine, o: &Option<Arc<Ops>>) {
         move |ctx: NativeCallContext, node: Dynamic| -> HostResult<Dynamic> {
             let ops = ops(&x, &ctx)?;
             let name = node_name(&node, ctx.call_position())?;
-            match ops.instance(&name).map_err(|e| host_error(e, ctx.call_position()))? {
+            match ops.instance(&name).map_err(|e| fail(ops, e, ctx.call_position()))? {
                 Some(r) => to_dyn(&r, ctx.call_position()),
                 None => Ok(Dynamic::UNIT),
             }
@@ -387,7 +393,7 @@ fn invoke<O: DeserializeOwned, R: Serialize>(
 ) -> HostResult<Dynamic> {
     let ops = ops(x, ctx)?;
     let opts: O = options(name, opts, ctx.call_position())?;
-    let r = f(ops, opts).map_err(|e| host_error(e, ctx.call_position()))?;
+    let r = f(ops, opts).map_err(|e| fail(ops, e, ctx.call_position()))?;
     to_dyn(&r, ctx.call_position())
 }
 
@@ -600,13 +606,11 @@ fn for_each_node(
             Err(e) => {
                 m.insert("ok".into(), false.into());
                 m.insert("error".into(), super::render::plain_message(&e).into());
-                m.insert(
-                    "kind".into(),
-                    super::render::root_kind(&e)
-                        .unwrap_or_else(|| "script".into())
-                        .into(),
-                );
-                if first_err.is_none() {
+                m.insert("kind".into(), super::render::root_kind(&e).into());
+                // The first error, or the first that stops the procedure.
+                let stops =
+                    |f: &Option<Box<EvalAltResult>>| f.as_deref().is_some_and(is_uncatchable);
+                if first_err.is_none() || (is_uncatchable(&e) && !stops(&first_err)) {
                     first_err = Some(for_node(&name, *e));
                 }
             }
@@ -615,7 +619,18 @@ fn for_each_node(
     }
     match first_err {
         Some(e) if !opts.continue_on_error => Err(e),
+        // Ctrl-C and the time limit stop the procedure, whatever the options.
+        Some(e) if is_uncatchable(&e) => Err(e),
         _ => Ok(out),
+    }
+}
+
+fn is_uncatchable(e: &EvalAltResult) -> bool {
+    match e {
+        EvalAltResult::ErrorInFunctionCall(_, _, inner, _)
+        | EvalAltResult::ErrorInModule(_, inner, _) => is_uncatchable(inner),
+        EvalAltResult::ErrorTerminated(..) => true,
+        _ => false,
     }
 }
 
@@ -655,10 +670,20 @@ fn register_ui(engine: &mut Engine, o: &Option<Arc<Ops>>) {
         },
     );
     let x = o.clone();
+    reg(engine, "refuse", &["message: &str", "()"],
+        "Stop the procedure with a refusal: the run ends refused (exit 3), nothing more is done, and the\njournal and summary record it as a refusal by the procedure. For checks that should stop a run before\nany change (a pre-flight check found a problem). Catchable like a rail's refusal; a caught one is still\nrecorded and listed in the end-of-run summary.",
+        move |ctx: NativeCallContext, msg: &str| -> HostResult<()> {
+            let ops = ops(&x, &ctx)?;
+            let n = ops.record_refusal(RefusedBy::Procedure, msg);
+            Err(HostError::refusal(format!("refused by the procedure: {msg}"), Some(n))
+                .raise(ctx.call_position()))
+        });
+    let x = o.clone();
     reg(engine, "confirm", &["question: &str", "bool"],
         "Ask the operator a yes/no question on the terminal. `--yes` answers yes; without a terminal and\nwithout `--yes` the answer is no. In plan mode the question is listed and answered yes.",
         move |ctx: NativeCallContext, q: &str| -> HostResult<bool> {
-            ops(&x, &ctx)?.confirm(q).map_err(|e| host_error(e, ctx.call_position()))
+            let ops = ops(&x, &ctx)?;
+            ops.confirm(q).map_err(|e| fail(ops, e, ctx.call_position()))
         });
 }
 
@@ -683,6 +708,7 @@ pub const HOST_FUNCTIONS: &[&str] = &[
     "for_each_node",
     "log",
     "warn",
+    "refuse",
     "confirm",
 ];
 

@@ -4,17 +4,20 @@
 //! here.
 
 pub mod api;
+pub mod host_error;
 mod render;
 mod resolver;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use rhai::{Engine, Scope, AST};
+use rhai::{Dynamic, Engine, Scope, AST};
 
 use crate::ops::Ops;
 use crate::{Error, Result};
 
+pub use host_error::HostError;
 pub use render::render_error;
 pub use resolver::{Sources, STDLIB};
 
@@ -82,43 +85,76 @@ impl Procedure {
     }
 }
 
+/// Most operations a procedure (or one `for_each_node` closure call) may
+/// take. The stock procedure takes about 500 on three nodes; a runaway loop
+/// stops here (copying megabyte strings, in seconds rather than hours) or at
+/// the site's time limit, whichever comes first.
+pub const MAX_OPERATIONS: u64 = 200_000;
+
+/// Largest string (and total of the strings in one array or map) a script may
+/// build, in bytes.
+pub const MAX_STRING_SIZE: usize = 1 << 20;
+
+/// Most items in one array or map (nested ones counted).
+pub const MAX_ITEMS: usize = 100_000;
+
+/// How often (in operations) the progress hook looks at the clock.
+const CLOCK_EVERY: u64 = 64;
+
 /// Build an engine for `proc`. With `ops`, host functions act; without, they
-/// exist (for `check` and `api`) but fail when called.
+/// exist (for `check` and `api`) but fail when called. With `ops`, the run's
+/// time limit (`limits.script_timeout_secs`) counts from here.
 pub fn engine(proc_base: Option<PathBuf>, ops: Option<Arc<Ops>>, sources: &Sources) -> Engine {
     let mut engine = Engine::new();
-    engine.set_max_operations(50_000_000);
+    engine.set_max_operations(MAX_OPERATIONS);
     engine.set_max_call_levels(64);
     engine.set_max_expr_depths(64, 64);
-    engine.set_max_string_size(4 << 20);
-    engine.set_max_array_size(100_000);
-    engine.set_max_map_size(100_000);
+    engine.set_max_string_size(MAX_STRING_SIZE);
+    engine.set_max_array_size(MAX_ITEMS);
+    engine.set_max_map_size(MAX_ITEMS);
     engine.set_max_modules(64);
     engine.set_strict_variables(true);
     engine.set_fail_on_invalid_map_property(true);
     engine.disable_symbol("eval");
     engine.set_module_resolver(resolver::SandboxResolver::new(proc_base, sources.clone()));
+    host_error::register(&mut engine);
     if let Some(ops) = &ops {
         let o = ops.clone();
         engine.on_print(move |s| o.log("info", s));
         let o = ops.clone();
         engine.on_debug(move |s, _, _| o.log("debug", s));
-        if ops.mode == crate::ops::Mode::Run {
-            // Ctrl-C also stops a script busy between steps (a long loop).
-            engine.on_progress(|_| {
-                crate::interrupt::stop_requested().then(|| {
-                    let mut m = rhai::Map::new();
-                    m.insert("kind".into(), "interrupted".into());
-                    m.insert(
-                        "message".into(),
-                        "interrupted: stopped by the operator (Ctrl-C)".into(),
-                    );
-                    m.into()
-                })
-            });
-        }
+        let watch_interrupt = ops.mode == crate::ops::Mode::Run;
+        let limit = ops.site.limits.script_timeout;
+        let started = Instant::now();
+        // Between operations: Ctrl-C also stops a script busy between steps
+        // (a long loop), and no procedure runs past its time limit. Host calls
+        // count too: the clock is the run's, not the script's.
+        engine.on_progress(move |n| {
+            if watch_interrupt && crate::interrupt::stop_requested() {
+                let e = HostError::new(
+                    "interrupted",
+                    "interrupted: stopped by the operator (Ctrl-C)",
+                );
+                return Some(Dynamic::from(e));
+            }
+            if n % CLOCK_EVERY == 0 && started.elapsed() > limit {
+                return Some(Dynamic::from(HostError::new(
+                    host_error::TIME_LIMIT,
+                    time_limit_message(limit),
+                )));
+            }
+            None
+        });
     }
     api::register(&mut engine, ops);
     engine
+}
+
+fn time_limit_message(limit: Duration) -> String {
+    format!(
+        "the procedure ran past its time limit of {} s (site setting `limits.script_timeout_secs`)",
+        limit.as_secs()
+    )
 }
 
 /// Compile a procedure with its imports resolved (a broken module fails here,
@@ -132,17 +168,32 @@ pub fn compile(engine: &Engine, proc: &Procedure, sources: &Sources) -> Result<A
     Ok(ast)
 }
 
-/// Run a compiled procedure to its end.
-pub fn run(engine: &Engine, ast: &AST, proc: &Procedure, sources: &Sources) -> Result<()> {
-    match engine.run_ast_with_scope(&mut Scope::new(), ast) {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            let text = render_error(&e, &proc.name, sources);
-            match render::root_kind(&e).as_deref() {
-                Some("refused") => Err(Error::ScriptRefused(text)),
-                Some("interrupted") => Err(Error::Interrupted(render::plain_message(&e))),
-                _ => Err(Error::Script(text)),
+/// Run a compiled procedure to its end. Only errors the host raised end it
+/// as refused (3), bad input (2) or interrupted (130); anything else the
+/// script throws is a script failure (1).
+pub fn run(
+    engine: &Engine,
+    ast: &AST,
+    proc: &Procedure,
+    sources: &Sources,
+    ops: &Ops,
+) -> Result<()> {
+    let Err(e) = engine.run_ast_with_scope(&mut Scope::new(), ast) else {
+        return Ok(());
+    };
+    let text = render_error(&e, &proc.name, sources);
+    let Some(host) = render::root_host_error(&e) else {
+        return Err(Error::Script(text));
+    };
+    match host.kind() {
+        "refused" => {
+            if let Some(n) = host.refusal_number() {
+                ops.refusal_ended_run(n);
             }
+            Err(Error::ScriptRefused(text))
         }
+        "interrupted" => Err(Error::Interrupted(host.to_string())),
+        "config" => Err(Error::ScriptConfig(text)),
+        _ => Err(Error::Script(text)),
     }
 }

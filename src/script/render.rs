@@ -3,21 +3,24 @@
 
 use rhai::{EvalAltResult, Position};
 
+use super::host_error::HostError;
 use super::Sources;
 
 /// The message of one error, without Rhai's own position suffix.
 fn message(err: &EvalAltResult) -> String {
     match err {
         EvalAltResult::ErrorRuntime(v, _) | EvalAltResult::ErrorTerminated(v, _) => {
+            if let Some(h) = v.read_lock::<HostError>() {
+                return h.to_string();
+            }
+            // The script's own `throw` of a map: its message, but never a
+            // host error's exit code (see `root_host_error`).
             if let Some(map) = v.read_lock::<rhai::Map>() {
                 let msg = map
                     .get("message")
                     .map(|m| m.to_string())
                     .unwrap_or_else(|| v.to_string());
-                return match map.get("node").filter(|n| !n.is_unit()) {
-                    Some(n) if !msg.contains(&format!("`{n}`")) => format!("node `{n}`: {msg}"),
-                    _ => msg,
-                };
+                return format!("script threw: {msg}");
             }
             format!("script threw: {v}")
         }
@@ -30,6 +33,15 @@ fn message(err: &EvalAltResult) -> String {
                 None => format!("no function `{sig}` (`uprun api` lists the host functions)"),
             }
         }
+        EvalAltResult::ErrorTooManyOperations(_) => format!(
+            "the procedure went past {} operations (a runaway loop?); procedures order steps, they do not compute",
+            super::MAX_OPERATIONS
+        ),
+        EvalAltResult::ErrorDataTooLarge(what, _) => format!(
+            "{what} is past the limit of a procedure ({} bytes of strings in one value, {} items in one array or map)",
+            super::MAX_STRING_SIZE,
+            super::MAX_ITEMS
+        ),
         other => {
             let text = other.to_string();
             match text.rfind(" (line ") {
@@ -40,17 +52,22 @@ fn message(err: &EvalAltResult) -> String {
     }
 }
 
-/// The `kind` of a host error map at the root of `err`, if any.
-pub fn root_kind(err: &EvalAltResult) -> Option<String> {
+/// The host error at the root of `err`, if the host raised it. Whatever the
+/// script threw itself is not one, whatever it looks like.
+pub fn root_host_error(err: &EvalAltResult) -> Option<HostError> {
     match err {
         EvalAltResult::ErrorInFunctionCall(_, _, inner, _)
-        | EvalAltResult::ErrorInModule(_, inner, _) => root_kind(inner),
-        EvalAltResult::ErrorRuntime(v, _) | EvalAltResult::ErrorTerminated(v, _) => v
-            .read_lock::<rhai::Map>()?
-            .get("kind")
-            .map(|k| k.to_string()),
+        | EvalAltResult::ErrorInModule(_, inner, _) => root_host_error(inner),
+        EvalAltResult::ErrorRuntime(v, _) | EvalAltResult::ErrorTerminated(v, _) => {
+            v.read_lock::<HostError>().map(|h| h.clone())
+        }
         _ => None,
     }
+}
+
+/// The `kind` of `err` for result maps: the host error's, else "script".
+pub fn root_kind(err: &EvalAltResult) -> &'static str {
+    root_host_error(err).map(|h| h.kind()).unwrap_or("script")
 }
 
 fn location(source: &str, pos: Position, sources: &Sources) -> String {
@@ -107,7 +124,8 @@ pub fn render_error(err: &EvalAltResult, main: &str, sources: &Sources) -> Strin
             _ => break,
         }
     }
-    let mut out = format!("error: {}\n", message(e));
+    // The message may quote a database or a node: one inert line.
+    let mut out = format!("error: {}\n", crate::progress::escape_controls(&message(e)));
     out.push_str(&location(&source, e.position(), sources));
     for n in notes.iter().rev() {
         out.push_str(&format!("   = {n}\n"));
