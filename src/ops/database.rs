@@ -55,7 +55,9 @@ impl Ops {
             // A backup taken by an earlier attempt of this run counts for the
             // upgrade rail only once proved unchanged, through the database
             // (a SQL Server backup is on the server, not on this machine).
-            if r.verified && !r.file.is_empty() {
+            // Run mode only: the proof reads the whole backup, and the upgrade
+            // proves it again anyway before its first change.
+            if self.mode == Mode::Run && r.verified {
                 lock(&self.db).prove_backup(&r).map_err(|e| match e {
                     Error::Refused(m) => Error::Refused(format!(
                         "{m} (the backup was taken by an earlier attempt of this run)"
