@@ -248,3 +248,27 @@ fn resume_with_a_backup_altered_after_the_kill_is_refused() {
     assert_eq!(sb.db_version(), "1.0.0");
     sb.assert_unchanged(&before, "a refused resume changed something");
 }
+
+#[test]
+fn a_backup_that_failed_its_proof_no_longer_counts_as_verified() {
+    // The script catches the refusal and tries again: still refused, now by
+    // the rail itself (the run has no verified backup any more).
+    let sb = Sandbox::new();
+    let path = sb.script(
+        "custom.rhai",
+        "let b = backup_db();\nnode_command(primary(), \"dd if=/dev/zero of=\" + b.file + \" bs=4096 count=1 conv=notrunc\");\ntry { upgrade_db(); } catch (e) { log(`first attempt: ${e.kind}`); }\nupgrade_db();\n",
+    );
+    let out = sb
+        .cmd("run", path.to_str().expect("path"), &["--yes"])
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stdout}{err}");
+    assert!(stdout.contains("first attempt: refused"), "{stdout}");
+    assert!(
+        err.contains("needs a verified backup taken in this run"),
+        "{err}"
+    );
+    assert_eq!(sb.db_version(), "1.0.0");
+}

@@ -512,6 +512,10 @@ mod tests {
             assert_eq!(receipt.version, "1.2.3");
             db.verify_backup(&mut receipt).expect("verify");
             assert!(receipt.verified);
+            assert!(Path::new(&receipt.file).is_absolute(), "{}", receipt.file);
+            assert_eq!(receipt.sha256.len(), 64);
+            // Reading the copy back (integrity check) left it as hashed.
+            db.prove_backup(&receipt).expect("proved");
             let copy = Connection::open(&receipt.file).expect("open copy");
             let n: i64 = copy
                 .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
@@ -542,6 +546,60 @@ mod tests {
         std::fs::write(&receipt.file, bytes).expect("write");
         assert!(db.verify_backup(&mut receipt).is_err());
         assert!(!receipt.verified);
+    }
+
+    #[test]
+    fn a_missing_or_altered_backup_fails_its_proof() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let src = make(tmp.path(), false);
+        let mut db = SqliteDatabase::open_path("app", &src, false).expect("open");
+        let receipt = db
+            .backup(&tmp.path().join("b"), &mut |_, _| {})
+            .expect("backup");
+        let (size, sha) = hash_file(Path::new(&receipt.file)).expect("hash");
+        assert_eq!(
+            (size, sha.as_str()),
+            (receipt.size, receipt.sha256.as_str())
+        );
+        let original = std::fs::read(&receipt.file).expect("read");
+        let refused = |db: &mut SqliteDatabase, receipt: &BackupReceipt, needle: &str| {
+            let err = db.prove_backup(receipt).expect_err("refused");
+            assert!(matches!(err, Error::Refused(_)), "{err:?}");
+            let text = err.to_string();
+            assert!(text.contains(&receipt.file), "{text}");
+            assert!(text.contains(needle), "{text}");
+            assert!(text.contains("re-run `backup_db()`"), "{text}");
+        };
+        // One byte changed, same size.
+        let mut bytes = original.clone();
+        bytes[100] ^= 0xff;
+        std::fs::write(&receipt.file, &bytes).expect("write");
+        refused(&mut db, &receipt, "SHA-256");
+        // Truncated.
+        std::fs::write(&receipt.file, &original[..4096]).expect("write");
+        refused(&mut db, &receipt, "4096 bytes");
+        // Gone.
+        std::fs::remove_file(&receipt.file).expect("rm");
+        refused(&mut db, &receipt, "is missing");
+        // Restored: proved again.
+        std::fs::write(&receipt.file, &original).expect("write");
+        db.prove_backup(&receipt).expect("proved");
+        // Recorded by an older uprun (no hash): cannot be proved.
+        let old = BackupReceipt {
+            sha256: String::new(),
+            ..receipt.clone()
+        };
+        refused(&mut db, &old, "older uprun");
+    }
+
+    #[test]
+    fn receipts_from_older_journals_still_read() {
+        let old = serde_json::json!({
+            "database": "app", "file": "backups/app.sqlite", "size": 1, "version": "1.0.0",
+            "started": "", "finished": "", "verified": true, "verification": "ok"
+        });
+        let r: BackupReceipt = serde_json::from_value(old).expect("reads");
+        assert!(r.sha256.is_empty() && r.backup_set_guid.is_empty() && !r.checksum);
     }
 
     #[test]
