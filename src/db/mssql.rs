@@ -1114,6 +1114,12 @@ impl Database for MssqlDatabase {
                     format!("backup to `{file}` on the server: RESTORE HEADERONLY shows no backup set (no `BackupSetGUID`) in the file just written"),
                 ))
             }
+            Err(Failure::Server(t)) if t.code() == 3032 || t.code() == 262 => {
+                return Err(Error::db(
+                    &self.name,
+                    format!("read the header of backup `{file}`: {}; RESTORE HEADERONLY needs the CREATE DATABASE permission (as RESTORE VERIFYONLY does)", server_text(&t)),
+                ))
+            }
             Err(f) => return Err(self.fail(&format!("read the header of backup `{file}`"), f)),
         };
         Ok(BackupReceipt {
