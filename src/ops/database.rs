@@ -247,7 +247,9 @@ impl Ops {
                     if let Some(r) = &receipt {
                         if let Err(e) = db.prove_backup(r) {
                             drop(db);
-                            self.distrust_backup(r, &e);
+                            if matches!(e, Error::Refused(_)) {
+                                self.distrust_backup(r, &e);
+                            }
                             return Err(e);
                         }
                     }
@@ -296,8 +298,9 @@ impl Ops {
         )))
     }
 
-    /// A backup that failed its proof no longer counts as verified in this run
-    /// (so a later `upgrade_db` cannot use it either).
+    /// A backup found missing or altered no longer counts as verified in this
+    /// run (so a later `upgrade_db` cannot use it either). Not for a proof that
+    /// could not be made (server unreachable): that says nothing of the backup.
     fn distrust_backup(&self, receipt: &BackupReceipt, why: &Error) {
         let mut st = lock(&self.state);
         for b in st
