@@ -108,6 +108,8 @@ struct RunState {
     site_changed: bool,
     /// Nodes whose health command passed in this attempt.
     healthy: HashSet<String>,
+    /// The run-end audit, once made.
+    audit: Option<audit::Audit>,
     /// Every refusal raised in the script, caught or not, in order.
     refusals: Vec<Refusal>,
 }
