@@ -569,10 +569,10 @@ fn for_each_node(
         }
         *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
     };
-    // Plan mode runs the closures one after the other, so that what it
-    // reports does not depend on timing; the order rails above hold for any
-    // interleaving.
-    let workers = if ops.mode == Mode::Plan {
+    // Plan mode (and `uprun test`) runs the closures one after the other, so
+    // that what it reports does not depend on timing; the order rails above
+    // hold for any interleaving.
+    let workers = if ops.closures_in_order() {
         1
     } else {
         (opts.parallel as usize).min(nodes.len()).max(1)
