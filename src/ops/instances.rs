@@ -220,6 +220,7 @@ impl Ops {
         _opts: RemoveOptions,
     ) -> Result<Option<InstanceRecord>> {
         let n = self.node(node)?;
+        self.require_recorded(node)?;
         let key = self.call_key("remove_instance", Some(node));
         if let Some(r) =
             self.replayed::<Option<InstanceRecord>>(&key, "remove_instance", Some(node))?
@@ -312,6 +313,7 @@ impl Ops {
     pub fn create_instance(&self, node: &str, opts: CreateOptions) -> Result<InstanceRecord> {
         self.release.require("create_instance")?;
         let n = self.node(node)?;
+        self.require_recorded(node)?;
         let key = self.call_key("create_instance", Some(node));
         if let Some(r) = self.replayed::<InstanceRecord>(&key, "create_instance", Some(node))? {
             return Ok(r);
@@ -611,7 +613,7 @@ pub(crate) struct Resolved {
 
 /// Rail (spelling): a new instance folder is one plain name directly under
 /// the node's root. Anything else is a configuration error.
-pub(crate) fn check_folder_name(node: &str, folder: &str) -> Result<()> {
+pub fn check_folder_name(node: &str, folder: &str) -> Result<()> {
     let why = if folder.is_empty() {
         Some("it is empty")
     } else if folder == "." || folder == ".." {

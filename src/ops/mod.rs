@@ -31,6 +31,7 @@ use crate::{Error, Result};
 pub use audit::Audit;
 pub use commands::{CommandOptions, CommandResult};
 pub use database::{BackupOptions, UpgradeOptions, UpgradeReport};
+pub use instances::check_folder_name;
 pub use instances::{CreateOptions, RemoveOptions};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -286,6 +287,24 @@ impl Ops {
                     .join(", ")
             ))
         })
+    }
+
+    /// Rail: a node whose root holds files but that uprun has no record of
+    /// (no manifest) may run an instance uprun does not know: removing
+    /// "nothing" or creating beside it would silently ignore it. The operator
+    /// records it first (`uprun adopt`).
+    fn require_recorded(&self, node: &str) -> Result<()> {
+        let n = self.node(node)?;
+        if n.has_manifest()? || n.transport.dir_state(&n.root)? != crate::nodes::DirState::NotEmpty
+        {
+            return Ok(());
+        }
+        Err(Error::Refused(format!(
+            "node `{node}`: its root `{}` holds files but uprun has no record of an instance there (no `{}`): an instance installed by other means would be ignored. Record it first: `uprun adopt --site {} --node {node} --version VERSION --folder FOLDER --yes`",
+            n.root,
+            crate::nodes::instances::MANIFEST,
+            self.site.file.display()
+        )))
     }
 
     fn role(&self, name: &str) -> Option<Role> {
