@@ -6,6 +6,7 @@ mod support;
 
 mod authoring;
 mod cli_errors;
+mod db_contract;
 mod demo;
 mod durable;
 mod errors;
