@@ -217,6 +217,8 @@ pub struct NodeState {
     pub outcomes: Vec<(String, ExecOutput)>,
     /// Changes made: `write <path>`, `mkdir <path>`, `rm <path>`, `upload <dest>`.
     pub changes: Vec<String>,
+    /// The node says its file names ignore case (a Windows node).
+    pub ignore_case: bool,
 }
 
 impl NodeState {
@@ -450,6 +452,10 @@ impl NodeTransport for FakeNode {
             file_id: None,
             link,
         }))
+    }
+
+    fn paths_ignore_case(&self) -> bool {
+        lock(&self.state).ignore_case
     }
 }
 

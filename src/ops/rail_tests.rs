@@ -440,6 +440,28 @@ fn used_folders_and_folders_inside_containing_or_linking_to_them_are_refused() {
 }
 
 #[test]
+fn on_a_node_that_ignores_case_another_spelling_of_a_used_folder_is_refused() {
+    for mode in MODES {
+        let w = World::new();
+        w.node("app02").ignore_case = true;
+        let ops = w.ops(mode);
+        ok(ops.remove_instance("app02", Default::default()));
+        let before = node_marks(&w);
+        for folder in ["fastapp-1.0.0", "FASTAPP-1.0.0"] {
+            let opts = CreateOptions {
+                folder: Some(folder.into()),
+                ..Default::default()
+            };
+            refused(
+                ops.create_instance("app02", opts),
+                "which was used by an earlier instance",
+            );
+        }
+        assert_eq!(node_marks(&w), before);
+    }
+}
+
+#[test]
 fn the_default_folder_avoids_every_used_one() {
     let w = World::new();
     let mut m = w.manifest("app02");
@@ -677,6 +699,39 @@ fn the_audit_names_a_database_left_behind() {
     }
 }
 
+#[test]
+fn a_changing_command_after_the_health_checks_makes_the_audit_check_again() {
+    let w = World::new();
+    let ops = w.ops(Mode::Run);
+    upgrade_site(&ops, &NODES, true);
+    assert!(ok(ops.audit()).complete());
+    // The procedure stops app03's service after its health check passed.
+    w.node("app03").fail_on("health-app", "connection refused");
+    ok(ops.node_command("app03", "systemctl stop fastapp", CommandOptions::default()));
+    let audit = ok(ops.audit());
+    assert_eq!(audit.problems.len(), 1, "{:?}", audit.problems);
+    assert!(
+        audit.problems[0].starts_with("node `app03` is not healthy"),
+        "{:?}",
+        audit.problems
+    );
+}
+
+#[test]
+fn instances_of_an_older_release_leave_the_plan_incomplete() {
+    let w = World::new();
+    for n in NODES {
+        w.install(n, &record(n, "FastApp", "3.0.0", "FastApp-3.0.0"));
+    }
+    w.db().version = semver::Version::new(3, 0, 0);
+    let ops = w.ops(Mode::Plan);
+    upgrade_site(&ops, &NODES, false);
+    refused(upgrade(&ops), "downgrades are not supported");
+    let audit = ok(ops.audit());
+    assert_eq!(audit.problems, ["database `app` is at 3.0.0, not 2.0.0"]);
+    assert!(w.nodes_untouched());
+}
+
 // ---- Rule: order rails do not depend on timing ----
 
 /// Member 0 removes the primary's instance, member 1 changes a secondary's
@@ -777,6 +832,35 @@ fn one_node_changed_by_two_closures_is_refused_whichever_runs_first() {
                 ok(ops.end_parallel(group, "for_each_node(parallel: 2)"));
             }
         }
+    }
+}
+
+#[test]
+fn a_conflict_inside_a_nested_parallel_call_refuses_the_outer_call() {
+    for mode in MODES {
+        let w = World::new();
+        let ops = w.ops(mode);
+        ok(ops.remove_instance("app03", Default::default()));
+        let outer = ops.begin_parallel();
+        {
+            // Closure 0 of the outer call runs an inner parallel call.
+            let _m = ops.enter_member(&[], outer, 0);
+            let context = ops.parallel_context();
+            let inner = ops.begin_parallel();
+            {
+                let _i = ops.enter_member(&context, inner, 0);
+                ok(ops.remove_instance("app02", Default::default()));
+            }
+            ok(ops.end_parallel(inner, "inner for_each_node"));
+        }
+        {
+            let _m = ops.enter_member(&[], outer, 1);
+            ok(ops.remove_instance("app01", Default::default()));
+        }
+        refused(
+            ops.end_parallel(outer, "outer for_each_node"),
+            "outer for_each_node: one closure removes the primary `app01`'s instance",
+        );
     }
 }
 
