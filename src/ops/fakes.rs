@@ -627,13 +627,12 @@ impl World {
 
     /// An `Ops` over the world, as `run --yes` (or `plan`) builds it.
     pub fn ops(&self, mode: Mode) -> Ops {
-        let spec = RunSpec::new(
-            &self.site,
-            &self.release,
-            mode,
-            "test-run",
-            Confirmation::UNATTENDED,
-        );
+        self.ops_confirmed(mode, Confirmation::UNATTENDED)
+    }
+
+    /// An `Ops` over the world with `confirmation`.
+    pub fn ops_confirmed(&self, mode: Mode, confirmation: Confirmation) -> Ops {
+        let spec = RunSpec::new(&self.site, &self.release, mode, "test-run", confirmation);
         let nodes = self
             .site
             .nodes

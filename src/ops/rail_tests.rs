@@ -144,6 +144,43 @@ fn a_declared_external_backup_is_the_only_way_around_the_backup_rail() {
     assert_eq!(w.db().backups(), 0);
 }
 
+#[test]
+fn a_backup_of_another_version_does_not_count() {
+    let w = World::new();
+    let ops = w.ops(Mode::Run);
+    backup(&ops);
+    // Something else moved the database on after the backup.
+    w.db().version = semver::Version::new(1, 5, 0);
+    refused(upgrade(&ops), "needs a verified backup");
+    assert!(w.db().changes().is_empty());
+}
+
+// ---- Rule: changes need consent; without a terminal, --yes ----
+
+#[test]
+fn without_a_terminal_or_yes_every_change_is_refused_before_it_starts() {
+    let w = World::new();
+    let ops = w.ops_confirmed(
+        Mode::Run,
+        super::Confirmation {
+            yes: false,
+            interactive: false,
+        },
+    );
+    refused(
+        ops.remove_instance("app02", Default::default()),
+        "there is no terminal to confirm on",
+    );
+    refused(
+        ops.node_command("app02", "lb-drain", CommandOptions::default()),
+        "re-run with --yes",
+    );
+    backup(&ops);
+    refused(upgrade(&ops), "there is no terminal to confirm on");
+    assert!(w.db().changes().is_empty());
+    assert!(w.nodes_untouched());
+}
+
 // ---- Rule: no downgrades; an upgrade to the installed version is a no-op ----
 
 #[test]
