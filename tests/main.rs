@@ -8,6 +8,7 @@ mod adopt;
 mod authoring;
 mod backup_proof;
 mod cli_errors;
+mod db_contract;
 mod demo;
 mod durable;
 mod errors;

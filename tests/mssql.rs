@@ -1416,3 +1416,59 @@ fn a_resumed_run_whose_backup_is_gone_from_the_server_is_refused() {
     assert!(migration_sql(&mock.sql()).is_empty());
     assert_eq!(mock.fake().version, "1.0.0");
 }
+
+/// The `Database` contract of `db_contract.rs`, over the protocol: the
+/// responder's "database" keeps the history per transaction, so what a failed
+/// migration left is what it holds, plus whether the driver committed.
+#[test]
+fn the_database_contract_holds_over_the_protocol() {
+    use uprun::db::mssql::{BEGIN_SQL, COMMIT_SQL, ROLLBACK_SQL};
+    let mock = Mock::start(Fake::default());
+    let sb = mock.sandbox();
+    std::env::set_var("UPRUN_TEST_MSSQL_PASSWORD", PASSWORD);
+    let mut db = open_db(&sb);
+    let leftovers = || -> Vec<String> {
+        let mut out = Vec::new();
+        {
+            let f = mock.fake();
+            out.extend(f.pending.iter().map(|(_, r)| format!("pending {}", r.name)));
+            out.extend(f.history.iter().map(|r| format!("history {}", r.name)));
+        }
+        let sql = mock.sql();
+        if let Some(begin) = sql.iter().rposition(|q| q == BEGIN_SQL) {
+            if sql[begin..].iter().any(|q| q == COMMIT_SQL) {
+                out.push("the failed migration was committed".into());
+            }
+        }
+        if sql.last().map(String::as_str) != Some(ROLLBACK_SQL) {
+            out.push(format!("not rolled back: {:?}", sql.last()));
+        }
+        out
+    };
+    crate::db_contract::contract(
+        "mssql (TDS responder)",
+        crate::db_contract::Subject {
+            db: &mut db,
+            good: crate::db_contract::migration(
+                "2.0.0_01_priority.sql",
+                "ALTER TABLE dbo.strategies ADD priority int NULL;\n",
+            ),
+            failing: crate::db_contract::migration(
+                "2.0.0_02_broken.sql",
+                "UPDATE dbo.strategies SET state = state;\nGO\nEXEC dbo.no_such_procedure;\n",
+            ),
+            leftovers: &leftovers,
+            read: "SELECT name, kind, state FROM strategies WHERE state <> 'valid'",
+            writes: &[
+                "DELETE FROM strategies",
+                "UPDATE strategies SET state = 'valid'",
+                "WITH x AS (SELECT 1 AS n) DELETE FROM strategies",
+                "SELECT 1; DROP TABLE strategies",
+                "SELECT * INTO copy FROM strategies",
+                "BEGIN TRANSACTION",
+                "EXEC dbo.cleanup_strategies",
+            ],
+        },
+    );
+    assert_eq!(mock.fake().version, "2.0.0");
+}

@@ -259,11 +259,16 @@ impl Database for SqliteDatabase {
     }
 
     fn query_readonly(&mut self, sql: &str) -> Result<Vec<Row>> {
-        let mut stmt = self
-            .conn
-            .prepare(sql)
-            .map_err(|e| self.err(&format!("check query `{sql}`"), e))?;
-        if !stmt.readonly() {
+        let mut stmt = self.conn.prepare(sql).map_err(|e| match e {
+            rusqlite::Error::MultipleStatement => Error::db(
+                &self.name,
+                format!("check query `{sql}` holds more than one statement; check queries must only read: write one SELECT"),
+            ),
+            e => self.err(&format!("check query `{sql}`"), e),
+        })?;
+        // SQLite counts ATTACH, BEGIN and COMMIT as read-only (they change
+        // the connection, not the file); a check returns rows.
+        if !stmt.readonly() || stmt.column_count() == 0 {
             return Err(Error::db(
                 &self.name,
                 format!(

@@ -43,6 +43,12 @@ impl Ops {
         lock(&self.state).healthy.insert(node.to_string());
     }
 
+    /// A command that may change any node ran: no earlier health check in
+    /// this attempt speaks for now, so the audit runs every node's again.
+    pub(super) fn forget_health(&self) {
+        lock(&self.state).healthy.clear();
+    }
+
     /// Observe the site as it is now (as planned, in plan mode). In run mode a
     /// node whose health command has not passed in this attempt runs it now.
     pub fn audit(&self) -> Result<Audit> {

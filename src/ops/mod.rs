@@ -7,8 +7,12 @@
 mod audit;
 mod commands;
 mod database;
+#[cfg(test)]
+mod fakes;
 mod groups;
 mod instances;
+#[cfg(test)]
+mod rail_tests;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, Write};

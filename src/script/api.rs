@@ -587,8 +587,9 @@ fn for_each_node(
         });
     }
     if let Some(g) = group {
+        // Through `fail`: a refusal the script catches is still recorded.
         ops.end_parallel(g, &format!("for_each_node(parallel: {})", opts.parallel))
-            .map_err(|e| host_error(e, pos))?;
+            .map_err(|e| fail(ops, e, pos))?;
     }
     let mut out = Array::new();
     let mut first_err = None;
