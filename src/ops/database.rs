@@ -308,6 +308,15 @@ impl Ops {
     /// Rail: every query of the site's `[checks]` returns no row (rows are
     /// problems: invalid strategies and the like). Refused, listing them.
     fn enforce_checks(&self, db: &mut dyn crate::db::Database) -> Result<()> {
+        if self.site.checks.is_empty() {
+            self.log(
+                "warn",
+                &format!(
+                    "the site has no `[checks]`: the vendor's rule that no matching or address-verification strategy is invalid cannot be checked before this upgrade; add the query to `{}`",
+                    self.site.file.display()
+                ),
+            );
+        }
         let mut problems = Vec::new();
         for (check, sql) in &self.site.checks {
             let rows = db.query_readonly(sql)?;

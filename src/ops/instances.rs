@@ -103,16 +103,21 @@ impl Ops {
         );
         let mut found = Vec::new();
         for name in order {
+            // A node's current instance says what it runs; its last removed
+            // one only counts when it has none (an old name removed long ago
+            // must not outvote what runs now).
             let (current, removed) = self.current_and_last_removed(name)?;
-            for (rec, removed) in [(current, false), (removed, true)] {
-                if let Some(r) = rec {
-                    found.push(FoundName {
-                        node: name.to_string(),
-                        app_name: r.app_name,
-                        version: r.version,
-                        removed,
-                    });
-                }
+            let (rec, removed) = match current {
+                Some(c) => (Some(c), false),
+                None => (removed, true),
+            };
+            if let Some(r) = rec {
+                found.push(FoundName {
+                    node: name.to_string(),
+                    app_name: r.app_name,
+                    version: r.version,
+                    removed,
+                });
             }
         }
         Ok(found)

@@ -552,6 +552,29 @@ fn another_application_name_is_refused() {
 }
 
 #[test]
+fn an_old_name_removed_long_ago_does_not_outvote_the_current_instance() {
+    let w = World::new();
+    // app02 once ran `OldApp`, removed long ago; it runs FastApp now.
+    {
+        let mut st = w.node("app02");
+        let mut m = st.manifest(&root("app02"));
+        let mut old = record("app02", "OldApp", "0.9.0", "OldApp-0.9.0");
+        old.removed = Some("2020-01-01T00:00:00Z".into());
+        m.removed.insert(0, old);
+        m.used_folders.insert(0, "OldApp-0.9.0".into());
+        st.set_manifest(&root("app02"), &m);
+    }
+    // app01 is a new, empty node: its name comes from the others'.
+    w.node("app01")
+        .set_manifest(&root("app01"), &Default::default());
+    for mode in MODES {
+        let ops = w.ops(mode);
+        let rec = ok(ops.create_instance("app01", CreateOptions::default()));
+        assert_eq!(rec.app_name, "FastApp");
+    }
+}
+
+#[test]
 fn a_renamed_site_is_refused_unless_the_rename_is_declared() {
     let renamed = site_with(|s| s.replace("name = \"FastApp\"", "name = \"NewApp\""));
     for mode in MODES {
