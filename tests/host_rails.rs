@@ -323,3 +323,38 @@ fn read_commands_do_not_run_while_planning_unless_the_site_allows() {
         "allowed, not run"
     );
 }
+
+#[test]
+fn a_procedure_that_never_touches_the_database_runs_without_one() {
+    let sb = Sandbox::new();
+    std::fs::remove_file(sb.db_path()).expect("rm db");
+    let path = sb.script(
+        "nodes-only.rhai",
+        "for n in nodes() { let i = instance(n); log(`${n.name}: ${i.version}`); }\n",
+    );
+    for (cmd, extra) in [("plan", &[][..]), ("run", &["--yes"][..])] {
+        let out = sb
+            .cmd(cmd, path.to_str().expect("path"), extra)
+            .output()
+            .expect("run");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{cmd}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("app03: 1.0.0"), "{stdout}");
+    }
+    // One that does is told which database is missing.
+    let path = sb.script("db.rhai", "log(db_version());\n");
+    let out = sb
+        .cmd("plan", path.to_str().expect("path"), &[])
+        .output()
+        .expect("plan");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("does not exist") && err.contains("db.rhai:1"),
+        "{err}"
+    );
+}

@@ -39,10 +39,24 @@ impl Session {
     /// the procedure against the host API bound to them.
     pub fn open(spec: RunSpec, proc: &Procedure, reporter: Arc<Reporter>) -> Result<Session> {
         let site = &spec.site;
-        let mut db = crate::db::open(site, spec.mode == Mode::Plan)?;
-        if spec.mode == Mode::Run {
-            db.lock_for_run(&spec.run_id)?;
-        }
+        // Opened on first use: a procedure that never touches the database
+        // runs without one (in run mode the opener also takes its run lock).
+        let db = {
+            let site = site.clone();
+            let mode = spec.mode;
+            let run_id = spec.run_id.clone();
+            crate::db::LazyDatabase::new(
+                &site.database.name.clone(),
+                Box::new(move || {
+                    let mut db = crate::db::open(&site, mode == Mode::Plan)?;
+                    if mode == Mode::Run {
+                        db.lock_for_run(&run_id)?;
+                    }
+                    Ok(db)
+                }),
+            )
+        };
+        let db: Box<dyn crate::db::Database> = Box::new(db);
         // Every node is reached (and its host key checked) before the script
         // starts, so an unreachable or unverified node stops the run before
         // any change anywhere.

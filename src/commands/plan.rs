@@ -48,15 +48,18 @@ pub fn exec(p: PlanArgs) -> Result<i32> {
         &proc,
         reporter.clone(),
     )?;
-    // Through the session's connection: no second login to the server.
-    if let Ok(Some(b)) = session.ops.latest_full_backup() {
-        reporter.event(Event::Log {
-            level: "info".into(),
-            message: format!("latest full backup of `{}`: {b}", site.database.name),
-        });
-    }
     let outcome = session.run();
     let steps = session.ops.steps();
+    // For procedures that use the database, through the session's connection
+    // (no second login to the server); the others may run without one.
+    if session.ops.database_used() {
+        if let Ok(Some(b)) = session.ops.latest_full_backup() {
+            reporter.event(Event::Log {
+                level: "info".into(),
+                message: format!("latest full backup of `{}`: {b}", site.database.name),
+            });
+        }
+    }
     let changes = steps.iter().filter(|s| s.changes).count();
     let irreversible = steps.iter().filter(|s| s.irreversible).count();
     let mut summary = vec![format!(

@@ -3,6 +3,7 @@
 //! in `ops`, which decides what to apply and when).
 
 pub mod batches;
+mod lazy;
 pub mod mssql;
 mod sqlite;
 
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{DbKind, Migration, Site};
 use crate::Result;
 
+pub use lazy::{LazyDatabase, Opener};
 pub use mssql::MssqlDatabase;
 pub use sqlite::SqliteDatabase;
 
@@ -107,6 +109,10 @@ pub trait Database: Send {
     /// holds it. Backends without server-side locks rely on the run's file lock.
     fn lock_for_run(&mut self, _run_id: &str) -> Result<()> {
         Ok(())
+    }
+    /// Whether the database was reached (a lazily opened one may not be).
+    fn opened(&self) -> bool {
+        true
     }
 }
 

@@ -360,6 +360,11 @@ impl Ops {
         rows
     }
 
+    /// Whether the procedure used the database (it is opened on first use).
+    pub fn database_used(&self) -> bool {
+        lock(&self.db).opened()
+    }
+
     /// The newest full backup the database server knows of (SQL Server: msdb).
     pub fn latest_full_backup(&self) -> Result<Option<String>> {
         lock(&self.db).latest_full_backup()
