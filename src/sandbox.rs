@@ -184,20 +184,29 @@ fn payload(version: &str) -> Vec<(&'static str, String)> {
 /// The start command of `SITE_TOML` (the plain one, for reading).
 const PLAIN_START: &str = "start = \"echo running {app} {version} on {node} > service.state\"";
 
+/// The sandbox's database as its instances' start command reaches it: from
+/// the instance folder (`nodes/<node>/<folder>`, the working folder of service
+/// commands), so that `uprun test`'s copies of the site check their own copy.
+const DB_FROM_INSTANCE: &str = "../../../db/app.sqlite";
+
 /// The sandbox's site file: `SITE_TOML` whose start command first checks,
-/// with this uprun binary, that the database at `db` is at the instance's
+/// with this uprun binary, that the sandbox's database is at the instance's
 /// version (as the vendor's application does), then starts.
-fn site_toml(db: &Path) -> Result<String> {
-    let exe = std::env::current_exe().map_err(|e| Error::io("find the uprun binary", "uprun", e))?;
-    let db = std::path::absolute(db).map_err(|e| Error::io("resolve", db, e))?;
-    let word = |p: &Path| {
-        crate::nodes::instances::quote_for_shell(crate::config::Shell::Posix, &p.display().to_string())
-            .map_err(|why| Error::Config(format!("`{}` cannot be used as a sandbox path: {why}", p.display())))
-    };
+fn site_toml() -> Result<String> {
+    let exe =
+        std::env::current_exe().map_err(|e| Error::io("find the uprun binary", "uprun", e))?;
+    let exe = crate::nodes::instances::quote_for_shell(
+        crate::config::Shell::Posix,
+        &exe.display().to_string(),
+    )
+    .map_err(|why| {
+        Error::Config(format!(
+            "the path of this uprun binary `{}` cannot be used in a start command: {why}",
+            exe.display()
+        ))
+    })?;
     let command = format!(
-        "{} sandbox-app check-db --database {} --version {{version}} && echo running {{app}} {{version}} on {{node}} > service.state",
-        word(&exe)?,
-        word(&db)?
+        "{exe} sandbox-app check-db --database {DB_FROM_INSTANCE} --version {{version}} && echo running {{app}} {{version}} on {{node}} > service.state"
     );
     let line = format!("start = {}", toml::Value::String(command));
     Ok(SITE_TOML.replace(PLAIN_START, &line))
@@ -214,7 +223,9 @@ pub fn check_db(database: &Path, version: &str) -> Result<i32> {
             "app",
             format!(
                 "{APP_NAME} {version} cannot start: the database `{}` is at {at}, and {APP_NAME} only runs on a database at its own version (upgrade the database first)",
-                database.display()
+                std::path::absolute(database)
+                    .unwrap_or_else(|_| database.to_path_buf())
+                    .display()
             ),
         ));
     }
@@ -267,7 +278,7 @@ pub fn lay_out(dir: &Path, recreate: bool) -> Result<Sandbox> {
     )?;
     let site = dir.join("site.toml");
     let db = dir.join("db/app.sqlite");
-    write(&site, &site_toml(&db)?)?;
+    write(&site, &site_toml()?)?;
 
     std::fs::create_dir_all(dir.join("db"))
         .map_err(|e| Error::io("create folder", dir.join("db"), e))?;
@@ -335,11 +346,11 @@ mod tests {
 
     #[test]
     fn the_start_command_checks_the_database_version() {
-        let text = site_toml(Path::new("/tmp/a b/db/app.sqlite")).expect("site");
+        let text = site_toml().expect("site");
         let site: toml::Table = toml::from_str(&text).expect("toml");
         let start = site["service"]["start"].as_str().expect("start");
         assert!(
-            start.contains("sandbox-app check-db --database '/tmp/a b/db/app.sqlite' --version {version} && echo running"),
+            start.contains("sandbox-app check-db --database ../../../db/app.sqlite --version {version} && echo running"),
             "{start}"
         );
     }

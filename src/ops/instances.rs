@@ -42,7 +42,8 @@ pub struct StartOptions {}
 
 /// A lifecycle state for messages (`unknown` in older manifests).
 fn state_name(s: Option<InstanceState>) -> &'static str {
-    s.map(InstanceState::as_str).unwrap_or("in an unknown state")
+    s.map(InstanceState::as_str)
+        .unwrap_or("in an unknown state")
 }
 
 impl Ops {
@@ -244,7 +245,11 @@ impl Ops {
                 Error::Config(format!("journal entry `{key}` cannot be read back: {e}"))
             })?;
             let m = n.manifest()?;
-            if !m.current.as_ref().is_some_and(|c| c.same_instance(&intended)) {
+            if !m
+                .current
+                .as_ref()
+                .is_some_and(|c| c.same_instance(&intended))
+            {
                 // The removal finished before the earlier attempt died.
                 let removed = m
                     .removed
@@ -385,11 +390,6 @@ impl Ops {
                 current.app_name, current.version, current.folder
             )));
         }
-        // Rail: the new application only starts against a database at its
-        // version; checked before anything is laid out.
-        if start {
-            self.require_schema_for_start(node, &app_name, &version)?;
-        }
         // A layout of this very instance that was cut off (this run's, or an
         // abandoned run's): finished in its own folder, emptied first.
         let unfinished = self
@@ -413,6 +413,11 @@ impl Ops {
                 (rec, false)
             }
         };
+        // Rail: the new application only starts against a database at its
+        // version; checked before anything is laid out.
+        if start {
+            self.require_schema_for_start(node, &app_name, &version)?;
+        }
         let verb = if start { "create" } else { "stage" };
         let description = if fresh {
             format!(
@@ -565,17 +570,42 @@ impl Ops {
     ) -> Result<InstanceRecord> {
         let why = match self.health_of(node, &rec)? {
             Ok(()) => {
-                let idx = self.begin_step(kind, String::new(), Some(node), false, false);
-                self.finish_step(
-                    idx,
-                    Ok(format!(
-                        "`{node}` runs {} {} in `{}`, healthy now: nothing to start",
-                        rec.app_name, rec.version, rec.folder
-                    )),
-                    0,
+                let text = format!(
+                    "`{node}` runs {} {} in `{}`, healthy now: nothing to start",
+                    rec.app_name, rec.version, rec.folder
                 );
                 self.mark_healthy(node);
-                return Ok(rec);
+                let healthy = rec.with_state(InstanceState::Healthy);
+                let record = |n: &NodeInstances| {
+                    if self.mode == Mode::Run && rec.state != Some(InstanceState::Healthy) {
+                        n.set_state(&rec, InstanceState::Healthy)?;
+                    }
+                    Ok(())
+                };
+                if let Some(intent) = self.in_flight(key) {
+                    // An earlier attempt died during this step, after the
+                    // start: what the node says now closes it.
+                    let n = self.node(node)?;
+                    let text = format!(
+                        "{text} (the earlier attempt stopped during this step; reconciled)"
+                    );
+                    return self.step(
+                        key,
+                        kind,
+                        text.clone(),
+                        Some(node),
+                        false,
+                        intent.clone(),
+                        || {
+                            record(n)?;
+                            Ok((healthy.clone(), text.clone()))
+                        },
+                    );
+                }
+                record(self.node(node)?)?;
+                let idx = self.begin_step(kind, String::new(), Some(node), false, false);
+                self.finish_step(idx, Ok(text), 0);
+                return Ok(healthy);
             }
             Err(why) => why,
         };

@@ -411,7 +411,12 @@ impl Ops {
         changes: bool,
         irreversible: bool,
     ) -> usize {
-        if changes && matches!(kind, "remove_instance" | "create_instance" | "start_instance") {
+        if changes
+            && matches!(
+                kind,
+                "remove_instance" | "create_instance" | "start_instance"
+            )
+        {
             if let Some(n) = node {
                 self.record_group_change(kind, n);
             }
