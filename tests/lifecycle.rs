@@ -349,3 +349,107 @@ fn abandon_then_a_new_run_from_each_partial_state_ends_like_a_clean_run() {
         }
     }
 }
+
+/// A small deterministic generator (xorshift64*), so that a failing trial can
+/// be replayed from its printed seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[test]
+fn killed_at_random_points_during_runs_and_resumes_converges() {
+    // UPRUN_CHAOS_SEED=<n> replays a trial sequence; UPRUN_CHAOS_TRIALS=<n>
+    // runs more of them.
+    let seed: u64 = std::env::var("UPRUN_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        })
+        .max(1);
+    let trials: usize = std::env::var("UPRUN_CHAOS_TRIALS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4);
+    eprintln!("chaos seed: {seed} (replay with UPRUN_CHAOS_SEED={seed})");
+    let mut rng = Rng(seed);
+    let expected = clean_end_state();
+    for trial in 0..trials {
+        let sb = Sandbox::new();
+        let mut log: Vec<String> = Vec::new();
+        let mut id: Option<String> = None;
+        // Up to four killed attempts, then one that must finish.
+        let attempts = 1 + rng.below(4);
+        for attempt in 0..=attempts {
+            let last = attempt == attempts;
+            let failpoint = (!last).then(|| {
+                let step = 1 + rng.below(9);
+                let point = ["before", "inner", "after"][rng.below(3) as usize];
+                format!("step{step}:{point}")
+            });
+            // Go on with the killed run, or abandon it and start a new one.
+            let abandon_it = id.is_some() && rng.below(3) == 0;
+            if abandon_it {
+                if let Some(old) = id.take() {
+                    abandon(&sb, &old);
+                }
+            }
+            let mut cmd = match &id {
+                Some(old) => sb.cmd("run", "in-place-upgrade", &["--yes", "--resume", old]),
+                None => sb.cmd("run", "in-place-upgrade", &["--yes"]),
+            };
+            if let Some(fp) = &failpoint {
+                cmd.env("UPRUN_FAILPOINT", fp);
+            }
+            log.push(format!(
+                "{}{} at {}",
+                if abandon_it { "abandon, " } else { "" },
+                if id.is_some() { "resume" } else { "run" },
+                failpoint.as_deref().unwrap_or("no failpoint")
+            ));
+            let out = cmd.output().expect("run");
+            let ctx = format!("seed {seed}, trial {trial}: {log:?}");
+            match out.status.signal() {
+                Some(9) => {
+                    assert!(!last, "{ctx}");
+                    // The killed run is the one journal without an end.
+                    let unfinished: Vec<PathBuf> = journals(&sb)
+                        .into_iter()
+                        .filter(|j| journal_entries(j).last().is_none_or(|e| e["type"] != "end"))
+                        .collect();
+                    assert_eq!(unfinished.len(), 1, "{ctx}");
+                    id = Some(run_id(&unfinished[0]));
+                }
+                _ => {
+                    assert!(out.status.success(), "{ctx}: {}", text(&out));
+                    break;
+                }
+            }
+        }
+        let ctx = format!("seed {seed}, trial {trial}: {log:?}");
+        assert_eq!(end_state(&sb), expected, "{ctx}");
+        assert_nothing_pending(&sb);
+        // Every journal ended, and the database was never upgraded twice.
+        let history: i64 = sb
+            .db()
+            .query_row("SELECT count(*) FROM uprun_migration_history", [], |r| {
+                r.get(0)
+            })
+            .expect("history");
+        assert_eq!(history, 3, "{ctx}");
+    }
+}

@@ -84,8 +84,16 @@ impl Ops {
                     let observe = self.mode == Mode::Run && !healthy.contains(name)
                         || InstanceState::needs_start(i.state);
                     if observe {
-                        if let Err(why) = self.health_of(name, &i)? {
-                            problems.push(format!("node `{name}` is not healthy: {why}"));
+                        match self.health_of(name, &i)? {
+                            Err(why) => {
+                                problems.push(format!("node `{name}` is not healthy: {why}"))
+                            }
+                            // What was observed is recorded on the node (an
+                            // instance whose health check was cut off).
+                            Ok(()) if self.mode == Mode::Run => {
+                                n.set_state(&i, InstanceState::Healthy)?
+                            }
+                            Ok(()) => {}
                         }
                     }
                 }

@@ -484,13 +484,17 @@ impl Ops {
         self.ensure_running(&key, "start_instance", node, current)
     }
 
-    /// Whether `node`'s current instance is healthy now: it exists, was not
-    /// left staged or failed, and the site's health command passes now (in
-    /// plan mode, an instance the plan changed is as planned).
+    /// Whether `node`'s current instance is healthy now: it exists, its
+    /// lifecycle reached `healthy` (not left staged, failed, or started with
+    /// its health check cut off), and the site's health command passes now
+    /// (in plan mode, an instance the plan changed is as planned). A `false`
+    /// sends a procedure through `create_instance`/`start_instance`, which
+    /// finish the lifecycle.
     pub fn healthy(&self, node: &str) -> Result<bool> {
         self.node(node)?;
         Ok(match self.instance(node)? {
             None => false,
+            Some(rec) if rec.state == Some(InstanceState::Started) => false,
             Some(rec) => self.health_of(node, &rec)?.is_ok(),
         })
     }
@@ -576,6 +580,10 @@ impl Ops {
                 );
                 self.mark_healthy(node);
                 let healthy = rec.with_state(InstanceState::Healthy);
+                if self.mode == Mode::Plan {
+                    // Later reads in the plan see what this observation found.
+                    self.plan_current(node, Some(&healthy));
+                }
                 let record = |n: &NodeInstances| {
                     if self.mode == Mode::Run && rec.state != Some(InstanceState::Healthy) {
                         n.set_state(&rec, InstanceState::Healthy)?;

@@ -379,7 +379,7 @@ fn register_instances(engine: &mut Engine, o: &Option<Arc<Ops>>) {
     );
     let x = o.clone();
     reg(engine, "healthy", &["node: Dynamic", "bool"],
-        "Whether `node`'s current instance runs now: it has one, it is not left staged or failed, and the site's\nhealth command passes now (it runs in plan mode too: it is the site's own read-only check; an instance\nthe plan changes is as planned). Changes nothing. A site without a health command counts a started\ninstance as healthy.",
+        "Whether `node`'s current instance runs now: it has one, its lifecycle reached healthy (not left staged,\nfailed, or started with its health check cut off), and the site's health command passes now (it runs in plan mode too: it is the site's own read-only check; an instance\nthe plan changes is as planned). Changes nothing. A site without a health command counts a started\ninstance as healthy.",
         move |ctx: NativeCallContext, node: Dynamic| -> HostResult<bool> {
             let ops = ops(&x, &ctx)?;
             let name = node_name(&node, ctx.call_position())?;
