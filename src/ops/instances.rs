@@ -392,10 +392,20 @@ impl Ops {
         }
         // A layout of this very instance that was cut off (this run's, or an
         // abandoned run's): finished in its own folder, emptied first.
-        let unfinished = self
-            .pending(node)?
-            .filter(|p| p.app_name == app_name && p.version == version)
-            .filter(|p| opts.folder.as_ref().is_none_or(|f| *f == p.folder));
+        // Journals of older versions name it only in the in-flight intent.
+        let announced = match self.in_flight(&key) {
+            Some(intent) => serde_json::from_value::<InstanceRecord>(intent.clone()).ok(),
+            None => None,
+        };
+        let unfinished = match self.pending(node)? {
+            Some(p) => Some(p),
+            None => match announced {
+                Some(a) if !self.registered_folder(node, &a.folder)? => Some(a),
+                _ => None,
+            },
+        }
+        .filter(|p| p.node == node && p.app_name == app_name && p.version == version)
+        .filter(|p| opts.folder.as_ref().is_none_or(|f| *f == p.folder));
         let (rec, fresh) = match unfinished {
             Some(p) => (p, true),
             None => {
@@ -678,6 +688,15 @@ impl Ops {
             "starting {app} {version} on `{node}` against database `{}` at {db}: the application only runs on a database at its own version. Stage it with `create_instance(node, #{{ start: false }})`, and start it with `start_instance(node)` after `upgrade_db()`",
             self.site.database.name
         )))
+    }
+
+    /// Whether an instance registered on `node` (current or removed) used `folder`.
+    fn registered_folder(&self, node: &str, folder: &str) -> Result<bool> {
+        let m = self.node(node)?.manifest()?;
+        Ok(m.current
+            .iter()
+            .chain(&m.removed)
+            .any(|r| r.folder == folder))
     }
 
     /// The instance whose layout was cut off on `node` (none in plan mode
