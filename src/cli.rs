@@ -65,6 +65,23 @@ pub enum Command {
     Man,
     /// List a site's runs (from their journals), show one run's steps, or abandon an unfinished run.
     Runs(RunsArgs),
+    /// Internal: the demo sandbox's application (its start command checks the database version).
+    #[command(hide = true, name = "sandbox-app")]
+    SandboxApp {
+        #[command(subcommand)]
+        command: SandboxAppCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SandboxAppCommand {
+    /// Succeed only when the sandbox's SQLite database records VERSION.
+    CheckDb {
+        #[arg(long)]
+        database: PathBuf,
+        #[arg(long)]
+        version: String,
+    },
 }
 
 #[derive(Debug, Args)]

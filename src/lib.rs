@@ -37,5 +37,8 @@ pub fn run(cli: cli::Cli) -> Result<i32> {
         Command::Man => commands::docs::man(),
         Command::Test(a) => commands::test::exec(a),
         Command::Init { dir } => commands::init::exec(dir),
+        Command::SandboxApp {
+            command: cli::SandboxAppCommand::CheckDb { database, version },
+        } => sandbox::check_db(&database, &version),
     }
 }

@@ -14,6 +14,7 @@ mod durable;
 mod errors;
 mod host_errors;
 mod host_rails;
+mod lifecycle;
 mod mssql;
 mod mssql_real;
 mod plan;

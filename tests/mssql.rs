@@ -178,6 +178,7 @@ fn connection_to(server: &str, password: &str) -> String {
 /// unless they set it).
 fn sandbox_at(connection: &str, extra: &str) -> Sandbox {
     let sb = Sandbox::new();
+    sb.plain_start();
     let site = std::fs::read_to_string(sb.site()).expect("site");
     let timeout = if extra.contains("connect_timeout_secs") {
         ""

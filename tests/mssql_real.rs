@@ -109,6 +109,7 @@ fn stock_procedure_upgrades_a_real_server_database() {
 
     // A one-node local site on that database.
     let sb = Sandbox::new();
+    sb.plain_start();
     let site = std::fs::read_to_string(sb.site()).expect("site");
     let site = site
         .replace(

@@ -9,6 +9,7 @@
 use crate::cli::AdoptArgs;
 use crate::config::Site;
 use crate::db::now_rfc3339;
+use crate::nodes::instances::InstanceState;
 use crate::nodes::{ConnectMode, DirState, InstanceRecord, Manifest, NodeInstances};
 use crate::ops::check_folder_name;
 use crate::{Error, Result};
@@ -102,9 +103,10 @@ pub fn exec(a: AdoptArgs) -> Result<i32> {
             folder: a.folder.clone(),
             created: now_rfc3339(),
             removed: None,
+            state: None,
         };
         // The health command tells whether the stated instance is the one
-        // that runs there; a failing one is said, not hidden.
+        // that runs there; a failing one is said, not hidden, and recorded.
         let health = inst
             .service_command(
                 "health",
@@ -113,6 +115,14 @@ pub fn exec(a: AdoptArgs) -> Result<i32> {
                 &site.service,
             )
             .err();
+        let rec = InstanceRecord {
+            state: Some(if health.is_none() {
+                InstanceState::Healthy
+            } else {
+                InstanceState::Failed
+            }),
+            ..rec
+        };
         plan.push((inst, rec, health));
     }
     for (_, rec, health) in &plan {
@@ -139,6 +149,7 @@ pub fn exec(a: AdoptArgs) -> Result<i32> {
             used_folders: vec![rec.folder.clone()],
             current: Some(rec),
             removed: Vec::new(),
+            pending: None,
         };
         inst.write_manifest(&m)?;
     }

@@ -10,6 +10,7 @@ use std::collections::HashSet;
 use serde::Serialize;
 
 use super::{lock, Mode, Ops};
+use crate::nodes::InstanceState;
 use crate::Result;
 
 /// What the audit found.
@@ -84,14 +85,21 @@ impl Ops {
                     ))
                 }
                 Some(i) => {
-                    if self.mode == Mode::Run && !healthy.contains(name) {
-                        if let Err(e) = n.service_command(
-                            "health",
-                            self.site.service.health.as_deref(),
-                            &i,
-                            &self.site.service,
-                        ) {
-                            problems.push(format!("node `{name}` is not healthy: {e}"));
+                    // Observed now, unless its health command passed in this
+                    // attempt; a staged or failed instance never counts.
+                    let observe = self.mode == Mode::Run && !healthy.contains(name)
+                        || InstanceState::needs_start(i.state);
+                    if observe {
+                        match self.health_of(name, &i)? {
+                            Err(why) => {
+                                problems.push(format!("node `{name}` is not healthy: {why}"))
+                            }
+                            // What was observed is recorded on the node (an
+                            // instance whose health check was cut off).
+                            Ok(()) if self.mode == Mode::Run => {
+                                n.set_state(&i, InstanceState::Healthy)?
+                            }
+                            Ok(()) => {}
                         }
                     }
                 }

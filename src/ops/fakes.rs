@@ -540,6 +540,7 @@ pub fn record(node: &str, app: &str, version: &str, folder: &str) -> InstanceRec
         folder: folder.to_string(),
         created: "2025-01-01T00:00:00Z".into(),
         removed: None,
+        state: None,
     }
 }
 

@@ -36,7 +36,7 @@ pub use audit::Audit;
 pub use commands::{CommandOptions, CommandResult};
 pub use database::{BackupOptions, UpgradeOptions, UpgradeReport};
 pub use instances::check_folder_name;
-pub use instances::{CreateOptions, RemoveOptions};
+pub use instances::{CreateOptions, RemoveOptions, StartOptions};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -447,7 +447,12 @@ impl Ops {
         changes: bool,
         irreversible: bool,
     ) -> usize {
-        if changes && matches!(kind, "remove_instance" | "create_instance") {
+        if changes
+            && matches!(
+                kind,
+                "remove_instance" | "create_instance" | "start_instance"
+            )
+        {
             if let Some(n) = node {
                 self.record_group_change(kind, n);
             }
@@ -775,7 +780,10 @@ impl Ops {
 
 /// Steps of these kinds change the site (an instance or the database).
 pub(crate) fn changes_site(kind: &str) -> bool {
-    matches!(kind, "remove_instance" | "create_instance" | "upgrade_db")
+    matches!(
+        kind,
+        "remove_instance" | "create_instance" | "start_instance" | "upgrade_db"
+    )
 }
 
 /// Ask a yes/no question on the terminal (stderr), default no.

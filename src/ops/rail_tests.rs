@@ -61,6 +61,15 @@ fn backup(ops: &Ops) {
     ok(ops.backup_db(BackupOptions::default()));
 }
 
+/// Create options that stage the instance (files and config, not started):
+/// the new application only starts against a database at its version.
+fn staged() -> CreateOptions {
+    CreateOptions {
+        start: Some(false),
+        ..Default::default()
+    }
+}
+
 fn upgrade(ops: &Ops) -> Result<super::UpgradeReport> {
     ops.upgrade_db(UpgradeOptions::default())
 }
@@ -267,10 +276,7 @@ fn unacknowledged_customisations_refuse_every_change_before_it_starts() {
         // A fresh node (no instance to remove first).
         w.node("app03")
             .set_manifest(&root("app03"), &Default::default());
-        refused(
-            ops.create_instance("app03", CreateOptions::default()),
-            "customizations",
-        );
+        refused(ops.create_instance("app03", staged()), "customizations");
         assert!(w.db().changes().is_empty());
         assert!(w.nodes_untouched(), "{mode:?}");
         assert!(ops
@@ -469,7 +475,7 @@ fn used_folders_and_folders_inside_containing_or_linking_to_them_are_refused() {
             "app02",
             CreateOptions {
                 folder: Some("FastApp-2.0.0".into()),
-                ..Default::default()
+                ..staged()
             },
         ));
         assert_eq!(rec.folder, "FastApp-2.0.0");
@@ -506,7 +512,7 @@ fn the_default_folder_avoids_every_used_one() {
     w.node("app02").set_manifest(&root("app02"), &m);
     let ops = w.ops(Mode::Run);
     ok(ops.remove_instance("app02", Default::default()));
-    let rec = ok(ops.create_instance("app02", CreateOptions::default()));
+    let rec = ok(ops.create_instance("app02", staged()));
     assert_eq!(rec.folder, "FastApp-2.0.0-2");
     assert!(w.node("app02").dirs.contains("/srv/app02/FastApp-2.0.0-2"));
 }
@@ -569,7 +575,7 @@ fn an_old_name_removed_long_ago_does_not_outvote_the_current_instance() {
         .set_manifest(&root("app01"), &Default::default());
     for mode in MODES {
         let ops = w.ops(mode);
-        let rec = ok(ops.create_instance("app01", CreateOptions::default()));
+        let rec = ok(ops.create_instance("app01", staged()));
         assert_eq!(rec.app_name, "FastApp");
     }
 }
@@ -595,6 +601,8 @@ fn a_renamed_site_is_refused_unless_the_rename_is_declared() {
         )
     });
     let w = world_with_site(&declared);
+    // The database is already at the release (the primary was done first).
+    w.db().version = semver::Version::new(2, 0, 0);
     let ops = w.ops(Mode::Run);
     ok(ops.remove_instance("app02", Default::default()));
     let rec = ok(ops.create_instance("app02", CreateOptions::default()));
@@ -613,6 +621,7 @@ fn values_reach_service_commands_quoted() {
     for n in NODES {
         w.node(n).set_manifest(&root(n), &Default::default());
     }
+    w.db().version = semver::Version::new(2, 0, 0);
     let ops = w.ops(Mode::Run);
     ok(ops.create_instance("app01", CreateOptions::default()));
     let execs = w.node("app01").execs.clone();
@@ -628,7 +637,8 @@ fn values_reach_service_commands_quoted() {
 // ---- Rule: the run-end audit ----
 
 /// The stock order over the fakes for the nodes in `touch` (secondaries
-/// removed before the primary, the primary created before the upgrade), and
+/// removed before the primary, the primary staged before the upgrade and
+/// started after it), and
 /// the database upgrade when `upgrade_db` is true.
 fn upgrade_site(ops: &Ops, touch: &[&str], upgrade_db: bool) {
     backup(ops);
@@ -638,14 +648,22 @@ fn upgrade_site(ops: &Ops, touch: &[&str], upgrade_db: bool) {
         }
     }
     if touch.contains(&"app01") {
-        ok(ops.create_instance("app01", CreateOptions::default()));
+        ok(ops.create_instance("app01", staged()));
     }
     if upgrade_db {
         ok(upgrade(ops));
+        if touch.contains(&"app01") {
+            ok(ops.start_instance("app01", Default::default()));
+        }
     }
     for n in ["app02", "app03"] {
         if touch.contains(&n) {
-            ok(ops.create_instance(n, CreateOptions::default()));
+            let opts = if upgrade_db {
+                CreateOptions::default()
+            } else {
+                staged()
+            };
+            ok(ops.create_instance(n, opts));
         }
     }
 }
@@ -727,8 +745,7 @@ fn the_audit_runs_the_health_command_of_a_node_not_checked_in_this_run() {
         .fail_on("health-app", "503 Service Unavailable");
     let ops = w.ops(Mode::Run);
     upgrade_site(&ops, &["app02"], true);
-    // "Already runs 2.0.0": nothing to create, and no health check either.
-    ok(ops.create_instance("app03", CreateOptions::default()));
+    // app03 "already runs 2.0.0" by its record; the procedure leaves it be.
     let audit = ok(ops.audit());
     assert_eq!(audit.problems.len(), 1, "{:?}", audit.problems);
     assert!(
@@ -751,10 +768,17 @@ fn the_audit_names_a_database_left_behind() {
         let ops = w.ops(mode);
         upgrade_site(&ops, &NODES, false);
         let audit = ok(ops.audit());
+        // The database first; each node's new instance can only be staged.
         assert_eq!(
-            audit.problems,
-            ["database `app` is at 1.0.0, not 2.0.0"],
+            audit.problems[0], "database `app` is at 1.0.0, not 2.0.0",
             "{mode:?}"
+        );
+        assert!(
+            audit.problems[1..]
+                .iter()
+                .all(|p| p.contains("is not healthy") && p.contains("staged")),
+            "{mode:?}: {:?}",
+            audit.problems
         );
     }
 }
@@ -788,7 +812,7 @@ fn instances_of_an_older_release_leave_the_plan_incomplete() {
     upgrade_site(&ops, &NODES, false);
     refused(upgrade(&ops), "downgrades are not supported");
     let audit = ok(ops.audit());
-    assert_eq!(audit.problems, ["database `app` is at 3.0.0, not 2.0.0"]);
+    assert_eq!(audit.problems[0], "database `app` is at 3.0.0, not 2.0.0");
     assert!(w.nodes_untouched());
 }
 
@@ -875,8 +899,7 @@ fn one_node_changed_by_two_closures_is_refused_whichever_runs_first() {
             };
             let create = || {
                 let _m = ops.enter_member(&[], group, 1);
-                ops.create_instance("app02", CreateOptions::default())
-                    .map(|_| ())
+                ops.create_instance("app02", staged()).map(|_| ())
             };
             if remove_first {
                 ok(remove());
@@ -949,7 +972,7 @@ fn closures_on_disjoint_secondaries_pass() {
     for (i, n) in ["app02", "app03"].into_iter().enumerate() {
         let _m = ops.enter_member(&[], group, i);
         ok(ops.remove_instance(n, Default::default()));
-        ok(ops.create_instance(n, CreateOptions::default()));
+        ok(ops.create_instance(n, staged()));
     }
     ok(ops.end_parallel(group, "for_each_node(parallel: 2)"));
 }
@@ -1057,7 +1080,7 @@ fn a_caught_order_conflict_is_listed_in_the_summary() {
             remove_instance("app03");
             try {
                 for_each_node(["app01", "app02"], #{ parallel: 2 }, |n| {
-                    if n == "app01" { remove_instance(n) } else { create_instance(n) }
+                    if n == "app01" { remove_instance(n) } else { create_instance(n, #{ start: false }) }
                 });
             } catch { }
             "#,
