@@ -64,6 +64,8 @@ pub enum StepStatus {
     Started,
     Done,
     Failed,
+    /// Refused by a rail or the procedure: nothing was changed by it.
+    Refused,
 }
 
 /// One thing the procedure did (or would do), in order.
@@ -365,42 +367,33 @@ impl Ops {
             self.log("info", &format!("{question} yes (--yes)"));
             return Ok(true);
         }
+        if lock(&self.state).changes_confirmed {
+            // The plan the operator accepted listed this question.
+            self.log("info", &format!("{question} yes (accepted with the plan)"));
+            return Ok(true);
+        }
         if !self.confirmation.interactive {
             return Ok(false);
         }
         Ok(ask(question))
     }
 
-    /// Rail: a change needs the operator's consent; an irreversible one needs it
-    /// for itself, on a terminal, unless `--yes` was given.
-    fn ensure_confirmed(&self, description: &str, irreversible: bool) -> Result<()> {
-        if self.mode == Mode::Plan || self.confirmation.yes {
+    /// Rail: a change needs the operator's consent, given once, up front, for
+    /// the whole plan (`run` shows every change, the irreversible one marked,
+    /// and asks once), or `--yes`. Nothing is asked mid-run: a change without
+    /// that consent is refused before it starts.
+    fn ensure_confirmed(&self, description: &str, _irreversible: bool) -> Result<()> {
+        if self.mode == Mode::Plan || self.confirmation.yes || lock(&self.state).changes_confirmed {
             return Ok(());
         }
-        if !self.confirmation.interactive {
-            return Err(Error::Refused(format!(
-                "{description}: this changes the site and there is no terminal to confirm on; read `uprun plan`, then re-run with --yes"
-            )));
-        }
-        let accepted = lock(&self.state).changes_confirmed;
-        if accepted && !irreversible {
-            return Ok(());
-        }
-        let q = if irreversible {
-            format!("{description}. This cannot be undone. Proceed?")
-        } else {
-            format!("{description}. Proceed?")
-        };
-        if ask(&q) {
-            if !irreversible {
-                lock(&self.state).changes_confirmed = true;
+        Err(Error::Refused(format!(
+            "{description}: this changes the site and was not in the plan the operator accepted{}; read `uprun plan`, then re-run with --yes",
+            if self.confirmation.interactive {
+                ""
+            } else {
+                " (there is no terminal to confirm on)"
             }
-            Ok(())
-        } else {
-            Err(Error::Refused(format!(
-                "{description}: not confirmed by the operator"
-            )))
-        }
+        )))
     }
 
     fn begin_step(
@@ -455,12 +448,14 @@ impl Ops {
                 step.description = text.clone();
                 if self.mode == Mode::Plan {
                     let changes = step.changes;
+                    let irreversible = step.irreversible;
                     drop(st);
                     self.reporter.event(Event::Planned {
                         index,
                         kind,
                         description: text,
                         changes,
+                        irreversible,
                     });
                 } else {
                     step.status = StepStatus::Done;
@@ -474,7 +469,10 @@ impl Ops {
                 }
             }
             Err(e) => {
-                step.status = StepStatus::Failed;
+                step.status = match e {
+                    Error::Refused(_) | Error::ScriptRefused(_) => StepStatus::Refused,
+                    _ => StepStatus::Failed,
+                };
                 let description = step.description.clone();
                 drop(st);
                 if self.mode == Mode::Run {
@@ -513,8 +511,14 @@ impl Ops {
         let v: T = serde_json::from_value(value.clone()).map_err(|e| {
             Error::Config(format!("journal entry `{key}` cannot be read back ({e}); the journal does not match this version of uprun"))
         })?;
-        let idx = self.begin_step(kind, String::new(), node, false, false);
-        self.finish_step(idx, Ok(format!("done in an earlier attempt: {key}")), 0);
+        let what = self
+            .replay
+            .descriptions
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| kind.replace('_', " "));
+        let idx = self.begin_step(kind, what.clone(), node, false, false);
+        self.finish_step(idx, Ok(format!("done in an earlier attempt: {what}")), 0);
         self.mark_site_changed(kind);
         Ok(Some(v))
     }
@@ -706,6 +710,7 @@ impl Ops {
             let status = match s.status {
                 StepStatus::Done => "done",
                 StepStatus::Failed => "FAILED",
+                StepStatus::Refused => "refused",
                 StepStatus::Started => "interrupted",
                 StepStatus::Planned => "planned",
             };
@@ -728,6 +733,22 @@ impl Ops {
         }
         out
     }
+}
+
+/// What `plan` and `run`'s question count: the steps that change something
+/// (backups included; replayed steps, done in an earlier attempt, are not),
+/// as "N change(s) (B backup(s), I irreversible)".
+pub fn count_changes(steps: &[StepRecord]) -> (usize, String) {
+    let changes = steps.iter().filter(|s| s.changes).count();
+    let backups = steps
+        .iter()
+        .filter(|s| s.changes && s.kind == "backup_db")
+        .count();
+    let irreversible = steps.iter().filter(|s| s.changes && s.irreversible).count();
+    (
+        changes,
+        format!("{changes} change(s) ({backups} backup(s), {irreversible} irreversible)"),
+    )
 }
 
 /// Steps of these kinds change the site (an instance or the database).
