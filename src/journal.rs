@@ -384,11 +384,7 @@ impl RunInfo {
         if self.script.is_empty() {
             return None;
         }
-        let site = if self.site.is_empty() {
-            site_file.display().to_string()
-        } else {
-            self.site.clone()
-        };
+        let site = self.site_arg(site_file);
         let release = if self.release.is_empty() {
             String::new()
         } else {
@@ -407,8 +403,17 @@ impl RunInfo {
         format!(
             "uprun runs abandon {} --site {}",
             self.run_id,
-            shell_word(&site_file.display().to_string())
+            shell_word(&self.site_arg(site_file))
         )
+    }
+
+    /// The site file as the journal names it, else `site_file`; absolute.
+    fn site_arg(&self, site_file: &Path) -> String {
+        if self.site.is_empty() {
+            absolute(site_file).display().to_string()
+        } else {
+            self.site.clone()
+        }
     }
 }
 

@@ -107,7 +107,7 @@ pub fn recover(site: &Site) -> Result<Option<String>> {
                 Ok(Some(format!(
                     "database `{}`: a transaction left unfinished by a killed process (hot journal `{}-journal`) was rolled back; the database is as it was before that transaction",
                     site.database.name,
-                    path.display()
+                    crate::journal::absolute(path).display()
                 )))
             } else {
                 Ok(None)
