@@ -647,4 +647,36 @@ mod tests {
         assert!(matches!(entries[1], Entry::Unknown));
         assert_eq!(summarize("r", &entries).outcome, "succeeded");
     }
+
+    #[test]
+    fn a_torn_last_line_is_kept_apart_and_a_damaged_middle_line_is_an_error() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("r.jsonl");
+        let note = "{\"type\":\"note\",\"at\":\"t\",\"message\":\"m\"}";
+        std::fs::write(&path, format!("{note}\n{note}\n{{\"type\":\"no")).expect("write");
+        let c = read_full(&path).expect("readable");
+        assert_eq!(c.entries.len(), 2);
+        let torn = c.torn.expect("torn");
+        assert_eq!(
+            (torn.line, torn.bytes.as_slice()),
+            (3, &b"{\"type\":\"no"[..])
+        );
+        assert_eq!(torn.offset as usize, 2 * (note.len() + 1));
+
+        std::fs::write(&path, note).expect("write");
+        let c = read_full(&path).expect("readable");
+        assert!(c.torn.is_none() && c.missing_newline && c.entries.len() == 1);
+
+        std::fs::write(&path, format!("{note}\n{{bad\n{note}\n")).expect("write");
+        let e = read_full(&path).expect_err("damaged").to_string();
+        assert!(e.contains("line 2") && e.contains("r.jsonl"), "{e}");
+    }
+
+    #[test]
+    fn a_journal_without_header_never_started_and_holds_nothing() {
+        let info = summarize("r", &[]);
+        assert_eq!(info.outcome, "never started");
+        assert!(!info.holds_site() && !info.needs_attention());
+        assert!(info.resume_command(Path::new("/s/site.toml")).is_none());
+    }
 }

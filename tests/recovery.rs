@@ -674,3 +674,29 @@ fn no_up_front_changes_nothing() {
     sb.assert_unchanged(&before, "a refused run changed something");
     assert!(journals(&sb).is_empty());
 }
+
+#[test]
+fn the_procedures_own_question_is_asked_up_front_with_the_plan() {
+    let sb = Sandbox::new();
+    let script = sb.script(
+        "ask.rhai",
+        "if confirm(\"Carry on with the site check?\") { log(\"carrying on\"); } else { log(\"stopping\"); }\n",
+    );
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("uprun"));
+    cmd.arg("run")
+        .arg(&script)
+        .arg("--site")
+        .arg(sb.site())
+        .arg("--release")
+        .arg(sb.release());
+    let (code, asked, out) = on_terminal(cmd, &["y"]);
+    assert_eq!(code, Some(0), "exit {code:?}: {out}");
+    assert_eq!(asked, 1, "asked once, before the run: {out}");
+    let question = out
+        .lines()
+        .find(|l| l.contains("[y/N]"))
+        .expect("the question");
+    assert!(question.contains("question(s) listed above"), "{question}");
+    assert!(out.contains("ask: Carry on with the site check?"), "{out}");
+    assert!(out.contains("carrying on"), "{out}");
+}

@@ -143,9 +143,12 @@ pub fn execute(
     // One consent, up front, for the whole run: the question counts what
     // `plan` counts, after listing every step with the irreversible one marked.
     let consent = planned.iter().filter(|s| needs_consent(s)).count();
+    // The procedure's own questions (`confirm`) are asked with the plan too,
+    // on a terminal; without one they are answered no, as documented.
+    let questions = planned.iter().filter(|s| s.kind == "confirm").count();
     let (_, counted) = crate::ops::count_changes(&planned);
     let mut accepted = false;
-    if consent > 0 && !opts.yes {
+    if (consent > 0 || (questions > 0 && interactive)) && !opts.yes {
         if !interactive {
             return Err(Error::Refused(format!(
                 "the procedure would make {counted} to site `{}` and there is no terminal to confirm on: read `uprun plan {} --site {}{}`, then re-run with --yes. Nothing was changed.",
@@ -165,10 +168,15 @@ pub fn execute(
                 irreversible: s.irreversible,
             });
         }
-        let q = if planned.iter().any(|s| s.changes && s.irreversible) {
-            format!("Proceed with these {counted}? Your answer covers the whole run, the IRREVERSIBLE step included; nothing more will be asked.")
+        let also = if questions > 0 {
+            " and answer yes to the procedure's question(s) listed above"
         } else {
-            format!("Proceed with these {counted}? Your answer covers the whole run; nothing more will be asked.")
+            ""
+        };
+        let q = if planned.iter().any(|s| s.changes && s.irreversible) {
+            format!("Proceed with these {counted}{also}? Your answer covers the whole run, the IRREVERSIBLE step included; nothing more will be asked.")
+        } else {
+            format!("Proceed with these {counted}{also}? Your answer covers the whole run; nothing more will be asked.")
         };
         if !crate::ops::ask(&q) {
             reporter.line("Cancelled: nothing was changed.");

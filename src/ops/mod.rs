@@ -356,7 +356,8 @@ impl Ops {
     }
 
     /// Ask the operator a yes/no question. In plan mode the question is listed
-    /// and answered yes; without a terminal only `--yes` answers yes.
+    /// and answered yes; `run` asks it up front with the plan (one answer for
+    /// the whole run), or `--yes` answers yes; otherwise the answer is no.
     pub fn confirm(&self, question: &str) -> Result<bool> {
         if self.mode == Mode::Plan {
             let idx = self.begin_step("confirm", format!("ask: {question}"), None, false, false);
@@ -372,10 +373,17 @@ impl Ops {
             self.log("info", &format!("{question} yes (accepted with the plan)"));
             return Ok(true);
         }
-        if !self.confirmation.interactive {
-            return Ok(false);
+        if self.confirmation.interactive {
+            // Nothing is asked mid-run: the question was not in the plan the
+            // operator saw (the procedure took another path).
+            self.log(
+                "warn",
+                &format!(
+                    "{question} no (not in the plan asked up front; nothing is asked mid-run)"
+                ),
+            );
         }
-        Ok(ask(question))
+        Ok(false)
     }
 
     /// Rail: a change needs the operator's consent, given once, up front, for
