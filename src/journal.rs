@@ -419,7 +419,7 @@ impl RunInfo {
 
 /// A word as a POSIX shell reads it: quoted when it holds anything but
 /// plain path characters.
-fn shell_word(w: &str) -> String {
+pub fn shell_word(w: &str) -> String {
     if !w.is_empty()
         && w.chars()
             .all(|c| c.is_ascii_alphanumeric() || "/._-+:@=,".contains(c))

@@ -290,9 +290,13 @@ pub fn execute(
             });
             summary.push(format!(
                 "fix the cause, then resume: uprun run {} --site {}{} --resume {run_id} --yes",
-                inputs.script,
-                inputs.site,
-                release.arg()
+                journal::shell_word(&inputs.script),
+                journal::shell_word(&inputs.site),
+                if inputs.release.is_empty() {
+                    String::new()
+                } else {
+                    format!(" --release {}", journal::shell_word(&inputs.release))
+                }
             ));
             summary.push(format!("journal: {}", journal.path().display()));
             reporter.event(Event::RunFinished {
