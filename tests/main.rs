@@ -4,8 +4,11 @@
 
 mod support;
 
+mod adopt;
 mod authoring;
+mod backup_proof;
 mod cli_errors;
+mod db_contract;
 mod demo;
 mod durable;
 mod errors;

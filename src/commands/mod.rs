@@ -1,6 +1,7 @@
 //! One module per subcommand, each a few lines over `session` (which wires a
 //! site, a release and a procedure into an engine over `ops`).
 
+pub mod adopt;
 pub mod api;
 pub mod check;
 pub mod demo;

@@ -158,6 +158,12 @@ impl NodeInstances {
         }
     }
 
+    /// Whether the node has a manifest at all (a node never touched by uprun
+    /// has none).
+    pub fn has_manifest(&self) -> Result<bool> {
+        Ok(self.transport.read_file(&self.manifest_path())?.is_some())
+    }
+
     pub fn write_manifest(&self, m: &Manifest) -> Result<()> {
         let bytes =
             serde_json::to_vec_pretty(m).map_err(|e| Error::node(self.node(), e.to_string()))?;

@@ -43,6 +43,12 @@ impl Ops {
         lock(&self.state).healthy.insert(node.to_string());
     }
 
+    /// A command that may change any node ran: no earlier health check in
+    /// this attempt speaks for now, so the audit runs every node's again.
+    pub(super) fn forget_health(&self) {
+        lock(&self.state).healthy.clear();
+    }
+
     /// Observe the site as it is now (as planned, in plan mode). In run mode a
     /// node whose health command has not passed in this attempt runs it now.
     pub fn audit(&self) -> Result<Audit> {
@@ -91,10 +97,24 @@ impl Ops {
                 }
             }
         }
-        Ok(Audit {
+        let audit = Audit {
             changed,
             target: Some(target.to_string()),
             problems,
-        })
+        };
+        lock(&self.state).audit = Some(audit.clone());
+        Ok(audit)
+    }
+
+    /// What the run-end audit observed, when it found the site complete.
+    pub fn audited(&self) -> Option<String> {
+        let st = lock(&self.state);
+        let a = st.audit.as_ref().filter(|a| a.changed && a.complete())?;
+        let target = a.target.as_deref().unwrap_or_default();
+        Some(format!(
+            "observed at the end: every node ({}) runs {} {target}, healthy, against a database at {target}",
+            self.nodes.len(),
+            self.site.app_name
+        ))
     }
 }

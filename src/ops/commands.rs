@@ -128,7 +128,8 @@ impl Ops {
         let timeout =
             Duration::from_secs(opts.timeout_secs.unwrap_or(self.site.service.timeout_secs));
         let execute = || -> Result<CommandResult> {
-            if self.mode == Mode::Run {
+            // Changing commands only: a read may run again on resume.
+            if self.mode == Mode::Run && opts.changes {
                 lock(&self.state)
                     .commands_run
                     .push((node.to_string(), command.to_string()));
@@ -192,6 +193,9 @@ impl Ops {
                     };
                     return Ok((r, description.clone()));
                 }
+                // Whatever the command does, the nodes' health is observed
+                // again at the end of the run.
+                self.forget_health();
                 let r = execute()?;
                 Ok((r, description.clone()))
             },

@@ -103,16 +103,21 @@ impl Ops {
         );
         let mut found = Vec::new();
         for name in order {
+            // A node's current instance says what it runs; its last removed
+            // one only counts when it has none (an old name removed long ago
+            // must not outvote what runs now).
             let (current, removed) = self.current_and_last_removed(name)?;
-            for (rec, removed) in [(current, false), (removed, true)] {
-                if let Some(r) = rec {
-                    found.push(FoundName {
-                        node: name.to_string(),
-                        app_name: r.app_name,
-                        version: r.version,
-                        removed,
-                    });
-                }
+            let (rec, removed) = match current {
+                Some(c) => (Some(c), false),
+                None => (removed, true),
+            };
+            if let Some(r) = rec {
+                found.push(FoundName {
+                    node: name.to_string(),
+                    app_name: r.app_name,
+                    version: r.version,
+                    removed,
+                });
             }
         }
         Ok(found)
@@ -220,6 +225,7 @@ impl Ops {
         _opts: RemoveOptions,
     ) -> Result<Option<InstanceRecord>> {
         let n = self.node(node)?;
+        self.require_recorded(node)?;
         let key = self.call_key("remove_instance", Some(node));
         if let Some(r) =
             self.replayed::<Option<InstanceRecord>>(&key, "remove_instance", Some(node))?
@@ -312,6 +318,7 @@ impl Ops {
     pub fn create_instance(&self, node: &str, opts: CreateOptions) -> Result<InstanceRecord> {
         self.release.require("create_instance")?;
         let n = self.node(node)?;
+        self.require_recorded(node)?;
         let key = self.call_key("create_instance", Some(node));
         if let Some(r) = self.replayed::<InstanceRecord>(&key, "create_instance", Some(node))? {
             return Ok(r);
@@ -611,7 +618,7 @@ pub(crate) struct Resolved {
 
 /// Rail (spelling): a new instance folder is one plain name directly under
 /// the node's root. Anything else is a configuration error.
-pub(crate) fn check_folder_name(node: &str, folder: &str) -> Result<()> {
+pub fn check_folder_name(node: &str, folder: &str) -> Result<()> {
     let why = if folder.is_empty() {
         Some("it is empty")
     } else if folder == "." || folder == ".." {

@@ -7,8 +7,12 @@
 mod audit;
 mod commands;
 mod database;
+#[cfg(test)]
+mod fakes;
 mod groups;
 mod instances;
+#[cfg(test)]
+mod rail_tests;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, Write};
@@ -31,6 +35,7 @@ use crate::{Error, Result};
 pub use audit::Audit;
 pub use commands::{CommandOptions, CommandResult};
 pub use database::{BackupOptions, UpgradeOptions, UpgradeReport};
+pub use instances::check_folder_name;
 pub use instances::{CreateOptions, RemoveOptions};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +115,8 @@ struct RunState {
     site_changed: bool,
     /// Nodes whose health command passed in this attempt.
     healthy: HashSet<String>,
+    /// The run-end audit, once made.
+    audit: Option<audit::Audit>,
     /// Every refusal raised in the script, caught or not, in order.
     refusals: Vec<Refusal>,
 }
@@ -171,6 +178,9 @@ pub struct RunSpec {
     pub commands: CommandPolicy,
     /// `uprun test`: stop as if the process died at this point.
     pub crash_at: Option<CrashPoint>,
+    /// `uprun test`: run the closures of `for_each_node` one after the other,
+    /// so that step numbers (the crash points) are the same in every attempt.
+    pub closures_in_order: bool,
 }
 
 impl RunSpec {
@@ -192,6 +202,7 @@ impl RunSpec {
             replay: Replay::default(),
             commands: CommandPolicy::Run,
             crash_at: None,
+            closures_in_order: false,
         }
     }
 }
@@ -210,6 +221,7 @@ pub struct Ops {
     replay: Replay,
     commands: CommandPolicy,
     crash_at: Option<CrashPoint>,
+    closures_in_order: bool,
     state: Mutex<RunState>,
 }
 
@@ -244,6 +256,7 @@ impl Ops {
             replay: spec.replay,
             commands: spec.commands,
             crash_at: spec.crash_at,
+            closures_in_order: spec.closures_in_order,
             state: Mutex::new(RunState {
                 // A resumed run changed the site if an earlier attempt did,
                 // even when this attempt has nothing left to do.
@@ -280,6 +293,24 @@ impl Ops {
                     .join(", ")
             ))
         })
+    }
+
+    /// Rail: a node whose root holds files but that uprun has no record of
+    /// (no manifest) may run an instance uprun does not know: removing
+    /// "nothing" or creating beside it would silently ignore it. The operator
+    /// records it first (`uprun adopt`).
+    fn require_recorded(&self, node: &str) -> Result<()> {
+        let n = self.node(node)?;
+        if n.has_manifest()? || n.transport.dir_state(&n.root)? != crate::nodes::DirState::NotEmpty
+        {
+            return Ok(());
+        }
+        Err(Error::Refused(format!(
+            "node `{node}`: its root `{}` holds files but uprun has no record of an instance there (no `{}`): an instance installed by other means would be ignored. Record it first: `uprun adopt --site {} --node {node} --version VERSION --folder FOLDER --yes`",
+            n.root,
+            crate::nodes::instances::MANIFEST,
+            self.site.file.display()
+        )))
     }
 
     fn role(&self, name: &str) -> Option<Role> {
@@ -600,7 +631,14 @@ impl Ops {
         }
     }
 
-    /// Commands run (or simulated) by `node_command` so far.
+    /// Whether `for_each_node` runs its closures one after the other: always
+    /// in plan mode (what the plan reports must not depend on timing; the order
+    /// rails hold for any interleaving), and in `uprun test`'s attempts.
+    pub fn closures_in_order(&self) -> bool {
+        self.mode == Mode::Plan || self.closures_in_order
+    }
+
+    /// Changing commands run (or simulated) by `node_command` so far.
     pub fn commands_run(&self) -> Vec<(String, String)> {
         lock(&self.state).commands_run.clone()
     }
