@@ -19,4 +19,5 @@ mod mssql;
 mod mssql_real;
 mod plan;
 mod rails;
+mod recovery;
 mod ssh;

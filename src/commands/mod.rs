@@ -125,6 +125,20 @@ impl Session {
     }
 }
 
+/// Before a read-only command (`status`, `plan`) opens the database: roll
+/// back a transaction left by a killed process, holding the site lock for
+/// that moment. When a run holds the lock its transaction is alive, not
+/// left over, and nothing is done. Returns the line to show.
+pub fn recover_for_reading(site: &crate::config::Site) -> Result<Option<String>> {
+    if !crate::db::may_need_recovery(site) {
+        return Ok(None);
+    }
+    match crate::lock::SiteLock::try_brief(site)? {
+        Some(_lock) => crate::db::recover(site),
+        None => Ok(None),
+    }
+}
+
 /// Human output (bars when both stdout and stderr are terminals, so that
 /// `| tee run.log` keeps every line) or JSON lines.
 pub fn reporter(json: bool) -> Arc<Reporter> {

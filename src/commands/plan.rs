@@ -20,9 +20,15 @@ pub fn exec(p: PlanArgs) -> Result<i32> {
         script: proc.name.clone(),
         site: site.file.display().to_string(),
     });
+    if let Some(line) = super::recover_for_reading(&site)? {
+        reporter.event(Event::Log {
+            level: "warn".into(),
+            message: line,
+        });
+    }
     let replay = match &p.resume {
         Some(id) => {
-            let inputs = crate::journal::digest_inputs(&proc.name, &proc.text, &site, &release)?;
+            let inputs = crate::journal::digest_inputs(&proc, &site, &release)?;
             let (replay, changed) = super::run::load_resume(&site, id, &inputs, true)?;
             for c in changed {
                 reporter.event(Event::Log {
@@ -60,10 +66,9 @@ pub fn exec(p: PlanArgs) -> Result<i32> {
             });
         }
     }
-    let changes = steps.iter().filter(|s| s.changes).count();
-    let irreversible = steps.iter().filter(|s| s.irreversible).count();
+    let (_, counted) = crate::ops::count_changes(&steps);
     let mut summary = vec![format!(
-        "{} step(s): {changes} change(s), {irreversible} irreversible; nothing was changed",
+        "{} step(s): {counted}; nothing was changed",
         steps.len()
     )];
     if outcome.is_err() {

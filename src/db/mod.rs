@@ -124,6 +124,34 @@ pub fn open(site: &Site, read_only: bool) -> Result<Box<dyn Database>> {
     }
 }
 
+/// Roll back a transaction left half-done in the site's database by a killed
+/// process (a SQLite hot journal), so that read-only connections can read it.
+/// Call with the site lock held. Returns the line to show when it did.
+pub fn recover(site: &Site) -> Result<Option<String>> {
+    match (site.database.kind, &site.database.path) {
+        (DbKind::Sqlite, Some(path)) => {
+            if SqliteDatabase::roll_back_hot_journal(&site.database.name, path)? {
+                Ok(Some(format!(
+                    "database `{}`: a transaction left unfinished by a killed process (hot journal `{}-journal`) was rolled back; the database is as it was before that transaction",
+                    site.database.name,
+                    crate::journal::absolute(path).display()
+                )))
+            } else {
+                Ok(None)
+            }
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Whether `recover` may have something to do (checked before taking a lock).
+pub fn may_need_recovery(site: &Site) -> bool {
+    match (site.database.kind, &site.database.path) {
+        (DbKind::Sqlite, Some(path)) => SqliteDatabase::journal_left(path),
+        _ => false,
+    }
+}
+
 pub(crate) fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)

@@ -184,13 +184,10 @@ impl Ops {
             )));
         }
         if from == to {
-            let idx = self.begin_step("upgrade_db", String::new(), None, false, false);
-            self.finish_step(
-                idx,
-                Ok(format!(
-                    "database `{name}` is already at {to}: nothing to upgrade"
-                )),
-                0,
+            self.noted_step(
+                "upgrade_db",
+                None,
+                format!("database `{name}` is already at {to}: nothing to upgrade"),
             );
             return Ok(UpgradeReport {
                 database: name,

@@ -280,11 +280,10 @@ impl Ops {
             }
         }
         let Some(current) = self.instance(node)? else {
-            let idx = self.begin_step("remove_instance", String::new(), Some(node), false, false);
-            self.finish_step(
-                idx,
-                Ok(format!("no instance on `{node}`: nothing to remove")),
-                0,
+            self.noted_step(
+                "remove_instance",
+                Some(node),
+                format!("no instance on `{node}`: nothing to remove"),
             );
             return Ok(None);
         };
@@ -379,16 +378,14 @@ impl Ops {
                 if start {
                     return self.ensure_running(&key, "create_instance", node, current);
                 }
-                let idx =
-                    self.begin_step("create_instance", String::new(), Some(node), false, false);
-                self.finish_step(
-                    idx,
-                    Ok(format!(
+                self.noted_step(
+                    "create_instance",
+                    Some(node),
+                    format!(
                         "`{node}` already has {app_name} {version} in `{}` ({}): nothing to stage",
                         current.folder,
                         state_name(current.state)
-                    )),
-                    0,
+                    ),
                 );
                 return Ok(current);
             }
@@ -628,8 +625,7 @@ impl Ops {
                     );
                 }
                 record(self.node(node)?)?;
-                let idx = self.begin_step(kind, String::new(), Some(node), false, false);
-                self.finish_step(idx, Ok(text), 0);
+                self.noted_step(kind, Some(node), text);
                 return Ok(healthy);
             }
             Err(why) => why,

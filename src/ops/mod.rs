@@ -69,6 +69,8 @@ pub enum StepStatus {
     Started,
     Done,
     Failed,
+    /// Refused by a rail or the procedure: nothing was changed by it.
+    Refused,
 }
 
 /// One thing the procedure did (or would do), in order.
@@ -390,7 +392,8 @@ impl Ops {
     }
 
     /// Ask the operator a yes/no question. In plan mode the question is listed
-    /// and answered yes; without a terminal only `--yes` answers yes.
+    /// and answered yes; `run` asks it up front with the plan (one answer for
+    /// the whole run), or `--yes` answers yes; otherwise the answer is no.
     pub fn confirm(&self, question: &str) -> Result<bool> {
         if self.mode == Mode::Plan {
             let idx = self.begin_step("confirm", format!("ask: {question}"), None, false, false);
@@ -401,42 +404,40 @@ impl Ops {
             self.log("info", &format!("{question} yes (--yes)"));
             return Ok(true);
         }
-        if !self.confirmation.interactive {
-            return Ok(false);
+        if lock(&self.state).changes_confirmed {
+            // The plan the operator accepted listed this question.
+            self.log("info", &format!("{question} yes (accepted with the plan)"));
+            return Ok(true);
         }
-        Ok(ask(question))
+        if self.confirmation.interactive {
+            // Nothing is asked mid-run: the question was not in the plan the
+            // operator saw (the procedure took another path).
+            self.log(
+                "warn",
+                &format!(
+                    "{question} no (not in the plan asked up front; nothing is asked mid-run)"
+                ),
+            );
+        }
+        Ok(false)
     }
 
-    /// Rail: a change needs the operator's consent; an irreversible one needs it
-    /// for itself, on a terminal, unless `--yes` was given.
-    fn ensure_confirmed(&self, description: &str, irreversible: bool) -> Result<()> {
-        if self.mode == Mode::Plan || self.confirmation.yes {
+    /// Rail: a change needs the operator's consent, given once, up front, for
+    /// the whole plan (`run` shows every change, the irreversible one marked,
+    /// and asks once), or `--yes`. Nothing is asked mid-run: a change without
+    /// that consent is refused before it starts.
+    fn ensure_confirmed(&self, description: &str, _irreversible: bool) -> Result<()> {
+        if self.mode == Mode::Plan || self.confirmation.yes || lock(&self.state).changes_confirmed {
             return Ok(());
         }
-        if !self.confirmation.interactive {
-            return Err(Error::Refused(format!(
-                "{description}: this changes the site and there is no terminal to confirm on; read `uprun plan`, then re-run with --yes"
-            )));
-        }
-        let accepted = lock(&self.state).changes_confirmed;
-        if accepted && !irreversible {
-            return Ok(());
-        }
-        let q = if irreversible {
-            format!("{description}. This cannot be undone. Proceed?")
-        } else {
-            format!("{description}. Proceed?")
-        };
-        if ask(&q) {
-            if !irreversible {
-                lock(&self.state).changes_confirmed = true;
+        Err(Error::Refused(format!(
+            "{description}: this changes the site and was not in the plan the operator accepted{}; read `uprun plan`, then re-run with --yes",
+            if self.confirmation.interactive {
+                ""
+            } else {
+                " (there is no terminal to confirm on)"
             }
-            Ok(())
-        } else {
-            Err(Error::Refused(format!(
-                "{description}: not confirmed by the operator"
-            )))
-        }
+        )))
     }
 
     fn begin_step(
@@ -484,6 +485,28 @@ impl Ops {
         index
     }
 
+    /// A step that is over as soon as it is known (nothing to do, done in an
+    /// earlier attempt): recorded and reported once, as done, with `text`.
+    fn noted_step(&self, kind: &'static str, node: Option<&str>, text: String) {
+        let mut st = lock(&self.state);
+        let index = st.steps.len() + 1;
+        st.steps.push(StepRecord {
+            index,
+            kind,
+            description: String::new(),
+            changes: false,
+            irreversible: false,
+            node: node.map(str::to_string),
+            status: if self.mode == Mode::Plan {
+                StepStatus::Planned
+            } else {
+                StepStatus::Started
+            },
+        });
+        drop(st);
+        self.finish_step(index, Ok(text), 0);
+    }
+
     /// Close a step; `Ok(text)` replaces its description with what happened.
     fn finish_step(&self, index: usize, outcome: std::result::Result<String, &Error>, ms: u128) {
         let mut st = lock(&self.state);
@@ -496,12 +519,14 @@ impl Ops {
                 step.description = text.clone();
                 if self.mode == Mode::Plan {
                     let changes = step.changes;
+                    let irreversible = step.irreversible;
                     drop(st);
                     self.reporter.event(Event::Planned {
                         index,
                         kind,
                         description: text,
                         changes,
+                        irreversible,
                     });
                 } else {
                     step.status = StepStatus::Done;
@@ -515,7 +540,10 @@ impl Ops {
                 }
             }
             Err(e) => {
-                step.status = StepStatus::Failed;
+                step.status = match e {
+                    Error::Refused(_) | Error::ScriptRefused(_) => StepStatus::Refused,
+                    _ => StepStatus::Failed,
+                };
                 let description = step.description.clone();
                 drop(st);
                 if self.mode == Mode::Run {
@@ -554,8 +582,13 @@ impl Ops {
         let v: T = serde_json::from_value(value.clone()).map_err(|e| {
             Error::Config(format!("journal entry `{key}` cannot be read back ({e}); the journal does not match this version of uprun"))
         })?;
-        let idx = self.begin_step(kind, String::new(), node, false, false);
-        self.finish_step(idx, Ok(format!("done in an earlier attempt: {key}")), 0);
+        let what = self
+            .replay
+            .descriptions
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| kind.replace('_', " "));
+        self.noted_step(kind, node, format!("done in an earlier attempt: {what}"));
         self.mark_site_changed(kind);
         Ok(Some(v))
     }
@@ -754,6 +787,7 @@ impl Ops {
             let status = match s.status {
                 StepStatus::Done => "done",
                 StepStatus::Failed => "FAILED",
+                StepStatus::Refused => "refused",
                 StepStatus::Started => "interrupted",
                 StepStatus::Planned => "planned",
             };
@@ -776,6 +810,22 @@ impl Ops {
         }
         out
     }
+}
+
+/// What `plan` and `run`'s question count: the steps that change something
+/// (backups included; replayed steps, done in an earlier attempt, are not),
+/// as "N change(s) (B backup(s), I irreversible)".
+pub fn count_changes(steps: &[StepRecord]) -> (usize, String) {
+    let changes = steps.iter().filter(|s| s.changes).count();
+    let backups = steps
+        .iter()
+        .filter(|s| s.changes && s.kind == "backup_db")
+        .count();
+    let irreversible = steps.iter().filter(|s| s.changes && s.irreversible).count();
+    (
+        changes,
+        format!("{changes} change(s) ({backups} backup(s), {irreversible} irreversible)"),
+    )
 }
 
 /// Steps of these kinds change the site (an instance or the database).

@@ -698,7 +698,7 @@ fn register_ui(engine: &mut Engine, o: &Option<Arc<Ops>>) {
         });
     let x = o.clone();
     reg(engine, "confirm", &["question: &str", "bool"],
-        "Ask the operator a yes/no question on the terminal. `--yes` answers yes; without a terminal and\nwithout `--yes` the answer is no. In plan mode the question is listed and answered yes.",
+        "Ask the operator a yes/no question. `run` asks it up front with the plan, on the terminal, and one\nanswer covers the whole run (nothing is asked mid-run); `--yes` answers yes; without a terminal and\nwithout `--yes` the answer is no. In plan mode the question is listed and answered yes.",
         move |ctx: NativeCallContext, q: &str| -> HostResult<bool> {
             let ops = ops(&x, &ctx)?;
             ops.confirm(q).map_err(|e| fail(ops, e, ctx.call_position()))
