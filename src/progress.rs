@@ -56,6 +56,8 @@ pub enum Event {
         kind: String,
         description: String,
         changes: bool,
+        /// The step cannot be undone (the database upgrade).
+        irreversible: bool,
     },
     Log {
         level: String,
@@ -236,12 +238,21 @@ impl Reporter {
                         script,
                         site,
                     } => {
-                        format!(
-                            "uprun {mode} {} on {} (run {})",
-                            e(script),
-                            e(site),
-                            e(run_id)
-                        )
+                        // A plan is no run: it gets no id and no journal.
+                        if mode == "plan" {
+                            format!(
+                                "uprun plan {} on {} (a plan: reads are real, nothing is changed)",
+                                e(script),
+                                e(site)
+                            )
+                        } else {
+                            format!(
+                                "uprun {mode} {} on {} (run {})",
+                                e(script),
+                                e(site),
+                                e(run_id)
+                            )
+                        }
                     }
                     Event::StepStarted {
                         index, description, ..
@@ -275,9 +286,19 @@ impl Reporter {
                         kind,
                         description,
                         changes,
+                        irreversible,
                     } => {
                         let mark = if *changes { "change" } else { "read" };
-                        format!("{index:>3}. [{mark:<6}] {:<16} {}", e(kind), e(description))
+                        let warning = if *irreversible {
+                            "  <- IRREVERSIBLE"
+                        } else {
+                            ""
+                        };
+                        format!(
+                            "{index:>3}. [{mark:<6}] {:<16} {}{warning}",
+                            e(kind),
+                            e(description)
+                        )
                     }
                     Event::Log { level, message } => match level.as_str() {
                         "info" => e(message).into_owned(),

@@ -128,6 +128,42 @@ pub fn interactive() -> bool {
     std::io::stdin().is_terminal() && std::io::stderr().is_terminal()
 }
 
+/// Who runs uprun, for the journal: `$USER`, else the login name of the
+/// process's user (a service or `env -i` leaves `$USER` unset), else `uid N`.
+pub fn operator_name() -> String {
+    if let Ok(user) = std::env::var("USER") {
+        if !user.is_empty() {
+            return user;
+        }
+    }
+    login_name().unwrap_or_else(|| format!("uid {}", unsafe_free_uid()))
+}
+
+fn unsafe_free_uid() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() }
+}
+
+/// The login name of the process's real user, from the password database.
+fn login_name() -> Option<String> {
+    let uid = unsafe_free_uid();
+    let mut buf = vec![0 as libc::c_char; 4096];
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; `buf` outlives the reads
+    // of `pwd.pw_name` below, which points into it.
+    let rc = unsafe {
+        libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut found)
+    };
+    if rc != 0 || found.is_null() || pwd.pw_name.is_null() {
+        return None;
+    }
+    // SAFETY: getpwuid_r succeeded, so `pw_name` is a NUL-terminated string in `buf`.
+    let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
+    let name = name.to_string_lossy().into_owned();
+    (!name.is_empty()).then_some(name)
+}
+
 /// A run id: UTC time plus a few bits of the process id, sortable by start.
 pub fn new_run_id() -> String {
     let now = time::OffsetDateTime::now_utc();

@@ -149,6 +149,7 @@ pub fn execute(
                 kind: s.kind.to_string(),
                 description: s.description.clone(),
                 changes: s.changes,
+                irreversible: s.irreversible,
             });
         }
         if !crate::ops::ask("Proceed with these changes?") {
@@ -166,7 +167,7 @@ pub fn execute(
                 run_id: run_id.clone(),
                 at: crate::db::now_rfc3339(),
                 inputs: inputs.clone(),
-                user: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
+                user: super::operator_name(),
                 pid: std::process::id(),
                 uprun_version: env!("CARGO_PKG_VERSION").into(),
             })?;

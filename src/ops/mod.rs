@@ -455,12 +455,14 @@ impl Ops {
                 step.description = text.clone();
                 if self.mode == Mode::Plan {
                     let changes = step.changes;
+                    let irreversible = step.irreversible;
                     drop(st);
                     self.reporter.event(Event::Planned {
                         index,
                         kind,
                         description: text,
                         changes,
+                        irreversible,
                     });
                 } else {
                     step.status = StepStatus::Done;
