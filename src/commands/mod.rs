@@ -128,6 +128,22 @@ pub fn interactive() -> bool {
     std::io::stdin().is_terminal() && std::io::stderr().is_terminal()
 }
 
+/// The site file given with `--site`, else `./site.toml` when it exists
+/// (said on stderr, so that the operator knows which site was read).
+pub fn site_or_default(site: Option<std::path::PathBuf>, command: &str) -> Result<std::path::PathBuf> {
+    if let Some(site) = site {
+        return Ok(site);
+    }
+    let default = std::path::PathBuf::from("site.toml");
+    if default.is_file() {
+        eprintln!("(no --site given: using ./site.toml)");
+        return Ok(default);
+    }
+    Err(crate::Error::Config(format!(
+        "`{command}` needs --site FILE: no --site given and there is no site.toml in the current folder"
+    )))
+}
+
 /// Who runs uprun, for the journal: `$USER`, else the login name of the
 /// process's user (a service or `env -i` leaves `$USER` unset), else `uid N`.
 pub fn operator_name() -> String {
