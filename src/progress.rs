@@ -8,8 +8,9 @@
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::io::Write;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
@@ -118,7 +119,77 @@ fn current_node() -> Option<(String, Option<ProgressBar>)> {
 pub struct Reporter {
     mode: OutputMode,
     multi: Option<MultiProgress>,
-    out: Mutex<Box<dyn Write + Send>>,
+    out: Arc<Mutex<Box<dyn Write + Send>>>,
+    /// Steps running now, so that none runs in silence: a spinner with its
+    /// elapsed time on a terminal, a "still running" line now and then in
+    /// plain mode (see `watch_running_steps`).
+    running: Arc<Mutex<HashMap<usize, RunningStep>>>,
+}
+
+/// A step that started and has not finished.
+struct RunningStep {
+    /// What plain mode prints: `[node] [5] description`.
+    label: String,
+    started: Instant,
+    /// Seconds of running after which the next "still running" line is due.
+    next_note: u64,
+    /// Its spinner, on a terminal (outside `for_each_node`, whose nodes have
+    /// their own spinner line).
+    spinner: Option<ProgressBar>,
+}
+
+/// Seconds between "still running" lines in plain mode. A hidden variable
+/// shortens it for tests.
+fn still_running_every() -> u64 {
+    std::env::var("UPRUN_STILL_RUNNING_SECS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|s| *s > 0)
+        .unwrap_or(10)
+}
+
+/// Plain mode: a background thread that writes `[5] still running (35 s):
+/// ...` for every step running past the interval, and again after every
+/// further interval. It ends with the reporter.
+fn watch_running_steps(
+    running: &Arc<Mutex<HashMap<usize, RunningStep>>>,
+    out: &Arc<Mutex<Box<dyn Write + Send>>>,
+) {
+    let every = still_running_every();
+    let running = Arc::downgrade(running);
+    let out = Arc::downgrade(out);
+    let spawned = std::thread::Builder::new()
+        .name("uprun-still-running".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(200));
+            let (Some(running), Some(out)) = (running.upgrade(), out.upgrade()) else {
+                return;
+            };
+            let mut notes = Vec::new();
+            {
+                let mut steps = running.lock().unwrap_or_else(|e| e.into_inner());
+                let mut ids: Vec<usize> = steps.keys().copied().collect();
+                ids.sort_unstable();
+                for id in ids {
+                    if let Some(step) = steps.get_mut(&id) {
+                        let secs = step.started.elapsed().as_secs();
+                        if secs >= step.next_note {
+                            notes.push(format!("{} still running ({secs} s)", step.label));
+                            step.next_note = (secs / every + 1) * every;
+                        }
+                    }
+                }
+            }
+            if !notes.is_empty() {
+                let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
+                for n in notes {
+                    let _ = writeln!(out, "{n}");
+                }
+                let _ = out.flush();
+            }
+        });
+    // Without the thread, steps are only quieter: nothing to fail for.
+    drop(spawned);
 }
 
 /// A progress bar (hidden when not on a terminal).
@@ -126,6 +197,10 @@ pub struct Bar(ProgressBar);
 
 impl Bar {
     pub fn set(&self, done: u64, total: u64) {
+        // A total of 0 is "not known yet", not "all done" (indicatif shows 100%).
+        if total == 0 {
+            return;
+        }
         self.0.set_length(total);
         self.0.set_position(done);
     }
@@ -146,10 +221,16 @@ impl Reporter {
             }
             _ => None,
         };
+        let out = Arc::new(Mutex::new(out));
+        let running = Arc::new(Mutex::new(HashMap::new()));
+        if mode == (OutputMode::Human { tty: false }) {
+            watch_running_steps(&running, &out);
+        }
         Reporter {
             mode,
             multi,
-            out: Mutex::new(out),
+            out,
+            running,
         }
     }
 
@@ -172,7 +253,7 @@ impl Reporter {
         let bar = self.multi.as_ref().map(|m| {
             let pb = m.add(ProgressBar::new_spinner());
             pb.set_style(
-                ProgressStyle::with_template("{spinner} [{prefix}] {wide_msg} {elapsed}")
+                ProgressStyle::with_template("{spinner} [{prefix}] {msg} ({elapsed})")
                     .unwrap_or_else(|_| ProgressStyle::default_spinner()),
             );
             pb.set_prefix(escape_controls(node).into_owned());
@@ -257,10 +338,8 @@ impl Reporter {
                     Event::StepStarted {
                         index, description, ..
                     } => {
+                        self.step_started(*index, description, node.as_ref());
                         if tty {
-                            if let Some((_, Some(bar))) = &node {
-                                bar.set_message(format!("[{index}] {}", e(description)));
-                            }
                             return;
                         }
                         format!("[{index}] {} ...", e(description))
@@ -271,6 +350,7 @@ impl Reporter {
                         ms,
                         ..
                     } => {
+                        self.step_ended(*index);
                         format!("[{index}] done: {} ({})", e(description), human_ms(*ms))
                     }
                     Event::StepFailed {
@@ -279,6 +359,7 @@ impl Reporter {
                         error,
                         ..
                     } => {
+                        self.step_ended(*index);
                         format!("[{index}] FAILED: {}: {}", e(description), e(error))
                     }
                     Event::Planned {
@@ -338,11 +419,59 @@ impl Reporter {
         }
     }
 
+    /// A step started: a spinner with its elapsed time on a terminal (on
+    /// its node's line inside `for_each_node`), and the step is watched for
+    /// "still running" lines in plain mode.
+    fn step_started(&self, index: usize, description: &str, node: Option<&(String, Option<ProgressBar>)>) {
+        let text = format!("[{index}] {}", escape_controls(description));
+        let spinner = match (node, &self.multi) {
+            (Some((_, Some(bar))), _) => {
+                bar.set_message(text.clone());
+                bar.reset_elapsed();
+                None
+            }
+            (None, Some(m)) => {
+                let pb = m.add(ProgressBar::new_spinner());
+                pb.set_style(
+                    ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                );
+                pb.set_message(text.clone());
+                pb.enable_steady_tick(Duration::from_millis(120));
+                Some(pb)
+            }
+            _ => None,
+        };
+        let label = match node {
+            Some((name, _)) => prefixed(name, &text),
+            None => text,
+        };
+        let every = still_running_every();
+        lock_running(&self.running).insert(
+            index,
+            RunningStep {
+                label,
+                started: Instant::now(),
+                next_note: every,
+                spinner,
+            },
+        );
+    }
+
+    fn step_ended(&self, index: usize) {
+        if let Some(step) = lock_running(&self.running).remove(&index) {
+            if let Some(pb) = step.spinner {
+                pb.finish_and_clear();
+            }
+        }
+    }
+
     /// A bar for a long step (bytes copied, pages backed up).
     pub fn bar(&self, message: &str) -> Bar {
         match &self.multi {
             Some(m) => {
-                let pb = m.add(ProgressBar::new(0));
+                // Length 1 until the real total is known: 0 of 0 shows as 100%.
+                let pb = m.add(ProgressBar::new(1));
                 pb.set_style(
                     ProgressStyle::with_template(
                         "{spinner} {msg} [{bar:30}] {percent:>3}% {elapsed}",
@@ -366,6 +495,12 @@ impl Reporter {
         pb.enable_steady_tick(Duration::from_millis(120));
         Some(Bar(pb))
     }
+}
+
+fn lock_running(
+    m: &Mutex<HashMap<usize, RunningStep>>,
+) -> std::sync::MutexGuard<'_, HashMap<usize, RunningStep>> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Prefix every line of `text` with `[node] `.
