@@ -13,6 +13,7 @@ mod host_errors;
 mod host_rails;
 mod mssql;
 mod mssql_real;
+mod operator;
 mod plan;
 mod rails;
 mod ssh;
