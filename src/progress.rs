@@ -7,8 +7,8 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
-use std::io::Write;
 use std::collections::HashMap;
+use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -422,7 +422,12 @@ impl Reporter {
     /// A step started: a spinner with its elapsed time on a terminal (on
     /// its node's line inside `for_each_node`), and the step is watched for
     /// "still running" lines in plain mode.
-    fn step_started(&self, index: usize, description: &str, node: Option<&(String, Option<ProgressBar>)>) {
+    fn step_started(
+        &self,
+        index: usize,
+        description: &str,
+        node: Option<&(String, Option<ProgressBar>)>,
+    ) {
         let text = format!("[{index}] {}", escape_controls(description));
         let spinner = match (node, &self.multi) {
             (Some((_, Some(bar))), _) => {

@@ -110,7 +110,10 @@ fn plan_run_runs_and_runs_show_read_as_snapshotted() {
     let out = in_sandbox(&sb, &plan);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let plan_text = normalise(&text(&out.stdout), &[&sb.dir]);
-    assert!(!plan_text.contains("[RUN_ID]"), "a plan has no run id: {plan_text}");
+    assert!(
+        !plan_text.contains("[RUN_ID]"),
+        "a plan has no run id: {plan_text}"
+    );
     assert!(!plan_text.contains("done ("), "{plan_text}");
     insta::assert_snapshot!("plan_stock_two_nodes", plan_text);
 
@@ -119,12 +122,19 @@ fn plan_run_runs_and_runs_show_read_as_snapshotted() {
     run.push("--yes");
     let out = in_sandbox(&sb, &run);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    insta::assert_snapshot!("run_stock_two_nodes", normalise(&text(&out.stdout), &[&sb.dir]));
+    insta::assert_snapshot!(
+        "run_stock_two_nodes",
+        normalise(&text(&out.stdout), &[&sb.dir])
+    );
 
     // Without --site: ./site.toml, and said so.
     let out = in_sandbox(&sb, &["runs"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("using ./site.toml"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("using ./site.toml"),
+        "{}",
+        text(&out.stderr)
+    );
     insta::assert_snapshot!("runs", normalise(&text(&out.stdout), &[&sb.dir]));
     let listing = text(&out.stdout);
     let id = listing
@@ -136,14 +146,21 @@ fn plan_run_runs_and_runs_show_read_as_snapshotted() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let shown = normalise(&text(&out.stdout), &[&sb.dir]);
     // Times in whole seconds: every one of them normalised.
-    assert!(shown.lines().skip(1).all(|l| l.starts_with("[TIME]")), "{shown}");
+    assert!(
+        shown.lines().skip(1).all(|l| l.starts_with("[TIME]")),
+        "{shown}"
+    );
     insta::assert_snapshot!("runs_show", shown);
 }
 
 #[test]
 fn runs_without_site_and_without_site_toml_is_bad_input() {
     let tmp = tempfile::tempdir().expect("tmp");
-    for args in [&["runs"][..], &["runs", "show", "x"], &["runs", "abandon", "x"]] {
+    for args in [
+        &["runs"][..],
+        &["runs", "show", "x"],
+        &["runs", "abandon", "x"],
+    ] {
         let out = uprun()
             .current_dir(tmp.path())
             .args(args)
@@ -247,16 +264,34 @@ fn bad_input_exits_2() {
         .output()
         .expect("plan");
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("--release"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--release"),
+        "{}",
+        text(&out.stderr)
+    );
     // A missing SQLite file, for every command that opens it.
     std::fs::remove_file(sb.db_path()).expect("remove db");
     for cmd in ["plan", "run"] {
-        let out = sb.cmd(cmd, "in-place-upgrade", &["--yes"][..usize::from(cmd == "run")]).output().expect(cmd);
+        let out = sb
+            .cmd(
+                cmd,
+                "in-place-upgrade",
+                &["--yes"][..usize::from(cmd == "run")],
+            )
+            .output()
+            .expect(cmd);
         assert_eq!(out.status.code(), Some(2), "{cmd}: {}", text(&out.stderr));
         let err = text(&out.stderr);
-        assert!(err.contains("app.sqlite") && err.contains("database.path"), "{err}");
+        assert!(
+            err.contains("app.sqlite") && err.contains("database.path"),
+            "{err}"
+        );
     }
-    let out = uprun().args(["status", "--site"]).arg(sb.site()).output().expect("status");
+    let out = uprun()
+        .args(["status", "--site"])
+        .arg(sb.site())
+        .output()
+        .expect("status");
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 }
 
@@ -265,12 +300,24 @@ fn help_and_man_list_every_exit_code_and_no_missing_page() {
     let help = text(&uprun().arg("--help").output().expect("help").stdout);
     let man = text(&uprun().arg("man").output().expect("man").stdout);
     for doc in [&help, &man] {
-        for needle in ["0 success", "incomplete", "2 bad input", "not confirmed", "130"] {
+        for needle in [
+            "0 success",
+            "incomplete",
+            "2 bad input",
+            "not confirmed",
+            "130",
+        ] {
             assert!(doc.contains(needle), "{needle} missing from:\n{doc}");
         }
     }
-    assert!(!man.contains("uprun-demo(1)") && !man.contains("uprun\\-demo(1)"), "{man}");
-    assert!(man.contains("uprun demo"), "every command in the one page: {man}");
+    assert!(
+        !man.contains("uprun-demo(1)") && !man.contains("uprun\\-demo(1)"),
+        "{man}"
+    );
+    assert!(
+        man.contains("uprun demo"),
+        "every command in the one page: {man}"
+    );
 }
 
 #[test]
@@ -289,15 +336,23 @@ fn a_long_step_says_it_is_still_running() {
         .expect("run");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
-    let still: Vec<&str> = stdout.lines().filter(|l| l.contains("still running")).collect();
+    let still: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("still running"))
+        .collect();
     assert!(
-        still.iter().any(|l| l.starts_with("[1] run `sleep 2.5` on `app01` still running (")),
+        still
+            .iter()
+            .any(|l| l.starts_with("[1] run `sleep 2.5` on `app01` still running (")),
         "{stdout}"
     );
     assert!(still.len() >= 2, "one line per interval: {stdout}");
     // Said before the step's end, not after.
     let done = stdout.find("[1] done").expect("done line");
-    assert!(stdout.find("still running").is_some_and(|i| i < done), "{stdout}");
+    assert!(
+        stdout.find("still running").is_some_and(|i| i < done),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -313,7 +368,10 @@ fn init_lays_out_a_site_that_check_plan_test_and_run_accept_as_written() {
     let site = std::fs::read_to_string(tmp.path().join("mysite/site.toml")).expect("site");
     let script = std::fs::read_to_string(tmp.path().join("mysite/upgrade.rhai")).expect("script");
     for t in [&site, &script] {
-        assert!(t.contains("--release sample-release"), "header agrees with Next: {t}");
+        assert!(
+            t.contains("--release sample-release"),
+            "header agrees with Next: {t}"
+        );
     }
     let lb = std::fs::read_to_string(tmp.path().join("mysite/lb.rhai")).expect("lb");
     assert!(
@@ -336,13 +394,25 @@ fn init_lays_out_a_site_that_check_plan_test_and_run_accept_as_written() {
         let mut args = vec![cmd, "upgrade.rhai"];
         args.extend(target);
         let out = d(&args);
-        assert_eq!(out.status.code(), Some(0), "{cmd}: {}{}", text(&out.stdout), text(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{cmd}: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
     }
     let mut args = vec!["run", "upgrade.rhai"];
     args.extend(target);
     args.push("--yes");
     let out = d(&args);
-    assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     let out = d(&["status", "--site", "site.toml"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("2.0.0"), "{}", text(&out.stdout));
@@ -354,5 +424,9 @@ fn init_lays_out_a_site_that_check_plan_test_and_run_accept_as_written() {
         .output()
         .expect("init");
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("already exist;"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("already exist;"),
+        "{}",
+        text(&out.stderr)
+    );
 }

@@ -103,10 +103,11 @@ fn lint_functions(ast: &AST, known: &HashSet<String>) -> Vec<(Position, String)>
     let mut calls = Vec::new();
     ast.walk(&mut |path: &[ASTNode]| {
         match path.last() {
-            Some(ASTNode::Expr(Expr::FnCall(call, pos))) | Some(ASTNode::Stmt(Stmt::FnCall(call, pos))) => {
-                if call.namespace.is_empty() && call.op_token.is_none() {
-                    calls.push((call.name.to_string(), *pos));
-                }
+            Some(ASTNode::Expr(Expr::FnCall(call, pos)))
+            | Some(ASTNode::Stmt(Stmt::FnCall(call, pos)))
+                if call.namespace.is_empty() && call.op_token.is_none() =>
+            {
+                calls.push((call.name.to_string(), *pos));
             }
             Some(ASTNode::Stmt(Stmt::Var(v, _, _))) => {
                 defined.insert(v.0.name.to_string());

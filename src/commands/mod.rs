@@ -130,7 +130,10 @@ pub fn interactive() -> bool {
 
 /// The site file given with `--site`, else `./site.toml` when it exists
 /// (said on stderr, so that the operator knows which site was read).
-pub fn site_or_default(site: Option<std::path::PathBuf>, command: &str) -> Result<std::path::PathBuf> {
+pub fn site_or_default(
+    site: Option<std::path::PathBuf>,
+    command: &str,
+) -> Result<std::path::PathBuf> {
     if let Some(site) = site {
         return Ok(site);
     }
@@ -152,25 +155,23 @@ pub fn operator_name() -> String {
             return user;
         }
     }
-    login_name().unwrap_or_else(|| format!("uid {}", unsafe_free_uid()))
+    login_name().unwrap_or_else(|| format!("uid {}", real_uid()))
 }
 
-fn unsafe_free_uid() -> u32 {
+fn real_uid() -> u32 {
     // SAFETY: getuid has no preconditions and cannot fail.
     unsafe { libc::getuid() }
 }
 
 /// The login name of the process's real user, from the password database.
 fn login_name() -> Option<String> {
-    let uid = unsafe_free_uid();
+    let uid = real_uid();
     let mut buf = vec![0 as libc::c_char; 4096];
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
     let mut found: *mut libc::passwd = std::ptr::null_mut();
     // SAFETY: every pointer is valid for the call; `buf` outlives the reads
     // of `pwd.pw_name` below, which points into it.
-    let rc = unsafe {
-        libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut found)
-    };
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut found) };
     if rc != 0 || found.is_null() || pwd.pw_name.is_null() {
         return None;
     }
