@@ -274,15 +274,17 @@ impl Reporter {
     }
 
     fn write_line(&self, text: &str) {
+        let write = || {
+            let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = writeln!(out, "{text}");
+            let _ = out.flush();
+        };
         match &self.multi {
-            Some(m) => {
-                let _ = m.println(text);
-            }
-            None => {
-                let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-                let _ = writeln!(out, "{text}");
-                let _ = out.flush();
-            }
+            // Bars are taken off, the line written as it is, bars drawn
+            // again: indicatif's own `println` pads every line with spaces
+            // to the terminal's width, which a recorded session keeps.
+            Some(m) => m.suspend(write),
+            None => write(),
         }
     }
 
