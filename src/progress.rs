@@ -388,6 +388,12 @@ impl Reporter {
                         l => format!("{}: {}", e(l), e(message)),
                     },
                     Event::RunFinished { outcome, summary } => {
+                        // Nothing is running once the run is over.
+                        for (_, step) in lock_running(&self.running).drain() {
+                            if let Some(pb) = step.spinner {
+                                pb.finish_and_clear();
+                            }
+                        }
                         let mut s = format!("run {}", e(outcome));
                         for l in summary {
                             s.push_str("\n  ");
