@@ -13,7 +13,11 @@ use clap::{Args, Parser, Subcommand};
     long_about = "uprun runs upgrade procedures written in Rhai against a site (site.toml: the database and the nodes) \
 and a release (release.toml: version, payload, migrations). Safety rails hold for every procedure: no database upgrade \
 without a verified backup taken in the same run, secondaries before the primary, a new instance never in an old folder, \
-no downgrades.\n\nExit codes: 0 success, 1 the run failed, 2 bad input (nothing changed), 3 refused by a safety rail."
+no downgrades.\n\nExit codes: 0 success; 1 the run failed (a failed step, a script error, past its time limit) or is \
+incomplete (the run-end audit found a node or the database left behind); 2 bad input (a site or release file, an \
+argument, a script's syntax, a missing database file; nothing changed); 3 refused by a safety rail or by the \
+procedure, or not confirmed by the operator (nothing changed by the refused step); 130 interrupted by Ctrl-C (the \
+journal says where)."
 )]
 pub struct Cli {
     #[command(subcommand)]

@@ -1,6 +1,7 @@
 //! uprun: in-place upgrades of a database-backed application on a cluster of
-//! nodes, as Rhai procedures with safety rails. See DESIGN.md for the layers:
-//! cli -> commands -> script -> ops -> db / nodes, with progress for output.
+//! nodes, as Rhai procedures with safety rails. See the README's
+//! "Architecture" for the layers: cli -> commands -> script -> ops -> db /
+//! nodes, with progress for output.
 
 pub mod cli;
 pub mod commands;

@@ -7,9 +7,10 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::io::Write;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
@@ -119,7 +120,77 @@ fn current_node() -> Option<(String, Option<ProgressBar>)> {
 pub struct Reporter {
     mode: OutputMode,
     multi: Option<MultiProgress>,
-    out: Mutex<Box<dyn Write + Send>>,
+    out: Arc<Mutex<Box<dyn Write + Send>>>,
+    /// Steps running now, so that none runs in silence: a spinner with its
+    /// elapsed time on a terminal, a "still running" line now and then in
+    /// plain mode (see `watch_running_steps`).
+    running: Arc<Mutex<HashMap<usize, RunningStep>>>,
+}
+
+/// A step that started and has not finished.
+struct RunningStep {
+    /// What plain mode prints: `[node] [5] description`.
+    label: String,
+    started: Instant,
+    /// Seconds of running after which the next "still running" line is due.
+    next_note: u64,
+    /// Its spinner, on a terminal (outside `for_each_node`, whose nodes have
+    /// their own spinner line).
+    spinner: Option<ProgressBar>,
+}
+
+/// Seconds between "still running" lines in plain mode. A hidden variable
+/// shortens it for tests.
+fn still_running_every() -> u64 {
+    std::env::var("UPRUN_STILL_RUNNING_SECS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|s| *s > 0)
+        .unwrap_or(10)
+}
+
+/// Plain mode: a background thread that writes `[5] still running (35 s):
+/// ...` for every step running past the interval, and again after every
+/// further interval. It ends with the reporter.
+fn watch_running_steps(
+    running: &Arc<Mutex<HashMap<usize, RunningStep>>>,
+    out: &Arc<Mutex<Box<dyn Write + Send>>>,
+) {
+    let every = still_running_every();
+    let running = Arc::downgrade(running);
+    let out = Arc::downgrade(out);
+    let spawned = std::thread::Builder::new()
+        .name("uprun-still-running".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(200));
+            let (Some(running), Some(out)) = (running.upgrade(), out.upgrade()) else {
+                return;
+            };
+            let mut notes = Vec::new();
+            {
+                let mut steps = running.lock().unwrap_or_else(|e| e.into_inner());
+                let mut ids: Vec<usize> = steps.keys().copied().collect();
+                ids.sort_unstable();
+                for id in ids {
+                    if let Some(step) = steps.get_mut(&id) {
+                        let secs = step.started.elapsed().as_secs();
+                        if secs >= step.next_note {
+                            notes.push(format!("{} still running ({secs} s)", step.label));
+                            step.next_note = (secs / every + 1) * every;
+                        }
+                    }
+                }
+            }
+            if !notes.is_empty() {
+                let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
+                for n in notes {
+                    let _ = writeln!(out, "{n}");
+                }
+                let _ = out.flush();
+            }
+        });
+    // Without the thread, steps are only quieter: nothing to fail for.
+    drop(spawned);
 }
 
 /// A progress bar (hidden when not on a terminal).
@@ -127,6 +198,10 @@ pub struct Bar(ProgressBar);
 
 impl Bar {
     pub fn set(&self, done: u64, total: u64) {
+        // A total of 0 is "not known yet", not "all done" (indicatif shows 100%).
+        if total == 0 {
+            return;
+        }
         self.0.set_length(total);
         self.0.set_position(done);
     }
@@ -147,10 +222,16 @@ impl Reporter {
             }
             _ => None,
         };
+        let out = Arc::new(Mutex::new(out));
+        let running = Arc::new(Mutex::new(HashMap::new()));
+        if mode == (OutputMode::Human { tty: false }) {
+            watch_running_steps(&running, &out);
+        }
         Reporter {
             mode,
             multi,
-            out: Mutex::new(out),
+            out,
+            running,
         }
     }
 
@@ -173,7 +254,7 @@ impl Reporter {
         let bar = self.multi.as_ref().map(|m| {
             let pb = m.add(ProgressBar::new_spinner());
             pb.set_style(
-                ProgressStyle::with_template("{spinner} [{prefix}] {wide_msg} {elapsed}")
+                ProgressStyle::with_template("{spinner} [{prefix}] {msg} ({elapsed})")
                     .unwrap_or_else(|_| ProgressStyle::default_spinner()),
             );
             pb.set_prefix(escape_controls(node).into_owned());
@@ -194,15 +275,17 @@ impl Reporter {
     }
 
     fn write_line(&self, text: &str) {
+        let write = || {
+            let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = writeln!(out, "{text}");
+            let _ = out.flush();
+        };
         match &self.multi {
-            Some(m) => {
-                let _ = m.println(text);
-            }
-            None => {
-                let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-                let _ = writeln!(out, "{text}");
-                let _ = out.flush();
-            }
+            // Bars are taken off, the line written as it is, bars drawn
+            // again: indicatif's own `println` pads every line with spaces
+            // to the terminal's width, which a recorded session keeps.
+            Some(m) => m.suspend(write),
+            None => write(),
         }
     }
 
@@ -239,20 +322,27 @@ impl Reporter {
                         script,
                         site,
                     } => {
-                        format!(
-                            "uprun {mode} {} on {} (run {})",
-                            e(script),
-                            e(site),
-                            e(run_id)
-                        )
+                        // A plan is no run: it gets no id and no journal.
+                        if mode == "plan" {
+                            format!(
+                                "uprun plan {} on {} (a plan: reads are real, nothing is changed)",
+                                e(script),
+                                e(site)
+                            )
+                        } else {
+                            format!(
+                                "uprun {mode} {} on {} (run {})",
+                                e(script),
+                                e(site),
+                                e(run_id)
+                            )
+                        }
                     }
                     Event::StepStarted {
                         index, description, ..
                     } => {
+                        self.step_started(*index, description, node.as_ref());
                         if tty {
-                            if let Some((_, Some(bar))) = &node {
-                                bar.set_message(format!("[{index}] {}", e(description)));
-                            }
                             return;
                         }
                         format!("[{index}] {} ...", e(description))
@@ -263,6 +353,7 @@ impl Reporter {
                         ms,
                         ..
                     } => {
+                        self.step_ended(*index);
                         format!("[{index}] done: {} ({})", e(description), human_ms(*ms))
                     }
                     Event::StepFailed {
@@ -271,6 +362,7 @@ impl Reporter {
                         error,
                         ..
                     } => {
+                        self.step_ended(*index);
                         format!("[{index}] FAILED: {}: {}", e(description), e(error))
                     }
                     Event::Planned {
@@ -293,6 +385,12 @@ impl Reporter {
                         l => format!("{}: {}", e(l), e(message)),
                     },
                     Event::RunFinished { outcome, summary } => {
+                        // Nothing is running once the run is over.
+                        for (_, step) in lock_running(&self.running).drain() {
+                            if let Some(pb) = step.spinner {
+                                pb.finish_and_clear();
+                            }
+                        }
                         let mut s = format!("run {}", e(outcome));
                         for l in summary {
                             s.push_str("\n  ");
@@ -326,11 +424,64 @@ impl Reporter {
         }
     }
 
+    /// A step started: a spinner with its elapsed time on a terminal (on
+    /// its node's line inside `for_each_node`), and the step is watched for
+    /// "still running" lines in plain mode.
+    fn step_started(
+        &self,
+        index: usize,
+        description: &str,
+        node: Option<&(String, Option<ProgressBar>)>,
+    ) {
+        let text = format!("[{index}] {}", escape_controls(description));
+        let spinner = match (node, &self.multi) {
+            (Some((_, Some(bar))), _) => {
+                bar.set_message(text.clone());
+                bar.reset_elapsed();
+                None
+            }
+            (None, Some(m)) => {
+                let pb = m.add(ProgressBar::new_spinner());
+                pb.set_style(
+                    ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                );
+                pb.set_message(text.clone());
+                pb.enable_steady_tick(Duration::from_millis(120));
+                Some(pb)
+            }
+            _ => None,
+        };
+        let label = match node {
+            Some((name, _)) => prefixed(name, &text),
+            None => text,
+        };
+        let every = still_running_every();
+        lock_running(&self.running).insert(
+            index,
+            RunningStep {
+                label,
+                started: Instant::now(),
+                next_note: every,
+                spinner,
+            },
+        );
+    }
+
+    fn step_ended(&self, index: usize) {
+        if let Some(step) = lock_running(&self.running).remove(&index) {
+            if let Some(pb) = step.spinner {
+                pb.finish_and_clear();
+            }
+        }
+    }
+
     /// A bar for a long step (bytes copied, pages backed up).
     pub fn bar(&self, message: &str) -> Bar {
         match &self.multi {
             Some(m) => {
-                let pb = m.add(ProgressBar::new(0));
+                // Length 1 until the real total is known: 0 of 0 shows as 100%.
+                let pb = m.add(ProgressBar::new(1));
                 pb.set_style(
                     ProgressStyle::with_template(
                         "{spinner} {msg} [{bar:30}] {percent:>3}% {elapsed}",
@@ -354,6 +505,12 @@ impl Reporter {
         pb.enable_steady_tick(Duration::from_millis(120));
         Some(Bar(pb))
     }
+}
+
+fn lock_running(
+    m: &Mutex<HashMap<usize, RunningStep>>,
+) -> std::sync::MutexGuard<'_, HashMap<usize, RunningStep>> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Prefix every line of `text` with `[node] `.

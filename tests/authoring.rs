@@ -87,8 +87,8 @@ fn init_writes_a_procedure_that_plans_against_the_demo_sandbox() {
         .assert()
         .success();
     assert_eq!(sb.db_version(), "2.0.0");
-    let lb = std::fs::read_to_string(sb.dir.join("nodes/app02/lb-state.log")).expect("lb log");
-    assert_eq!(lb, "drain app02\nrestore app02\n");
+    let lb = std::fs::read_to_string(sb.dir.join("nodes/app02/lb-state")).expect("lb state");
+    assert_eq!(lb, "serving\n");
     let out = uprun().arg("init").arg(&dir).output().expect("init again");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("never overwrites"));

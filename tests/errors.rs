@@ -42,6 +42,7 @@ fn check_reports_the_same_syntax_error() {
         .args(["check", "tests/fixtures/syntax_error.rhai"])
         .output()
         .expect("check");
-    assert_eq!(out.status.code(), Some(1));
+    // A syntax error is bad input: exit 2.
+    assert_eq!(out.status.code(), Some(2));
     insta::assert_snapshot!("check_syntax_error", String::from_utf8_lossy(&out.stderr));
 }

@@ -17,6 +17,7 @@ mod host_rails;
 mod lifecycle;
 mod mssql;
 mod mssql_real;
+mod operator;
 mod plan;
 mod rails;
 mod recovery;

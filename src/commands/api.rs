@@ -142,10 +142,14 @@ pub fn exec(a: ApiArgs) -> Result<i32> {
             "std/{name}: {}\n",
             script::Procedure::description(text)
         ));
-        for f in ast
+        // In the module's own order (the engine keeps them hashed: an order
+        // that changed from run to run).
+        let mut fns: Vec<_> = ast
             .iter_functions()
             .filter(|f| !f.name.starts_with("anon$"))
-        {
+            .collect();
+        fns.sort_by_key(|f| (text.find(&format!("fn {}(", f.name)), f.name));
+        for f in fns {
             out.push_str(&format!("  {name}::{}({})\n", f.name, f.params.join(", ")));
             for line in
                 doc_text(&f.comments.iter().map(|c| c.to_string()).collect::<Vec<_>>()).lines()

@@ -157,6 +157,59 @@ pub fn interactive() -> bool {
     std::io::stdin().is_terminal() && std::io::stderr().is_terminal()
 }
 
+/// The site file given with `--site`, else `./site.toml` when it exists
+/// (said on stderr, so that the operator knows which site was read).
+pub fn site_or_default(
+    site: Option<std::path::PathBuf>,
+    command: &str,
+) -> Result<std::path::PathBuf> {
+    if let Some(site) = site {
+        return Ok(site);
+    }
+    let default = std::path::PathBuf::from("site.toml");
+    if default.is_file() {
+        eprintln!("(no --site given: using ./site.toml)");
+        return Ok(default);
+    }
+    Err(crate::Error::Config(format!(
+        "`{command}` needs --site FILE: no --site given and there is no site.toml in the current folder"
+    )))
+}
+
+/// Who runs uprun, for the journal: `$USER`, else the login name of the
+/// process's user (a service or `env -i` leaves `$USER` unset), else `uid N`.
+pub fn operator_name() -> String {
+    if let Ok(user) = std::env::var("USER") {
+        if !user.is_empty() {
+            return user;
+        }
+    }
+    login_name().unwrap_or_else(|| format!("uid {}", real_uid()))
+}
+
+fn real_uid() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() }
+}
+
+/// The login name of the process's real user, from the password database.
+fn login_name() -> Option<String> {
+    let uid = real_uid();
+    let mut buf = vec![0 as libc::c_char; 4096];
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; `buf` outlives the reads
+    // of `pwd.pw_name` below, which points into it.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut found) };
+    if rc != 0 || found.is_null() || pwd.pw_name.is_null() {
+        return None;
+    }
+    // SAFETY: getpwuid_r succeeded, so `pw_name` is a NUL-terminated string in `buf`.
+    let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
+    let name = name.to_string_lossy().into_owned();
+    (!name.is_empty()).then_some(name)
+}
+
 /// A run id: UTC time plus a few bits of the process id, sortable by start.
 pub fn new_run_id() -> String {
     let now = time::OffsetDateTime::now_utc();

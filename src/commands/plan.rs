@@ -13,7 +13,8 @@ pub fn exec(p: PlanArgs) -> Result<i32> {
     let release = Release::load_opt(a.release.as_deref())?;
     let proc = Procedure::load(&a.script)?;
     let reporter = super::reporter(a.json);
-    let run_id = super::new_run_id();
+    // Plans are not runs: no journal, never listed by `uprun runs`.
+    let run_id = "plan".to_string();
     reporter.event(Event::RunStarted {
         run_id: run_id.clone(),
         mode: "plan".into(),

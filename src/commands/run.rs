@@ -193,7 +193,7 @@ pub fn execute(
                 run_id: run_id.clone(),
                 at: crate::db::now_rfc3339(),
                 inputs: inputs.clone(),
-                user: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
+                user: super::operator_name(),
                 pid: std::process::id(),
                 uprun_version: env!("CARGO_PKG_VERSION").into(),
             })?;

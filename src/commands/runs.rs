@@ -7,10 +7,7 @@ use crate::progress::escape_controls as escape;
 use crate::{Error, Result};
 
 pub fn exec(a: RunsArgs) -> Result<i32> {
-    let Some(site_path) = a.site else {
-        return Err(Error::Config("`uprun runs` needs --site FILE".into()));
-    };
-    let site = Site::load(&site_path)?;
+    let site = Site::load(&super::site_or_default(a.site, "uprun runs")?)?;
     let runs = journal::list_runs(&site)?;
     match a.command {
         None => {
@@ -25,6 +22,17 @@ pub fn exec(a: RunsArgs) -> Result<i32> {
             if runs.is_empty() {
                 crate::outln!("no runs yet for {}", site.file.display());
             }
+            if !runs.is_empty() {
+                crate::outln!(
+                    "{:<20}  {:<11} {:<16} {:<20}  {:<20}  {:>5}  last step",
+                    "run",
+                    "outcome",
+                    "script",
+                    "started",
+                    "ended",
+                    "done"
+                );
+            }
             for (i, _) in &runs {
                 if let Some(d) = &i.damage {
                     crate::outln!(
@@ -36,7 +44,7 @@ pub fn exec(a: RunsArgs) -> Result<i32> {
                     continue;
                 }
                 crate::outln!(
-                    "{}  {:<11} {}  started {}  ended {}  {} step(s) done  last: {}",
+                    "{:<20}  {:<11} {:<16} {:<20}  {:<20}  {:>5}  {}",
                     i.run_id,
                     i.outcome,
                     i.script,

@@ -153,7 +153,10 @@ pub fn may_need_recovery(site: &Site) -> bool {
 }
 
 pub(crate) fn now_rfc3339() -> String {
+    // Whole seconds: operators read these (journals, `uprun runs`, backups).
     time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
+        .format(time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second]Z"
+        ))
         .unwrap_or_default()
 }

@@ -42,13 +42,11 @@ impl SqliteDatabase {
 
     pub fn open_path(name: &str, path: &Path, read_only: bool) -> Result<Self> {
         if !path.is_file() {
-            return Err(Error::db(
-                name,
-                format!(
-                    "database file `{}` does not exist; check `database.path` in the site file",
-                    path.display()
-                ),
-            ));
+            // Bad input (exit 2): the site file names a file that is not there.
+            return Err(Error::Config(format!(
+                "database `{name}`: database file `{}` does not exist; check `database.path` in the site file",
+                path.display()
+            )));
         }
         let flags = if read_only {
             OpenFlags::SQLITE_OPEN_READ_ONLY

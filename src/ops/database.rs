@@ -99,7 +99,7 @@ impl Ops {
                 let receipt = if self.mode == Mode::Plan {
                     BackupReceipt {
                         database: name.clone(),
-                        file: format!("{}/(planned)", dir.display()),
+                        file: format!("(planned) into `{}`", dir.display()),
                         size: 0,
                         version: version.to_string(),
                         started: String::new(),

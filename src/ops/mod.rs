@@ -1,6 +1,6 @@
 //! The operations a procedure can order, with their safety rails. Every rule
-//! of DESIGN.md lives here, below the script layer, so a custom script gets the
-//! same guarantees as the stock one. In plan mode reads are real and every
+//! of the design (README, "Architecture") lives here, below the script
+//! layer, so a custom script gets the same guarantees as the stock one. In plan mode reads are real and every
 //! change is only described, and recorded in an overlay so that later reads
 //! (and later rails) see the planned state.
 

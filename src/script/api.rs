@@ -575,12 +575,16 @@ fn for_each_node(
         let r = f.call_within_context::<Dynamic>(ctx, (nodes[i].clone(),));
         drop(member);
         drop(scope);
-        reporter.event(Event::NodeFinished {
-            node: names[i].clone(),
-            ok: r.is_ok(),
-            ms: started.elapsed().as_millis(),
-            error: r.as_ref().err().map(|e| super::render::plain_message(e)),
-        });
+        // A plan only lists steps: a node "done" in no time says nothing,
+        // but a node whose closure fails in the plan is news.
+        if ops.mode == Mode::Run || r.is_err() {
+            reporter.event(Event::NodeFinished {
+                node: names[i].clone(),
+                ok: r.is_ok(),
+                ms: started.elapsed().as_millis(),
+                error: r.as_ref().err().map(|e| super::render::plain_message(e)),
+            });
+        }
         if r.is_err() && !opts.continue_on_error {
             stop.store(true, Ordering::SeqCst);
         }
@@ -671,8 +675,12 @@ fn register_ui(engine: &mut Engine, o: &Option<Arc<Ops>>) {
         "log",
         &["message: &str", "()"],
         "Write an informational line to the run's output.",
-        move |ctx: NativeCallContext, msg: &str| -> HostResult<()> {
-            ops(&x, &ctx)?.log("info", msg);
+        move |_: NativeCallContext, msg: &str| -> HostResult<()> {
+            // Without a site (`uprun check` loading a module that logs at
+            // its top level) there is no run output to write to.
+            if let Some(o) = &x {
+                o.log("info", msg);
+            }
             Ok(())
         },
     );
@@ -682,8 +690,10 @@ fn register_ui(engine: &mut Engine, o: &Option<Arc<Ops>>) {
         "warn",
         &["message: &str", "()"],
         "Write a warning to the run's output.",
-        move |ctx: NativeCallContext, msg: &str| -> HostResult<()> {
-            ops(&x, &ctx)?.log("warn", msg);
+        move |_: NativeCallContext, msg: &str| -> HostResult<()> {
+            if let Some(o) = &x {
+                o.log("warn", msg);
+            }
             Ok(())
         },
     );

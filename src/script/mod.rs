@@ -163,9 +163,27 @@ pub fn compile(engine: &Engine, proc: &Procedure, sources: &Sources) -> Result<A
     sources.insert(&proc.name, &proc.text);
     let mut ast = engine
         .compile_into_self_contained(&Scope::new(), &proc.text)
-        .map_err(|e| Error::Script(render_error(&e, &proc.name, sources)))?;
+        .map_err(|e| {
+            let text = render_error(&e, &proc.name, sources);
+            // A syntax error or a missing module is bad input (exit 2), like a
+            // bad site file; a module failing as it loads is the script's.
+            if is_bad_source(&e) {
+                Error::ScriptConfig(text)
+            } else {
+                Error::Script(text)
+            }
+        })?;
     ast.set_source(proc.name.as_str());
     Ok(ast)
+}
+
+fn is_bad_source(e: &rhai::EvalAltResult) -> bool {
+    use rhai::EvalAltResult as E;
+    match e {
+        E::ErrorParsing(..) | E::ErrorModuleNotFound(..) => true,
+        E::ErrorInModule(_, inner, _) => is_bad_source(inner),
+        _ => false,
+    }
 }
 
 /// Run a compiled procedure to its end. Only errors the host raised end it

@@ -28,6 +28,15 @@ impl Sources {
             .unwrap_or_else(|e| e.into_inner())
             .insert(name.to_string(), text.to_string());
     }
+    /// Every source seen so far (the procedure and the modules it imports),
+    /// by name, sorted.
+    pub fn all(&self) -> Vec<(String, String)> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all: Vec<(String, String)> =
+            map.iter().map(|(n, t)| (n.clone(), t.clone())).collect();
+        all.sort();
+        all
+    }
     pub fn line(&self, name: &str, line: usize) -> Option<String> {
         let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         map.get(name)?
