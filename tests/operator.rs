@@ -390,14 +390,21 @@ fn init_lays_out_a_site_that_check_plan_test_and_run_accept_as_written() {
     let target = ["--site", "site.toml", "--release", "sample-release"];
     let out = d(&["check", "upgrade.rhai"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    for cmd in ["plan", "test"] {
-        let mut args = vec![cmd, "upgrade.rhai"];
+    // `test` both ways: with the load balancer's commands simulated, and run
+    // for real on the copies (they must be safe to run again on resume).
+    for cmd in [
+        &["plan"][..],
+        &["test"][..],
+        &["test", "--run-commands"][..],
+    ] {
+        let mut args = vec![cmd[0], "upgrade.rhai"];
         args.extend(target);
+        args.extend(&cmd[1..]);
         let out = d(&args);
         assert_eq!(
             out.status.code(),
             Some(0),
-            "{cmd}: {}{}",
+            "{cmd:?}: {}{}",
             text(&out.stdout),
             text(&out.stderr)
         );

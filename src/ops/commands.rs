@@ -168,7 +168,13 @@ impl Ops {
         if !opts.changes {
             return self.read_command(node, command, execute);
         }
-        let key = self.call_key("node_command", Some(node));
+        // The command is part of the key: a procedure whose path depends on
+        // what it observes (a node kept on resume) may skip a command, and the
+        // next one must not take its recorded result.
+        let key = self.call_key(
+            &format!("node_command[{}]", short_digest(command)),
+            Some(node),
+        );
         if let Some(r) = self.replayed::<CommandResult>(&key, "node_command", Some(node))? {
             return Ok(r);
         }
@@ -201,4 +207,10 @@ impl Ops {
             },
         )
     }
+}
+
+/// The first 8 hex digits of the SHA-256 of `text`.
+fn short_digest(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    crate::config::release::hex(&Sha256::digest(text.as_bytes()))[..8].to_string()
 }
