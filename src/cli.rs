@@ -169,9 +169,9 @@ pub enum ScriptsCommand {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// The site file.
+    /// The site file (default: ./site.toml when it exists).
     #[arg(long)]
-    pub site: PathBuf,
+    pub site: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,

@@ -40,7 +40,7 @@ struct RunToFinish {
 }
 
 pub fn exec(a: StatusArgs) -> Result<i32> {
-    let site = Site::load(&a.site)?;
+    let site = Site::load(&super::site_or_default(a.site, "uprun status")?)?;
     let recovered = super::recover_for_reading(&site)?;
     let mut db = crate::db::open(&site, true)?;
     let version = db.version()?;
@@ -118,12 +118,16 @@ pub fn exec(a: StatusArgs) -> Result<i32> {
     for n in &status.nodes {
         match &n.instance {
             Some(i) => crate::outln!(
-                "node {} ({}): {} {} in `{}` (since {})",
+                "node {} ({}): {} {} in `{}`, {} (since {})",
                 n.name,
                 n.role,
                 e(&i.app_name),
                 e(&i.version),
                 e(&i.folder),
+                // As last recorded on the node; `run` observes health itself.
+                i.state
+                    .map(|s| format!("last recorded {}", s.as_str()))
+                    .unwrap_or_else(|| "state not recorded".into()),
                 e(&i.created)
             ),
             None => crate::outln!("node {} ({}): no instance", n.name, n.role),
