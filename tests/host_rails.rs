@@ -373,3 +373,54 @@ fn a_procedure_that_never_touches_the_database_runs_without_one() {
         "{err}"
     );
 }
+
+#[test]
+fn a_rolling_restart_uses_the_sites_own_service_commands() {
+    let sb = Sandbox::new();
+    let out = sb
+        .cmd("run", "in-place-upgrade", &["--yes"])
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    // One node at a time: stop, a command in the instance's folder, start.
+    let path = sb.script(
+        "restart.rhai",
+        "for n in nodes() {
+    stop_instance(n);
+    node_command(n, \"test ! -e service.state && touch restarted\", #{ in_instance: true });
+    start_instance(n);
+}
+",
+    );
+    let out = sb
+        .cmd("run", path.to_str().expect("path"), &["--yes"])
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for n in ["app01", "app02", "app03"] {
+        let folder = sb.dir.join("nodes").join(n).join("FastApp-2.0.0");
+        assert!(folder.join("restarted").exists(), "{n}: not stopped first");
+        assert!(
+            folder.join("service.state").exists(),
+            "{n}: not started again"
+        );
+        assert_eq!(sb.manifest(n)["current"]["state"], "healthy", "{n}");
+    }
+    assert!(stdout.contains("observed at the end"), "{stdout}");
+    // A procedure that stops an instance and leaves it stopped is refused at plan.
+    let path = sb.script("stop.rhai", "stop_instance(\"app02\");\n");
+    let before = sb.snapshot();
+    let out = sb
+        .cmd("run", path.to_str().expect("path"), &["--yes"])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("node `app02` is not healthy"), "{err}");
+    sb.assert_unchanged(&before, "a refused plan changed something");
+}

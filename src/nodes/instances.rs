@@ -35,6 +35,9 @@ pub enum InstanceState {
     Healthy,
     /// The start or health command failed.
     Failed,
+    /// Stopped on purpose (`stop_instance`): still the node's instance, to be
+    /// started again with `start_instance`.
+    Stopped,
 }
 
 impl InstanceState {
@@ -44,13 +47,18 @@ impl InstanceState {
             InstanceState::Started => "started",
             InstanceState::Healthy => "healthy",
             InstanceState::Failed => "failed",
+            InstanceState::Stopped => "stopped",
         }
     }
 
-    /// The instance was never started, or its last start or health check
-    /// failed: it must be started again, whatever its health command says.
+    /// The instance was never started, its last start or health check
+    /// failed, or it was stopped: it must be started again, whatever its
+    /// health command says.
     pub fn needs_start(state: Option<InstanceState>) -> bool {
-        matches!(state, Some(InstanceState::Staged | InstanceState::Failed))
+        matches!(
+            state,
+            Some(InstanceState::Staged | InstanceState::Failed | InstanceState::Stopped)
+        )
     }
 }
 

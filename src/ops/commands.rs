@@ -26,6 +26,10 @@ pub struct CommandOptions {
     /// Return a non-zero exit as a result instead of failing (default false).
     #[serde(default)]
     pub allow_failure: bool,
+    /// Run in the folder of the node's current instance (default false: the
+    /// node's root, or `cwd`). Refused when the node has no instance.
+    #[serde(default)]
+    pub in_instance: bool,
 }
 
 fn yes() -> bool {
@@ -39,6 +43,7 @@ impl Default for CommandOptions {
             timeout_secs: None,
             changes: true,
             allow_failure: false,
+            in_instance: false,
         }
     }
 }
@@ -119,6 +124,19 @@ impl Ops {
     ) -> Result<CommandResult> {
         let n = self.node(node)?;
         let cwd = match &opts.cwd {
+            Some(_) if opts.in_instance => {
+                return Err(Error::Config(format!(
+                    "node_command on `{node}`: give `cwd` or `in_instance`, not both"
+                )))
+            }
+            None if opts.in_instance => match self.instance(node)? {
+                Some(i) => n.folder_path(&i.folder),
+                None => {
+                    return Err(Error::Refused(format!(
+                        "node_command on `{node}` with `in_instance: true`: the node has no instance (as planned, in plan mode)"
+                    )))
+                }
+            },
             Some(rel) => {
                 super::instances::check_relative(node, rel)?;
                 n.folder_path(rel)

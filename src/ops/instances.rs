@@ -40,6 +40,11 @@ pub struct CreateOptions {
 #[serde(deny_unknown_fields)]
 pub struct StartOptions {}
 
+/// Options of `stop_instance` (none yet; the map is still checked for typos).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StopOptions {}
+
 /// A lifecycle state for messages (`unknown` in older manifests).
 fn state_name(s: Option<InstanceState>) -> &'static str {
     s.map(InstanceState::as_str)
@@ -496,6 +501,60 @@ impl Ops {
             )));
         };
         self.ensure_running(&key, "start_instance", node, current)
+    }
+
+    /// Stop the current instance on `node` with the site's stop command,
+    /// keeping it as the node's instance (recorded `stopped`), to be started
+    /// again with `start_instance` (a rolling restart, maintenance on a node).
+    pub fn stop_instance(&self, node: &str, _opts: StopOptions) -> Result<InstanceRecord> {
+        let n = self.node(node)?;
+        self.require_recorded(node)?;
+        let key = self.call_key("stop_instance", Some(node));
+        if let Some(r) = self.replayed::<InstanceRecord>(&key, "stop_instance", Some(node))? {
+            return Ok(r);
+        }
+        let Some(current) = self.instance(node)? else {
+            return Err(Error::Refused(format!(
+                "stop_instance on `{node}`: the node has no instance to stop"
+            )));
+        };
+        let description = format!(
+            "stop instance {} {} on `{node}` (in `{}`); it stays the node's instance",
+            current.app_name, current.version, current.folder
+        );
+        self.ensure_confirmed(&description, false)?;
+        let intent = serde_json::to_value(&current).unwrap_or_default();
+        self.step(
+            &key,
+            "stop_instance",
+            description.clone(),
+            Some(node),
+            false,
+            intent,
+            || {
+                let stopped = InstanceRecord {
+                    state: Some(InstanceState::Stopped),
+                    ..current.clone()
+                };
+                if self.mode == Mode::Plan {
+                    self.plan_current(node, Some(&stopped));
+                } else {
+                    // Recorded first: a stop cut off half-way is a stopped
+                    // instance to start again, never a healthy one.
+                    let mut m = n.manifest()?;
+                    m.current = Some(stopped.clone());
+                    n.write_manifest(&m)?;
+                    self.forget_health();
+                    n.service_command(
+                        "stop",
+                        self.site.service.stop.as_deref(),
+                        &current,
+                        &self.site.service,
+                    )?;
+                }
+                Ok((stopped, description.clone()))
+            },
+        )
     }
 
     /// Whether `node`'s current instance is healthy now: it exists, its

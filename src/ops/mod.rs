@@ -36,7 +36,7 @@ pub use audit::Audit;
 pub use commands::{CommandOptions, CommandResult};
 pub use database::{BackupOptions, UpgradeOptions, UpgradeReport};
 pub use instances::check_folder_name;
-pub use instances::{CreateOptions, RemoveOptions, StartOptions};
+pub use instances::{CreateOptions, RemoveOptions, StartOptions, StopOptions};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -451,7 +451,7 @@ impl Ops {
         if changes
             && matches!(
                 kind,
-                "remove_instance" | "create_instance" | "start_instance"
+                "remove_instance" | "create_instance" | "start_instance" | "stop_instance"
             )
         {
             if let Some(n) = node {
@@ -832,7 +832,7 @@ pub fn count_changes(steps: &[StepRecord]) -> (usize, String) {
 pub(crate) fn changes_site(kind: &str) -> bool {
     matches!(
         kind,
-        "remove_instance" | "create_instance" | "start_instance" | "upgrade_db"
+        "remove_instance" | "create_instance" | "start_instance" | "stop_instance" | "upgrade_db"
     )
 }
 

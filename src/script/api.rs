@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::host_error::HostError;
 use crate::ops::{
     BackupOptions, CommandOptions, CreateOptions, Mode, Ops, RefusedBy, RemoveOptions,
-    StartOptions, UpgradeOptions,
+    StartOptions, StopOptions, UpgradeOptions,
 };
 use crate::progress::Event;
 use crate::Error;
@@ -36,11 +36,18 @@ pub const OPTION_KEYS: &[(&str, &[&str])] = &[
     ("remove_instance", &[]),
     ("create_instance", &["app_name", "folder", "start"]),
     ("start_instance", &[]),
+    ("stop_instance", &[]),
     ("upgrade_db", &[]),
     ("for_each_node", &["parallel", "continue_on_error"]),
     (
         "node_command",
-        &["cwd", "timeout_secs", "changes", "allow_failure"],
+        &[
+            "cwd",
+            "timeout_secs",
+            "changes",
+            "allow_failure",
+            "in_instance",
+        ],
     ),
 ];
 
@@ -377,6 +384,19 @@ fn register_instances(engine: &mut Engine, o: &Option<Arc<Ops>>) {
         start_doc,
         |ops, node, opts: StartOptions| ops.start_instance(node, opts),
     );
+    let stop_doc = "Stop the instance on `node` with the site's stop command; it stays the node's instance, recorded
+`stopped`, and `start_instance(node)` starts it again (a rolling restart, maintenance on one node).
+A run that stops an instance must leave it running: the run-end audit checks every node's health. Options: none.
+Returns `#{ node, app_name, version, folder, created, state }`.
+Errors: `refused` (no instance on the node, not confirmed), `node` (the stop command failed; the instance is
+recorded `stopped` and a later `start_instance` starts it).";
+    reg_node_opts(
+        engine,
+        o,
+        "stop_instance",
+        stop_doc,
+        |ops, node, opts: StopOptions| ops.stop_instance(node, opts),
+    );
     let x = o.clone();
     reg(engine, "healthy", &["node: Dynamic", "bool"],
         "Whether `node`'s current instance runs now: it has one, its lifecycle reached healthy (not left staged,\nfailed, or started with its health check cut off), and the site's health command passes now (it runs in plan mode too: it is the site's own read-only check; an instance\nthe plan changes is as planned). Changes nothing. A site without a health command counts a started\ninstance as healthy.",
@@ -479,7 +499,7 @@ fn reg_node_opts<O: DeserializeOwned + 'static, R: Serialize + 'static>(
 }
 
 fn register_cluster(engine: &mut Engine, o: &Option<Arc<Ops>>) {
-    let cmd_doc = "Run a shell command on `node` (a site-specific step: drain from a load balancer, warm a cache).\nOptions: `cwd` (relative to the node's root), `timeout_secs` (default: the site's service timeout),\n`changes` (default true: a journaled step, only described in plan mode; false: a read that runs in plan mode too),\n`allow_failure` (default false: a non-zero exit fails the call).\nReturns `#{ node, command, status, stdout, stderr }`. A changing command that was in flight when a run died\nruns again on resume: keep such commands idempotent (`uprun test` finds those that are not).";
+    let cmd_doc = "Run a shell command on `node` (a site-specific step: drain from a load balancer, warm a cache).\nOptions: `cwd` (relative to the node's root), `in_instance` (default false; true: run in the folder of the node's\ncurrent instance), `timeout_secs` (default: the site's service timeout),\n`changes` (default true: a journaled step, only described in plan mode; false: a read, listed in plan mode and run\nthere only where the site sets `service.read_commands_in_plan = true`, else it returns status () and empty output),\n`allow_failure` (default false: a non-zero exit fails the call).\nReturns `#{ node, command, status, stdout, stderr }`. A changing command that was in flight when a run died\nruns again on resume: keep such commands idempotent (`uprun test` finds those that are not).";
     let x = o.clone();
     reg(
         engine,
@@ -733,6 +753,7 @@ pub const HOST_FUNCTIONS: &[&str] = &[
     "remove_instance",
     "create_instance",
     "start_instance",
+    "stop_instance",
     "healthy",
     "node_command",
     "for_each_node",
@@ -761,9 +782,8 @@ mod tests {
         for k in keys {
             let mut m = Map::new();
             let v: Dynamic = match *k {
-                "verify" | "continue_on_error" | "changes" | "allow_failure" | "start" => {
-                    true.into()
-                }
+                "verify" | "continue_on_error" | "changes" | "allow_failure" | "start"
+                | "in_instance" => true.into(),
                 "parallel" | "timeout_secs" => 2_i64.into(),
                 _ => "x".into(),
             };
@@ -783,6 +803,7 @@ mod tests {
                 "remove_instance" => probe::<RemoveOptions>(keys),
                 "create_instance" => probe::<CreateOptions>(keys),
                 "start_instance" => probe::<StartOptions>(keys),
+                "stop_instance" => probe::<StopOptions>(keys),
                 "upgrade_db" => probe::<UpgradeOptions>(keys),
                 "for_each_node" => probe::<ForEachOptions>(keys),
                 "node_command" => probe::<CommandOptions>(keys),
