@@ -14,7 +14,7 @@ use uprun::config::{Release, Site};
 use uprun::db::{Database, MssqlDatabase};
 
 use crate::support::browser::{free_udp_port, instance, instance_request, Browser};
-use crate::support::tds::{i, s, Ctx, Reply, Request, TdsServer, Value};
+use crate::support::tds::{i, s, statements, Control, Ctx, Reply, Request, TdsServer, Value};
 use crate::support::Sandbox;
 
 const PASSWORD: &str = "Mock;Pa55-w0rd";
@@ -40,12 +40,28 @@ enum BackupMode {
     Silent,
 }
 
-/// The fake database behind the responder.
+/// A write a session made inside its transaction, kept apart until it commits.
+#[derive(Debug, Clone, PartialEq)]
+enum Write {
+    History(HistoryRow),
+    Version(String),
+    /// A migration statement (its text).
+    Change(String),
+}
+
+/// The fake database behind the responder. Writes made inside a transaction
+/// stay in `pending` (by connection) until the session's outermost COMMIT;
+/// a ROLLBACK, an error under XACT_ABORT, or the end of the connection drops
+/// them (see `support::tds::Session`).
 struct Fake {
     version: String,
     history: Vec<HistoryRow>,
-    /// Inserted in an open transaction, per connection.
-    pending: Vec<(usize, HistoryRow)>,
+    /// Migration statements that are durable, in order.
+    changes: Vec<String>,
+    /// History rows written while the session was in another database.
+    elsewhere: Vec<(String, HistoryRow)>,
+    /// Written in an open transaction, per connection.
+    pending: Vec<(usize, Write)>,
     lock_result: i64,
     engine_edition: i64,
     edition: String,
@@ -63,6 +79,8 @@ impl Default for Fake {
         Fake {
             version: "1.0.0".into(),
             history: Vec::new(),
+            changes: Vec::new(),
+            elsewhere: Vec::new(),
             pending: Vec::new(),
             lock_result: 0,
             engine_edition: 3,
@@ -73,6 +91,49 @@ impl Default for Fake {
             reject_login: false,
             backups: Vec::new(),
         }
+    }
+}
+
+impl Fake {
+    /// A write by connection `conn`: kept apart while it has a transaction open.
+    fn write(&mut self, conn: usize, in_transaction: bool, w: Write) {
+        if in_transaction {
+            self.pending.push((conn, w));
+        } else {
+            self.apply(w);
+        }
+    }
+
+    fn apply(&mut self, w: Write) {
+        match w {
+            Write::History(r) => self.history.push(r),
+            Write::Version(v) => self.version = v,
+            Write::Change(c) => self.changes.push(c),
+        }
+    }
+
+    /// What a session's transaction control did to the data.
+    fn settle(&mut self, conn: usize, c: &Control) {
+        let (mine, others): (Vec<_>, Vec<_>) =
+            self.pending.drain(..).partition(|(c, _)| *c == conn);
+        self.pending = others;
+        match c {
+            Control::Committed => mine.into_iter().for_each(|(_, w)| self.apply(w)),
+            Control::RolledBack => {}
+            _ => self.pending.extend(mine),
+        }
+    }
+
+    /// The version as connection `conn` sees it (its own uncommitted write first).
+    fn version_seen_by(&self, conn: usize) -> String {
+        self.pending
+            .iter()
+            .rev()
+            .find_map(|(c, w)| match w {
+                Write::Version(v) if *c == conn => Some(v.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| self.version.clone())
     }
 }
 
@@ -202,17 +263,35 @@ fn answer(
             return vec![Reply::Disconnect];
         }
     }
+    let mut session = lock(&ctx.session);
+    let in_tx = session.trancount > 0;
+    let home = session.database == "FastApp";
     if sql == q::VERSION_SQL {
-        return rows(&["value"], vec![vec![s(&f.version)]]);
+        if !home {
+            return vec![no_object("dbo.app_meta")];
+        }
+        return rows(&["value"], vec![vec![s(&f.version_seen_by(ctx.conn))]]);
     }
-    if sql == q::SET_VERSION_SQL {
-        f.version = param_str(params, 0);
-        return vec![Reply::Count(1)];
+    if sql.contains("UPDATE dbo.app_meta SET value = @P1 WHERE [key] = @P2") {
+        if !home {
+            return vec![no_object("dbo.app_meta")];
+        }
+        f.write(ctx.conn, in_tx, Write::Version(param_str(params, 0)));
+        let mut out = vec![Reply::Count(1)];
+        if sql.contains("@@ROWCOUNT") {
+            out.extend(rows(&["changed"], vec![vec![i(1)]]));
+        }
+        return out;
     }
     if sql == q::HISTORY_SQL {
+        let mine = f.pending.iter().filter_map(|(c, w)| match w {
+            Write::History(h) if *c == ctx.conn => Some(h),
+            _ => None,
+        });
         let r = f
             .history
             .iter()
+            .chain(mine)
             .map(|h| {
                 vec![
                     s(&h.name),
@@ -236,30 +315,11 @@ fn answer(
             r,
         );
     }
-    if sql == q::HISTORY_TABLE_SQL || sql == q::BEGIN_SQL || sql == q::READ_BEGIN_SQL {
+    if sql == q::HISTORY_TABLE_SQL {
         return Vec::new();
     }
-    if sql == q::RECORD_SQL {
-        let row = HistoryRow {
-            name: param_str(params, 0),
-            version: param_str(params, 1),
-            checksum: param_str(params, 2),
-            duration_ms: params.get(3).and_then(|v| v.as_int()).unwrap_or(-1),
-            applied_by: param_str(params, 4),
-        };
-        f.pending.push((ctx.conn, row));
-        return vec![Reply::Count(1)];
-    }
-    if sql == q::COMMIT_SQL {
-        let (mine, others): (Vec<_>, Vec<_>) =
-            f.pending.drain(..).partition(|(c, _)| *c == ctx.conn);
-        f.pending = others;
-        f.history.extend(mine.into_iter().map(|(_, r)| r));
-        return Vec::new();
-    }
-    if sql == q::ROLLBACK_SQL {
-        f.pending.retain(|(c, _)| *c != ctx.conn);
-        return Vec::new();
+    if sql.contains("dbo.uprun_migration_history (name, version, checksum") {
+        return record(&mut f, &mut session, ctx.conn, sql, params);
     }
     if sql == q::EDITION_SQL {
         return rows(
@@ -346,35 +406,179 @@ fn answer(
     if sql == q::LOCK_SQL {
         return rows(&["result"], vec![vec![i(f.lock_result)]]);
     }
-    if sql.starts_with("SELECT name, kind, state FROM strategies") {
-        return rows(&["name", "kind", "state"], Vec::new());
+    drop(f);
+    drop(session);
+    run_batch(fake, ctx, sql)
+}
+
+/// Error 208, as SQL Server reports an unknown table.
+fn no_object(name: &str) -> Reply {
+    Reply::error(208, 16, &format!("Invalid object name '{name}'."))
+}
+
+/// A batch of statements (transaction control, checks, migrations), run one
+/// by one against the session and the fake data as SQL Server would.
+fn run_batch(fake: &Mutex<Fake>, ctx: &Ctx, sql: &str) -> Vec<Reply> {
+    let mut f = lock(fake);
+    let mut session = lock(&ctx.session);
+    let mut out = Vec::new();
+    for stmt in statements(sql) {
+        if let Some(c) = session.control(&stmt) {
+            f.settle(ctx.conn, &c);
+            if let Control::Failed(e) = c {
+                out.push(e);
+                return out;
+            }
+            continue;
+        }
+        let in_tx = session.trancount > 0;
+        let upper = stmt.to_ascii_uppercase();
+        if upper == "SELECT CAST(@@TRANCOUNT AS INT) AS TRANCOUNT" {
+            out.extend(rows(&["trancount"], vec![vec![i(session.trancount as i64)]]));
+        } else if stmt.starts_with("SELECT name, kind, state FROM strategies") {
+            out.extend(rows(&["name", "kind", "state"], Vec::new()));
+        } else if stmt.contains("no_such_procedure") || upper.starts_with("THROW") {
+            let e = if upper.starts_with("THROW") {
+                Reply::error(50000, 16, "thrown by the migration")
+            } else {
+                Reply::Error {
+                    number: 2812,
+                    class: 16,
+                    message: "Could not find stored procedure 'dbo.no_such_procedure'.".into(),
+                    line: 2,
+                }
+            };
+            let c = session.runtime_error();
+            f.settle(ctx.conn, &c);
+            out.push(e);
+            return out;
+        } else if stmt.starts_with("ALTER TABLE")
+            || stmt.starts_with("UPDATE dbo.")
+            || stmt.starts_with("CREATE TABLE dbo.audit_log")
+            || stmt.starts_with("INSERT INTO dbo.audit_log")
+        {
+            f.write(ctx.conn, in_tx, Write::Change(stmt.clone()));
+            out.push(Reply::Count(3));
+        } else {
+            out.push(Reply::error(
+                50000,
+                16,
+                &format!("mock: unexpected SQL: {stmt}"),
+            ));
+            return out;
+        }
     }
-    if sql.contains("no_such_procedure") {
-        return vec![Reply::Error {
-            number: 2812,
-            class: 16,
-            message: "Could not find stored procedure 'dbo.no_such_procedure'.".into(),
-            line: 2,
-        }];
+    out
+}
+
+/// `N'it''s'` → `it's`; integers as they are.
+fn literals(values: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut chars = values.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            'N' if chars.peek() == Some(&'\'') => {}
+            '\'' => {
+                let mut text = String::new();
+                while let Some(c) = chars.next() {
+                    if c == '\'' {
+                        if chars.peek() == Some(&'\'') {
+                            chars.next();
+                        } else {
+                            break;
+                        }
+                    }
+                    text.push(c);
+                }
+                out.push(Value::Str(text));
+            }
+            c if c.is_ascii_digit() => {
+                let mut n = c.to_string();
+                while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                    n.push(*d);
+                    chars.next();
+                }
+                out.push(Value::Int(n.parse().unwrap_or(-1)));
+            }
+            _ => {}
+        }
     }
-    // Migration batches (leading comment lines aside).
-    let code = sql
-        .lines()
-        .skip_while(|l| l.trim_start().starts_with("--"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    if code.starts_with("ALTER TABLE")
-        || code.starts_with("UPDATE dbo.")
-        || code.starts_with("CREATE TABLE dbo.audit_log")
-        || code.starts_with("INSERT INTO dbo.audit_log")
-    {
-        return vec![Reply::Count(3)];
+    out
+}
+
+/// The statement that records a migration in the history, in either form:
+/// `sp_executesql` with parameters, or a batch of literals guarded by a check
+/// of the transaction state and followed by COMMIT and `SELECT @@TRANCOUNT`.
+/// The row goes to the database named in the statement, else the session's.
+fn record(
+    f: &mut Fake,
+    session: &mut crate::support::tds::Session,
+    conn: usize,
+    sql: &str,
+    params: &[Value],
+) -> Vec<Reply> {
+    let mut out = Vec::new();
+    if sql.contains("SET XACT_ABORT ON") {
+        session.xact_abort = true;
     }
-    vec![Reply::error(
-        50000,
-        16,
-        &format!("mock: unexpected SQL: {sql}"),
-    )]
+    let expected = if sql.contains("IF @trancount <> 1 OR @xact_state <> 1") {
+        Some((1, 1))
+    } else if sql.contains("IF @trancount <> 0") {
+        Some((0, 0))
+    } else {
+        None
+    };
+    if let Some((tc, xs)) = expected {
+        let (now_tc, now_xs) = (session.trancount as i64, session.xact_state());
+        if now_tc != tc || (tc == 1 && now_xs != xs) {
+            let message = format!(
+                "uprun: after the migration @@TRANCOUNT = {now_tc}, XACT_STATE() = {now_xs} (expected @@TRANCOUNT {})",
+                if tc == 1 { "1, XACT_STATE() 1" } else { "0" }
+            );
+            let c = session.runtime_error();
+            f.settle(conn, &c);
+            return vec![Reply::error(
+                50001,
+                16,
+                &message,
+            )];
+        }
+    }
+    let values = match sql.find("VALUES (") {
+        Some(at) if params.is_empty() => literals(&sql[at + 8..].replace("SYSUTCDATETIME()", "")),
+        _ => params.to_vec(),
+    };
+    let row = HistoryRow {
+        name: param_str(&values, 0),
+        version: param_str(&values, 1),
+        checksum: param_str(&values, 2),
+        duration_ms: values.get(3).and_then(|v| v.as_int()).unwrap_or(-1),
+        applied_by: param_str(&values, 4),
+    };
+    let database = match sql.split_once("INSERT INTO [") {
+        Some((_, rest)) => rest.split("].dbo.").next().unwrap_or_default().to_string(),
+        None => session.database.clone(),
+    };
+    if database == "FastApp" {
+        f.write(conn, session.trancount > 0, Write::History(row));
+    } else {
+        f.elsewhere.push((database, row));
+    }
+    out.push(Reply::Count(1));
+    if sql.contains("COMMIT TRANSACTION;") {
+        let c = session
+            .control("COMMIT TRANSACTION")
+            .unwrap_or(Control::Done);
+        f.settle(conn, &c);
+        if let Control::Failed(e) = c {
+            out.push(e);
+            return out;
+        }
+    }
+    if sql.contains("SELECT CAST(@@TRANCOUNT AS int) AS trancount") {
+        out.extend(rows(&["trancount"], vec![vec![i(session.trancount as i64)]]));
+    }
+    out
 }
 
 fn open_db(sb: &Sandbox) -> MssqlDatabase {
@@ -382,7 +586,18 @@ fn open_db(sb: &Sandbox) -> MssqlDatabase {
     MssqlDatabase::open(&site.database, false).expect("open")
 }
 
-/// The requests from BEGIN TRANSACTION to the matching COMMIT of each migration.
+/// Is this the batch that records a migration in the history?
+fn is_record(sql: &str) -> bool {
+    sql.contains("uprun_migration_history (name, version, checksum")
+}
+
+/// Is this a rollback sent by uprun?
+fn is_rollback(sql: &str) -> bool {
+    sql.starts_with("IF @@TRANCOUNT > 0 ROLLBACK")
+}
+
+/// The requests from BEGIN TRANSACTION to the batch that records (and
+/// commits) each migration, or to its rollback.
 fn migration_sql(log: &[String]) -> Vec<Vec<String>> {
     let mut out = Vec::new();
     let mut current: Option<Vec<String>> = None;
@@ -393,7 +608,7 @@ fn migration_sql(log: &[String]) -> Vec<Vec<String>> {
         if let Some(c) = current.as_mut() {
             c.push(sql.clone());
         }
-        if sql == uprun::db::mssql::COMMIT_SQL || sql == uprun::db::mssql::ROLLBACK_SQL {
+        if is_record(sql) || is_rollback(sql) {
             if let Some(c) = current.take() {
                 out.push(c);
             }
@@ -649,26 +864,42 @@ fn stock_procedure_upgrades_through_the_protocol() {
     let sql = mock.sql();
     let txs = migration_sql(&sql);
     assert_eq!(txs.len(), 3, "{sql:#?}");
-    let record = uprun::db::mssql::RECORD_SQL.to_string();
+    assert_eq!(txs[0].len(), 4, "{:#?}", txs[0]);
     assert_eq!(
-        txs[0],
+        txs[0][..3],
         [
             "SET XACT_ABORT ON; BEGIN TRANSACTION;".to_string(),
             "ALTER TABLE dbo.strategies ADD priority int NOT NULL CONSTRAINT DF_strategies_priority DEFAULT 100;\n".into(),
             "UPDATE dbo.strategies SET priority = 10 WHERE kind = N'matching';\n".into(),
-            record.clone(),
-            "COMMIT TRANSACTION;".into(),
         ]
     );
     assert_eq!(
         txs[1][1],
         "ALTER TABLE dbo.customers ADD email nvarchar(320) NULL;\n"
     );
-    assert_eq!(txs[2].len(), 5);
-    assert_eq!(
-        record,
-        "INSERT INTO dbo.uprun_migration_history (name, version, checksum, applied_at, duration_ms, applied_by) VALUES (@P1, @P2, @P3, SYSUTCDATETIME(), @P4, @P5)"
-    );
+    assert_eq!(txs[2].len(), 4);
+    // The history row: checked, recorded in the site's database by name,
+    // committed and the commit proved, all in one request.
+    let record = &txs[0][3];
+    for needle in [
+        "IF @trancount <> 1 OR @xact_state <> 1",
+        "THROW 50001",
+        "INSERT INTO [FastApp].dbo.uprun_migration_history (name, version, checksum, applied_at, duration_ms, applied_by) VALUES (N'2.0.0_01_strategy_priority.sql', N'2.0.0', N'",
+        "COMMIT TRANSACTION;\nSELECT CAST(@@TRANCOUNT AS int) AS trancount;",
+    ] {
+        assert!(record.contains(needle), "lacks {needle:?}: {record}");
+    }
+    // Each migration ran in a session of its own.
+    let log = mock.server.log();
+    let conn_of = |sql: &str| {
+        log.iter()
+            .find(|l| l.request.sql() == Some(sql))
+            .map(|l| l.conn)
+            .expect("sent")
+    };
+    let conns: std::collections::BTreeSet<usize> =
+        txs.iter().map(|t| conn_of(&t[1])).collect();
+    assert_eq!(conns.len(), 3, "{conns:?}");
     // The backup came before the first migration, the version after the last.
     let pos = |pred: &dyn Fn(&str) -> bool| sql.iter().position(|q| pred(q)).expect("sent");
     let backup = pos(&|q| q.starts_with("BACKUP DATABASE"));
@@ -743,9 +974,7 @@ fn dropped_connection_during_a_migration_fails_the_run_and_history_shows_it() {
         .iter()
         .position(|q| q.starts_with("ALTER TABLE dbo.customers"))
         .expect("sent");
-    assert!(!sql[lost..]
-        .iter()
-        .any(|q| q == uprun::db::mssql::COMMIT_SQL));
+    assert!(!sql[lost..].iter().any(|q| q.contains("COMMIT")));
     assert!(!sql.iter().any(|q| q.contains("audit_log")));
 
     // `status` reads the history back: one migration applied, still 1.0.0.
@@ -786,12 +1015,11 @@ fn server_error_in_a_migration_names_the_file_line_and_rolls_back() {
         assert!(err.contains(needle), "error lacks {needle:?}: {err}");
     }
     let sql = mock.sql();
-    assert_eq!(
-        sql.last().map(String::as_str),
-        Some(uprun::db::mssql::ROLLBACK_SQL),
+    assert!(
+        sql.last().is_some_and(|q| is_rollback(q)),
         "{sql:#?}"
     );
-    assert!(!sql.iter().any(|q| q == uprun::db::mssql::RECORD_SQL));
+    assert!(!sql.iter().any(|q| is_record(q)));
     assert!(mock.fake().history.is_empty());
     assert!(mock.fake().pending.is_empty());
 }

@@ -53,7 +53,9 @@ type Conn = Client<Compat<TcpStream>>;
 
 /// The application's version table (schema `dbo`), as on SQLite.
 pub const VERSION_SQL: &str = "SELECT value FROM dbo.app_meta WHERE [key] = @P1";
-pub const SET_VERSION_SQL: &str = "UPDATE dbo.app_meta SET value = @P1 WHERE [key] = @P2";
+/// The row count is read with `@@ROWCOUNT`, not from the DONE token, which a
+/// `SET NOCOUNT ON` left by anyone would turn to 0.
+pub const SET_VERSION_SQL: &str = "SET NOCOUNT OFF; UPDATE dbo.app_meta SET value = @P1 WHERE [key] = @P2; SELECT CAST(@@ROWCOUNT AS int) AS changed;";
 pub const VERSION_KEY: &str = "schema_version";
 
 /// uprun's migration history, created on first use.
@@ -70,11 +72,90 @@ CREATE TABLE dbo.uprun_migration_history (
 pub const HISTORY_SQL: &str = "IF OBJECT_ID(N'dbo.uprun_migration_history', N'U') IS NOT NULL
 SELECT name, version, checksum, CONVERT(nvarchar(33), applied_at, 127) AS applied_at, duration_ms, applied_by
 FROM dbo.uprun_migration_history ORDER BY id";
-pub const RECORD_SQL: &str = "INSERT INTO dbo.uprun_migration_history (name, version, checksum, applied_at, duration_ms, applied_by) VALUES (@P1, @P2, @P3, SYSUTCDATETIME(), @P4, @P5)";
 /// XACT_ABORT: any error dooms the transaction, so nothing half-done can be committed.
 pub const BEGIN_SQL: &str = "SET XACT_ABORT ON; BEGIN TRANSACTION;";
-pub const COMMIT_SQL: &str = "COMMIT TRANSACTION;";
 pub const ROLLBACK_SQL: &str = "IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION;";
+/// After a failed migration: roll back, and say what is left open (0 proves
+/// the rollback).
+pub const ROLLBACK_CHECKED_SQL: &str =
+    "IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION; SELECT CAST(@@TRANCOUNT AS int) AS trancount;";
+/// The error number the history batch throws when the migration left the
+/// transaction in another state than the one uprun opened.
+pub const TRANSACTION_STATE_ERROR: u32 = 50001;
+/// What starts the statement that records a migration (for tests and logs).
+pub const RECORD_INSERT: &str = "INSERT INTO ";
+
+/// `N'...'`: a T-SQL Unicode string literal.
+fn n_literal(s: &str) -> String {
+    format!("N'{}'", s.replace('\'', "''"))
+}
+
+/// The one batch that ends a migration: check the transaction state the
+/// migration left, record it in the history, commit, and prove the commit.
+///
+/// - A plain batch, not `sp_executesql`: a COMMIT inside a procedure call
+///   that changes `@@TRANCOUNT` raises error 266 after committing.
+/// - The check and the COMMIT are in the same request, so nothing can run
+///   between them: `@@TRANCOUNT` must be 1 and `XACT_STATE()` 1 (the
+///   transaction uprun opened, still committable), or 0 for a
+///   `-- uprun: no-transaction` migration. Anything else (an unmatched
+///   BEGIN TRANSACTION, a CATCH block that rolled back without rethrowing, a
+///   doomed transaction) throws `TRANSACTION_STATE_ERROR` before the history
+///   row is written, so a migration is never recorded without its changes.
+/// - The history table is named with its database: a migration's `USE` (or
+///   other session settings) cannot send the row elsewhere. `SET XACT_ABORT
+///   ON` again, since a migration may have turned it off.
+/// - The last result is `@@TRANCOUNT` after the commit: 0, or nothing was
+///   committed.
+pub fn record_batch(
+    database: &str,
+    transactional: bool,
+    m: &AppliedMigration,
+) -> std::result::Result<String, String> {
+    let db = quote_name(database)?;
+    let (guard, expected) = if transactional {
+        ("@trancount <> 1 OR @xact_state <> 1", "1, XACT_STATE() 1")
+    } else {
+        ("@trancount <> 0", "0")
+    };
+    let commit = if transactional {
+        "COMMIT TRANSACTION;\n"
+    } else {
+        ""
+    };
+    Ok(format!(
+        "SET XACT_ABORT ON;
+DECLARE @trancount int = @@TRANCOUNT, @xact_state int = XACT_STATE();
+IF {guard}
+BEGIN
+    DECLARE @state nvarchar(200) = CONCAT(N'uprun: after the migration @@TRANCOUNT = ', @trancount, N', XACT_STATE() = ', @xact_state, N' (expected @@TRANCOUNT {expected})');
+    THROW {TRANSACTION_STATE_ERROR}, @state, 1;
+END;
+{RECORD_INSERT}{db}.dbo.uprun_migration_history (name, version, checksum, applied_at, duration_ms, applied_by) VALUES ({}, {}, {}, SYSUTCDATETIME(), {}, {});
+{commit}SELECT CAST(@@TRANCOUNT AS int) AS trancount;",
+        n_literal(&m.name),
+        n_literal(&m.version),
+        n_literal(&m.checksum),
+        m.duration_ms,
+        n_literal(&m.applied_by),
+    ))
+}
+
+/// `@@TRANCOUNT` and `XACT_STATE()` from a `TRANSACTION_STATE_ERROR` message.
+fn transaction_state(message: &str) -> Option<(i64, i64)> {
+    let number_after = |key: &str| -> Option<i64> {
+        let rest = &message[message.find(key)? + key.len()..];
+        let n: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '-')
+            .collect();
+        n.parse().ok()
+    };
+    Some((
+        number_after("@@TRANCOUNT = ")?,
+        number_after("XACT_STATE() = ")?,
+    ))
+}
 /// Check queries run inside a transaction that is always rolled back.
 pub const READ_BEGIN_SQL: &str = "BEGIN TRANSACTION;";
 
@@ -384,6 +465,39 @@ impl MssqlDatabase {
         Error::db(&self.name, self.scrub(&text))
     }
 
+    /// Roll back whatever transaction the main connection has open, and say
+    /// whether the server confirmed it (`@@TRANCOUNT` 0 afterwards). Anything
+    /// short of that closes the connection: SQL Server then rolls back when
+    /// the session ends, but uprun has not seen it happen.
+    fn roll_back(&mut self) -> Rolled {
+        if self.conn.is_none() {
+            return Rolled::Unconfirmed("the connection was already closed".into());
+        }
+        let t = self.cfg.query_timeout;
+        let outcome = self.call(t, |c| {
+            Box::pin(async move {
+                let sets = batch(c, ROLLBACK_CHECKED_SQL).await?;
+                Ok(sets
+                    .iter()
+                    .flatten()
+                    .find_map(|r| cell_i64(r, "trancount")))
+            })
+        });
+        let rolled = match outcome {
+            Ok(Ok(Some(0))) => return Rolled::Confirmed,
+            Ok(Ok(Some(n))) => Rolled::Unconfirmed(format!(
+                "the server still reports {n} open transaction(s) after ROLLBACK"
+            )),
+            Ok(Ok(None)) => Rolled::Unconfirmed("the server did not report the transaction count after ROLLBACK".into()),
+            Ok(Err(Failure::Server(t))) => Rolled::Unconfirmed(format!("ROLLBACK failed: {}", server_text(&t))),
+            Ok(Err(Failure::Broken(e))) => Rolled::Unconfirmed(format!("the connection was lost during ROLLBACK ({})", broken_text(&e))),
+            Ok(Err(Failure::Deadline(d))) => Rolled::Unconfirmed(format!("no answer to ROLLBACK within {} s", d.as_secs())),
+            Err(e) => Rolled::Unconfirmed(format!("no connection for ROLLBACK ({e})")),
+        };
+        self.conn = None;
+        rolled
+    }
+
     fn refuse_read_only(&self, what: &str) -> Result<()> {
         if self.read_only {
             return Err(Error::db(
@@ -392,6 +506,39 @@ impl MssqlDatabase {
             ));
         }
         Ok(())
+    }
+}
+
+/// What uprun knows of a rollback of a migration's transaction.
+enum Rolled {
+    /// The server answered `@@TRANCOUNT` 0 after the ROLLBACK.
+    Confirmed,
+    /// Not seen to happen: why.
+    Unconfirmed(String),
+}
+
+impl Rolled {
+    /// What happened to the transaction.
+    fn outcome(&self) -> String {
+        match self {
+            Rolled::Confirmed => {
+                "it was rolled back (the server confirmed: no transaction open)".into()
+            }
+            Rolled::Unconfirmed(why) => format!(
+                "uprun could not confirm a rollback ({why}); SQL Server rolls back a transaction left open when its session ends"
+            ),
+        }
+    }
+
+    /// What is true of the migration now, and what to do.
+    fn aftermath(&self) -> String {
+        match self {
+            Rolled::Confirmed => "it was rolled back and is not recorded in the history (the server confirmed: no transaction open); fix the cause and run again".into(),
+            Rolled::Unconfirmed(_) => format!(
+                "{}; it is not recorded in the history: check the database before running again",
+                self.outcome()
+            ),
+        }
     }
 }
 
@@ -1069,12 +1216,24 @@ impl Database for MssqlDatabase {
     fn check_migration(&self, m: &Migration) -> Result<()> {
         let file = m.path.display().to_string();
         batches::split(&m.sql, &file)
-            .map(|_| ())
-            .map_err(|e| Error::Config(format!("{e}; fix the release (nothing was applied)")))
+            .map_err(|e| Error::Config(format!("{e}; fix the release (nothing was applied)")))?;
+        // A `USE` of another database would run the rest of the migration
+        // there. The site's own database (SSMS writes `USE [db]` at the top
+        // of generated scripts) changes nothing.
+        for (line, db) in batches::databases_used(&m.sql) {
+            if db.to_lowercase() != self.cfg.database.to_lowercase() {
+                return Err(Error::Config(format!(
+                    "{file} line {line}: `USE` switches to database `{db}`, but uprun applies this release's migrations to database `{}` (the site's) and records them there; remove the `USE` (or name `{}`) in the migration; fix the release (nothing was applied)",
+                    self.cfg.database, self.cfg.database
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn apply(&mut self, m: &Migration, applied_by: &str) -> Result<()> {
         self.refuse_read_only(&format!("migration `{}`", m.name))?;
+        self.check_migration(m)?;
         let file = m.path.display().to_string();
         let script = batches::split(&m.sql, &file).map_err(|e| {
             Error::Config(format!(
@@ -1090,12 +1249,9 @@ impl Database for MssqlDatabase {
         })?;
         let total = script.batches.len();
         let tx = script.transactional;
-        // What is true of the database when this migration fails at batch `i`.
-        let aftermath = |i: usize| -> String {
-            if tx {
-                "it was rolled back and is not recorded in the history; fix the cause and run again"
-                    .to_string()
-            } else if i == 0 {
+        // What is true of a `-- uprun: no-transaction` migration that fails at batch `i`.
+        let partial = |i: usize| -> String {
+            if i == 0 {
                 "nothing of it was applied (it is `-- uprun: no-transaction`); fix the cause and run again".to_string()
             } else {
                 format!(
@@ -1125,60 +1281,122 @@ impl Database for MssqlDatabase {
                 );
                 let text = match f {
                     Failure::Server(t) => {
-                        if tx && self.conn.is_some() {
-                            let _ = self.call(q, |c| {
-                                Box::pin(async move { batch(c, ROLLBACK_SQL).await.map(|_| ()) })
-                            });
-                        }
+                        let after = if tx {
+                            self.roll_back().aftermath()
+                        } else {
+                            partial(i)
+                        };
                         let at = if t.line() > 0 {
                             format!(" at line {} of `{file}`", b.line + t.line() as usize - 1)
                         } else {
                             String::new()
                         };
-                        format!("{place}: {}{at}; {}", server_text(&t), aftermath(i))
+                        format!("{place}: {}{at}; {after}", server_text(&t))
                     }
-                    Failure::Broken(e) => format!(
-                        "{place}: the connection to {} was lost ({}); the server rolls back an open transaction when the session ends: {}",
-                        self.addr,
-                        broken_text(&e),
-                        aftermath(i)
-                    ),
-                    Failure::Deadline(_) => format!(
-                        "{place}: not finished within {} s (`database.operation_timeout_secs`); the connection was closed: {}",
-                        self.cfg.operation_timeout.as_secs(),
-                        aftermath(i)
-                    ),
+                    Failure::Broken(e) => {
+                        let why = format!("the connection to {} was lost ({})", self.addr, broken_text(&e));
+                        let after = if tx { Rolled::Unconfirmed(why.clone()).aftermath() } else { partial(i) };
+                        format!("{place}: {why}: {after}")
+                    }
+                    Failure::Deadline(_) => {
+                        let why = format!(
+                            "not finished within {} s (`database.operation_timeout_secs`), so uprun closed the connection",
+                            self.cfg.operation_timeout.as_secs()
+                        );
+                        let after = if tx { Rolled::Unconfirmed("the connection was closed".into()).aftermath() } else { partial(i) };
+                        format!("{place}: {why}: {after}")
+                    }
                 };
+                self.conn = None;
                 return Err(Error::db(&self.name, self.scrub(&text)));
             }
         }
-        let duration = start.elapsed().as_millis() as i64;
-        let (name, version, checksum, by) = (
-            m.name.clone(),
-            m.version.to_string(),
-            m.checksum.clone(),
-            applied_by.to_string(),
-        );
+        let row = AppliedMigration {
+            name: m.name.clone(),
+            version: m.version.to_string(),
+            checksum: m.checksum.clone(),
+            applied_at: String::new(),
+            duration_ms: start.elapsed().as_millis() as i64,
+            applied_by: applied_by.to_string(),
+        };
+        let sql = record_batch(&self.cfg.database, tx, &row)
+            .map_err(|e| Error::Config(format!("database `{}`: {e}", self.name)))?;
         let recorded = self.call(left(until), move |c| {
             Box::pin(async move {
-                let params: [&dyn ToSql; 5] = [&name, &version, &checksum, &duration, &by];
-                c.execute(RECORD_SQL, &params).await?;
-                if tx {
-                    batch(c, COMMIT_SQL).await?;
-                }
-                Ok(())
+                let sets = batch(c, &sql).await?;
+                Ok(sets
+                    .iter()
+                    .flatten()
+                    .find_map(|r| cell_i64(r, "trancount")))
             })
         })?;
-        recorded.map_err(|f| {
-            self.fail(
-                &format!(
-                    "migration `{}`: recording it in the history{}",
-                    m.name,
-                    if tx { " and committing" } else { "" }
-                ),
-                f,
-            )
-        })
+        let what = format!("migration `{}`", m.name);
+        let text = match recorded {
+            Ok(Some(0)) => {
+                // A fresh session for whatever comes next: nothing the
+                // migration set (NOCOUNT, a database, isolation level...) stays.
+                self.conn = None;
+                return Ok(());
+            }
+            Ok(open) => {
+                let rolled = self.roll_back();
+                format!(
+                    "{what}: after recording it{} the server reports {} transaction(s) still open, so it is not committed; {}",
+                    if tx { " and committing" } else { "" },
+                    open.map(|n| n.to_string()).unwrap_or_else(|| "an unknown number of".into()),
+                    rolled.aftermath()
+                )
+            }
+            Err(Failure::Server(t)) if t.code() == TRANSACTION_STATE_ERROR => {
+                let state = transaction_state(t.message());
+                let rolled = self.roll_back();
+                let cause = match state {
+                    Some((0, _)) if tx => "ended the transaction uprun opened for it (a COMMIT or ROLLBACK in the migration, such as a CATCH block that rolls back without THROW): what it changed is committed or lost, uprun cannot tell which, and it is NOT recorded in the history; check the database, make the migration leave transactions to uprun (rethrow in CATCH blocks), and restore the backup if its changes are half there".to_string(),
+                    Some((n, _)) if tx && n > 1 => format!(
+                        "left {} transaction(s) open (a BEGIN TRANSACTION without its COMMIT): {}; end every BEGIN TRANSACTION in it with a COMMIT and run again",
+                        n - 1,
+                        rolled.outcome()
+                    ),
+                    Some((_, -1)) => format!(
+                        "left the transaction uncommittable (XACT_STATE() = -1: an error was caught and not rethrown): {}; rethrow errors in its CATCH blocks and run again",
+                        rolled.outcome()
+                    ),
+                    Some((n, _)) if !tx => format!(
+                        "is `-- uprun: no-transaction` but left {n} transaction(s) open: {}; what ran outside them stays applied and it is not recorded in the history; complete it by hand before running again",
+                        rolled.outcome()
+                    ),
+                    _ => format!("{}; {}", server_text(&t), rolled.aftermath()),
+                };
+                format!(
+                    "{what} {cause} (transaction state checked before recording it: {})",
+                    t.message().trim_start_matches("uprun: ").trim_end()
+                )
+            }
+            Err(Failure::Server(t)) => {
+                let rolled = self.roll_back();
+                format!(
+                    "{what}: recording it in the history{} failed: {}; {}",
+                    if tx { " and committing" } else { "" },
+                    server_text(&t),
+                    rolled.aftermath()
+                )
+            }
+            Err(Failure::Broken(e)) => format!(
+                "{what}: the connection to {} was lost while recording it in the history{} ({}): uprun cannot tell whether the server committed it; look for `{}` in `dbo.uprun_migration_history` before running again",
+                self.addr,
+                if tx { " and committing" } else { "" },
+                broken_text(&e),
+                m.name
+            ),
+            Err(Failure::Deadline(d)) => format!(
+                "{what}: no answer within {} s while recording it in the history{}; the connection was closed: uprun cannot tell whether the server committed it; look for `{}` in `dbo.uprun_migration_history` before running again",
+                d.as_secs(),
+                if tx { " and committing" } else { "" },
+                m.name
+            ),
+        };
+        self.conn = None;
+        Err(Error::db(&self.name, self.scrub(&text)))
     }
 
     fn set_version(&mut self, version: &Version) -> Result<()> {
@@ -1187,11 +1405,11 @@ impl Database for MssqlDatabase {
         let v = version.to_string();
         let changed = self.run("record the schema version", t, move |c| {
             Box::pin(async move {
-                let r = c.execute(SET_VERSION_SQL, &[&v, &VERSION_KEY]).await?;
-                Ok(r.total())
+                let r = rows(c, SET_VERSION_SQL, &[&v, &VERSION_KEY]).await?;
+                Ok(r.first().and_then(|row| cell_i64(row, "changed")))
             })
         })?;
-        if changed != 1 {
+        if changed != Some(1) {
             return Err(Error::db(
                 &self.name,
                 format!("recording version {version}: `dbo.app_meta` has no `{VERSION_KEY}` row"),
