@@ -434,7 +434,10 @@ fn run_batch(fake: &Mutex<Fake>, ctx: &Ctx, sql: &str) -> Vec<Reply> {
         let in_tx = session.trancount > 0;
         let upper = stmt.to_ascii_uppercase();
         if upper == "SELECT CAST(@@TRANCOUNT AS INT) AS TRANCOUNT" {
-            out.extend(rows(&["trancount"], vec![vec![i(session.trancount as i64)]]));
+            out.extend(rows(
+                &["trancount"],
+                vec![vec![i(session.trancount as i64)]],
+            ));
         } else if stmt.starts_with("SELECT name, kind, state FROM strategies") {
             out.extend(rows(&["name", "kind", "state"], Vec::new()));
         } else if stmt.contains("no_such_procedure") || upper.starts_with("THROW") {
@@ -537,11 +540,7 @@ fn record(
             );
             let c = session.runtime_error();
             f.settle(conn, &c);
-            return vec![Reply::error(
-                50001,
-                16,
-                &message,
-            )];
+            return vec![Reply::error(50001, 16, &message)];
         }
     }
     let values = match sql.find("VALUES (") {
@@ -576,7 +575,10 @@ fn record(
         }
     }
     if sql.contains("SELECT CAST(@@TRANCOUNT AS int) AS trancount") {
-        out.extend(rows(&["trancount"], vec![vec![i(session.trancount as i64)]]));
+        out.extend(rows(
+            &["trancount"],
+            vec![vec![i(session.trancount as i64)]],
+        ));
     }
     out
 }
@@ -897,8 +899,7 @@ fn stock_procedure_upgrades_through_the_protocol() {
             .map(|l| l.conn)
             .expect("sent")
     };
-    let conns: std::collections::BTreeSet<usize> =
-        txs.iter().map(|t| conn_of(&t[1])).collect();
+    let conns: std::collections::BTreeSet<usize> = txs.iter().map(|t| conn_of(&t[1])).collect();
     assert_eq!(conns.len(), 3, "{conns:?}");
     // The backup came before the first migration, the version after the last.
     let pos = |pred: &dyn Fn(&str) -> bool| sql.iter().position(|q| pred(q)).expect("sent");
@@ -1015,10 +1016,7 @@ fn server_error_in_a_migration_names_the_file_line_and_rolls_back() {
         assert!(err.contains(needle), "error lacks {needle:?}: {err}");
     }
     let sql = mock.sql();
-    assert!(
-        sql.last().is_some_and(|q| is_rollback(q)),
-        "{sql:#?}"
-    );
+    assert!(sql.last().is_some_and(|q| is_rollback(q)), "{sql:#?}");
     assert!(!sql.iter().any(|q| is_record(q)));
     assert!(mock.fake().history.is_empty());
     assert!(mock.fake().pending.is_empty());
@@ -1370,4 +1368,205 @@ fn unknown_instances_and_instances_without_tcp_are_explained() {
         &["protocol `np:` is not supported; uprun connects over TCP"],
     );
     assert_eq!(browser.requests().len(), before);
+}
+
+/// The sandbox on `mock`, with migration `name` added to the release.
+fn sandbox_with_migration(mock: &Mock, name: &str, sql: &str) -> Sandbox {
+    let sb = mock.sandbox();
+    let dir = sb.release().join("migrations/mssql");
+    assert!(dir.is_dir(), "release layout changed");
+    std::fs::write(dir.join(name), sql).expect("write migration");
+    sb
+}
+
+/// `uprun <cmd> in-place-upgrade` on the sandbox, with the password set.
+fn uprun_on(sb: &Sandbox, cmd: &str, extra: &[&str]) -> (Option<i32>, String) {
+    let out = sb
+        .cmd(cmd, "in-place-upgrade", extra)
+        .env("UPRUN_TEST_MSSQL_PASSWORD", PASSWORD)
+        .output()
+        .expect("uprun");
+    let all = output_text(&out);
+    assert!(!all.contains(PASSWORD) && !all.contains("Pa55"), "{all}");
+    (out.status.code(), all)
+}
+
+fn history_names(mock: &Mock) -> Vec<String> {
+    mock.fake().history.iter().map(|h| h.name.clone()).collect()
+}
+
+const THREE: [&str; 3] = [
+    "2.0.0_01_strategy_priority.sql",
+    "2.0.0_02_customer_email.sql",
+    "2.0.0_03_audit_log.sql",
+];
+
+#[test]
+fn an_unmatched_begin_transaction_is_rolled_back_not_reported_applied() {
+    let mock = Mock::start(Fake::default());
+    let sb = sandbox_with_migration(
+        &mock,
+        "2.0.0_04_unmatched.sql",
+        "BEGIN TRANSACTION;\nUPDATE dbo.customers SET city = city;\n",
+    );
+    let (code, all) = uprun_on(&sb, "run", &["--yes"]);
+    assert_eq!(code, Some(1), "{all}");
+    assert_contains(
+        &all,
+        &[
+            "migration `2.0.0_04_unmatched.sql` left 1 transaction(s) open (a BEGIN TRANSACTION without its COMMIT)",
+            "it was rolled back (the server confirmed: no transaction open)",
+            "@@TRANCOUNT = 2, XACT_STATE() = 1",
+        ],
+    );
+    assert!(!all.contains("succeeded"), "{all}");
+    // What the server keeps once uprun has gone: 01 to 03, not 04, and the
+    // version untouched.
+    assert_eq!(history_names(&mock), THREE);
+    let fake = mock.fake();
+    assert_eq!(fake.version, "1.0.0");
+    assert!(
+        !fake.changes.iter().any(|c| c.contains("city = city")),
+        "{:#?}",
+        fake.changes
+    );
+}
+
+#[test]
+fn a_migration_that_ends_the_transaction_itself_is_not_recorded() {
+    let mock = Mock::start(Fake::default());
+    // What a CATCH block that rolls back without THROW leaves behind.
+    let sb = sandbox_with_migration(
+        &mock,
+        "2.0.0_04_swallowed.sql",
+        "UPDATE dbo.customers SET city = city;\n-- BEGIN CATCH\nIF @@TRANCOUNT > 0 ROLLBACK TRANSACTION;\n-- END CATCH\n",
+    );
+    let (code, all) = uprun_on(&sb, "run", &["--yes"]);
+    assert_eq!(code, Some(1), "{all}");
+    assert_contains(
+        &all,
+        &[
+            "migration `2.0.0_04_swallowed.sql` ended the transaction uprun opened for it",
+            "NOT recorded in the history",
+            "@@TRANCOUNT = 0, XACT_STATE() = 0",
+        ],
+    );
+    // Not recorded as applied with its changes gone.
+    assert_eq!(history_names(&mock), THREE);
+    assert_eq!(mock.fake().version, "1.0.0");
+}
+
+#[test]
+fn set_nocount_in_a_migration_does_not_break_the_version_update() {
+    let mock = Mock::start(Fake::default());
+    let sb = sandbox_with_migration(
+        &mock,
+        "2.0.0_04_nocount.sql",
+        "SET NOCOUNT ON;\nUPDATE dbo.customers SET city = city;\n",
+    );
+    let (code, all) = uprun_on(&sb, "run", &["--yes"]);
+    assert_eq!(code, Some(0), "{all}");
+    assert_eq!(mock.fake().version, "2.0.0");
+    assert_eq!(history_names(&mock).len(), 4);
+    // The migration's session kept NOCOUNT; the version was written from another.
+    let log = mock.server.log();
+    let conn_of = |pred: &dyn Fn(&str) -> bool| {
+        log.iter()
+            .find(|l| l.request.sql().is_some_and(pred))
+            .map(|l| l.conn)
+            .expect("sent")
+    };
+    let migration = conn_of(&|q| q.starts_with("SET NOCOUNT ON"));
+    let version = conn_of(&|q| q == uprun::db::mssql::SET_VERSION_SQL);
+    assert!(mock.server.session(migration).is_some_and(|s| s.nocount));
+    assert_ne!(migration, version);
+}
+
+#[test]
+fn use_of_another_database_is_refused_before_anything_changes() {
+    let mock = Mock::start(Fake::default());
+    let sb = sandbox_with_migration(
+        &mock,
+        "2.0.0_02b_generated.sql",
+        "-- generated by SSMS\nUSE [OtherDb]\nGO\nUPDATE dbo.customers SET city = city;\n",
+    );
+    for (cmd, extra) in [("plan", &[][..]), ("run", &["--yes"][..])] {
+        let (code, all) = uprun_on(&sb, cmd, extra);
+        assert_eq!(code, Some(2), "{cmd}: {all}");
+        assert_contains(
+            &all,
+            &[
+                "2.0.0_02b_generated.sql line 2: `USE` switches to database `OtherDb`",
+                "applies this release's migrations to database `FastApp`",
+                "nothing was applied",
+            ],
+        );
+    }
+    let sql = mock.sql();
+    assert!(!sql.iter().any(|q| q.starts_with("BACKUP")), "{sql:#?}");
+    assert!(migration_sql(&sql).is_empty(), "{sql:#?}");
+    let fake = mock.fake();
+    assert_eq!(fake.version, "1.0.0");
+    assert!(fake.history.is_empty() && fake.elsewhere.is_empty());
+}
+
+#[test]
+fn use_of_the_sites_own_database_is_accepted() {
+    let mock = Mock::start(Fake::default());
+    let sb = sandbox_with_migration(
+        &mock,
+        "2.0.0_04_generated.sql",
+        "USE [FastApp]\nGO\nUPDATE dbo.customers SET city = city;\n",
+    );
+    let (code, all) = uprun_on(&sb, "run", &["--yes"]);
+    assert_eq!(code, Some(0), "{all}");
+    assert_eq!(mock.fake().version, "2.0.0");
+    assert_eq!(history_names(&mock).len(), 4);
+}
+
+#[test]
+fn a_byte_order_mark_does_not_hide_the_no_transaction_header() {
+    let mock = Mock::start(Fake::default());
+    let sb = sandbox_with_migration(
+        &mock,
+        "2.0.0_04_bom.sql",
+        "\u{feff}-- uprun: no-transaction\nUPDATE dbo.customers SET city = city;\n",
+    );
+    let (code, all) = uprun_on(&sb, "run", &["--yes"]);
+    assert_eq!(code, Some(0), "{all}");
+    let sql = mock.sql();
+    // Three migrations in a transaction; the fourth on its own, its history
+    // row guarded by "no transaction open".
+    let begins = sql
+        .iter()
+        .filter(|q| *q == uprun::db::mssql::BEGIN_SQL)
+        .count();
+    assert_eq!(begins, 3, "{sql:#?}");
+    let record = sql.iter().rfind(|q| is_record(q)).expect("recorded");
+    assert!(
+        record.contains("IF @trancount <> 0") && record.contains("N'2.0.0_04_bom.sql'"),
+        "{record}"
+    );
+    assert!(!sql.iter().any(|q| q.contains('\u{feff}')), "BOM sent");
+    assert_eq!(history_names(&mock).len(), 4);
+}
+
+#[test]
+fn a_go_after_a_comment_separates_batches_as_in_ssms() {
+    let mock = Mock::start(Fake::default());
+    let sb = sandbox_with_migration(
+        &mock,
+        "2.0.0_04_two_parts.sql",
+        "UPDATE dbo.customers SET city = city;\n/* part 2 */ GO\nUPDATE dbo.strategies SET state = state;\n",
+    );
+    let (code, all) = uprun_on(&sb, "run", &["--yes"]);
+    assert_eq!(code, Some(0), "{all}");
+    let txs = migration_sql(&mock.sql());
+    assert_eq!(
+        txs[3][1..3],
+        [
+            "UPDATE dbo.customers SET city = city;\n".to_string(),
+            "UPDATE dbo.strategies SET state = state;\n".to_string()
+        ]
+    );
 }

@@ -477,10 +477,7 @@ impl MssqlDatabase {
         let outcome = self.call(t, |c| {
             Box::pin(async move {
                 let sets = batch(c, ROLLBACK_CHECKED_SQL).await?;
-                Ok(sets
-                    .iter()
-                    .flatten()
-                    .find_map(|r| cell_i64(r, "trancount")))
+                Ok(sets.iter().flatten().find_map(|r| cell_i64(r, "trancount")))
             })
         });
         let rolled = match outcome {
@@ -488,10 +485,19 @@ impl MssqlDatabase {
             Ok(Ok(Some(n))) => Rolled::Unconfirmed(format!(
                 "the server still reports {n} open transaction(s) after ROLLBACK"
             )),
-            Ok(Ok(None)) => Rolled::Unconfirmed("the server did not report the transaction count after ROLLBACK".into()),
-            Ok(Err(Failure::Server(t))) => Rolled::Unconfirmed(format!("ROLLBACK failed: {}", server_text(&t))),
-            Ok(Err(Failure::Broken(e))) => Rolled::Unconfirmed(format!("the connection was lost during ROLLBACK ({})", broken_text(&e))),
-            Ok(Err(Failure::Deadline(d))) => Rolled::Unconfirmed(format!("no answer to ROLLBACK within {} s", d.as_secs())),
+            Ok(Ok(None)) => Rolled::Unconfirmed(
+                "the server did not report the transaction count after ROLLBACK".into(),
+            ),
+            Ok(Err(Failure::Server(t))) => {
+                Rolled::Unconfirmed(format!("ROLLBACK failed: {}", server_text(&t)))
+            }
+            Ok(Err(Failure::Broken(e))) => Rolled::Unconfirmed(format!(
+                "the connection was lost during ROLLBACK ({})",
+                broken_text(&e)
+            )),
+            Ok(Err(Failure::Deadline(d))) => {
+                Rolled::Unconfirmed(format!("no answer to ROLLBACK within {} s", d.as_secs()))
+            }
             Err(e) => Rolled::Unconfirmed(format!("no connection for ROLLBACK ({e})")),
         };
         self.conn = None;
@@ -1294,8 +1300,16 @@ impl Database for MssqlDatabase {
                         format!("{place}: {}{at}; {after}", server_text(&t))
                     }
                     Failure::Broken(e) => {
-                        let why = format!("the connection to {} was lost ({})", self.addr, broken_text(&e));
-                        let after = if tx { Rolled::Unconfirmed(why.clone()).aftermath() } else { partial(i) };
+                        let why = format!(
+                            "the connection to {} was lost ({})",
+                            self.addr,
+                            broken_text(&e)
+                        );
+                        let after = if tx {
+                            Rolled::Unconfirmed(why.clone()).aftermath()
+                        } else {
+                            partial(i)
+                        };
                         format!("{place}: {why}: {after}")
                     }
                     Failure::Deadline(_) => {
@@ -1303,7 +1317,11 @@ impl Database for MssqlDatabase {
                             "not finished within {} s (`database.operation_timeout_secs`), so uprun closed the connection",
                             self.cfg.operation_timeout.as_secs()
                         );
-                        let after = if tx { Rolled::Unconfirmed("the connection was closed".into()).aftermath() } else { partial(i) };
+                        let after = if tx {
+                            Rolled::Unconfirmed("the connection was closed".into()).aftermath()
+                        } else {
+                            partial(i)
+                        };
                         format!("{place}: {why}: {after}")
                     }
                 };
@@ -1324,10 +1342,7 @@ impl Database for MssqlDatabase {
         let recorded = self.call(left(until), move |c| {
             Box::pin(async move {
                 let sets = batch(c, &sql).await?;
-                Ok(sets
-                    .iter()
-                    .flatten()
-                    .find_map(|r| cell_i64(r, "trancount")))
+                Ok(sets.iter().flatten().find_map(|r| cell_i64(r, "trancount")))
             })
         })?;
         let what = format!("migration `{}`", m.name);

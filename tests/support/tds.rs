@@ -704,10 +704,7 @@ fn serve(
         };
         let replies = match &request {
             Request::Attention => {
-                session
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .attentions += 1;
+                session.lock().unwrap_or_else(|e| e.into_inner()).attentions += 1;
                 let mut out = Vec::new();
                 done(&mut out, DONE_ATTENTION, 0);
                 write_message(&mut stream, PACKET_REPLY, &out)?;
@@ -793,9 +790,8 @@ impl Session {
             .map(|w| w.to_ascii_uppercase())
             .collect();
         let w: Vec<&str> = words.iter().map(String::as_str).collect();
-        let tran = |rest: &[&str]| {
-            rest.is_empty() || matches!(rest[0], "TRAN" | "TRANSACTION" | "WORK")
-        };
+        let tran =
+            |rest: &[&str]| rest.is_empty() || matches!(rest[0], "TRAN" | "TRANSACTION" | "WORK");
         match w.as_slice() {
             ["BEGIN", "TRAN" | "TRANSACTION", ..] => {
                 self.trancount += 1;
