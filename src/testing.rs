@@ -257,6 +257,7 @@ fn attempt(
         replay,
         crash_at,
         commands,
+        closures_in_order: true,
         ..RunSpec::new(
             site,
             release,

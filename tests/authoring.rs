@@ -237,3 +237,54 @@ fn uprun_test_names_the_step_that_is_not_safe_to_resume() {
         "the real node was touched"
     );
 }
+
+#[test]
+fn uprun_test_reports_the_same_paths_every_time_and_reads_are_not_flagged() {
+    let sb = Sandbox::new();
+    // Parallel closures and a read command: the rehearsal's step numbers must
+    // not depend on which closure finishes first, and a read that runs again
+    // on resume is not a command that must be idempotent.
+    let script = sb.script(
+        "parallel.rhai",
+        "backup_db();
+for_each_node(secondaries(), #{ parallel: 2 }, |n| {
+    node_command(n, \"true\", #{ changes: false });
+    remove_instance(n)
+});
+remove_instance(primary());
+create_instance(primary());
+upgrade_db();
+for_each_node(secondaries(), #{ parallel: 2 }, |n| create_instance(n));
+",
+    );
+    let report = || -> serde_json::Value {
+        let out = uprun()
+            .arg("test")
+            .arg(&script)
+            .arg("--site")
+            .arg(sb.site())
+            .arg("--release")
+            .arg(sb.release())
+            .args(["--run-commands", "--json"])
+            .output()
+            .expect("test");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("json")
+    };
+    let first = report();
+    for _ in 0..3 {
+        assert_eq!(report()["paths"], first["paths"], "the report changed");
+    }
+    let paths = first["paths"].as_array().expect("paths");
+    assert!(paths.len() >= 16, "{first:#}");
+    assert!(
+        paths
+            .iter()
+            .all(|p| p["reran_commands"].as_array().is_some_and(|r| r.is_empty())),
+        "a read command was flagged: {first:#}"
+    );
+}

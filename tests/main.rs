@@ -5,6 +5,7 @@
 mod support;
 
 mod authoring;
+mod backup_proof;
 mod cli_errors;
 mod demo;
 mod durable;

@@ -14,7 +14,9 @@ use uprun::config::{Release, Site};
 use uprun::db::{Database, MssqlDatabase};
 
 use crate::support::browser::{free_udp_port, instance, instance_request, Browser};
-use crate::support::tds::{i, s, statements, Control, Ctx, Reply, Request, TdsServer, Value};
+use crate::support::tds::{
+    bit, guid, i, numeric, s, statements, Control, Ctx, Reply, Request, TdsServer, Value,
+};
 use crate::support::Sandbox;
 
 const PASSWORD: &str = "Mock;Pa55-w0rd";
@@ -38,6 +40,22 @@ enum BackupMode {
     Error3201,
     /// Never answer (for at most 30 s).
     Silent,
+}
+
+/// The backup set `RESTORE HEADERONLY` reports for a backup taken by the fake.
+const SET_GUID: &str = "6F9619FF-8B86-D011-B42D-00C04FC964FF";
+const FIRST_LSN: i128 = 37_000_000_012_300_001;
+const LAST_LSN: i128 = 37_000_000_012_600_001;
+
+/// What happens to the backup file on the "server" after some HEADERONLY reads.
+#[derive(Clone, PartialEq)]
+enum Tamper {
+    /// The file now holds another backup set (this GUID).
+    OtherSet(String),
+    /// The file is gone (error 3201 on HEADERONLY).
+    Missing,
+    /// The header reads, but VERIFYONLY finds the media damaged.
+    Damaged,
 }
 
 /// A write a session made inside its transaction, kept apart until it commits.
@@ -72,6 +90,10 @@ struct Fake {
     reject_login: bool,
     /// Full backups known to "msdb": file, finished.
     backups: Vec<(String, String)>,
+    /// RESTORE HEADERONLY requests answered so far.
+    headers_read: usize,
+    /// After this many HEADERONLY reads, the backup file is tampered with.
+    tamper: Option<(usize, Tamper)>,
 }
 
 impl Default for Fake {
@@ -90,6 +112,18 @@ impl Default for Fake {
             drop_on: None,
             reject_login: false,
             backups: Vec::new(),
+            headers_read: 0,
+            tamper: None,
+        }
+    }
+}
+
+impl Fake {
+    /// How the backup file is tampered with now, if it is.
+    fn tampered(&self) -> Option<&Tamper> {
+        match &self.tamper {
+            Some((after, t)) if self.headers_read > *after => Some(t),
+            _ => None,
         }
     }
 }
@@ -392,7 +426,51 @@ fn answer(
             vec![vec![i(123_456), s("2026-01-01T01:02:03"), i(1)]],
         );
     }
+    if sql == q::HEADERONLY_SQL {
+        f.headers_read += 1;
+        let set = match f.tampered() {
+            Some(Tamper::Missing) => {
+                return vec![
+                    Reply::error(3201, 16, &format!("Cannot open backup device '{}'. Operating system error 2(The system cannot find the file specified.).", param_str(params, 0))),
+                    Reply::error(3013, 16, "RESTORE HEADERONLY is terminating abnormally."),
+                ]
+            }
+            Some(Tamper::OtherSet(g)) => g.clone(),
+            _ => SET_GUID.to_string(),
+        };
+        // A few of the columns SQL Server returns, with its types.
+        return rows(
+            &[
+                "BackupName",
+                "BackupType",
+                "Position",
+                "DatabaseName",
+                "FirstLSN",
+                "LastLSN",
+                "HasBackupChecksums",
+                "IsDamaged",
+                "BackupSetGUID",
+            ],
+            vec![vec![
+                Value::Null,
+                i(1),
+                i(1),
+                s("FastApp"),
+                numeric(FIRST_LSN),
+                numeric(LAST_LSN),
+                bit(true),
+                bit(false),
+                guid(&set),
+            ]],
+        );
+    }
     if sql == q::VERIFY_SQL {
+        if f.tampered() == Some(&Tamper::Damaged) {
+            return vec![
+                Reply::error(3241, 16, "The media family on device is incorrectly formed. SQL Server cannot process this media family."),
+                Reply::error(3013, 16, "VERIFY DATABASE is terminating abnormally."),
+            ];
+        }
         return vec![Reply::info(3262, "The backup set on file 1 is valid.")];
     }
     if sql == q::LATEST_FULL_SQL {
@@ -684,8 +762,12 @@ fn backup_and_verify_send_the_expected_sql_and_progress_drives_the_callback() {
     );
     let verify = log
         .iter()
-        .find(|l| l.request.sql().is_some_and(|q| q.starts_with("RESTORE")))
-        .expect("a RESTORE was sent");
+        .find(|l| {
+            l.request
+                .sql()
+                .is_some_and(|q| q.starts_with("RESTORE VERIFYONLY"))
+        })
+        .expect("a RESTORE VERIFYONLY was sent");
     assert_eq!(
         verify.request,
         Request::Rpc {
@@ -1569,4 +1651,197 @@ fn a_go_after_a_comment_separates_batches_as_in_ssms() {
             "UPDATE dbo.strategies SET state = state;\n".to_string()
         ]
     );
+}
+
+const OTHER_SET: &str = "11111111-2222-3333-4444-555555555555";
+
+#[test]
+fn the_receipt_carries_the_backup_set_identity_and_the_proof_asks_the_server() {
+    use uprun::db::mssql::{HEADERONLY_SQL, VERIFY_SQL};
+    let mock = Mock::start(Fake::default());
+    let sb = mock.sandbox();
+    std::env::set_var("UPRUN_TEST_MSSQL_PASSWORD", PASSWORD);
+    let mut db = open_db(&sb);
+    let mut receipt = db
+        .backup(Path::new(BACKUP_DIR), &mut |_, _| {})
+        .expect("backup");
+    db.verify_backup(&mut receipt).expect("verify");
+    // Read from the file's own header (uniqueidentifier, numeric(25,0), bit).
+    assert_eq!(receipt.backup_set_guid, SET_GUID);
+    assert_eq!(receipt.first_lsn, FIRST_LSN.to_string());
+    assert_eq!(receipt.last_lsn, LAST_LSN.to_string());
+    assert!(receipt.checksum && receipt.verified);
+    assert!(
+        receipt.sha256.is_empty(),
+        "no file hash for a server backup"
+    );
+    let log = mock.server.log();
+    let header = log
+        .iter()
+        .find(|l| l.request.sql() == Some(HEADERONLY_SQL))
+        .expect("HEADERONLY sent");
+    assert_eq!(
+        header.request,
+        Request::Rpc {
+            sql: "RESTORE HEADERONLY FROM DISK = @P1".into(),
+            declaration: "@P1 nvarchar(4000)".into(),
+            params: vec![s(&receipt.file)],
+        }
+    );
+
+    // The proof goes through the server: the header again, then VERIFYONLY.
+    let before = mock.sql().len();
+    db.prove_backup(&receipt)
+        .expect("an untouched backup is proved");
+    assert_eq!(mock.sql()[before..], [HEADERONLY_SQL, VERIFY_SQL]);
+
+    let refused = |db: &mut MssqlDatabase, tamper: Tamper, needles: &[&str]| {
+        mock.fake().tamper = Some((0, tamper));
+        let err = db.prove_backup(&receipt).expect_err("refused");
+        assert!(matches!(err, uprun::Error::Refused(_)), "{err:?}");
+        let text = err.to_string();
+        for n in [receipt.file.as_str(), "re-run `backup_db()`"]
+            .iter()
+            .chain(needles)
+        {
+            assert!(text.contains(n), "lacks {n:?}: {text}");
+        }
+    };
+    refused(
+        &mut db,
+        Tamper::OtherSet(OTHER_SET.into()),
+        &[OTHER_SET, SET_GUID],
+    );
+    refused(
+        &mut db,
+        Tamper::Missing,
+        &["cannot be read", "SQL Server error 3201"],
+    );
+    refused(
+        &mut db,
+        Tamper::Damaged,
+        &["RESTORE VERIFYONLY", "SQL Server error 3241"],
+    );
+}
+
+#[test]
+fn a_backup_replaced_before_the_upgrade_is_refused_and_no_migration_is_sent() {
+    // HEADERONLY #1 is the backup's own; #2, right before the upgrade, finds
+    // another backup set in the file.
+    let mock = Mock::start(Fake {
+        tamper: Some((1, Tamper::OtherSet(OTHER_SET.into()))),
+        ..Fake::default()
+    });
+    let sb = mock.sandbox();
+    let out = sb
+        .cmd("run", "in-place-upgrade", &["--yes"])
+        .env("UPRUN_TEST_MSSQL_PASSWORD", PASSWORD)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let all = format!("{}{err}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(out.status.code(), Some(3), "{all}");
+    for needle in [
+        "the backup `/var/opt/mssql/backup/FastApp-1.0.0-",
+        OTHER_SET,
+        SET_GUID,
+        "the database was not touched",
+        "re-run `backup_db()`",
+    ] {
+        assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
+    }
+    let sql = mock.sql();
+    assert!(migration_sql(&sql).is_empty(), "{sql:#?}");
+    assert!(
+        !sql.iter()
+            .any(|q| q == uprun::db::mssql::SET_VERSION_SQL
+                || q == uprun::db::mssql::HISTORY_TABLE_SQL),
+        "{sql:#?}"
+    );
+    let fake = mock.fake();
+    assert_eq!(fake.headers_read, 2);
+    assert_eq!(fake.version, "1.0.0");
+    assert!(fake.history.is_empty());
+}
+
+/// Run the stock procedure until the backup is done (killed before step 2),
+/// and return the run id.
+fn killed_after_the_backup(mock: &Mock, sb: &Sandbox) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    let out = sb
+        .cmd("run", "in-place-upgrade", &["--yes"])
+        .env("UPRUN_TEST_MSSQL_PASSWORD", PASSWORD)
+        .env("UPRUN_FAILPOINT", "step2:before")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.signal(), Some(9), "not killed: {out:?}");
+    assert_eq!(mock.fake().headers_read, 1);
+    let runs: Vec<_> = std::fs::read_dir(sb.dir.join(".uprun/runs"))
+        .expect("runs")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(runs.len(), 1);
+    runs[0]
+        .file_stem()
+        .expect("stem")
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn a_resumed_run_proves_the_backup_through_the_server_not_this_machines_files() {
+    // The backup is at /var/opt/mssql/backup/... on the server; nothing is
+    // there on this machine, and the resume must not look.
+    let mock = Mock::start(Fake::default());
+    let sb = mock.sandbox();
+    let id = killed_after_the_backup(&mock, &sb);
+    let out = sb
+        .cmd("run", "in-place-upgrade", &["--yes", "--resume", &id])
+        .env("UPRUN_TEST_MSSQL_PASSWORD", PASSWORD)
+        .output()
+        .expect("resume");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fake = mock.fake();
+    assert_eq!(fake.version, "2.0.0");
+    // Proved when replayed and again right before the upgrade; not taken again.
+    assert_eq!(fake.headers_read, 3);
+    assert_eq!(
+        mock.sql()
+            .iter()
+            .filter(|q| q.starts_with("BACKUP DATABASE"))
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn a_resumed_run_whose_backup_is_gone_from_the_server_is_refused() {
+    let mock = Mock::start(Fake {
+        tamper: Some((1, Tamper::Missing)),
+        ..Fake::default()
+    });
+    let sb = mock.sandbox();
+    let id = killed_after_the_backup(&mock, &sb);
+    let out = sb
+        .cmd("run", "in-place-upgrade", &["--yes", "--resume", &id])
+        .env("UPRUN_TEST_MSSQL_PASSWORD", PASSWORD)
+        .output()
+        .expect("resume");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    for needle in [
+        "the backup `/var/opt/mssql/backup/FastApp-1.0.0-",
+        "SQL Server error 3201",
+        "earlier attempt",
+        "start a new run",
+    ] {
+        assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
+    }
+    assert!(migration_sql(&mock.sql()).is_empty());
+    assert_eq!(mock.fake().version, "1.0.0");
 }

@@ -225,6 +225,9 @@ pub fn execute(
     let mut summary = session.ops.summary();
     match &outcome {
         Ok(()) => {
+            if let Some(line) = session.ops.audited() {
+                summary.push(line);
+            }
             journal.append(&journal::entry_now_end("succeeded", None))?;
             reporter.event(Event::RunFinished {
                 outcome: "succeeded".into(),

@@ -37,6 +37,21 @@ pub struct BackupReceipt {
     /// Absent in journals written before it existed.
     #[serde(default)]
     pub checksum: bool,
+    /// What the backup is, recorded when it is taken and proved again
+    /// (`Database::prove_backup`) before anything irreversible. File backups
+    /// (SQLite): the SHA-256 of the file, hex. Empty for server backups and in
+    /// journals written before it existed (such a backup cannot be proved).
+    #[serde(default)]
+    pub sha256: String,
+    /// SQL Server: the backup set's `BackupSetGUID`, as `RESTORE HEADERONLY`
+    /// reports it (upper case). Empty for file backups.
+    #[serde(default)]
+    pub backup_set_guid: String,
+    /// SQL Server: the backup set's `FirstLSN` and `LastLSN` (decimal text).
+    #[serde(default)]
+    pub first_lsn: String,
+    #[serde(default)]
+    pub last_lsn: String,
 }
 
 /// One row of the migration history table.
@@ -67,6 +82,12 @@ pub trait Database: Send {
     fn backup(&mut self, dir: &Path, progress: Progress<'_>) -> Result<BackupReceipt>;
     /// Read the backup back and check it; sets `verified`.
     fn verify_backup(&mut self, receipt: &mut BackupReceipt) -> Result<()>;
+    /// Prove, right before an irreversible step, that the backup `receipt`
+    /// describes is still there with the identity recorded when it was taken
+    /// (file: size and SHA-256; SQL Server: the backup set's GUID and LSNs,
+    /// checked by the server) and still readable. A missing or altered backup
+    /// is `Error::Refused`, naming the file; nothing is changed either way.
+    fn prove_backup(&mut self, receipt: &BackupReceipt) -> Result<()>;
     /// Migrations recorded as applied, oldest first.
     fn history(&mut self) -> Result<Vec<AppliedMigration>>;
     /// Apply one migration in its own transaction and record it in the history.

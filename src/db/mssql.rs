@@ -166,6 +166,14 @@ pub const PROGRESS_SQL: &str = "SELECT CAST(percent_complete AS int) AS percent_
 pub const BACKUP_SQL: &str =
     "BACKUP DATABASE @P1 TO DISK = @P2 WITH COPY_ONLY, CHECKSUM, INIT, FORMAT, STATS = 5";
 pub const VERIFY_SQL: &str = "RESTORE VERIFYONLY FROM DISK = @P1 WITH CHECKSUM";
+/// The header of the backup set in a backup file on the server (`@P1`), for
+/// its identity: taken right after the backup, and again (with `VERIFY_SQL`)
+/// before the upgrade. The column set varies by version, so columns are read
+/// by name: `BackupSetGUID` (uniqueidentifier), `FirstLSN` and `LastLSN`
+/// (numeric(25,0)), `HasBackupChecksums` and `IsDamaged` (bit), of the first
+/// row (position 1: the set `RESTORE VERIFYONLY`
+/// checks; `INIT, FORMAT` leaves only that one in the file).
+pub const HEADERONLY_SQL: &str = "RESTORE HEADERONLY FROM DISK = @P1";
 /// What msdb recorded about the backup just taken (`@P1` database, `@P2` file).
 pub const BACKUPSET_SQL: &str = "SELECT TOP (1) CAST(COALESCE(bs.compressed_backup_size, bs.backup_size) AS bigint) AS size, CONVERT(nvarchar(33), bs.backup_finish_date, 126) AS finished, CAST(bs.has_backup_checksums AS int) AS has_checksums
 FROM msdb.dbo.backupset AS bs JOIN msdb.dbo.backupmediafamily AS mf ON mf.media_set_id = bs.media_set_id
@@ -504,6 +512,22 @@ impl MssqlDatabase {
         rolled
     }
 
+    /// `RESTORE HEADERONLY` of a backup file on the server: the first backup
+    /// set's header, None when the file holds none.
+    fn read_header(
+        &mut self,
+        file: &str,
+    ) -> Result<std::result::Result<Option<BackupSetHeader>, Failure>> {
+        let deadline = self.cfg.operation_timeout;
+        let f = file.to_string();
+        self.call(deadline, move |c| {
+            Box::pin(async move {
+                let r = rows(c, HEADERONLY_SQL, &[&f]).await?;
+                Ok(r.first().map(BackupSetHeader::read))
+            })
+        })
+    }
+
     fn refuse_read_only(&self, what: &str) -> Result<()> {
         if self.read_only {
             return Err(Error::db(
@@ -593,6 +617,93 @@ fn cell_i64(row: &tiberius::Row, col: &str) -> Option<i64> {
         ColumnData::I64(v) => *v,
         ColumnData::Numeric(v) => v.and_then(|n| i64::try_from(n.int_part()).ok()),
         _ => None,
+    }
+}
+
+/// A cell of any scalar type as text: a GUID in upper case (as SQL Server
+/// prints it), a numeric with scale 0 as its integer (LSNs are numeric(25,0)).
+fn cell_text(row: &tiberius::Row, col: &str) -> Option<String> {
+    match row.get_column_data(col).ok()? {
+        ColumnData::Guid(v) => v.map(|g| g.to_string().to_ascii_uppercase()),
+        ColumnData::Numeric(v) => v.map(|n| {
+            if n.scale() == 0 {
+                n.value().to_string()
+            } else {
+                n.to_string()
+            }
+        }),
+        ColumnData::String(v) => v.as_ref().map(|s| s.trim().to_string()),
+        ColumnData::Bit(v) => v.map(|b| if b { "1" } else { "0" }.to_string()),
+        _ => cell_i64(row, col).map(|n| n.to_string()),
+    }
+}
+
+fn cell_bool(row: &tiberius::Row, col: &str) -> Option<bool> {
+    match row.get_column_data(col).ok()? {
+        ColumnData::Bit(v) => *v,
+        _ => cell_text(row, col).map(|t| t == "1" || t.eq_ignore_ascii_case("true")),
+    }
+}
+
+/// The identity of a backup set, from `RESTORE HEADERONLY` (see `HEADERONLY_SQL`).
+#[derive(Debug, Clone, PartialEq)]
+struct BackupSetHeader {
+    guid: String,
+    first_lsn: String,
+    last_lsn: String,
+    has_checksums: bool,
+    damaged: bool,
+}
+
+impl BackupSetHeader {
+    fn read(row: &tiberius::Row) -> BackupSetHeader {
+        let text = |c: &str| cell_text(row, c).unwrap_or_default();
+        BackupSetHeader {
+            guid: text("BackupSetGUID").to_ascii_uppercase(),
+            first_lsn: text("FirstLSN"),
+            last_lsn: text("LastLSN"),
+            has_checksums: cell_bool(row, "HasBackupChecksums").unwrap_or(false),
+            damaged: cell_bool(row, "IsDamaged").unwrap_or(false),
+        }
+    }
+
+    /// How this header differs from what the receipt recorded (None: same set).
+    fn differs_from(&self, r: &BackupReceipt) -> Option<String> {
+        if !self.guid.eq_ignore_ascii_case(&r.backup_set_guid) {
+            return Some(format!(
+                "holds backup set {} (LSN {}..{}), not the set {} (LSN {}..{}) taken by this run",
+                or_none(&self.guid),
+                self.first_lsn,
+                self.last_lsn,
+                r.backup_set_guid,
+                r.first_lsn,
+                r.last_lsn
+            ));
+        }
+        if self.first_lsn != r.first_lsn || self.last_lsn != r.last_lsn {
+            return Some(format!(
+                "holds backup set {} with LSN {}..{}, recorded as {}..{} when taken",
+                self.guid, self.first_lsn, self.last_lsn, r.first_lsn, r.last_lsn
+            ));
+        }
+        if r.checksum && !self.has_checksums {
+            return Some(
+                "no longer carries the page checksums it was written with (HasBackupChecksums = 0)"
+                    .into(),
+            );
+        }
+        if self.damaged {
+            return Some("is marked damaged by the server (IsDamaged = 1)".into());
+        }
+        None
+    }
+}
+
+fn or_none(s: &str) -> &str {
+    if s.is_empty() {
+        "(none)"
+    } else {
+        s
     }
 }
 
@@ -1142,13 +1253,27 @@ impl Database for MssqlDatabase {
                 }))
             })
         })?;
-        let (size, finished, checksum) = match recorded {
-            Some((size, finished, checksum)) => (
-                size.max(0) as u64,
-                finished.unwrap_or_else(now_rfc3339),
-                checksum,
-            ),
-            None => (0, now_rfc3339(), false),
+        let (size, finished) = match recorded {
+            Some((size, finished, _)) => (size.max(0) as u64, finished.unwrap_or_else(now_rfc3339)),
+            None => (0, now_rfc3339()),
+        };
+        // The backup set's identity, from the file's own header: what the
+        // upgrade proves again.
+        let header = match self.read_header(&file)? {
+            Ok(Some(h)) if !h.guid.is_empty() => h,
+            Ok(_) => {
+                return Err(Error::db(
+                    &self.name,
+                    format!("backup to `{file}` on the server: RESTORE HEADERONLY shows no backup set (no `BackupSetGUID`) in the file just written"),
+                ))
+            }
+            Err(Failure::Server(t)) if t.code() == 3032 || t.code() == 262 => {
+                return Err(Error::db(
+                    &self.name,
+                    format!("read the header of backup `{file}`: {}; RESTORE HEADERONLY needs the CREATE DATABASE permission (as RESTORE VERIFYONLY does)", server_text(&t)),
+                ))
+            }
+            Err(f) => return Err(self.fail(&format!("read the header of backup `{file}`"), f)),
         };
         Ok(BackupReceipt {
             database: self.name.clone(),
@@ -1159,7 +1284,11 @@ impl Database for MssqlDatabase {
             finished,
             verified: false,
             verification: String::new(),
-            checksum,
+            checksum: header.has_checksums,
+            sha256: String::new(),
+            backup_set_guid: header.guid,
+            first_lsn: header.first_lsn,
+            last_lsn: header.last_lsn,
         })
     }
 
@@ -1195,6 +1324,55 @@ impl Database for MssqlDatabase {
             "RESTORE VERIFYONLY WITH CHECKSUM: backup set valid".into()
         };
         Ok(())
+    }
+
+    fn prove_backup(&mut self, receipt: &BackupReceipt) -> Result<()> {
+        // The file is on the SQL Server machine: only the server can look at
+        // it (never this machine's file system).
+        let file = receipt.file.clone();
+        let name = self.name.clone();
+        let refuse = |what: String| {
+            Error::Refused(format!(
+                "database `{name}`: the backup `{file}` on the server {what}; the database was not touched; take a new backup: re-run `backup_db()` before `upgrade_db()`, or start a new run"
+            ))
+        };
+        if receipt.backup_set_guid.is_empty() {
+            return Err(refuse(
+                "was recorded without its backup set GUID (by an older uprun), so it cannot be proved"
+                    .into(),
+            ));
+        }
+        let header = match self.read_header(&file)? {
+            Ok(Some(h)) => h,
+            Ok(None) => {
+                return Err(refuse(
+                    "holds no backup set (RESTORE HEADERONLY returned no row)".into(),
+                ))
+            }
+            Err(Failure::Server(t)) => {
+                return Err(refuse(format!(
+                    "cannot be read (RESTORE HEADERONLY: {}): it is missing or not a backup",
+                    server_text(&t)
+                )))
+            }
+            Err(f) => return Err(self.fail(&format!("prove backup `{file}`"), f)),
+        };
+        if let Some(diff) = header.differs_from(receipt) {
+            return Err(refuse(diff));
+        }
+        let deadline = self.cfg.operation_timeout;
+        let f = file.clone();
+        let verified = self.call(deadline, move |c| {
+            Box::pin(async move { c.execute(VERIFY_SQL, &[&f]).await.map(|_| ()) })
+        })?;
+        match verified {
+            Ok(()) => Ok(()),
+            Err(Failure::Server(t)) => Err(refuse(format!(
+                "failed RESTORE VERIFYONLY WITH CHECKSUM: {}",
+                server_text(&t)
+            ))),
+            Err(f) => Err(self.fail(&format!("prove backup `{file}`"), f)),
+        }
     }
 
     fn history(&mut self) -> Result<Vec<AppliedMigration>> {

@@ -22,6 +22,8 @@ pub const HISTORY_TABLE: &str = "uprun_migration_history";
 const PAGES_PER_STEP: i32 = 4096;
 /// Buffer of the locked file copy.
 const COPY_CHUNK: u64 = 64 << 20;
+/// Read buffer of the backup's SHA-256.
+const HASH_CHUNK: usize = 1 << 20;
 
 pub struct SqliteDatabase {
     name: String,
@@ -152,6 +154,37 @@ impl SqliteDatabase {
         unlocked.map_err(|e| self.err("release the backup's read lock", e))
     }
 
+    /// SQLite's integrity check of a backup, and its version read back.
+    fn check_backup(&self, receipt: &BackupReceipt) -> Result<()> {
+        let path = Path::new(&receipt.file);
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| self.err(&format!("verify backup `{}`: cannot open", receipt.file), e))?;
+        let result: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .map_err(|e| self.err(&format!("verify backup `{}`", receipt.file), e))?;
+        if result != "ok" {
+            return Err(Error::db(
+                &self.name,
+                format!(
+                    "backup `{}` failed its integrity check: {result}",
+                    receipt.file
+                ),
+            ));
+        }
+        let v = read_version(&conn)
+            .map_err(|m| Error::db(&self.name, format!("backup `{}`: {m}", receipt.file)))?;
+        if v.to_string() != receipt.version {
+            return Err(Error::db(
+                &self.name,
+                format!(
+                    "backup `{}` is at version {v}, expected {}",
+                    receipt.file, receipt.version
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn err(&self, what: &str, e: impl std::fmt::Display) -> Error {
         Error::db(&self.name, format!("{what}: {e}"))
     }
@@ -181,6 +214,28 @@ fn read_version(conn: &Connection) -> std::result::Result<Version, String> {
         )
         .map_err(|e| format!("cannot read `{VERSION_KEY}` from `{VERSION_TABLE}`: {e}"))?;
     Version::parse(v.trim()).map_err(|e| format!("recorded version {v:?} is not a version: {e}"))
+}
+
+/// Size and SHA-256 (hex) of a file, read once in large chunks (the backup's
+/// identity; SHA-256 uses the CPU's SHA extensions where it has them).
+pub(crate) fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; HASH_CHUNK];
+    let mut size = 0u64;
+    loop {
+        let n = match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        h.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((size, crate::config::release::hex(&h.finalize())))
 }
 
 fn value_to_json(v: rusqlite::types::ValueRef<'_>) -> serde_json::Value {
@@ -279,7 +334,16 @@ impl Database for SqliteDatabase {
             .metadata()
             .map_err(|e| Error::io("stat backup", &partial, e))?
             .len();
+        drop(f);
         std::fs::rename(&partial, &file).map_err(|e| Error::io("rename backup", &partial, e))?;
+        // Absolute in the receipt and the journal, so a resume started from
+        // another working directory finds the same file.
+        // (Windows: `absolute`; `canonicalize` would give a `\\?\` path.)
+        #[cfg(windows)]
+        let file = std::path::absolute(&file).map_err(|e| Error::io("locate backup", &file, e))?;
+        #[cfg(not(windows))]
+        let file =
+            std::fs::canonicalize(&file).map_err(|e| Error::io("locate backup", &file, e))?;
         Ok(BackupReceipt {
             database: self.name.clone(),
             file: file.to_string_lossy().into_owned(),
@@ -290,38 +354,87 @@ impl Database for SqliteDatabase {
             verified: false,
             verification: String::new(),
             checksum: false,
+            // Taken by `verify_backup`, while SQLite checks the copy.
+            sha256: String::new(),
+            backup_set_guid: String::new(),
+            first_lsn: String::new(),
+            last_lsn: String::new(),
         })
     }
 
     fn verify_backup(&mut self, receipt: &mut BackupReceipt) -> Result<()> {
+        // The backup's identity (SHA-256) is taken while SQLite checks the
+        // copy, on another thread: both read the file just written, from the
+        // page cache, so the hash costs little more wall time than the check
+        // alone (see BENCHMARKS.md).
         let path = Path::new(&receipt.file);
-        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(|e| self.err(&format!("verify backup `{}`: cannot open", receipt.file), e))?;
-        let result: String = conn
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .map_err(|e| self.err(&format!("verify backup `{}`", receipt.file), e))?;
-        if result != "ok" {
+        let (checked, hashed) = std::thread::scope(|s| {
+            let hasher = s.spawn(|| hash_file(path));
+            let checked = self.check_backup(receipt);
+            (checked, hasher.join())
+        });
+        checked?;
+        let (size, sha256) = match hashed {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => return Err(Error::io("read back backup", path, e)),
+            Err(_) => {
+                return Err(Error::db(
+                    &self.name,
+                    format!("backup `{}`: hashing it failed", receipt.file),
+                ))
+            }
+        };
+        if size != receipt.size {
             return Err(Error::db(
                 &self.name,
                 format!(
-                    "backup `{}` failed its integrity check: {result}",
-                    receipt.file
+                    "backup `{}` changed while it was verified: {size} bytes, {} when written",
+                    receipt.file, receipt.size
                 ),
             ));
         }
-        let v = read_version(&conn)
-            .map_err(|m| Error::db(&self.name, format!("backup `{}`: {m}", receipt.file)))?;
-        if v.to_string() != receipt.version {
-            return Err(Error::db(
-                &self.name,
-                format!(
-                    "backup `{}` is at version {v}, expected {}",
-                    receipt.file, receipt.version
-                ),
-            ));
-        }
+        receipt.sha256 = sha256;
         receipt.verified = true;
-        receipt.verification = "PRAGMA integrity_check: ok; version read back".into();
+        receipt.verification =
+            "PRAGMA integrity_check: ok; version read back; SHA-256 taken".into();
+        Ok(())
+    }
+
+    fn prove_backup(&mut self, receipt: &BackupReceipt) -> Result<()> {
+        let file = &receipt.file;
+        let again =
+            "take a new backup: re-run `backup_db()` before `upgrade_db()`, or start a new run";
+        let refuse = |what: String| {
+            Err(Error::Refused(format!(
+                "database `{}`: the backup `{file}` {what}; the database was not touched; {again}",
+                self.name
+            )))
+        };
+        if receipt.sha256.is_empty() {
+            return refuse(
+                "was recorded without its SHA-256 (by an older uprun), so it cannot be proved"
+                    .into(),
+            );
+        }
+        let (size, sha256) = match hash_file(Path::new(file)) {
+            Ok(v) => v,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return refuse("is missing".into())
+            }
+            Err(e) => return refuse(format!("cannot be read back ({e})")),
+        };
+        if size != receipt.size {
+            return refuse(format!(
+                "changed since it was taken: it now has {size} bytes, {} when taken",
+                receipt.size
+            ));
+        }
+        if sha256 != receipt.sha256 {
+            return refuse(format!(
+                "changed since it was taken: its SHA-256 is now {sha256}, {} when taken",
+                receipt.sha256
+            ));
+        }
         Ok(())
     }
 
@@ -476,6 +589,10 @@ mod tests {
             assert_eq!(receipt.version, "1.2.3");
             db.verify_backup(&mut receipt).expect("verify");
             assert!(receipt.verified);
+            assert!(Path::new(&receipt.file).is_absolute(), "{}", receipt.file);
+            assert_eq!(receipt.sha256.len(), 64);
+            // Reading the copy back (integrity check) left it as hashed.
+            db.prove_backup(&receipt).expect("proved");
             let copy = Connection::open(&receipt.file).expect("open copy");
             let n: i64 = copy
                 .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
@@ -506,6 +623,62 @@ mod tests {
         std::fs::write(&receipt.file, bytes).expect("write");
         assert!(db.verify_backup(&mut receipt).is_err());
         assert!(!receipt.verified);
+    }
+
+    #[test]
+    fn a_missing_or_altered_backup_fails_its_proof() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let src = make(tmp.path(), false);
+        let mut db = SqliteDatabase::open_path("app", &src, false).expect("open");
+        let mut receipt = db
+            .backup(&tmp.path().join("b"), &mut |_, _| {})
+            .expect("backup");
+        assert!(receipt.sha256.is_empty(), "taken by the verification");
+        db.verify_backup(&mut receipt).expect("verify");
+        let (size, sha) = hash_file(Path::new(&receipt.file)).expect("hash");
+        assert_eq!(
+            (size, sha.as_str()),
+            (receipt.size, receipt.sha256.as_str())
+        );
+        let original = std::fs::read(&receipt.file).expect("read");
+        let refused = |db: &mut SqliteDatabase, receipt: &BackupReceipt, needle: &str| {
+            let err = db.prove_backup(receipt).expect_err("refused");
+            assert!(matches!(err, Error::Refused(_)), "{err:?}");
+            let text = err.to_string();
+            assert!(text.contains(&receipt.file), "{text}");
+            assert!(text.contains(needle), "{text}");
+            assert!(text.contains("re-run `backup_db()`"), "{text}");
+        };
+        // One byte changed, same size.
+        let mut bytes = original.clone();
+        bytes[100] ^= 0xff;
+        std::fs::write(&receipt.file, &bytes).expect("write");
+        refused(&mut db, &receipt, "SHA-256");
+        // Truncated.
+        std::fs::write(&receipt.file, &original[..4096]).expect("write");
+        refused(&mut db, &receipt, "4096 bytes");
+        // Gone.
+        std::fs::remove_file(&receipt.file).expect("rm");
+        refused(&mut db, &receipt, "is missing");
+        // Restored: proved again.
+        std::fs::write(&receipt.file, &original).expect("write");
+        db.prove_backup(&receipt).expect("proved");
+        // Recorded by an older uprun (no hash): cannot be proved.
+        let old = BackupReceipt {
+            sha256: String::new(),
+            ..receipt.clone()
+        };
+        refused(&mut db, &old, "older uprun");
+    }
+
+    #[test]
+    fn receipts_from_older_journals_still_read() {
+        let old = serde_json::json!({
+            "database": "app", "file": "backups/app.sqlite", "size": 1, "version": "1.0.0",
+            "started": "", "finished": "", "verified": true, "verification": "ok"
+        });
+        let r: BackupReceipt = serde_json::from_value(old).expect("reads");
+        assert!(r.sha256.is_empty() && r.backup_set_guid.is_empty() && !r.checksum);
     }
 
     #[test]

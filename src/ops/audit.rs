@@ -91,10 +91,24 @@ impl Ops {
                 }
             }
         }
-        Ok(Audit {
+        let audit = Audit {
             changed,
             target: Some(target.to_string()),
             problems,
-        })
+        };
+        lock(&self.state).audit = Some(audit.clone());
+        Ok(audit)
+    }
+
+    /// What the run-end audit observed, when it found the site complete.
+    pub fn audited(&self) -> Option<String> {
+        let st = lock(&self.state);
+        let a = st.audit.as_ref().filter(|a| a.changed && a.complete())?;
+        let target = a.target.as_deref().unwrap_or_default();
+        Some(format!(
+            "observed at the end: every node ({}) runs {} {target}, healthy, against a database at {target}",
+            self.nodes.len(),
+            self.site.app_name
+        ))
     }
 }

@@ -128,7 +128,8 @@ impl Ops {
         let timeout =
             Duration::from_secs(opts.timeout_secs.unwrap_or(self.site.service.timeout_secs));
         let execute = || -> Result<CommandResult> {
-            if self.mode == Mode::Run {
+            // Changing commands only: a read may run again on resume.
+            if self.mode == Mode::Run && opts.changes {
                 lock(&self.state)
                     .commands_run
                     .push((node.to_string(), command.to_string()));

@@ -53,16 +53,17 @@ impl Ops {
         let key = self.call_key("backup_db", None);
         if let Some(r) = self.replayed::<BackupReceipt>(&key, "backup_db", None)? {
             // A backup taken by an earlier attempt of this run counts for the
-            // upgrade rail only while it is still there, unchanged in size.
-            let size = std::fs::metadata(&r.file).map(|m| m.len()).ok();
-            if size != Some(r.size) {
-                return Err(Error::db(
-                    &r.database,
-                    format!(
-                        "the backup `{}` taken by an earlier attempt of this run is missing or changed; restore it, or start a new run",
-                        r.file
-                    ),
-                ));
+            // upgrade rail only once proved unchanged, through the database
+            // (a SQL Server backup is on the server, not on this machine).
+            // Run mode only: the proof reads the whole backup, and the upgrade
+            // proves it again anyway before its first change.
+            if self.mode == Mode::Run && r.verified {
+                lock(&self.db).prove_backup(&r).map_err(|e| match e {
+                    Error::Refused(m) => Error::Refused(format!(
+                        "{m} (the backup was taken by an earlier attempt of this run)"
+                    )),
+                    other => other,
+                })?;
             }
             lock(&self.state).backups.push(r.clone());
             return Ok(r);
@@ -106,6 +107,10 @@ impl Ops {
                         verified: opts.verify,
                         verification: "planned".into(),
                         checksum: false,
+                        sha256: String::new(),
+                        backup_set_guid: String::new(),
+                        first_lsn: String::new(),
+                        last_lsn: String::new(),
                     }
                 } else {
                     let bar = self.reporter.bar(&format!("backup {name}"));
@@ -202,7 +207,7 @@ impl Ops {
                 self.release.min_upgrade_from
             )));
         }
-        let backup = self.backup_for_upgrade(&from)?;
+        let (backup, receipt) = self.backup_for_upgrade(&from)?;
         let pending = self.pending_migrations(&from, &to)?;
         // Every pending file is read and parsed before the first is applied.
         for m in &pending {
@@ -243,8 +248,19 @@ impl Ops {
                     lock(&self.state).planned_version = Some(to.clone());
                 } else {
                     let applied_by = applied_by(&self.run_id);
-                    let bar = self.reporter.bar(&format!("migrate {name}"));
                     let mut db = lock(&self.db);
+                    // Prove, don't trust the receipt: the backup is still there
+                    // and unchanged, right before the first change.
+                    if let Some(r) = &receipt {
+                        if let Err(e) = db.prove_backup(r) {
+                            drop(db);
+                            if matches!(e, Error::Refused(_)) {
+                                self.distrust_backup(r, &e);
+                            }
+                            return Err(e);
+                        }
+                    }
+                    let bar = self.reporter.bar(&format!("migrate {name}"));
                     for (i, m) in pending.iter().enumerate() {
                         bar.set(i as u64, pending.len() as u64);
                         db.apply(m, &applied_by)?;
@@ -262,8 +278,9 @@ impl Ops {
     }
 
     /// Rail: a verified backup of this database at its current version, taken in
-    /// this run, or the site's recorded external-backup reason.
-    fn backup_for_upgrade(&self, version: &Version) -> Result<String> {
+    /// this run (its receipt, proved again right before the upgrade), or the
+    /// site's recorded external-backup reason.
+    fn backup_for_upgrade(&self, version: &Version) -> Result<(String, Option<BackupReceipt>)> {
         let name = &self.site.database.name;
         let st = lock(&self.state);
         if let Some(b) = st
@@ -272,7 +289,7 @@ impl Ops {
             .rev()
             .find(|b| b.verified && &b.database == name && b.version == version.to_string())
         {
-            return Ok(b.file.clone());
+            return Ok((b.file.clone(), Some(b.clone())));
         }
         drop(st);
         if let Some(reason) = &self.site.database.external_backup {
@@ -280,7 +297,7 @@ impl Ops {
                 "warn",
                 &format!("upgrading `{name}` without a backup taken by uprun: the site says `external_backup = {reason:?}`"),
             );
-            return Ok(format!("external: {reason}"));
+            return Ok((format!("external: {reason}"), None));
         }
         Err(Error::Refused(format!(
             "upgrade of database `{name}` needs a verified backup taken in this run: call `backup_db(#{{ verify: true }})` first (the upgrade cannot be undone); sites that back up by other means set `database.external_backup` in `{}`",
@@ -313,6 +330,21 @@ impl Ops {
             problems.join(" / "),
             self.site.file.display()
         )))
+    }
+
+    /// A backup found missing or altered no longer counts as verified in this
+    /// run (so a later `upgrade_db` cannot use it either). Not for a proof that
+    /// could not be made (server unreachable): that says nothing of the backup.
+    fn distrust_backup(&self, receipt: &BackupReceipt, why: &Error) {
+        let mut st = lock(&self.state);
+        for b in st
+            .backups
+            .iter_mut()
+            .filter(|b| b.file == receipt.file && b.database == receipt.database)
+        {
+            b.verified = false;
+            b.verification = format!("failed its proof before the upgrade: {why}");
+        }
     }
 
     /// The release's migrations newer than `from`, minus those already recorded

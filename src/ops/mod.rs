@@ -108,6 +108,8 @@ struct RunState {
     site_changed: bool,
     /// Nodes whose health command passed in this attempt.
     healthy: HashSet<String>,
+    /// The run-end audit, once made.
+    audit: Option<audit::Audit>,
     /// Every refusal raised in the script, caught or not, in order.
     refusals: Vec<Refusal>,
 }
@@ -169,6 +171,9 @@ pub struct RunSpec {
     pub commands: CommandPolicy,
     /// `uprun test`: stop as if the process died at this point.
     pub crash_at: Option<CrashPoint>,
+    /// `uprun test`: run the closures of `for_each_node` one after the other,
+    /// so that step numbers (the crash points) are the same in every attempt.
+    pub closures_in_order: bool,
 }
 
 impl RunSpec {
@@ -190,6 +195,7 @@ impl RunSpec {
             replay: Replay::default(),
             commands: CommandPolicy::Run,
             crash_at: None,
+            closures_in_order: false,
         }
     }
 }
@@ -208,6 +214,7 @@ pub struct Ops {
     replay: Replay,
     commands: CommandPolicy,
     crash_at: Option<CrashPoint>,
+    closures_in_order: bool,
     state: Mutex<RunState>,
 }
 
@@ -242,6 +249,7 @@ impl Ops {
             replay: spec.replay,
             commands: spec.commands,
             crash_at: spec.crash_at,
+            closures_in_order: spec.closures_in_order,
             state: Mutex::new(RunState {
                 // A resumed run changed the site if an earlier attempt did,
                 // even when this attempt has nothing left to do.
@@ -588,7 +596,14 @@ impl Ops {
         }
     }
 
-    /// Commands run (or simulated) by `node_command` so far.
+    /// Whether `for_each_node` runs its closures one after the other: always
+    /// in plan mode (what the plan reports must not depend on timing; the order
+    /// rails hold for any interleaving), and in `uprun test`'s attempts.
+    pub fn closures_in_order(&self) -> bool {
+        self.mode == Mode::Plan || self.closures_in_order
+    }
+
+    /// Changing commands run (or simulated) by `node_command` so far.
     pub fn commands_run(&self) -> Vec<(String, String)> {
         lock(&self.state).commands_run.clone()
     }

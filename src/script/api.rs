@@ -322,7 +322,7 @@ fn register_database(engine: &mut Engine, o: &Option<Arc<Ops>>) {
             let rows = ops.query(sql).map_err(|e| fail(ops, e, ctx.call_position()))?;
             to_dyn(&rows, ctx.call_position())
         });
-    let backup_doc = "Take a full backup of the site's database into its backup folder and verify it.\nOptions: `verify` (bool, default true).\nReturns `#{ database, file, size, version, started, finished, verified, verification, checksum }`\n(`checksum`: the backup carries page checksums, SQL Server `WITH CHECKSUM`).\nOnly a verified backup taken in the same run allows `upgrade_db`.\nErrors: `database` (the backup or its verification failed: the server's message), `config` (a bad option).";
+    let backup_doc = "Take a full backup of the site's database into its backup folder and verify it.\nOptions: `verify` (bool, default true).\nReturns `#{ database, file, size, version, started, finished, verified, verification, checksum, sha256, backup_set_guid, first_lsn, last_lsn }`\n(`checksum`: the backup carries page checksums, SQL Server `WITH CHECKSUM`; the backup's identity, proved again before\n`upgrade_db`: `sha256` of the file for SQLite, whose `file` is an absolute path; `backup_set_guid`, `first_lsn`, `last_lsn`\nfrom `RESTORE HEADERONLY` for SQL Server, whose `file` is on the server).\nOnly a verified backup taken in the same run allows `upgrade_db`.\nErrors: `database` (the backup or its verification failed: the server's message), `refused` (on resume: the backup taken\nby the earlier attempt is missing or changed), `config` (a bad option).";
     reg_opts(
         engine,
         o,
@@ -330,7 +330,7 @@ fn register_database(engine: &mut Engine, o: &Option<Arc<Ops>>) {
         backup_doc,
         |ops, opts: BackupOptions| ops.backup_db(opts),
     );
-    let upgrade_doc = "Upgrade the existing database to the release's version: apply the release's pending migrations\n(each in its own transaction, recorded in the history table), then record the version.\nIrreversible. Refused without a verified backup of this database taken in this run (unless the site sets\n`database.external_backup`), refused for a database newer than the release (no downgrades) or older than\nthe release's `min_upgrade_from`. A database already at the release's version is left alone.\nOptions: none. Returns `#{ database, from, to, upgraded, migrations, backup }`.\nErrors: `refused` (no verified backup, downgrade, below `min_upgrade_from`, not confirmed), `database` (a migration\nfailed and was rolled back; the history shows which were applied), `config` (no release, changed migration file).";
+    let upgrade_doc = "Upgrade the existing database to the release's version: apply the release's pending migrations\n(each in its own transaction, recorded in the history table), then record the version.\nIrreversible. Refused without a verified backup of this database taken in this run (unless the site sets\n`database.external_backup`), refused for a database newer than the release (no downgrades) or older than\nthe release's `min_upgrade_from`. A database already at the release's version is left alone.\nOptions: none. Returns `#{ database, from, to, upgraded, migrations, backup }`.\nRight before its first change it proves the backup again (same size and SHA-256, or the same backup set by `RESTORE\nHEADERONLY` and `RESTORE VERIFYONLY` on the server).\nErrors: `refused` (no verified backup, the backup missing or changed since it was taken, downgrade, below `min_upgrade_from`, not confirmed), `database` (a migration\nfailed and was rolled back; the history shows which were applied), `config` (no release, changed migration file).";
     reg_opts(
         engine,
         o,
@@ -569,10 +569,10 @@ fn for_each_node(
         }
         *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
     };
-    // Plan mode runs the closures one after the other, so that what it
-    // reports does not depend on timing; the order rails above hold for any
-    // interleaving.
-    let workers = if ops.mode == Mode::Plan {
+    // Plan mode (and `uprun test`) runs the closures one after the other, so
+    // that what it reports does not depend on timing; the order rails above
+    // hold for any interleaving.
+    let workers = if ops.closures_in_order() {
         1
     } else {
         (opts.parallel as usize).min(nodes.len()).max(1)

@@ -38,6 +38,12 @@ pub enum Value {
     Null,
     Int(i64),
     Str(String),
+    /// A uniqueidentifier, written `6F9619FF-8B86-D011-B42D-00C04FC964FF`.
+    Guid(String),
+    /// A numeric(25,0), as `RESTORE HEADERONLY` returns LSNs.
+    Numeric(i128),
+    /// A bit.
+    Bit(bool),
 }
 
 impl Value {
@@ -61,6 +67,18 @@ pub fn s(v: &str) -> Value {
 
 pub fn i(v: i64) -> Value {
     Value::Int(v)
+}
+
+pub fn guid(v: &str) -> Value {
+    Value::Guid(v.to_string())
+}
+
+pub fn numeric(v: i128) -> Value {
+    Value::Numeric(v)
+}
+
+pub fn bit(v: bool) -> Value {
+    Value::Bit(v)
 }
 
 /// What a client sent.
@@ -109,7 +127,8 @@ pub struct Logged {
 #[derive(Debug, Clone)]
 pub enum Reply {
     /// A result set; column types follow the first non-null value
-    /// (integers as bigint, everything else as nvarchar).
+    /// (integers as bigint, GUIDs as uniqueidentifier, numerics as
+    /// numeric(25,0), bits as bit, everything else as nvarchar).
     Rows {
         columns: Vec<String>,
         rows: Vec<Vec<Value>>,
@@ -447,43 +466,95 @@ fn login_ack(out: &mut Vec<u8>) {
 
 const COLLATION: [u8; 5] = [0x09, 0x04, 0xd0, 0x00, 0x34];
 
+/// The wire type of a result column.
+#[derive(Clone, Copy, PartialEq)]
+enum ColType {
+    Int,
+    Guid,
+    Numeric,
+    Bit,
+    Text,
+}
+
+const GUIDTYPE: u8 = 0x24;
+const NUMERICNTYPE: u8 = 0x6C;
+const BITNTYPE: u8 = 0x68;
+/// numeric(25,0): 13 bytes on the wire (sign + 12 bytes of magnitude).
+const NUMERIC_PRECISION: u8 = 25;
+const NUMERIC_LEN: u8 = 13;
+
+/// A GUID's 16 bytes as SQL Server sends them (first three groups little-endian).
+fn guid_bytes(text: &str) -> [u8; 16] {
+    let hex: String = text.chars().filter(|c| *c != '-').collect();
+    assert_eq!(hex.len(), 32, "tds mock: bad GUID {text:?}");
+    let mut b = [0u8; 16];
+    for (n, byte) in b.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * n..2 * n + 2], 16).expect("tds mock: GUID hex");
+    }
+    b.swap(0, 3);
+    b.swap(1, 2);
+    b.swap(4, 5);
+    b.swap(6, 7);
+    b
+}
+
 fn rows_tokens(out: &mut Vec<u8>, columns: &[String], rows: &[Vec<Value>]) {
-    let is_int: Vec<bool> = (0..columns.len())
-        .map(|c| {
-            rows.iter()
-                .map(|r| &r[c])
-                .find(|v| **v != Value::Null)
-                .is_some_and(|v| matches!(v, Value::Int(_)))
-        })
+    let types: Vec<ColType> = (0..columns.len())
+        .map(
+            |c| match rows.iter().map(|r| &r[c]).find(|v| **v != Value::Null) {
+                Some(Value::Int(_)) => ColType::Int,
+                Some(Value::Guid(_)) => ColType::Guid,
+                Some(Value::Numeric(_)) => ColType::Numeric,
+                Some(Value::Bit(_)) => ColType::Bit,
+                _ => ColType::Text,
+            },
+        )
         .collect();
     out.push(0x81);
     out.extend_from_slice(&(columns.len() as u16).to_le_bytes());
     for (c, name) in columns.iter().enumerate() {
         out.extend_from_slice(&0u32.to_le_bytes()); // user type
         out.extend_from_slice(&0x0001u16.to_le_bytes()); // nullable
-        if is_int[c] {
-            out.extend_from_slice(&[0x26, 8]); // INTN(8): bigint
-        } else {
-            out.push(0xE7); // NVARCHAR(4000)
-            out.extend_from_slice(&8000u16.to_le_bytes());
-            out.extend_from_slice(&COLLATION);
+        match types[c] {
+            ColType::Int => out.extend_from_slice(&[0x26, 8]), // INTN(8): bigint
+            ColType::Guid => out.extend_from_slice(&[GUIDTYPE, 16]),
+            ColType::Numeric => {
+                out.extend_from_slice(&[NUMERICNTYPE, NUMERIC_LEN, NUMERIC_PRECISION, 0])
+            }
+            ColType::Bit => out.extend_from_slice(&[BITNTYPE, 1]),
+            ColType::Text => {
+                out.push(0xE7); // NVARCHAR(4000)
+                out.extend_from_slice(&8000u16.to_le_bytes());
+                out.extend_from_slice(&COLLATION);
+            }
         }
         b_varchar(out, name);
     }
     for row in rows {
         out.push(0xD1);
         for (c, v) in row.iter().enumerate() {
-            match (is_int[c], v) {
-                (true, Value::Int(n)) => {
+            match (types[c], v) {
+                (ColType::Int, Value::Int(n)) => {
                     out.push(8);
                     out.extend_from_slice(&n.to_le_bytes());
                 }
-                (true, _) => out.push(0),
-                (false, Value::Null) => out.extend_from_slice(&0xffffu16.to_le_bytes()),
-                (false, v) => {
+                (ColType::Guid, Value::Guid(g)) => {
+                    out.push(16);
+                    out.extend_from_slice(&guid_bytes(g));
+                }
+                (ColType::Numeric, Value::Numeric(n)) => {
+                    out.push(NUMERIC_LEN);
+                    out.push(if *n < 0 { 0 } else { 1 });
+                    out.extend_from_slice(&n.unsigned_abs().to_le_bytes()[..12]);
+                }
+                (ColType::Bit, Value::Bit(b)) => out.extend_from_slice(&[1, u8::from(*b)]),
+                (ColType::Text, Value::Null) => out.extend_from_slice(&0xffffu16.to_le_bytes()),
+                (ColType::Text, v) => {
                     let text = match v {
-                        Value::Str(s) => s.clone(),
+                        Value::Str(s) | Value::Guid(s) => s.clone(),
                         Value::Int(n) => n.to_string(),
+                        Value::Numeric(n) => n.to_string(),
+                        Value::Bit(b) => u8::from(*b).to_string(),
                         Value::Null => String::new(),
                     };
                     let mut bytes = Vec::new();
@@ -491,6 +562,8 @@ fn rows_tokens(out: &mut Vec<u8>, columns: &[String], rows: &[Vec<Value>]) {
                     out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
                     out.extend_from_slice(&bytes);
                 }
+                // NULL (or a value of another type) in a typed column.
+                (_, _) => out.push(0),
             }
         }
     }
