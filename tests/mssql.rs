@@ -94,6 +94,8 @@ struct Fake {
     headers_read: usize,
     /// After this many HEADERONLY reads, the backup file is tampered with.
     tamper: Option<(usize, Tamper)>,
+    /// The login may not read msdb (error 229).
+    msdb_denied: bool,
 }
 
 impl Default for Fake {
@@ -114,6 +116,7 @@ impl Default for Fake {
             backups: Vec::new(),
             headers_read: 0,
             tamper: None,
+            msdb_denied: false,
         }
     }
 }
@@ -420,11 +423,12 @@ fn answer(
             ),
         ];
     }
-    if sql == q::BACKUPSET_SQL {
-        return rows(
-            &["size", "finished", "has_checksums"],
-            vec![vec![i(123_456), s("2026-01-01T01:02:03"), i(1)]],
-        );
+    if f.msdb_denied && sql.contains("msdb.") {
+        return vec![Reply::error(
+            229,
+            14,
+            "The SELECT permission was denied on the object 'backupset', database 'msdb', schema 'dbo'.",
+        )];
     }
     if sql == q::HEADERONLY_SQL {
         f.headers_read += 1;
@@ -450,6 +454,9 @@ fn answer(
                 "HasBackupChecksums",
                 "IsDamaged",
                 "BackupSetGUID",
+                "BackupSize",
+                "CompressedBackupSize",
+                "BackupFinishDate",
             ],
             vec![vec![
                 Value::Null,
@@ -461,6 +468,10 @@ fn answer(
                 bit(true),
                 bit(false),
                 guid(&set),
+                numeric(376_832),
+                numeric(123_456),
+                // The server's local time (as SQL Server reports it).
+                s("2026-01-01T02:02:03"),
             ]],
         );
     }
@@ -741,7 +752,15 @@ fn backup_and_verify_send_the_expected_sql_and_progress_drives_the_callback() {
         receipt.file
     );
     assert_eq!(receipt.size, 123_456);
-    assert_eq!(receipt.finished, "2026-01-01T01:02:03");
+    // Both times from uprun's clock, in UTC (the server's are local).
+    assert!(
+        receipt.started.ends_with('Z')
+            && receipt.finished.ends_with('Z')
+            && receipt.started <= receipt.finished,
+        "{} {}",
+        receipt.started,
+        receipt.finished
+    );
     assert!(receipt.checksum && receipt.verified);
     assert!(receipt
         .verification
@@ -1844,4 +1863,78 @@ fn a_resumed_run_whose_backup_is_gone_from_the_server_is_refused() {
     }
     assert!(migration_sql(&mock.sql()).is_empty());
     assert_eq!(mock.fake().version, "1.0.0");
+}
+
+#[test]
+fn a_login_without_msdb_access_backs_up_with_the_size_from_the_file() {
+    let mock = Mock::start(Fake {
+        msdb_denied: true,
+        ..Fake::default()
+    });
+    let sb = mock.sandbox();
+    let (code, all) = uprun_on(&sb, "run", &["--yes"]);
+    assert_eq!(code, Some(0), "{all}");
+    assert_contains(&all, &["(123456 bytes, verified)"]);
+    assert_eq!(mock.fake().version, "2.0.0");
+    // The backup step never asked msdb.
+    let sql = mock.sql();
+    let backup = sql
+        .iter()
+        .position(|q| q.starts_with("BACKUP DATABASE"))
+        .expect("backup");
+    let verify = sql
+        .iter()
+        .position(|q| q.starts_with("RESTORE VERIFYONLY"))
+        .expect("verify");
+    assert!(
+        !sql[backup..verify].iter().any(|q| q.contains("msdb.")),
+        "{sql:#?}"
+    );
+}
+
+#[test]
+fn azure_sql_database_and_managed_instance_are_refused_at_plan_time() {
+    for (engine, edition, needles) in [
+        (
+            5,
+            "SQL Azure",
+            [
+                "the server is Azure SQL Database (SERVERPROPERTY('EngineEdition') = 5",
+                "no BACKUP DATABASE statement",
+            ],
+        ),
+        (
+            8,
+            "SQL Azure",
+            [
+                "the server is Azure SQL Managed Instance (SERVERPROPERTY('EngineEdition') = 8)",
+                "TO URL",
+            ],
+        ),
+    ] {
+        let mock = Mock::start(Fake {
+            engine_edition: engine,
+            edition: edition.into(),
+            ..Fake::default()
+        });
+        let sb = mock.sandbox();
+        let before = sb.snapshot();
+        for (cmd, extra) in [("plan", &[][..]), ("run", &["--yes"][..])] {
+            let (code, all) = uprun_on(&sb, cmd, extra);
+            assert_eq!(code, Some(3), "{cmd}: {all}");
+            assert_contains(&all, &needles);
+            assert_contains(
+                &all,
+                &[
+                    "backup_db cannot back up database `FastApp`",
+                    "`database.external_backup`",
+                ],
+            );
+        }
+        let sql = mock.sql();
+        assert!(!sql.iter().any(|q| q.starts_with("BACKUP")), "{sql:#?}");
+        assert!(migration_sql(&sql).is_empty());
+        assert_eq!(mock.fake().version, "1.0.0");
+        assert_eq!(sb.snapshot(), before, "a refused run changed the nodes");
+    }
 }

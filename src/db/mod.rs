@@ -97,6 +97,12 @@ pub trait Database: Send {
     /// Parse a migration the way `apply` will, without running it, so that a
     /// bad file is found before the first migration of an upgrade is applied.
     fn check_migration(&self, migration: &Migration) -> Result<()>;
+    /// Refuse (`Error::Refused`), before anything changes, a backup this
+    /// backend cannot take on this server (plan and run alike). Backends that
+    /// can always back up say nothing.
+    fn check_backup_possible(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// The newest full backup the server knows of (whoever took it), for
     /// `plan` and `status`. Backends without such a catalogue return None.
     fn latest_full_backup(&mut self) -> Result<Option<String>> {

@@ -174,10 +174,6 @@ pub const VERIFY_SQL: &str = "RESTORE VERIFYONLY FROM DISK = @P1 WITH CHECKSUM";
 /// row (position 1: the set `RESTORE VERIFYONLY`
 /// checks; `INIT, FORMAT` leaves only that one in the file).
 pub const HEADERONLY_SQL: &str = "RESTORE HEADERONLY FROM DISK = @P1";
-/// What msdb recorded about the backup just taken (`@P1` database, `@P2` file).
-pub const BACKUPSET_SQL: &str = "SELECT TOP (1) CAST(COALESCE(bs.compressed_backup_size, bs.backup_size) AS bigint) AS size, CONVERT(nvarchar(33), bs.backup_finish_date, 126) AS finished, CAST(bs.has_backup_checksums AS int) AS has_checksums
-FROM msdb.dbo.backupset AS bs JOIN msdb.dbo.backupmediafamily AS mf ON mf.media_set_id = bs.media_set_id
-WHERE bs.database_name = @P1 AND mf.physical_device_name = @P2 ORDER BY bs.backup_finish_date DESC";
 /// The newest full backup of a database (`@P1`), whoever took it.
 pub const LATEST_FULL_SQL: &str = "SELECT TOP (1) mf.physical_device_name AS file_name, CONVERT(nvarchar(33), bs.backup_finish_date, 126) AS finished, CAST(bs.is_copy_only AS int) AS copy_only
 FROM msdb.dbo.backupset AS bs JOIN msdb.dbo.backupmediafamily AS mf ON mf.media_set_id = bs.media_set_id
@@ -192,6 +188,21 @@ SELECT @result AS result;";
 pub fn quote_name(name: &str) -> std::result::Result<String, String> {
     check_sql_name(name)?;
     Ok(format!("[{}]", name.replace(']', "]]")))
+}
+
+/// Why `BACKUP DATABASE ... TO DISK` cannot work on this engine edition
+/// (`SERVERPROPERTY('EngineEdition')`), with what to do; None where it can.
+fn no_backup_to_disk(engine_edition: i64, edition: &str, database: &str) -> Option<String> {
+    let what_to_do = "take the backup by the platform's means before the window, say how in `database.external_backup` in the site file, and run a procedure that does not call `backup_db` (`upgrade_db` then accepts the site's external backup); nothing was changed";
+    match engine_edition {
+        5 => Some(format!(
+            "backup_db cannot back up database `{database}`: the server is Azure SQL Database (SERVERPROPERTY('EngineEdition') = 5, edition `{edition}`), which has no BACKUP DATABASE statement (Azure takes its backups; restore is point-in-time or from a database copy); {what_to_do}"
+        )),
+        8 => Some(format!(
+            "backup_db cannot back up database `{database}`: the server is Azure SQL Managed Instance (SERVERPROPERTY('EngineEdition') = 8), which only writes copy-only backups TO URL (Azure Blob Storage with a credential), not to a folder; uprun does not take backups to URL: run `BACKUP DATABASE ... TO URL = '...' WITH COPY_ONLY, CHECKSUM` yourself, then {what_to_do}"
+        )),
+        _ => None,
+    }
 }
 
 /// Editions with backup compression: Enterprise/Developer/Evaluation (3),
@@ -512,6 +523,21 @@ impl MssqlDatabase {
         rolled
     }
 
+    /// `SERVERPROPERTY('EngineEdition')` and `('Edition')`.
+    fn edition(&mut self) -> Result<(i64, String)> {
+        let q = self.cfg.query_timeout;
+        self.run("read the server edition", q, |c| {
+            Box::pin(async move {
+                let r = rows(c, EDITION_SQL, &[]).await?;
+                let row = r.first();
+                Ok((
+                    row.and_then(|r| cell_i64(r, "engine_edition")).unwrap_or(0),
+                    row.and_then(|r| cell_str(r, "edition")).unwrap_or_default(),
+                ))
+            })
+        })
+    }
+
     /// `RESTORE HEADERONLY` of a backup file on the server: the first backup
     /// set's header, None when the file holds none.
     fn read_header(
@@ -653,6 +679,8 @@ struct BackupSetHeader {
     last_lsn: String,
     has_checksums: bool,
     damaged: bool,
+    /// Bytes on disk: `CompressedBackupSize`, else `BackupSize`.
+    size: Option<u64>,
 }
 
 impl BackupSetHeader {
@@ -664,6 +692,10 @@ impl BackupSetHeader {
             last_lsn: text("LastLSN"),
             has_checksums: cell_bool(row, "HasBackupChecksums").unwrap_or(false),
             damaged: cell_bool(row, "IsDamaged").unwrap_or(false),
+            size: ["CompressedBackupSize", "BackupSize"]
+                .iter()
+                .find_map(|c| cell_i64(row, c))
+                .and_then(|n| u64::try_from(n).ok()),
         }
     }
 
@@ -1136,20 +1168,22 @@ impl Database for MssqlDatabase {
             .collect())
     }
 
+    fn check_backup_possible(&mut self) -> Result<()> {
+        let (engine, edition) = self.edition()?;
+        match no_backup_to_disk(engine, &edition, &self.name) {
+            Some(why) => Err(Error::Refused(why)),
+            None => Ok(()),
+        }
+    }
+
     fn backup(&mut self, dir: &Path, progress: Progress<'_>) -> Result<BackupReceipt> {
         self.refuse_read_only("backup")?;
         let version = self.version()?;
         let q = self.cfg.query_timeout;
-        let (edition_no, edition) = self.run("read the server edition", q, |c| {
-            Box::pin(async move {
-                let r = rows(c, EDITION_SQL, &[]).await?;
-                let row = r.first();
-                Ok((
-                    row.and_then(|r| cell_i64(r, "engine_edition")).unwrap_or(0),
-                    row.and_then(|r| cell_str(r, "edition")).unwrap_or_default(),
-                ))
-            })
-        })?;
+        let (edition_no, edition) = self.edition()?;
+        if let Some(why) = no_backup_to_disk(edition_no, &edition, &self.name) {
+            return Err(Error::Refused(why));
+        }
         let compress = supports_compression(edition_no, &edition);
         let spid = self.run("read the session id", q, |c| {
             Box::pin(async move {
@@ -1237,26 +1271,10 @@ impl Database for MssqlDatabase {
             Err(_) => return Err(self.fail(&what, Failure::Deadline(deadline))),
         }
         progress(100, 100);
+        // uprun's clock (UTC), like `started`: the server's dates are in its
+        // local time, and the receipt mixes nothing.
+        let finished = now_rfc3339();
 
-        // What msdb recorded: size on disk (compressed if it was), finish time,
-        // whether page checksums were written.
-        let (db, f) = (self.name.clone(), file.clone());
-        let recorded = self.run("read the backup record in msdb", q, move |c| {
-            Box::pin(async move {
-                let r = rows(c, BACKUPSET_SQL, &[&db, &f]).await?;
-                Ok(r.first().map(|row| {
-                    (
-                        cell_i64(row, "size").unwrap_or(0),
-                        cell_str(row, "finished"),
-                        cell_i64(row, "has_checksums").unwrap_or(0) == 1,
-                    )
-                }))
-            })
-        })?;
-        let (size, finished) = match recorded {
-            Some((size, finished, _)) => (size.max(0) as u64, finished.unwrap_or_else(now_rfc3339)),
-            None => (0, now_rfc3339()),
-        };
         // The backup set's identity, from the file's own header: what the
         // upgrade proves again.
         let header = match self.read_header(&file)? {
@@ -1274,6 +1292,14 @@ impl Database for MssqlDatabase {
                 ))
             }
             Err(f) => return Err(self.fail(&format!("read the header of backup `{file}`"), f)),
+        };
+        // The size is the file's own (no msdb: a login that cannot read it
+        // still backs up), and never a silent 0.
+        let Some(size) = header.size else {
+            return Err(Error::db(
+                &self.name,
+                format!("backup to `{file}` on the server: RESTORE HEADERONLY reports no `BackupSize` for the backup set just written"),
+            ));
         };
         Ok(BackupReceipt {
             database: self.name.clone(),

@@ -77,6 +77,7 @@ impl Ops {
         let name = self.site.database.name.clone();
         let dir = self.site.database.backup_dir.clone();
         let version = self.db_version()?;
+        lock(&self.db).check_backup_possible()?;
         let verify = if opts.verify {
             " and verify it"
         } else {
