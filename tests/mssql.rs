@@ -1938,3 +1938,84 @@ fn azure_sql_database_and_managed_instance_are_refused_at_plan_time() {
         assert_eq!(sb.snapshot(), before, "a refused run changed the nodes");
     }
 }
+
+/// The logins the responder received: (user, database, password).
+fn logins(mock: &Mock) -> Vec<(String, String, String)> {
+    mock.server
+        .log()
+        .into_iter()
+        .filter_map(|l| match l.request {
+            Request::Login {
+                user,
+                database,
+                password,
+                ..
+            } => Some((user, database, password)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_password_with_separators_and_quotes_stays_one_value() {
+    let mock = Mock::start(Fake::default());
+    let port = mock.server.port();
+    // Substituted after the string is parsed: what the password holds cannot
+    // add keys (here, another database and user) or end the value.
+    let tricky = "x;Database=master;User Id=sa;'\"é";
+    for connection in [
+        format!("Server=tcp:127.0.0.1,{port};Database=FastApp;User Id=uprun;Password=${{env:UPRUN_TEST_TRICKY_PW}};Encrypt=DANGER_PLAINTEXT"),
+        // `Addr` is a synonym of `Server`; the last `Password` wins.
+        format!("Addr=tcp:127.0.0.1,{port};Initial Catalog=FastApp;uid=uprun;pwd=wrong;Password='${{env:UPRUN_TEST_TRICKY_PW}}';Encrypt=DANGER_PLAINTEXT"),
+    ] {
+        let sb = sandbox_at(&connection, "");
+        let out = crate::support::uprun()
+            .args(["status", "--site"])
+            .arg(sb.site())
+            .env("UPRUN_TEST_TRICKY_PW", tricky)
+            .output()
+            .expect("status");
+        let all = output_text(&out);
+        assert_eq!(out.status.code(), Some(0), "{all}");
+        assert!(!all.contains(tricky), "{all}");
+    }
+    let seen = logins(&mock);
+    assert!(!seen.is_empty());
+    for (user, database, password) in seen {
+        assert_eq!(
+            (user.as_str(), database.as_str(), password.as_str()),
+            ("uprun", "FastApp", tricky)
+        );
+    }
+}
+
+#[test]
+fn windows_and_entra_authentication_are_refused_at_load() {
+    let mock = Mock::start(Fake::default());
+    let port = mock.server.port();
+    for (extra, needle) in [
+        ("Integrated Security=SSPI", "Windows authentication"),
+        ("Trusted_Connection=Yes", "Windows authentication"),
+        (
+            "Authentication=ActiveDirectoryIntegrated",
+            "Microsoft Entra",
+        ),
+        ("ApplicationIntent=ReadOnly", "read-only replica"),
+        ("MultiSubnetFailover=true", "MultiSubnetFailover"),
+    ] {
+        let sb = sandbox_at(
+            &format!(
+                "Server=tcp:127.0.0.1,{port};Database=FastApp;{extra};Encrypt=DANGER_PLAINTEXT"
+            ),
+            "",
+        );
+        let out = status(&sb, 1);
+        let all = output_text(&out);
+        assert_eq!(out.status.code(), Some(2), "{extra}: {all}");
+        assert_contains(&all, &["`database.connection`", needle]);
+    }
+    assert!(
+        mock.server.log().is_empty(),
+        "a refused string reached the server"
+    );
+}

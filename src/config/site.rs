@@ -717,13 +717,22 @@ fn mssql_config(db: DatabaseSection, dir: &Path, f: &str) -> Result<DatabaseConf
             "{f}: `database.connection` is required for `kind = \"mssql\"`: an ADO.NET connection string such as \"Server=tcp:db01,1433;Database=FastApp;User Id=uprun;Password=${{env:UPRUN_DB_PASSWORD}}\""
         )));
     };
-    let connection = expand(raw_connection, &format!("{f}: `database.connection`"))?;
-    let pairs = super::ado::pairs(&connection).map_err(|m| {
+    // Parsed first, `${env:...}` substituted in each value afterwards: a
+    // password holding `;` or a quote stays one value.
+    let mut pairs = super::ado::pairs(raw_connection).map_err(|m| {
         Error::Config(format!(
             "{f}: `database.connection` is not a valid ADO.NET connection string: {m}"
         ))
     })?;
-    let from_string = super::ado::get(&pairs, &["database", "initial catalog"]);
+    for (key, value) in pairs.iter_mut() {
+        *value = expand(value, &format!("{f}: `database.connection` (`{key}`)"))?;
+    }
+    super::ado::check(&pairs)
+        .map_err(|m| Error::Config(format!("{f}: `database.connection`: {m}")))?;
+    super::ado::server(&pairs)
+        .map_err(|m| Error::Config(format!("{f}: `database.connection`: {m}")))?;
+    let connection = super::ado::join(&pairs);
+    let from_string = super::ado::get(&pairs, &["initial catalog"]);
     let database = match (&db.database, from_string) {
         (Some(d), _) => d.clone(),
         (None, Some(d)) if !d.is_empty() => d.to_string(),
@@ -735,11 +744,7 @@ fn mssql_config(db: DatabaseSection, dir: &Path, f: &str) -> Result<DatabaseConf
     };
     check_sql_name(&database)
         .map_err(|m| Error::Config(format!("{f}: database name {database:?}: {m}")))?;
-    let tls_in_string = super::ado::get(
-        &pairs,
-        &["trustservercertificate", "trustservercertificateca"],
-    )
-    .is_some();
+    let tls_in_string = super::ado::get(&pairs, &["trustservercertificate"]).is_some();
     let trust = db.trust_server_certificate.unwrap_or(false);
     if tls_in_string && (db.trust_server_certificate.is_some() || db.ca_file.is_some()) {
         return Err(Error::Config(format!(

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::LocalBoxFuture;
 use semver::Version;
-use tiberius::{Client, ColumnData, Config, FromSql, ToSql};
+use tiberius::{AuthMethod, Client, ColumnData, Config, EncryptionLevel, FromSql, ToSql};
 use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 
@@ -322,19 +322,40 @@ impl MssqlDatabase {
 
     /// The driver's configuration for one connection.
     fn config(&self, application: &str) -> Result<Config> {
-        let mut c = Config::from_ado_string(self.cfg.connection.expose()).map_err(|e| {
+        // Built from uprun's own reading of the string (see `config::ado`):
+        // the driver's parser differs from SqlClient's.
+        let bad = |e: String| {
             Error::Config(format!(
-                "database `{}`: `database.connection` is not a connection string the driver accepts: {}",
-                self.name,
-                self.scrub(&e.to_string())
+                "database `{}`: `database.connection`: {e}",
+                self.name
             ))
-        })?;
-        // Where to connect is decided by `locate` (the driver's parse of
-        // `Server=` is case-sensitive about `tcp:` and knows no Browser port).
+        };
+        let pairs = ado::pairs(self.cfg.connection.expose()).map_err(bad)?;
+        let mut c = Config::new();
         c.host(&self.server.host);
         c.port(self.port);
+        if let Some(instance) = &self.server.instance {
+            // Sent in the prelogin: a server that is another instance refuses.
+            c.instance_name(instance);
+        }
         c.database(&self.cfg.database);
         c.application_name(application);
+        c.authentication(AuthMethod::sql_server(
+            ado::get(&pairs, &["user id"]).unwrap_or_default(),
+            ado::get(&pairs, &["password"]).unwrap_or_default(),
+        ));
+        c.encryption(match ado::encrypt(&pairs).map_err(bad)? {
+            ado::Encrypt::Mandatory => EncryptionLevel::Required,
+            ado::Encrypt::Optional => EncryptionLevel::Off,
+            ado::Encrypt::Strict => EncryptionLevel::Strict,
+            ado::Encrypt::Plaintext => EncryptionLevel::NotSupported,
+        });
+        if ado::flag(&pairs, "trustservercertificate").map_err(bad)? {
+            c.trust_cert();
+        }
+        if let Some(h) = ado::get(&pairs, &["hostnameincertificate"]) {
+            c.hostname_in_certificate(h);
+        }
         if self.cfg.trust_server_certificate {
             c.trust_cert();
         }
@@ -416,7 +437,7 @@ impl MssqlDatabase {
     /// Remove the password from a driver message, should one ever echo it.
     fn scrub(&self, text: &str) -> String {
         let pairs = crate::config::ado::pairs(self.cfg.connection.expose()).unwrap_or_default();
-        match crate::config::ado::get(&pairs, &["password", "pwd"]) {
+        match crate::config::ado::get(&pairs, &["password"]) {
             Some(pw) if pw.len() >= 3 => text.replace(pw, "***"),
             _ => text.to_string(),
         }

@@ -84,11 +84,13 @@ pub fn bit(v: bool) -> Value {
 /// What a client sent.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
-    /// A login: user, application name, database.
+    /// A login: user, application name, database, and the password as the
+    /// client sent it (unscrambled).
     Login {
         user: String,
         app: String,
         database: String,
+        password: String,
     },
     /// A plain SQL batch.
     Batch(String),
@@ -349,6 +351,19 @@ fn login_field(p: &[u8], at: usize) -> String {
     let off = u16::from_le_bytes([p[at], p[at + 1]]) as usize;
     let len = u16::from_le_bytes([p[at + 2], p[at + 3]]) as usize * 2;
     p.get(off..off + len).map(utf16).unwrap_or_default()
+}
+
+/// The Login7 password (offset at 44): each byte XOR 0xA5, nibbles swapped.
+fn login_password(p: &[u8]) -> String {
+    let off = u16::from_le_bytes([p[44], p[45]]) as usize;
+    let len = u16::from_le_bytes([p[46], p[47]]) as usize * 2;
+    let bytes: Vec<u8> = p
+        .get(off..off + len)
+        .unwrap_or_default()
+        .iter()
+        .map(|b| (b ^ 0xA5).rotate_left(4))
+        .collect();
+    utf16(&bytes)
 }
 
 const PRELOGIN_INSTOPT: u8 = 0x02;
@@ -758,6 +773,7 @@ fn serve(
                     user: login_field(&payload, 40),
                     app: app.clone(),
                     database,
+                    password: login_password(&payload),
                 }
             }
             PACKET_SQL_BATCH => Request::Batch(utf16(&payload[skip_headers(&payload)..])),
