@@ -292,7 +292,13 @@ fn answer(
         }
         Request::Batch(sql) => (sql.as_str(), &[][..]),
         Request::Rpc { sql, params, .. } => (sql.as_str(), params.as_slice()),
-        Request::Attention => return Vec::new(),
+        Request::Attention => {
+            // What the session had open is gone if the attention ended it.
+            if lock(&ctx.session).trancount == 0 {
+                lock(fake).settle(ctx.conn, &Control::RolledBack);
+            }
+            return Vec::new();
+        }
     };
     let mut f = lock(fake);
     if let Some(needle) = &f.drop_on {
@@ -527,6 +533,10 @@ fn run_batch(fake: &Mutex<Fake>, ctx: &Ctx, sql: &str) -> Vec<Reply> {
                 &["trancount"],
                 vec![vec![i(session.trancount as i64)]],
             ));
+        } else if upper.starts_with("WAITFOR") {
+            // Runs until cancelled.
+            out.push(Reply::Hang);
+            return out;
         } else if stmt.starts_with("SELECT name, kind, state FROM strategies") {
             out.extend(rows(&["name", "kind", "state"], Vec::new()));
         } else if stmt.contains("no_such_procedure") || upper.starts_with("THROW") {
@@ -1212,7 +1222,7 @@ fn a_silent_backup_hits_our_deadline_and_the_next_call_reconnects() {
     assert!(started.elapsed() < Duration::from_secs(20));
     assert!(
         err.contains("database `FastApp`: backup to `/var/opt/mssql/backup/FastApp-1.0.0-")
-            && err.contains("no answer within 1 s; the connection was closed"),
+            && err.contains("no answer within 1 s, and no acknowledgement of uprun's cancel within 10 s; the connection was closed"),
         "{err}"
     );
     let backup_conn = mock
@@ -2018,4 +2028,51 @@ fn windows_and_entra_authentication_are_refused_at_load() {
         mock.server.log().is_empty(),
         "a refused string reached the server"
     );
+}
+
+#[test]
+fn a_migration_past_its_deadline_is_cancelled_on_the_server_and_the_rollback_confirmed() {
+    let mock = Mock::start(Fake::default());
+    let sb = mock.sandbox_with("operation_timeout_secs = 1");
+    let dir = sb.release().join("migrations/mssql");
+    std::fs::write(
+        dir.join("2.0.0_04_slow.sql"),
+        "UPDATE dbo.customers SET city = city;\nGO\nWAITFOR DELAY '01:00:00';\n",
+    )
+    .expect("write migration");
+    let started = std::time::Instant::now();
+    let (code, all) = uprun_on(&sb, "run", &["--yes"]);
+    assert_eq!(code, Some(1), "{all}");
+    assert!(started.elapsed() < Duration::from_secs(30), "{all}");
+    assert_contains(
+        &all,
+        &[
+            "migration `2.0.0_04_slow.sql` failed in batch 2 of 2",
+            "not finished within 1 s (`database.operation_timeout_secs`), so uprun cancelled it (TDS attention) and the server acknowledged that it stopped",
+            "it was rolled back and is not recorded in the history (the server confirmed: no transaction open)",
+        ],
+    );
+    // The attention went to the session running the migration, which then
+    // answered the confirming rollback.
+    let log = mock.server.log();
+    let slow = log
+        .iter()
+        .find(|l| l.request.sql().is_some_and(|q| q.starts_with("WAITFOR")))
+        .map(|l| l.conn)
+        .expect("sent");
+    let after: Vec<&Request> = log
+        .iter()
+        .filter(|l| l.conn == slow)
+        .map(|l| &l.request)
+        .skip_while(|r| !matches!(r, Request::Attention))
+        .collect();
+    assert!(
+        matches!(after.first(), Some(Request::Attention))
+            && after.get(1).and_then(|r| r.sql()).is_some_and(is_rollback),
+        "{after:#?}"
+    );
+    assert_eq!(history_names(&mock), THREE);
+    let fake = mock.fake();
+    assert_eq!(fake.version, "1.0.0");
+    assert!(!fake.changes.iter().any(|c| c.contains("city = city")));
 }

@@ -221,9 +221,18 @@ enum Failure {
     Server(tiberius::error::TokenError),
     /// Anything else (I/O, protocol, TLS): the connection is dropped.
     Broken(tiberius::error::Error),
-    /// Our deadline passed; the connection was closed.
+    /// Our deadline passed and the server did not acknowledge the cancel
+    /// (TDS attention) in time; the connection was closed.
     Deadline(Duration),
+    /// Our deadline passed; uprun sent a TDS attention and the server
+    /// acknowledged it: the request stopped, the connection is still usable
+    /// (a transaction it had open may still be open: ask).
+    Cancelled(Duration),
 }
+
+/// How long the server has to acknowledge a cancel (TDS attention) before the
+/// connection is closed instead.
+const ATTENTION_WAIT: Duration = Duration::from_secs(10);
 
 pub struct MssqlDatabase {
     name: String,
@@ -475,7 +484,21 @@ impl MssqlDatabase {
                 Err(Failure::Server(t))
             }
             Ok(Err(e)) => Err(Failure::Broken(e)),
-            Err(_) => Err(Failure::Deadline(deadline)),
+            Err(_) => {
+                // Stop the work on the server: dropping the request does not.
+                // The server answers the attention with DONE_ATTN once the
+                // request has stopped; only then is the connection reusable.
+                let ack = self.rt.block_on(async {
+                    tokio::time::timeout(ATTENTION_WAIT, conn.cancel_query()).await
+                });
+                match ack {
+                    Ok(Ok(())) => {
+                        self.conn = Some(conn);
+                        Err(Failure::Cancelled(deadline))
+                    }
+                    _ => Err(Failure::Deadline(deadline)),
+                }
+            }
         })
     }
 
@@ -498,7 +521,12 @@ impl MssqlDatabase {
                 broken_text(&e)
             ),
             Failure::Deadline(d) => format!(
-                "{what}: no answer within {} s; the connection was closed, so the server stops and rolls back the statement",
+                "{what}: no answer within {} s, and no acknowledgement of uprun's cancel within {} s; the connection was closed (SQL Server stops a request and rolls back what it had open when its session ends, but uprun has not seen it happen)",
+                d.as_secs(),
+                ATTENTION_WAIT.as_secs()
+            ),
+            Failure::Cancelled(d) => format!(
+                "{what}: no answer within {} s; uprun cancelled it (TDS attention) and the server acknowledged that it stopped",
                 d.as_secs()
             ),
         };
@@ -535,7 +563,7 @@ impl MssqlDatabase {
                 "the connection was lost during ROLLBACK ({})",
                 broken_text(&e)
             )),
-            Ok(Err(Failure::Deadline(d))) => {
+            Ok(Err(Failure::Deadline(d) | Failure::Cancelled(d))) => {
                 Rolled::Unconfirmed(format!("no answer to ROLLBACK within {} s", d.as_secs()))
             }
             Err(e) => Rolled::Unconfirmed(format!("no connection for ROLLBACK ({e})")),
@@ -1289,7 +1317,20 @@ impl Database for MssqlDatabase {
                 ));
             }
             Ok(Err(e)) => return Err(self.fail(&what, Failure::Broken(e))),
-            Err(_) => return Err(self.fail(&what, Failure::Deadline(deadline))),
+            Err(_) => {
+                // Stop the BACKUP on the server (see `call`).
+                let ack = self.rt.block_on(async {
+                    tokio::time::timeout(ATTENTION_WAIT, conn.cancel_query()).await
+                });
+                let failure = match ack {
+                    Ok(Ok(())) => {
+                        self.conn = Some(conn);
+                        Failure::Cancelled(deadline)
+                    }
+                    _ => Failure::Deadline(deadline),
+                };
+                return Err(self.fail(&what, failure));
+            }
         }
         progress(100, 100);
         // uprun's clock (UTC), like `started`: the server's dates are in its
@@ -1537,10 +1578,27 @@ impl Database for MssqlDatabase {
                         };
                         format!("{place}: {why}: {after}")
                     }
+                    Failure::Cancelled(_) => {
+                        let why = format!(
+                            "not finished within {} s (`database.operation_timeout_secs`), so uprun cancelled it (TDS attention) and the server acknowledged that it stopped",
+                            self.cfg.operation_timeout.as_secs()
+                        );
+                        let after = if tx {
+                            self.roll_back().aftermath()
+                        } else {
+                            format!(
+                                "what batch {} did before it stopped stays applied; {}",
+                                i + 1,
+                                partial(i)
+                            )
+                        };
+                        format!("{place}: {why}: {after}")
+                    }
                     Failure::Deadline(_) => {
                         let why = format!(
-                            "not finished within {} s (`database.operation_timeout_secs`), so uprun closed the connection",
-                            self.cfg.operation_timeout.as_secs()
+                            "not finished within {} s (`database.operation_timeout_secs`), and the server did not acknowledge uprun's cancel within {} s, so uprun closed the connection",
+                            self.cfg.operation_timeout.as_secs(),
+                            ATTENTION_WAIT.as_secs()
                         );
                         let after = if tx {
                             Rolled::Unconfirmed("the connection was closed".into()).aftermath()
@@ -1628,8 +1686,8 @@ impl Database for MssqlDatabase {
                 broken_text(&e),
                 m.name
             ),
-            Err(Failure::Deadline(d)) => format!(
-                "{what}: no answer within {} s while recording it in the history{}; the connection was closed: uprun cannot tell whether the server committed it; look for `{}` in `dbo.uprun_migration_history` before running again",
+            Err(Failure::Deadline(d) | Failure::Cancelled(d)) => format!(
+                "{what}: no answer within {} s while recording it in the history{}; uprun cannot tell whether the server committed it; look for `{}` in `dbo.uprun_migration_history` before running again",
                 d.as_secs(),
                 if tx { " and committing" } else { "" },
                 m.name

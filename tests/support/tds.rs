@@ -148,6 +148,9 @@ pub enum Reply {
     Count(u64),
     /// Close the connection without answering (a dropped connection).
     Disconnect,
+    /// Answer nothing: the request runs until the client cancels it (an
+    /// attention, answered with DONE_ATTN) or goes away.
+    Hang,
 }
 
 impl Reply {
@@ -606,6 +609,7 @@ fn encode(replies: &[Reply], nocount: bool) -> Option<Vec<u8>> {
             Reply::Count(_) if nocount => done(&mut out, DONE_MORE, 0),
             Reply::Count(n) => done(&mut out, DONE_MORE | DONE_COUNT, *n),
             Reply::Disconnect => return None,
+            Reply::Hang => {}
         }
     }
     done(&mut out, if failed { DONE_ERROR } else { 0 }, 0);
@@ -793,7 +797,18 @@ fn serve(
         };
         let replies = match &request {
             Request::Attention => {
-                session.lock().unwrap_or_else(|e| e.into_inner()).attentions += 1;
+                {
+                    // As SQL Server: the request stops; under XACT_ABORT its
+                    // transaction is rolled back.
+                    let mut s = session.lock().unwrap_or_else(|e| e.into_inner());
+                    s.attentions += 1;
+                    if s.xact_abort {
+                        s.trancount = 0;
+                        s.doomed = false;
+                    }
+                }
+                // The handler hears of it too (to drop what was rolled back).
+                let _ = handler(&ctx, &request);
                 let mut out = Vec::new();
                 done(&mut out, DONE_ATTENTION, 0);
                 write_message(&mut stream, PACKET_REPLY, &out)?;
@@ -801,6 +816,9 @@ fn serve(
             }
             _ => handler(&ctx, &request),
         };
+        if replies.iter().any(|r| matches!(r, Reply::Hang)) {
+            continue; // still "running": the next packet may cancel it
+        }
         let nocount = session.lock().unwrap_or_else(|e| e.into_inner()).nocount;
         let Some(mut body) = encode(&replies, nocount) else {
             return Ok(()); // dropped: the stream closes here
