@@ -96,6 +96,9 @@ struct Fake {
     tamper: Option<(usize, Tamper)>,
     /// The login may not read msdb (error 229).
     msdb_denied: bool,
+    /// Told the connection number when a request that runs until cancelled
+    /// (`WAITFOR`) arrives.
+    hung: Option<std::sync::mpsc::Sender<usize>>,
 }
 
 impl Default for Fake {
@@ -117,6 +120,7 @@ impl Default for Fake {
             headers_read: 0,
             tamper: None,
             msdb_denied: false,
+            hung: None,
         }
     }
 }
@@ -535,6 +539,9 @@ fn run_batch(fake: &Mutex<Fake>, ctx: &Ctx, sql: &str) -> Vec<Reply> {
             ));
         } else if upper.starts_with("WAITFOR") {
             // Runs until cancelled.
+            if let Some(tx) = &f.hung {
+                let _ = tx.send(ctx.conn);
+            }
             out.push(Reply::Hang);
             return out;
         } else if stmt.starts_with("SELECT name, kind, state FROM strategies") {
@@ -2071,6 +2078,76 @@ fn a_migration_past_its_deadline_is_cancelled_on_the_server_and_the_rollback_con
             && after.get(1).and_then(|r| r.sql()).is_some_and(is_rollback),
         "{after:#?}"
     );
+    assert_eq!(history_names(&mock), THREE);
+    let fake = mock.fake();
+    assert_eq!(fake.version, "1.0.0");
+    assert!(!fake.changes.iter().any(|c| c.contains("city = city")));
+}
+
+#[test]
+fn a_second_ctrl_c_cancels_the_migration_on_the_server_and_confirms_the_rollback() {
+    use std::io::BufRead;
+    let (hung_tx, hung) = std::sync::mpsc::channel();
+    let mock = Mock::start(Fake {
+        hung: Some(hung_tx),
+        ..Fake::default()
+    });
+    let sb = mock.sandbox();
+    std::fs::write(
+        sb.release().join("migrations/mssql/2.0.0_04_slow.sql"),
+        "UPDATE dbo.customers SET city = city;\nGO\nWAITFOR DELAY '01:00:00';\n",
+    )
+    .expect("write migration");
+    std::env::set_var("UPRUN_TEST_MSSQL_PASSWORD", PASSWORD);
+    let mut run = sb.spawn_run(&sb.site(), "in-place-upgrade", &[]);
+    let conn = hung
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the migration reached the server");
+    // Read stderr as it comes, to send the second Ctrl-C once the first is seen.
+    let stderr = run.stderr.take().expect("stderr");
+    let (line_tx, lines) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = line_tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let pid = run.id() as i32;
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(pid, libc::SIGINT);
+    }
+    loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(30))
+            .expect("uprun acknowledged the first Ctrl-C");
+        let first = line.contains("stopping after the current step");
+        seen.push(line);
+        if first {
+            break;
+        }
+    }
+    // SAFETY: as above.
+    unsafe {
+        libc::kill(pid, libc::SIGINT);
+    }
+    let status = run.wait().expect("run");
+    seen.extend(lines.iter());
+    let _ = reader.join();
+    let all = seen.join("\n");
+    assert_eq!(status.code(), Some(130), "{all}");
+    assert_contains(
+        &all,
+        &[
+            "migration `2.0.0_04_slow.sql` failed in batch 2 of 2",
+            "aborted by the operator (second Ctrl-C): uprun cancelled the request (TDS attention) and the server acknowledged that it stopped",
+            "it was rolled back and is not recorded in the history (the server confirmed: no transaction open)",
+        ],
+    );
+    assert_eq!(mock.server.session(conn).map(|s| s.attentions), Some(1));
     assert_eq!(history_names(&mock), THREE);
     let fake = mock.fake();
     assert_eq!(fake.version, "1.0.0");

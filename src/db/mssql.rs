@@ -228,6 +228,10 @@ enum Failure {
     /// acknowledged it: the request stopped, the connection is still usable
     /// (a transaction it had open may still be open: ask).
     Cancelled(Duration),
+    /// The operator aborted the step (second Ctrl-C); uprun sent a TDS
+    /// attention, which the server acknowledged (connection kept) or not
+    /// (connection closed).
+    Aborted { acknowledged: bool },
 }
 
 /// How long the server has to acknowledge a cancel (TDS attention) before the
@@ -467,10 +471,35 @@ impl MssqlDatabase {
         deadline: Duration,
         f: impl for<'c> FnOnce(&'c mut Conn) -> LocalBoxFuture<'c, tiberius::Result<T>>,
     ) -> Result<std::result::Result<T, Failure>> {
+        self.call_with(deadline, false, f)
+    }
+
+    /// `call`; `abortable`: a second Ctrl-C cancels it. Only for the work an
+    /// operator may want to stop (a migration's batches): short reads and the
+    /// ROLLBACK that cleans up after an abort run to their end.
+    fn call_with<T>(
+        &mut self,
+        deadline: Duration,
+        abortable: bool,
+        f: impl for<'c> FnOnce(&'c mut Conn) -> LocalBoxFuture<'c, tiberius::Result<T>>,
+    ) -> Result<std::result::Result<T, Failure>> {
         let mut conn = self.take_conn()?;
-        let outcome = self
-            .rt
-            .block_on(async { tokio::time::timeout(deadline, f(&mut conn)).await });
+        let outcome = self.rt.block_on(async {
+            tokio::select! {
+                r = tokio::time::timeout(deadline, f(&mut conn)) => Some(r),
+                _ = operator_abort(), if abortable => None,
+            }
+        });
+        let Some(outcome) = outcome else {
+            let ack = self.rt.block_on(async {
+                tokio::time::timeout(ATTENTION_WAIT, conn.cancel_query()).await
+            });
+            let acknowledged = matches!(ack, Ok(Ok(())));
+            if acknowledged {
+                self.conn = Some(conn);
+            }
+            return Ok(Err(Failure::Aborted { acknowledged }));
+        };
         Ok(match outcome {
             Ok(Ok(v)) => {
                 self.conn = Some(conn);
@@ -513,6 +542,13 @@ impl MssqlDatabase {
     }
 
     fn fail(&self, what: &str, f: Failure) -> Error {
+        if let Failure::Aborted { acknowledged } = f {
+            return Error::Interrupted(self.scrub(&format!(
+                "database `{}`: {what}: {}",
+                self.name,
+                aborted_text(acknowledged)
+            )));
+        }
         let text = match f {
             Failure::Server(t) => format!("{what}: {}", server_text(&t)),
             Failure::Broken(e) => format!(
@@ -529,6 +565,7 @@ impl MssqlDatabase {
                 "{what}: no answer within {} s; uprun cancelled it (TDS attention) and the server acknowledged that it stopped",
                 d.as_secs()
             ),
+            Failure::Aborted { acknowledged } => format!("{what}: {}", aborted_text(acknowledged)),
         };
         Error::db(&self.name, self.scrub(&text))
     }
@@ -542,7 +579,7 @@ impl MssqlDatabase {
             return Rolled::Unconfirmed("the connection was already closed".into());
         }
         let t = self.cfg.query_timeout;
-        let outcome = self.call(t, |c| {
+        let outcome = self.call_with(t, false, |c| {
             Box::pin(async move {
                 let sets = batch(c, ROLLBACK_CHECKED_SQL).await?;
                 Ok(sets.iter().flatten().find_map(|r| cell_i64(r, "trancount")))
@@ -565,6 +602,9 @@ impl MssqlDatabase {
             )),
             Ok(Err(Failure::Deadline(d) | Failure::Cancelled(d))) => {
                 Rolled::Unconfirmed(format!("no answer to ROLLBACK within {} s", d.as_secs()))
+            }
+            Ok(Err(Failure::Aborted { .. })) => {
+                Rolled::Unconfirmed("the ROLLBACK was aborted (Ctrl-C)".into())
             }
             Err(e) => Rolled::Unconfirmed(format!("no connection for ROLLBACK ({e})")),
         };
@@ -611,6 +651,23 @@ impl MssqlDatabase {
             ));
         }
         Ok(())
+    }
+}
+
+/// Resolves once the operator has asked to abort the current step (second
+/// Ctrl-C), polled while a request runs.
+async fn operator_abort() {
+    while !crate::interrupt::abort_requested() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What an operator's abort did on the server.
+fn aborted_text(acknowledged: bool) -> &'static str {
+    if acknowledged {
+        "aborted by the operator (second Ctrl-C): uprun cancelled the request (TDS attention) and the server acknowledged that it stopped"
+    } else {
+        "aborted by the operator (second Ctrl-C): uprun cancelled the request (TDS attention) but the server did not acknowledge it, so the connection was closed (SQL Server rolls back what a session had open when it ends, unseen by uprun)"
     }
 }
 
@@ -1541,7 +1598,7 @@ impl Database for MssqlDatabase {
         for (i, b) in script.batches.iter().enumerate() {
             for _ in 0..b.count {
                 let sql = b.sql.clone();
-                let outcome = self.call(left(until), move |c| {
+                let outcome = self.call_with(left(until), true, move |c| {
                     Box::pin(async move { batch(c, &sql).await.map(|_| ()) })
                 })?;
                 let Err(f) = outcome else { continue };
@@ -1577,6 +1634,25 @@ impl Database for MssqlDatabase {
                             partial(i)
                         };
                         format!("{place}: {why}: {after}")
+                    }
+                    Failure::Aborted { acknowledged } => {
+                        let after = match (tx, acknowledged) {
+                            (true, true) => self.roll_back().aftermath(),
+                            (true, false) => {
+                                Rolled::Unconfirmed("the connection was closed".into()).aftermath()
+                            }
+                            (false, _) => format!(
+                                "what batch {} did before it stopped stays applied; {}",
+                                i + 1,
+                                partial(i)
+                            ),
+                        };
+                        self.conn = None;
+                        return Err(Error::Interrupted(self.scrub(&format!(
+                            "database `{}`: {place}: {}: {after}",
+                            self.name,
+                            aborted_text(acknowledged)
+                        ))));
                     }
                     Failure::Cancelled(_) => {
                         let why = format!(
@@ -1686,6 +1762,15 @@ impl Database for MssqlDatabase {
                 broken_text(&e),
                 m.name
             ),
+            Err(Failure::Aborted { acknowledged }) => {
+                self.conn = None;
+                return Err(Error::Interrupted(self.scrub(&format!(
+                    "database `{}`: {what}: while recording it in the history: {}; uprun cannot tell whether the server committed it; look for `{}` in `dbo.uprun_migration_history` before resuming",
+                    self.name,
+                    aborted_text(acknowledged),
+                    m.name
+                ))));
+            }
             Err(Failure::Deadline(d) | Failure::Cancelled(d)) => format!(
                 "{what}: no answer within {} s while recording it in the history{}; uprun cannot tell whether the server committed it; look for `{}` in `dbo.uprun_migration_history` before running again",
                 d.as_secs(),
