@@ -99,6 +99,10 @@ struct Fake {
     /// Told the connection number when a request that runs until cancelled
     /// (`WAITFOR`) arrives.
     hung: Option<std::sync::mpsc::Sender<usize>>,
+    /// DATABASEPROPERTYEX(..., 'Updateability').
+    updateability: String,
+    /// Other sessions in the database: id, login, host, program.
+    other_sessions: Vec<(i64, String, String, String)>,
 }
 
 impl Default for Fake {
@@ -121,6 +125,8 @@ impl Default for Fake {
             tamper: None,
             msdb_denied: false,
             hung: None,
+            updateability: "READ_WRITE".into(),
+            other_sessions: Vec::new(),
         }
     }
 }
@@ -372,6 +378,20 @@ fn answer(
         return rows(
             &["engine_edition", "edition"],
             vec![vec![i(f.engine_edition), s(&f.edition)]],
+        );
+    }
+    if sql == q::UPDATEABILITY_SQL {
+        return rows(&["updateability"], vec![vec![s(&f.updateability)]]);
+    }
+    if sql == q::OTHER_SESSIONS_SQL {
+        let r = f
+            .other_sessions
+            .iter()
+            .map(|(id, login, host, program)| vec![i(*id), s(login), s(host), s(program)])
+            .collect();
+        return rows(
+            &["session_id", "login_name", "host_name", "program_name"],
+            r,
         );
     }
     if sql == q::SPID_SQL {
@@ -2152,4 +2172,43 @@ fn a_second_ctrl_c_cancels_the_migration_on_the_server_and_confirms_the_rollback
     let fake = mock.fake();
     assert_eq!(fake.version, "1.0.0");
     assert!(!fake.changes.iter().any(|c| c.contains("city = city")));
+}
+
+#[test]
+fn a_read_only_database_or_secondary_is_refused_at_plan_time() {
+    let mock = Mock::start(Fake {
+        updateability: "READ_ONLY".into(),
+        ..Fake::default()
+    });
+    let sb = mock.sandbox();
+    for (cmd, extra) in [("plan", &[][..]), ("run", &["--yes"][..])] {
+        let (code, all) = uprun_on(&sb, cmd, extra);
+        assert_eq!(code, Some(3), "{cmd}: {all}");
+        assert_contains(
+            &all,
+            &[
+                "database `FastApp` on 127.0.0.1:",
+                "cannot be upgraded: it is READ_ONLY",
+                "connect to the primary replica",
+            ],
+        );
+    }
+    let sql = mock.sql();
+    assert!(!sql.iter().any(|q| q.starts_with("BACKUP")), "{sql:#?}");
+    assert!(migration_sql(&sql).is_empty());
+}
+
+#[test]
+fn other_sessions_in_the_database_are_listed_before_the_upgrade() {
+    let mock = Mock::start(Fake {
+        other_sessions: vec![(57, "app_svc".into(), "APP01".into(), "FastApp Web".into())],
+        ..Fake::default()
+    });
+    let sb = mock.sandbox();
+    let (code, all) = uprun_on(&sb, "plan", &[]);
+    assert_eq!(code, Some(0), "{all}");
+    assert_contains(
+        &all,
+        &["1 other session(s) are connected to database `FastApp`: #57 app_svc@APP01 (FastApp Web)"],
+    );
 }

@@ -160,6 +160,12 @@ fn transaction_state(message: &str) -> Option<(i64, i64)> {
 pub const READ_BEGIN_SQL: &str = "BEGIN TRANSACTION;";
 
 pub const EDITION_SQL: &str = "SELECT CAST(SERVERPROPERTY('EngineEdition') AS int) AS engine_edition, CAST(SERVERPROPERTY('Edition') AS nvarchar(128)) AS edition";
+/// Can the database be written to (not read-only, not a readable secondary)?
+pub const UPDATEABILITY_SQL: &str =
+    "SELECT CAST(DATABASEPROPERTYEX(DB_NAME(), 'Updateability') AS nvarchar(20)) AS updateability";
+/// Other user sessions in the database (all of them only with VIEW SERVER
+/// STATE; without it a login sees its own), uprun's own left out.
+pub const OTHER_SESSIONS_SQL: &str = "SELECT CAST(session_id AS int) AS session_id, CAST(login_name AS nvarchar(128)) AS login_name, CAST(host_name AS nvarchar(128)) AS host_name, CAST(program_name AS nvarchar(128)) AS program_name FROM sys.dm_exec_sessions WHERE database_id = DB_ID() AND session_id <> @@SPID AND is_user_process = 1 AND program_name NOT LIKE N'uprun%' ORDER BY session_id";
 pub const SPID_SQL: &str = "SELECT CAST(@@SPID AS int) AS spid";
 pub const PROGRESS_SQL: &str = "SELECT CAST(percent_complete AS int) AS percent_complete FROM sys.dm_exec_requests WHERE session_id = @P1";
 /// `@P1` is the database name, `@P2` the file on the server.
@@ -1272,6 +1278,47 @@ impl Database for MssqlDatabase {
                     .collect::<Row>()
             })
             .collect())
+    }
+
+    fn preflight_upgrade(&mut self) -> Result<Vec<String>> {
+        let q = self.cfg.query_timeout;
+        let updateability = self.run("check that the database is writable", q, |c| {
+            Box::pin(async move {
+                let r = rows(c, UPDATEABILITY_SQL, &[]).await?;
+                Ok(r.first().and_then(|row| cell_str(row, "updateability")))
+            })
+        })?;
+        if let Some(u) = updateability.filter(|u| !u.eq_ignore_ascii_case("READ_WRITE")) {
+            return Err(Error::Refused(format!(
+                "database `{}` on {} cannot be upgraded: it is {u} (DATABASEPROPERTYEX Updateability): a read-only database, or a readable secondary of an availability group; connect to the primary replica (the listener, without `ApplicationIntent=ReadOnly`) or make the database read-write; nothing was changed",
+                self.name, self.addr
+            )));
+        }
+        let others = self.run("list the other sessions in the database", q, |c| {
+            Box::pin(async move {
+                let r = rows(c, OTHER_SESSIONS_SQL, &[]).await?;
+                Ok(r.iter()
+                    .map(|row| {
+                        format!(
+                            "#{} {}@{} ({})",
+                            cell_i64(row, "session_id").unwrap_or(0),
+                            cell_str(row, "login_name").unwrap_or_default(),
+                            cell_str(row, "host_name").unwrap_or_default(),
+                            cell_str(row, "program_name").unwrap_or_default()
+                        )
+                    })
+                    .collect::<Vec<_>>())
+            })
+        })?;
+        if others.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(vec![format!(
+            "{} other session(s) are connected to database `{}`: {}; a migration waits for locks they hold (stop the application's services first)",
+            others.len(),
+            self.name,
+            others.join(", ")
+        )])
     }
 
     fn check_backup_possible(&mut self) -> Result<()> {

@@ -214,6 +214,10 @@ impl Ops {
         for m in &pending {
             lock(&self.db).check_migration(m)?;
         }
+        let notes = lock(&self.db).preflight_upgrade()?;
+        for note in notes {
+            self.log("warn", &note);
+        }
         let names: Vec<String> = pending.iter().map(|m| m.name.clone()).collect();
         let description = format!(
             "upgrade database `{name}` from {from} to {to} ({} migration(s): {})",
