@@ -557,6 +557,21 @@ fn run_batch(fake: &Mutex<Fake>, ctx: &Ctx, sql: &str) -> Vec<Reply> {
                 &["trancount"],
                 vec![vec![i(session.trancount as i64)]],
             ));
+        } else if stmt.starts_with("UPDATE dbo.held_by_another_session") {
+            // Blocked by another session's lock: SQL Server gives up after
+            // LOCK_TIMEOUT (error 1222), else waits.
+            if session.lock_timeout_ms.is_none() {
+                out.push(Reply::Hang);
+                return out;
+            }
+            let c = session.runtime_error();
+            f.settle(ctx.conn, &c);
+            out.push(Reply::error(
+                1222,
+                16,
+                "Lock request time out period exceeded.",
+            ));
+            return out;
         } else if upper.starts_with("WAITFOR") {
             // Runs until cancelled.
             if let Some(tx) = &f.hung {
@@ -2211,4 +2226,41 @@ fn other_sessions_in_the_database_are_listed_before_the_upgrade() {
         &all,
         &["1 other session(s) are connected to database `FastApp`: #57 app_svc@APP01 (FastApp Web)"],
     );
+}
+
+#[test]
+fn a_migration_blocked_by_another_sessions_lock_fails_after_the_lock_timeout() {
+    let mock = Mock::start(Fake::default());
+    let sb = mock.sandbox_with("operation_timeout_secs = 5\nlock_timeout_secs = 7");
+    std::fs::write(
+        sb.release().join("migrations/mssql/2.0.0_04_blocked.sql"),
+        "UPDATE dbo.held_by_another_session SET x = 1;\n",
+    )
+    .expect("write migration");
+    let (code, all) = uprun_on(&sb, "run", &["--yes"]);
+    assert_eq!(code, Some(1), "{all}");
+    assert_contains(
+        &all,
+        &[
+            "migration `2.0.0_04_blocked.sql` failed in batch 1 of 1",
+            "SQL Server error 1222",
+            "another session held a lock it needed for more than 7 s, `database.lock_timeout_secs`",
+            "it was rolled back and is not recorded in the history (the server confirmed: no transaction open)",
+        ],
+    );
+    let log = mock.server.log();
+    let conn = log
+        .iter()
+        .find(|l| {
+            l.request
+                .sql()
+                .is_some_and(|q| q.contains("held_by_another_session"))
+        })
+        .map(|l| l.conn)
+        .expect("sent");
+    assert_eq!(
+        mock.server.session(conn).and_then(|s| s.lock_timeout_ms),
+        Some(7000)
+    );
+    assert_eq!(history_names(&mock), THREE);
 }

@@ -155,6 +155,7 @@ struct DatabaseSection {
     connect_timeout_secs: Option<u64>,
     query_timeout_secs: Option<u64>,
     operation_timeout_secs: Option<u64>,
+    lock_timeout_secs: Option<u64>,
 }
 
 impl DatabaseSection {
@@ -174,6 +175,7 @@ impl DatabaseSection {
                 "operation_timeout_secs",
                 self.operation_timeout_secs.is_some(),
             ),
+            ("lock_timeout_secs", self.lock_timeout_secs.is_some()),
         ]
         .into_iter()
         .filter(|(_, set)| *set)
@@ -203,6 +205,9 @@ pub struct MssqlConfig {
     pub query_timeout: Duration,
     /// Deadline for one BACKUP, one RESTORE VERIFYONLY, one migration.
     pub operation_timeout: Duration,
+    /// How long a migration's statement waits for a lock another session
+    /// holds (`SET LOCK_TIMEOUT`) before it fails.
+    pub lock_timeout: Duration,
 }
 
 /// Check a SQL Server name before it is quoted into T-SQL.
@@ -801,6 +806,7 @@ fn mssql_config(db: DatabaseSection, dir: &Path, f: &str) -> Result<DatabaseConf
                 6 * 3600,
                 "operation_timeout_secs",
             )?,
+            lock_timeout: secs(db.lock_timeout_secs, 120, "lock_timeout_secs")?,
         }),
     })
 }

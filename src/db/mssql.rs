@@ -1625,6 +1625,15 @@ impl Database for MssqlDatabase {
         })?;
         let total = script.batches.len();
         let tx = script.transactional;
+        // A forgotten session holding a lock fails the migration after
+        // `lock_timeout_secs` instead of stalling it until the deadline.
+        let lock_ms = self.cfg.lock_timeout.as_millis().min(i32::MAX as u128);
+        let lock_sql = format!("SET LOCK_TIMEOUT {lock_ms};");
+        self.run(
+            &format!("migration `{}`: set the lock timeout", m.name),
+            q,
+            move |c| Box::pin(async move { batch(c, &lock_sql).await.map(|_| ()) }),
+        )?;
         // What is true of a `-- uprun: no-transaction` migration that fails at batch `i`.
         let partial = |i: usize| -> String {
             if i == 0 {
@@ -1667,7 +1676,15 @@ impl Database for MssqlDatabase {
                         } else {
                             String::new()
                         };
-                        format!("{place}: {}{at}; {after}", server_text(&t))
+                        let hint = if t.code() == 1222 {
+                            format!(
+                                " (another session held a lock it needed for more than {} s, `database.lock_timeout_secs`: stop the application's services, or find the session in sys.dm_exec_requests.blocking_session_id)",
+                                self.cfg.lock_timeout.as_secs()
+                            )
+                        } else {
+                            String::new()
+                        };
+                        format!("{place}: {}{at}{hint}; {after}", server_text(&t))
                     }
                     Failure::Broken(e) => {
                         let why = format!(

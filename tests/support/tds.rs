@@ -862,6 +862,8 @@ pub struct Session {
     pub rolled_back_at_close: bool,
     /// Attention (cancel) packets received.
     pub attentions: u32,
+    /// `SET LOCK_TIMEOUT` (milliseconds), if set.
+    pub lock_timeout_ms: Option<i64>,
 }
 
 /// What a session or transaction statement did, for the fake database.
@@ -912,6 +914,10 @@ impl Session {
                 } else {
                     Control::Done
                 })
+            }
+            ["SET", "LOCK_TIMEOUT", ms] => {
+                self.lock_timeout_ms = ms.parse().ok();
+                Some(Control::Done)
             }
             ["SET", option, value] if matches!(*value, "ON" | "OFF") => {
                 let on = *value == "ON";
