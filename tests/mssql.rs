@@ -572,6 +572,17 @@ fn run_batch(fake: &Mutex<Fake>, ctx: &Ctx, sql: &str) -> Vec<Reply> {
                 "Lock request time out period exceeded.",
             ));
             return out;
+        } else if stmt.starts_with("EXEC dbo.recompute_totals") {
+            let c = session.runtime_error();
+            f.settle(ctx.conn, &c);
+            out.push(Reply::ErrorIn {
+                number: 8134,
+                class: 16,
+                message: "Divide by zero error encountered.".into(),
+                line: 12,
+                procedure: "dbo.recompute_totals".into(),
+            });
+            return out;
         } else if upper.starts_with("WAITFOR") {
             // Runs until cancelled.
             if let Some(tx) = &f.hung {
@@ -2263,4 +2274,25 @@ fn a_migration_blocked_by_another_sessions_lock_fails_after_the_lock_timeout() {
         Some(7000)
     );
     assert_eq!(history_names(&mock), THREE);
+}
+
+#[test]
+fn an_error_inside_a_procedure_names_the_procedure_and_its_line_not_a_file_line() {
+    let mock = Mock::start(Fake::default());
+    let sb = sandbox_with_migration(
+        &mock,
+        "2.0.0_04_totals.sql",
+        "UPDATE dbo.customers SET city = city;\nGO\n\nEXEC dbo.recompute_totals;\n",
+    );
+    let (code, all) = uprun_on(&sb, "run", &["--yes"]);
+    assert_eq!(code, Some(1), "{all}");
+    assert_contains(
+        &all,
+        &[
+            "migration `2.0.0_04_totals.sql` failed in batch 2 of 2 (line 4 of",
+            "SQL Server error 8134",
+            "at line 12 of `dbo.recompute_totals` (a procedure, function or trigger the batch called)",
+        ],
+    );
+    assert!(!all.contains("at line 15 of"), "{all}");
 }

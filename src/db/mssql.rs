@@ -1671,7 +1671,14 @@ impl Database for MssqlDatabase {
                         } else {
                             partial(i)
                         };
-                        let at = if t.line() > 0 {
+                        let at = if !t.procedure().is_empty() {
+                            // The line is the procedure's or trigger's, not the file's.
+                            format!(
+                                " at line {} of `{}` (a procedure, function or trigger the batch called)",
+                                t.line(),
+                                t.procedure()
+                            )
+                        } else if t.line() > 0 {
                             format!(" at line {} of `{file}`", b.line + t.line() as usize - 1)
                         } else {
                             String::new()

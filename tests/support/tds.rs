@@ -144,6 +144,15 @@ pub enum Reply {
         message: String,
         line: u32,
     },
+    /// A server error raised inside a procedure, function or trigger (its
+    /// name; the line is the procedure's).
+    ErrorIn {
+        number: u32,
+        class: u8,
+        message: String,
+        line: u32,
+        procedure: String,
+    },
     /// A statement done, with a row count.
     Count(u64),
     /// Close the connection without answering (a dropped connection).
@@ -459,13 +468,25 @@ fn done(out: &mut Vec<u8>, status: u16, rows: u64) {
 }
 
 fn message(out: &mut Vec<u8>, token: u8, number: u32, class: u8, text: &str, line: u32) {
+    message_in(out, token, number, class, text, line, "");
+}
+
+fn message_in(
+    out: &mut Vec<u8>,
+    token: u8,
+    number: u32,
+    class: u8,
+    text: &str,
+    line: u32,
+    procedure: &str,
+) {
     let mut body = Vec::new();
     body.extend_from_slice(&number.to_le_bytes());
     body.push(1); // state
     body.push(class);
     us_varchar(&mut body, text);
     b_varchar(&mut body, "mock");
-    b_varchar(&mut body, "");
+    b_varchar(&mut body, procedure);
     body.extend_from_slice(&line.to_le_bytes());
     out.push(token);
     out.extend_from_slice(&(body.len() as u16).to_le_bytes());
@@ -606,6 +627,16 @@ fn encode(replies: &[Reply], nocount: bool) -> Option<Vec<u8>> {
                 message(&mut out, 0xAA, *number, *class, m, *line);
             }
             // Under SET NOCOUNT ON the server sends no count (0, flag clear).
+            Reply::ErrorIn {
+                number,
+                class,
+                message: m,
+                line,
+                procedure,
+            } => {
+                failed = true;
+                message_in(&mut out, 0xAA, *number, *class, m, *line, procedure);
+            }
             Reply::Count(_) if nocount => done(&mut out, DONE_MORE, 0),
             Reply::Count(n) => done(&mut out, DONE_MORE | DONE_COUNT, *n),
             Reply::Disconnect => return None,
@@ -824,7 +855,10 @@ fn serve(
             return Ok(()); // dropped: the stream closes here
         };
         if let Request::Login { .. } = request {
-            if replies.iter().any(|r| matches!(r, Reply::Error { .. })) {
+            if replies
+                .iter()
+                .any(|r| matches!(r, Reply::Error { .. } | Reply::ErrorIn { .. }))
+            {
                 write_message(&mut stream, PACKET_REPLY, &body)?;
                 return Ok(());
             }
