@@ -436,7 +436,7 @@ impl MssqlDatabase {
             T::Server(t) => format!("login to {addr} failed: {}", server_text(t)),
             T::Io { message, .. } => format!("cannot connect to {addr}: {message}"),
             T::Tls(m) => format!(
-                "TLS with {addr} failed: {m}; give the server's CA in `database.ca_file` (or, for a test server only, set `database.trust_server_certificate = true`)"
+                "TLS with {addr} failed: {m}; uprun checks the server's certificate whatever `Encrypt` says (the login carries the password): give the CA that signed it in `database.ca_file` (for SQL Server's self-generated certificate, export that certificate and give it there), add `HostNameInCertificate=<the name in the certificate>` to `database.connection` when the certificate names the server differently than `Server=`, or, for a test server only, set `database.trust_server_certificate = true`"
             ),
             T::Protocol(m) if m.contains("rejected the requested instance") => {
                 let instance = self.server.instance.as_deref().unwrap_or_default();
