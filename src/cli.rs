@@ -38,6 +38,10 @@ pub enum Command {
     Scripts(ScriptsArgs),
     /// Show a site's current state: database version and, for each node, its current instance.
     Status(StatusArgs),
+    /// Record instances that already run on the nodes (installed by hand or by another tool) in each
+    /// node's manifest, after checking them on the node: the folder exists under the node's root and holds
+    /// files; the health command runs. Without --yes, says what it would record and writes nothing.
+    Adopt(AdoptArgs),
     /// Print the host API reference (every function, its options, results and errors), generated from the
     /// documentation registered with the engine; or write Rhai definition files for editors.
     Api(ApiArgs),
@@ -61,6 +65,23 @@ pub enum Command {
     Man,
     /// List a site's runs (from their journals), show one run's steps, or abandon an unfinished run.
     Runs(RunsArgs),
+    /// Internal: the demo sandbox's application (its start command checks the database version).
+    #[command(hide = true, name = "sandbox-app")]
+    SandboxApp {
+        #[command(subcommand)]
+        command: SandboxAppCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SandboxAppCommand {
+    /// Succeed only when the sandbox's SQLite database records VERSION.
+    CheckDb {
+        #[arg(long)]
+        database: PathBuf,
+        #[arg(long)]
+        version: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -150,6 +171,28 @@ pub struct StatusArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AdoptArgs {
+    /// The site file.
+    #[arg(long)]
+    pub site: PathBuf,
+    /// The nodes to adopt (repeat the option); default every node of the site.
+    #[arg(long)]
+    pub node: Vec<String>,
+    /// The version the instances run.
+    #[arg(long)]
+    pub version: String,
+    /// The instance folder, directly under each node's root (e.g. `FastApp-1.0.0`).
+    #[arg(long)]
+    pub folder: String,
+    /// The application name the instances run under (default: the site's `[application] name`).
+    #[arg(long)]
+    pub app: Option<String>,
+    /// Write the manifests (otherwise only say what would be recorded).
+    #[arg(long)]
+    pub yes: bool,
 }
 
 #[derive(Debug, Args)]

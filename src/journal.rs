@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -14,8 +14,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::config::{Release, Site};
+use crate::config::{DbKind, Release, Site};
 use crate::db::now_rfc3339;
+use crate::script::Procedure;
 use crate::{Error, Result};
 
 /// Digests of a run's inputs; a resume with different inputs is refused unless
@@ -128,15 +129,63 @@ impl Journal {
         })
     }
 
-    /// Reopen the journal of an earlier run to go on with it.
-    pub fn reopen(site: &Site, run_id: &str) -> Result<Journal> {
+    /// Reopen the journal of an earlier run to go on with it. A last line
+    /// torn by a crash or a full disk is moved to a side file next to the
+    /// journal and the journal is cut back to its last complete entry before
+    /// anything is appended (appending after the fragment would damage the
+    /// journal for good). Returns what was repaired, for the journal's note
+    /// and the output. A line damaged in the middle is an error.
+    pub fn reopen(site: &Site, run_id: &str) -> Result<(Journal, Option<String>)> {
         let path = journal_path(site, run_id);
-        let file = OpenOptions::new()
+        let content = read_full(&path)?;
+        let mut repaired = None;
+        if let Some(torn) = &content.torn {
+            let side = side_file(&path, "torn");
+            std::fs::write(&side, &torn.bytes)
+                .and_then(|()| File::open(&side).and_then(|f| f.sync_all()))
+                .map_err(|e| Error::io("preserve the torn journal line in", &side, e))?;
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| Error::io("open journal", &path, e))?;
+            f.set_len(torn.offset)
+                .and_then(|()| f.sync_all())
+                .map_err(|e| Error::io("cut the torn line off journal", &path, e))?;
+            repaired = Some(format!(
+                "the journal's last line (line {}, {} byte(s)) was torn by a crash or a full disk; it was moved to `{}` and the journal cut back to its last complete entry",
+                torn.line,
+                torn.bytes.len(),
+                side.display()
+            ));
+        }
+        let mut file = OpenOptions::new()
             .append(true)
             .open(&path)
             .map_err(|e| Error::io("open journal", &path, e))?;
+        if content.missing_newline {
+            file.write_all(b"\n")
+                .and_then(|()| file.sync_data())
+                .map_err(|e| Error::io("write journal", &path, e))?;
+        }
+        Ok((
+            Journal {
+                path,
+                file: Mutex::new(file),
+            },
+            repaired,
+        ))
+    }
+
+    /// A new journal at `path` (`runs abandon` of a damaged journal, which
+    /// is set aside: the new one records the abandon).
+    pub fn create_at(path: &Path) -> Result<Journal> {
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::io("create journal", path, e))?;
         Ok(Journal {
-            path,
+            path: path.to_path_buf(),
             file: Mutex::new(file),
         })
     }
@@ -157,32 +206,90 @@ impl Journal {
     }
 }
 
-/// Read a journal. A last line cut short by a crash is ignored.
-pub fn read(path: &Path) -> Result<Vec<Entry>> {
-    let f = File::open(path).map_err(|e| Error::io("read journal", path, e))?;
-    let lines: Vec<String> = BufReader::new(f)
-        .lines()
-        .collect::<std::io::Result<_>>()
-        .map_err(|e| Error::io("read journal", path, e))?;
-    let mut out = Vec::with_capacity(lines.len());
-    let last = lines.len().saturating_sub(1);
-    for (i, line) in lines.iter().enumerate() {
-        if line.trim().is_empty() {
+/// A last line cut short by a crash or a full disk.
+#[derive(Debug, Clone)]
+pub struct Torn {
+    /// 1-based line number.
+    pub line: usize,
+    /// Where the torn line starts: the length of the complete part.
+    pub offset: u64,
+    pub bytes: Vec<u8>,
+}
+
+/// A journal as read: its complete entries and a torn last line, if any.
+#[derive(Debug, Clone)]
+pub struct Content {
+    pub entries: Vec<Entry>,
+    pub torn: Option<Torn>,
+    /// The last line is a complete entry without its newline.
+    pub missing_newline: bool,
+}
+
+/// Read a journal. A torn last line (not valid JSON: the write was cut short)
+/// is returned apart; a damaged line before the last is an error naming the
+/// file and the line.
+pub fn read_full(path: &Path) -> Result<Content> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io("read journal", path, e))?;
+    let mut out = Content {
+        entries: Vec::new(),
+        torn: None,
+        missing_newline: false,
+    };
+    let mut offset = 0usize;
+    let mut line_no = 0usize;
+    while offset < bytes.len() {
+        line_no += 1;
+        let rest = &bytes[offset..];
+        let (line, next, complete) = match rest.iter().position(|b| *b == b'\n') {
+            Some(i) => (&rest[..i], offset + i + 1, true),
+            None => (rest, bytes.len(), false),
+        };
+        let is_last = next >= bytes.len();
+        if line.iter().all(u8::is_ascii_whitespace) {
+            offset = next;
             continue;
         }
-        match serde_json::from_str(line) {
-            Ok(e) => out.push(e),
-            Err(_) if i == last => break,
+        match serde_json::from_slice::<Entry>(line) {
+            Ok(e) => {
+                out.entries.push(e);
+                out.missing_newline = !complete;
+            }
+            Err(_) if is_last => {
+                out.torn = Some(Torn {
+                    line: line_no,
+                    offset: offset as u64,
+                    bytes: rest.to_vec(),
+                });
+                out.missing_newline = false;
+            }
             Err(e) => {
                 return Err(Error::Config(format!(
-                    "journal `{}` line {}: {e}; the journal is damaged",
+                    "journal `{}` line {line_no}: {e}; the journal is damaged in the middle (not a torn last line). \
+Keep a copy of it for the record; `uprun runs abandon` sets it aside so new runs may start",
                     path.display(),
-                    i + 1
                 )))
             }
         }
+        offset = next;
     }
     Ok(out)
+}
+
+/// Read a journal's complete entries; a torn last line is left out.
+pub fn read(path: &Path) -> Result<Vec<Entry>> {
+    Ok(read_full(path)?.entries)
+}
+
+/// A free name next to `path`: `<path>.<what>`, then `<path>.<what>-2`...
+pub fn side_file(path: &Path, what: &str) -> PathBuf {
+    let base = format!("{}.{what}", path.display());
+    let mut candidate = PathBuf::from(&base);
+    let mut n = 1;
+    while candidate.exists() {
+        n += 1;
+        candidate = PathBuf::from(format!("{base}-{n}"));
+    }
+    candidate
 }
 
 /// What an earlier attempt of a run did, by call key.
@@ -193,6 +300,8 @@ pub struct Replay {
     pub in_flight: HashMap<String, Value>,
     /// Calls that failed; they are retried.
     pub failed: HashMap<String, String>,
+    /// What each call was announced as doing (its `started` description).
+    pub descriptions: HashMap<String, String>,
 }
 
 impl Replay {
@@ -200,8 +309,14 @@ impl Replay {
         let mut r = Replay::default();
         for e in entries {
             match e {
-                Entry::Started { key, intent, .. } => {
+                Entry::Started {
+                    key,
+                    intent,
+                    description,
+                    ..
+                } => {
                     r.in_flight.insert(key.clone(), intent.clone());
+                    r.descriptions.insert(key.clone(), description.clone());
                     r.failed.remove(key);
                 }
                 Entry::Done { key, result, .. } => {
@@ -227,25 +342,106 @@ impl Replay {
 #[derive(Debug, Clone, Serialize)]
 pub struct RunInfo {
     pub run_id: String,
+    /// The procedure: a bundled name or an absolute path (from the header).
     pub script: String,
+    /// The site file and the release folder, from the header (absolute;
+    /// empty when the run had no release or the header is missing).
+    pub site: String,
+    pub release: String,
     pub started: String,
     pub ended: Option<String>,
-    /// succeeded, failed, interrupted, abandoned, or `unfinished` when the
-    /// process died without closing the journal.
+    /// succeeded, failed, interrupted, incomplete, abandoned; `unfinished`
+    /// when the process died (killed, power loss) without closing the journal;
+    /// `never started` when the journal has no header (the process died
+    /// before its first entry: nothing was changed); `damaged` when the
+    /// journal cannot be read (see `damage`).
     pub outcome: String,
     pub last_step: Option<String>,
     pub steps_done: usize,
+    /// Why the journal cannot be read, for a damaged one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub damage: Option<String>,
+}
+
+impl RunInfo {
+    /// A run that changed or may have changed the site and did not end well:
+    /// the operator resumes or abandons it.
+    pub fn needs_attention(&self) -> bool {
+        matches!(
+            self.outcome.as_str(),
+            "unfinished" | "failed" | "interrupted" | "incomplete" | "damaged"
+        )
+    }
+
+    /// A run whose process died without closing its journal (or whose journal
+    /// cannot be read): it keeps the site until resumed or abandoned.
+    pub fn holds_site(&self) -> bool {
+        matches!(self.outcome.as_str(), "unfinished" | "damaged")
+    }
+
+    /// The exact command that resumes this run (None without a header).
+    pub fn resume_command(&self, site_file: &Path) -> Option<String> {
+        if self.script.is_empty() {
+            return None;
+        }
+        let site = self.site_arg(site_file);
+        let release = if self.release.is_empty() {
+            String::new()
+        } else {
+            format!(" --release {}", shell_word(&self.release))
+        };
+        Some(format!(
+            "uprun run {} --site {}{release} --resume {} --yes",
+            shell_word(&self.script),
+            shell_word(&site),
+            self.run_id
+        ))
+    }
+
+    /// The command that abandons this run.
+    pub fn abandon_command(&self, site_file: &Path) -> String {
+        format!(
+            "uprun runs abandon {} --site {}",
+            self.run_id,
+            shell_word(&self.site_arg(site_file))
+        )
+    }
+
+    /// The site file as the journal names it, else `site_file`; absolute.
+    fn site_arg(&self, site_file: &Path) -> String {
+        if self.site.is_empty() {
+            absolute(site_file).display().to_string()
+        } else {
+            self.site.clone()
+        }
+    }
+}
+
+/// A word as a POSIX shell reads it: quoted when it holds anything but
+/// plain path characters.
+pub fn shell_word(w: &str) -> String {
+    if !w.is_empty()
+        && w.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+:@=,".contains(c))
+    {
+        w.to_string()
+    } else {
+        format!("'{}'", w.replace('\'', "'\\''"))
+    }
 }
 
 pub fn summarize(run_id: &str, entries: &[Entry]) -> RunInfo {
     let mut info = RunInfo {
         run_id: run_id.to_string(),
         script: String::new(),
+        site: String::new(),
+        release: String::new(),
         started: String::new(),
         ended: None,
-        outcome: "unfinished".into(),
+        outcome: "never started".into(),
         last_step: None,
         steps_done: 0,
+        damage: None,
     };
     let mut descriptions: HashMap<&str, &str> = HashMap::new();
     for e in entries {
@@ -253,6 +449,9 @@ pub fn summarize(run_id: &str, entries: &[Entry]) -> RunInfo {
             Entry::Run { at, inputs, .. } => {
                 info.started = at.clone();
                 info.script = inputs.script.clone();
+                info.site = inputs.site.clone();
+                info.release = inputs.release.clone();
+                info.outcome = "unfinished".into();
             }
             Entry::Resume { .. } => {
                 info.ended = None;
@@ -287,7 +486,17 @@ pub fn summarize(run_id: &str, entries: &[Entry]) -> RunInfo {
     info
 }
 
-/// Every run of a site, oldest first.
+/// A run whose journal cannot be read: listed as damaged, with why.
+pub fn damaged(run_id: &str, error: &Error) -> RunInfo {
+    RunInfo {
+        damage: Some(error.to_string()),
+        outcome: "damaged".into(),
+        ..summarize(run_id, &[])
+    }
+}
+
+/// Every run of a site, oldest first. A journal that cannot be read is listed
+/// as damaged (with no entries); the others are listed as usual.
 pub fn list_runs(site: &Site) -> Result<Vec<(RunInfo, Vec<Entry>)>> {
     let dir = runs_dir(site);
     let entries = match std::fs::read_dir(&dir) {
@@ -302,8 +511,10 @@ pub fn list_runs(site: &Site) -> Result<Vec<(RunInfo, Vec<Entry>)>> {
         let Some(id) = name.strip_suffix(".jsonl") else {
             continue;
         };
-        let entries = read(&entry.path())?;
-        runs.push((summarize(id, &entries), entries));
+        match read(&entry.path()) {
+            Ok(entries) => runs.push((summarize(id, &entries), entries)),
+            Err(e) => runs.push((damaged(id, &e), Vec::new())),
+        }
     }
     runs.sort_by(|a, b| a.0.run_id.cmp(&b.0.run_id));
     Ok(runs)
@@ -350,26 +561,47 @@ fn hash_tree(h: &mut Sha256, root: &Path, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Digests of the script, the site file and the release (release.toml,
-/// payload and migrations, names and contents).
-pub fn digest_inputs(
-    script_name: &str,
-    script_text: &str,
-    site: &Site,
-    release: &Release,
-) -> Result<Inputs> {
+/// An absolute form of `p` (journals are read from any working folder).
+pub fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// Digests of the script, the site file and everything a run reads from the
+/// release: the release file, the payload folder wherever it lives, and the
+/// migrations folder of each database kind (names and contents). Paths are
+/// recorded absolute.
+pub fn digest_inputs(proc: &Procedure, site: &Site, release: &Release) -> Result<Inputs> {
     let site_bytes =
         std::fs::read(&site.file).map_err(|e| Error::io("read site file", &site.file, e))?;
     let mut h = Sha256::new();
     if release.present {
-        hash_tree(&mut h, &release.dir, &release.dir)?;
+        let file = std::fs::read(&release.file).map_err(|e| Error::io("read", &release.file, e))?;
+        h.update(b"release file\0");
+        h.update((file.len() as u64).to_le_bytes());
+        h.update(&file);
+        h.update(b"payload\0");
+        hash_tree(&mut h, &release.payload, &release.payload)?;
+        for kind in [DbKind::Sqlite, DbKind::Mssql] {
+            if let Some(dir) = release.migrations_dir(kind) {
+                h.update(format!("migrations {}\0", kind.as_str()).as_bytes());
+                hash_tree(&mut h, &dir, &dir)?;
+            }
+        }
     }
+    let script = match &proc.base {
+        Some(_) => absolute(Path::new(&proc.name)).display().to_string(),
+        None => proc.name.clone(),
+    };
     Ok(Inputs {
-        script: script_name.to_string(),
-        script_sha256: sha256_hex(script_text.as_bytes()),
-        site: site.file.display().to_string(),
+        script,
+        script_sha256: sha256_hex(proc.text.as_bytes()),
+        site: absolute(&site.file).display().to_string(),
         site_sha256: sha256_hex(&site_bytes),
-        release: release.dir.display().to_string(),
+        release: if release.present {
+            absolute(&release.dir).display().to_string()
+        } else {
+            String::new()
+        },
         release_version: release.version.to_string(),
         release_sha256: crate::config::release::hex(&h.finalize()),
     })
@@ -414,5 +646,37 @@ mod tests {
         assert!(matches!(&entries[0], Entry::Refusal { by, .. } if by == "rail"));
         assert!(matches!(entries[1], Entry::Unknown));
         assert_eq!(summarize("r", &entries).outcome, "succeeded");
+    }
+
+    #[test]
+    fn a_torn_last_line_is_kept_apart_and_a_damaged_middle_line_is_an_error() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("r.jsonl");
+        let note = "{\"type\":\"note\",\"at\":\"t\",\"message\":\"m\"}";
+        std::fs::write(&path, format!("{note}\n{note}\n{{\"type\":\"no")).expect("write");
+        let c = read_full(&path).expect("readable");
+        assert_eq!(c.entries.len(), 2);
+        let torn = c.torn.expect("torn");
+        assert_eq!(
+            (torn.line, torn.bytes.as_slice()),
+            (3, &b"{\"type\":\"no"[..])
+        );
+        assert_eq!(torn.offset as usize, 2 * (note.len() + 1));
+
+        std::fs::write(&path, note).expect("write");
+        let c = read_full(&path).expect("readable");
+        assert!(c.torn.is_none() && c.missing_newline && c.entries.len() == 1);
+
+        std::fs::write(&path, format!("{note}\n{{bad\n{note}\n")).expect("write");
+        let e = read_full(&path).expect_err("damaged").to_string();
+        assert!(e.contains("line 2") && e.contains("r.jsonl"), "{e}");
+    }
+
+    #[test]
+    fn a_journal_without_header_never_started_and_holds_nothing() {
+        let info = summarize("r", &[]);
+        assert_eq!(info.outcome, "never started");
+        assert!(!info.holds_site() && !info.needs_attention());
+        assert!(info.resume_command(Path::new("/s/site.toml")).is_none());
     }
 }

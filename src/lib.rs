@@ -30,11 +30,15 @@ pub fn run(cli: cli::Cli) -> Result<i32> {
         Command::Check(a) => commands::check::exec(a),
         Command::Scripts(a) => commands::scripts::exec(a),
         Command::Status(a) => commands::status::exec(a),
+        Command::Adopt(a) => commands::adopt::exec(a),
         Command::Runs(a) => commands::runs::exec(a),
         Command::Api(a) => commands::api::exec(a),
         Command::Completions { shell } => commands::docs::completions(shell),
         Command::Man => commands::docs::man(),
         Command::Test(a) => commands::test::exec(a),
         Command::Init { dir } => commands::init::exec(dir),
+        Command::SandboxApp {
+            command: cli::SandboxAppCommand::CheckDb { database, version },
+        } => sandbox::check_db(&database, &version),
     }
 }

@@ -27,6 +27,28 @@ pub struct SiteLock {
 }
 
 impl SiteLock {
+    /// Hold the site's lock for a moment without taking the site over (the
+    /// lock file keeps naming its last run): for `status` and `plan`, which
+    /// only read but may have to roll back a database transaction left by a
+    /// killed process. `None` when a run holds the lock now.
+    pub fn try_brief(site: &Site) -> Result<Option<SiteLock>> {
+        let dir = &site.state_dir;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("create state folder", dir, e))?;
+        let path = dir.join("run.lock");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io("open lock file", &path, e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(SiteLock { _file: file })),
+            Err(TryLockError::WouldBlock) => Ok(None),
+            Err(TryLockError::Error(e)) => Err(Error::io("lock", &path, e)),
+        }
+    }
+
     /// Take the site's lock for `run_id`. `resuming` names the run being
     /// resumed: an unfinished run may only be taken over by its own resume.
     pub fn acquire(site: &Site, run_id: &str, resuming: Option<&str>) -> Result<SiteLock> {
@@ -58,24 +80,35 @@ impl SiteLock {
             Err(TryLockError::Error(e)) => return Err(Error::io("lock", &path, e)),
         }
         if let Some(h) = previous {
-            let unfinished = journal::read(&journal::journal_path(site, &h.run_id))
-                .map(|entries| journal::summarize(&h.run_id, &entries).ended.is_none())
-                .unwrap_or(false);
-            if unfinished && resuming != Some(h.run_id.as_str()) && h.run_id != run_id {
-                return Err(Error::Refused(format!(
-                    "site `{}` holds a stale lock: run {} (pid {}, since {}) stopped without finishing and its process is gone. \
-Resume it with `uprun run SCRIPT --site {} --release RELEASE --resume {}`, or, after checking the site by hand \
-(`uprun status --site {}`), abandon it with `uprun runs abandon {} --site {}`",
-                    site.file.display(),
-                    h.run_id,
-                    h.pid,
-                    h.since,
-                    site.file.display(),
-                    h.run_id,
-                    site.file.display(),
-                    h.run_id,
-                    site.file.display()
-                )));
+            let path = journal::journal_path(site, &h.run_id);
+            // A journal that is gone was never written: nothing to hold.
+            let info = match journal::read(&path) {
+                Ok(entries) => Some(journal::summarize(&h.run_id, &entries)),
+                Err(_) if !path.exists() => None,
+                Err(e) => Some(journal::damaged(&h.run_id, &e)),
+            };
+            if let Some(info) = info.filter(|i| i.holds_site()) {
+                if resuming != Some(h.run_id.as_str()) && h.run_id != run_id {
+                    let site_file = site.file.display();
+                    let how = match (&info.damage, info.resume_command(&site.file)) {
+                        (Some(damage), _) => format!(
+                            "its journal cannot be read ({damage}). After checking the site by hand (`uprun status --site {site_file}`), abandon it with `{}`",
+                            info.abandon_command(&site.file)
+                        ),
+                        (None, Some(resume)) => format!(
+                            "Resume it with `{resume}`, or, after checking the site by hand (`uprun status --site {site_file}`), abandon it with `{}`",
+                            info.abandon_command(&site.file)
+                        ),
+                        (None, None) => format!(
+                            "Abandon it with `{}`",
+                            info.abandon_command(&site.file)
+                        ),
+                    };
+                    return Err(Error::Refused(format!(
+                        "site `{site_file}` holds a stale lock: run {} (pid {}, since {}) stopped without finishing and its process is gone. {how}",
+                        h.run_id, h.pid, h.since,
+                    )));
+                }
             }
         }
         let me = Holder {

@@ -56,6 +56,9 @@ pub enum Event {
         kind: String,
         description: String,
         changes: bool,
+        /// The change cannot be undone (the database upgrade).
+        #[serde(default)]
+        irreversible: bool,
     },
     Log {
         level: String,
@@ -275,9 +278,15 @@ impl Reporter {
                         kind,
                         description,
                         changes,
+                        irreversible,
                     } => {
                         let mark = if *changes { "change" } else { "read" };
-                        format!("{index:>3}. [{mark:<6}] {:<16} {}", e(kind), e(description))
+                        let tag = if *irreversible { "IRREVERSIBLE: " } else { "" };
+                        format!(
+                            "{index:>3}. [{mark:<6}] {:<16} {tag}{}",
+                            e(kind),
+                            e(description)
+                        )
                     }
                     Event::Log { level, message } => match level.as_str() {
                         "info" => e(message).into_owned(),

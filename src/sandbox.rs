@@ -2,12 +2,19 @@
 //! local nodes running a 1.0.0 instance, and a 2.0.0 release. Everything is
 //! written under one folder, which is marked so that only a sandbox is ever
 //! recreated (deleted) by uprun.
+//!
+//! Its application is realistic about the schema: like the vendor's, a
+//! version only starts against a database at its own version. The start
+//! command asks this very `uprun` binary (the hidden `uprun sandbox-app
+//! check-db`, by absolute path) to read the version from the SQLite file, so
+//! the demo needs nothing but uprun on a fresh machine (no `sqlite3`, no
+//! Python). Moving the binary breaks that command: lay the sandbox out again.
 
 use std::path::{Path, PathBuf};
 
 use crate::db::now_rfc3339;
 use crate::nodes::instances::INSTANCE_CONFIG;
-use crate::nodes::{InstanceRecord, Manifest};
+use crate::nodes::{InstanceRecord, InstanceState, Manifest};
 use crate::{Error, Result};
 
 /// Marker file that makes a folder a sandbox uprun may recreate.
@@ -39,6 +46,8 @@ backup_dir = "backups"
 [service]
 # Command templates run in the instance folder; {app} {version} {folder} {node}
 # are substituted as quoted shell words (do not put them inside quotes).
+# The demo application refuses to start against a database at another
+# version (uprun itself reads the version from the SQLite file).
 start = "echo running {app} {version} on {node} > service.state"
 stop = "rm -f service.state"
 health = "grep -q running service.state"
@@ -172,6 +181,57 @@ fn payload(version: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// The start command of `SITE_TOML` (the plain one, for reading).
+const PLAIN_START: &str = "start = \"echo running {app} {version} on {node} > service.state\"";
+
+/// The sandbox's database as its instances' start command reaches it: from
+/// the instance folder (`nodes/<node>/<folder>`, the working folder of service
+/// commands), so that `uprun test`'s copies of the site check their own copy.
+const DB_FROM_INSTANCE: &str = "../../../db/app.sqlite";
+
+/// The sandbox's site file: `SITE_TOML` whose start command first checks,
+/// with this uprun binary, that the sandbox's database is at the instance's
+/// version (as the vendor's application does), then starts.
+fn site_toml() -> Result<String> {
+    let exe =
+        std::env::current_exe().map_err(|e| Error::io("find the uprun binary", "uprun", e))?;
+    let exe = crate::nodes::instances::quote_for_shell(
+        crate::config::Shell::Posix,
+        &exe.display().to_string(),
+    )
+    .map_err(|why| {
+        Error::Config(format!(
+            "the path of this uprun binary `{}` cannot be used in a start command: {why}",
+            exe.display()
+        ))
+    })?;
+    let command = format!(
+        "{exe} sandbox-app check-db --database {DB_FROM_INSTANCE} --version {{version}} && echo running {{app}} {{version}} on {{node}} > service.state"
+    );
+    let line = format!("start = {}", toml::Value::String(command));
+    Ok(SITE_TOML.replace(PLAIN_START, &line))
+}
+
+/// `uprun sandbox-app check-db`: succeed only when the sandbox database at
+/// `database` records `version` (the demo application's start check).
+pub fn check_db(database: &Path, version: &str) -> Result<i32> {
+    use crate::db::Database;
+    let mut db = crate::db::SqliteDatabase::open_path("app", database, true)?;
+    let at = db.version()?;
+    if at.to_string() != version {
+        return Err(Error::db(
+            "app",
+            format!(
+                "{APP_NAME} {version} cannot start: the database `{}` is at {at}, and {APP_NAME} only runs on a database at its own version (upgrade the database first)",
+                std::path::absolute(database)
+                    .unwrap_or_else(|_| database.to_path_buf())
+                    .display()
+            ),
+        ));
+    }
+    Ok(0)
+}
+
 /// Paths of a laid-out sandbox.
 pub struct Sandbox {
     pub dir: PathBuf,
@@ -217,9 +277,9 @@ pub fn lay_out(dir: &Path, recreate: bool) -> Result<Sandbox> {
         "This folder is a uprun demo sandbox; `uprun demo --recreate` may delete it.\n",
     )?;
     let site = dir.join("site.toml");
-    write(&site, SITE_TOML)?;
-
     let db = dir.join("db/app.sqlite");
+    write(&site, &site_toml()?)?;
+
     std::fs::create_dir_all(dir.join("db"))
         .map_err(|e| Error::io("create folder", dir.join("db"), e))?;
     let conn = rusqlite::Connection::open(&db).map_err(|e| Error::db("app", e.to_string()))?;
@@ -248,11 +308,13 @@ pub fn lay_out(dir: &Path, recreate: bool) -> Result<Sandbox> {
             folder: folder.clone(),
             created: now_rfc3339(),
             removed: None,
+            state: Some(InstanceState::Healthy),
         };
         let manifest = Manifest {
             current: Some(rec),
             removed: Vec::new(),
             used_folders: vec![folder],
+            pending: None,
         };
         let json =
             serde_json::to_string_pretty(&manifest).map_err(|e| Error::Config(e.to_string()))?;
@@ -281,6 +343,17 @@ pub fn lay_out(dir: &Path, recreate: bool) -> Result<Sandbox> {
 mod tests {
     use super::*;
     use crate::db::batches::split;
+
+    #[test]
+    fn the_start_command_checks_the_database_version() {
+        let text = site_toml().expect("site");
+        let site: toml::Table = toml::from_str(&text).expect("toml");
+        let start = site["service"]["start"].as_str().expect("start");
+        assert!(
+            start.contains("sandbox-app check-db --database ../../../db/app.sqlite --version {version} && echo running"),
+            "{start}"
+        );
+    }
 
     #[test]
     fn mssql_scripts_split_into_the_expected_batches() {

@@ -12,7 +12,7 @@ use crate::support::{fifo, uprun, Sandbox};
 
 /// The comparable end state: database version and history, and each node's
 /// manifest without timestamps.
-fn end_state(sb: &Sandbox) -> BTreeMap<String, Value> {
+pub(crate) fn end_state(sb: &Sandbox) -> BTreeMap<String, Value> {
     let mut out = BTreeMap::new();
     out.insert("db_version".into(), Value::from(sb.db_version()));
     let names: Vec<String> = sb
@@ -35,22 +35,31 @@ fn end_state(sb: &Sandbox) -> BTreeMap<String, Value> {
             .collect();
         let mut used: Vec<Value> = m["used_folders"].as_array().expect("used").clone();
         used.sort_by_key(|v| v.to_string());
+        // Started for real: the sandbox application's start command wrote it.
+        let running = m["current"]["folder"].as_str().is_some_and(|f| {
+            sb.dir
+                .join("nodes")
+                .join(node)
+                .join(f)
+                .join("service.state")
+                .is_file()
+        });
         out.insert(
             node.into(),
-            serde_json::json!({ "current": strip(&m["current"]), "removed": removed, "used": used }),
+            serde_json::json!({ "current": strip(&m["current"]), "state": m["current"]["state"], "running": running, "removed": removed, "used": used }),
         );
     }
     out
 }
 
-fn journals(sb: &Sandbox) -> Vec<PathBuf> {
+pub(crate) fn journals(sb: &Sandbox) -> Vec<PathBuf> {
     match std::fs::read_dir(sb.dir.join(".uprun/runs")) {
         Ok(it) => it.map(|e| e.expect("entry").path()).collect(),
         Err(_) => Vec::new(),
     }
 }
 
-fn journal_entries(path: &Path) -> Vec<Value> {
+pub(crate) fn journal_entries(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .expect("journal")
         .lines()
@@ -58,7 +67,7 @@ fn journal_entries(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-fn run_id(path: &Path) -> String {
+pub(crate) fn run_id(path: &Path) -> String {
     path.file_stem()
         .expect("stem")
         .to_string_lossy()
@@ -97,7 +106,7 @@ fn killed_at_any_step_then_resumed_ends_like_a_clean_run() {
         .collect();
     assert_eq!(
         kinds.len(),
-        8,
+        9,
         "changing steps of the stock procedure: {kinds:?}"
     );
 
@@ -105,7 +114,10 @@ fn killed_at_any_step_then_resumed_ends_like_a_clean_run() {
     for (k, kind) in kinds.iter().enumerate() {
         let k = k + 1;
         let mut points = vec!["before", "after"];
-        if kind == "create_instance" || kind == "upgrade_db" {
+        if matches!(
+            kind.as_str(),
+            "create_instance" | "upgrade_db" | "start_instance"
+        ) {
             points.push("inner");
         }
         for point in points {
@@ -159,7 +171,7 @@ fn killed_at_any_step_then_resumed_ends_like_a_clean_run() {
     }
     assert_eq!(
         cases,
-        8 * 2 + 4,
+        9 * 2 + 5,
         "every step, before and after its change, and inside the long ones"
     );
 }
@@ -180,7 +192,7 @@ fn runs_lists_and_shows_the_journal() {
     let runs = runs.as_array().expect("array");
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0]["outcome"], "succeeded");
-    assert_eq!(runs[0]["steps_done"], 8);
+    assert_eq!(runs[0]["steps_done"], 9);
     let id = runs[0]["run_id"].as_str().expect("id");
     let out = uprun()
         .args(["runs", "show", id, "--site"])
@@ -246,8 +258,9 @@ const SEQUENTIAL_UPGRADE: &str = "backup_db();
 remove_instance(\"app02\");
 remove_instance(\"app03\");
 remove_instance(\"app01\");
-create_instance(\"app01\");
+create_instance(\"app01\", #{ start: false });
 upgrade_db();
+start_instance(\"app01\");
 create_instance(\"app02\");
 create_instance(\"app03\");
 ";
@@ -333,7 +346,7 @@ fn ctrl_c_stops_after_the_current_step_and_the_run_resumes() {
 #[test]
 fn resume_with_an_edited_script_is_refused_unless_accepted() {
     let sb = Sandbox::new();
-    let script = "import \"std/cluster\" as cluster;\nlet b = backup_db();\nlet r = cluster::remove_all(1);\nif mode() == \"run\" { throw \"stop here\"; }\ncreate_instance(primary());\nupgrade_db();\ncluster::configure_secondaries(site().app_name, 1);\n";
+    let script = "import \"std/cluster\" as cluster;\nlet b = backup_db();\nlet r = cluster::remove_all(1);\nif mode() == \"run\" { throw \"stop here\"; }\ncreate_instance(primary(), #{ start: false });\nupgrade_db();\nstart_instance(primary());\ncluster::configure_secondaries(site().app_name, 1);\n";
     let path = sb.script("proc.rhai", script);
     let p = path.to_str().expect("path");
     let out = sb.cmd("run", p, &["--yes"]).output().expect("run");
@@ -385,8 +398,8 @@ fn resume_with_an_edited_script_is_refused_unless_accepted() {
     assert_eq!(sb.backups().len(), 1);
     let started = entries.iter().filter(|e| e["type"] == "started").count();
     assert_eq!(
-        started, 8,
-        "backup + 3 removals once each, then 3 creations and the upgrade: {entries:#?}"
+        started, 9,
+        "backup + 3 removals once each, then staging, the upgrade, the start and 2 creations: {entries:#?}"
     );
 }
 
@@ -454,8 +467,8 @@ fn an_abandoned_run_frees_the_site() {
     assert_eq!(done_earlier, done_in_journal, "{planned:#?}");
     assert_eq!(
         planned.iter().filter(|e| e["changes"] == true).count(),
-        8 - done_in_journal,
-        "the rest of the 8 changing steps is still to do: {planned:#?}"
+        9 - done_in_journal,
+        "the rest of the 9 changing steps is still to do: {planned:#?}"
     );
     uprun()
         .args(["runs", "abandon", &id, "--site"])

@@ -227,7 +227,7 @@ fn placeholders_reach_the_shell_as_quoted_words() {
         );
         std::fs::write(&p, m).expect("write manifest");
     }
-    let script = "backup_db();\nfor n in secondaries() { remove_instance(n); }\nremove_instance(primary());\ncreate_instance(primary(), #{ folder: \"fresh\" });\nupgrade_db();\nfor n in secondaries() { create_instance(n); }\n";
+    let script = "backup_db();\nfor n in secondaries() { remove_instance(n); }\nremove_instance(primary());\ncreate_instance(primary(), #{ folder: \"fresh\", start: false });\nupgrade_db();\nstart_instance(primary());\nfor n in secondaries() { create_instance(n); }\n";
     let (code, out, err) = run(&sb, script);
     assert_eq!(code, Some(0), "{out}\n{err}");
     let state = std::fs::read_to_string(sb.dir.join("nodes/app01/fresh/service.state"))

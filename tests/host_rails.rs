@@ -7,12 +7,14 @@ use std::path::PathBuf;
 use crate::support::Sandbox;
 
 /// A whole upgrade written without `stdlib/`: every vendor rule the stock
-/// script checks early must still hold for it.
+/// script checks early must still hold for it. The primary's instance is
+/// staged, and started once the database is at its version.
 const BARE_UPGRADE: &str = "backup_db();
 for n in secondaries() { remove_instance(n); }
 remove_instance(primary());
-create_instance(primary());
+create_instance(primary(), #{ start: false });
 upgrade_db();
+start_instance(primary());
 for n in secondaries() { create_instance(n); }
 ";
 
@@ -104,8 +106,9 @@ fn a_procedure_that_leaves_secondaries_behind_is_refused_at_plan() {
     let script = "backup_db();
 for n in secondaries() { remove_instance(n); }
 remove_instance(primary());
-create_instance(primary());
+create_instance(primary(), #{ start: false });
 upgrade_db();
+start_instance(primary());
 ";
     let err = refused_whole(&sb, script, 3, "node `app02` has no instance");
     assert!(err.contains("node `app03` has no instance"), "{err}");
@@ -119,14 +122,15 @@ fn continue_on_error_cannot_turn_a_failed_node_into_success() {
     // app03's new instance does not start; the planning pass cannot know.
     edit_site(
         &sb,
-        "start = \"echo",
-        "start = \"if [ {node} = app03 ]; then exit 9; fi; echo",
+        "start = \"",
+        "start = \"if [ {node} = app03 ]; then exit 9; fi; ",
     );
     let script = "backup_db();
 for n in secondaries() { remove_instance(n); }
 remove_instance(primary());
-create_instance(primary());
+create_instance(primary(), #{ start: false });
 upgrade_db();
+start_instance(primary());
 let r = for_each_node(secondaries(), #{ continue_on_error: true }, |n| create_instance(n));
 log(`results: ${r.len()}`);
 ";
@@ -165,8 +169,10 @@ fn a_persistently_unhealthy_node_is_never_a_success() {
         .expect("stem")
         .to_string_lossy()
         .into_owned();
+    assert_eq!(sb.manifest("app03")["current"]["state"], "failed");
     // Resumed with nothing fixed: app03's instance is registered, but it
-    // never passed its health command, so the run cannot succeed.
+    // never passed its health command: it is started and checked again (in
+    // its own folder), fails again, and the run never succeeds.
     for _ in 0..2 {
         let out = sb
             .cmd("run", "in-place-upgrade", &["--yes", "--resume", &id])
@@ -174,8 +180,15 @@ fn a_persistently_unhealthy_node_is_never_a_success() {
             .expect("resume");
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{err}");
-        assert!(err.contains("node `app03` is not healthy"), "{err}");
+        assert!(
+            err.contains("node `app03`: health command") && err.contains("recorded as failed"),
+            "{err}"
+        );
+        assert!(!err.contains("nothing to create"), "{err}");
+        assert_eq!(sb.manifest("app03")["current"]["folder"], "FastApp-2.0.0");
     }
+    let journal = std::fs::read_to_string(&journals(&sb)[0]).expect("journal");
+    assert!(!journal.contains("\"succeeded\""), "{journal}");
 }
 
 #[test]
@@ -254,8 +267,9 @@ fn parallel_closures_that_order_nodes_are_refused_at_plan_every_time() {
 let ns = secondaries();
 ns.push(primary());
 for_each_node(ns, #{ parallel: 2 }, |n| { remove_instance(n); });
-create_instance(primary());
+create_instance(primary(), #{ start: false });
 upgrade_db();
+start_instance(primary());
 for n in secondaries() { create_instance(n); }
 ";
     for _ in 0..3 {
@@ -277,8 +291,9 @@ fn parallel_closures_on_disjoint_secondaries_pass() {
     let script = "backup_db();
 for_each_node(secondaries(), #{ parallel: 2 }, |n| remove_instance(n));
 remove_instance(primary());
-create_instance(primary());
+create_instance(primary(), #{ start: false });
 upgrade_db();
+start_instance(primary());
 for_each_node(secondaries(), #{ parallel: 2 }, |n| create_instance(n));
 ";
     let path = sb.script("custom.rhai", script);
@@ -321,5 +336,40 @@ fn read_commands_do_not_run_while_planning_unless_the_site_allows() {
     assert!(
         sb.dir.join("nodes/app01/probe").exists(),
         "allowed, not run"
+    );
+}
+
+#[test]
+fn a_procedure_that_never_touches_the_database_runs_without_one() {
+    let sb = Sandbox::new();
+    std::fs::remove_file(sb.db_path()).expect("rm db");
+    let path = sb.script(
+        "nodes-only.rhai",
+        "for n in nodes() { let i = instance(n); log(`${n.name}: ${i.version}`); }\n",
+    );
+    for (cmd, extra) in [("plan", &[][..]), ("run", &["--yes"][..])] {
+        let out = sb
+            .cmd(cmd, path.to_str().expect("path"), extra)
+            .output()
+            .expect("run");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{cmd}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("app03: 1.0.0"), "{stdout}");
+    }
+    // One that does is told which database is missing.
+    let path = sb.script("db.rhai", "log(db_version());\n");
+    let out = sb
+        .cmd("plan", path.to_str().expect("path"), &[])
+        .output()
+        .expect("plan");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("does not exist") && err.contains("db.rhai:1"),
+        "{err}"
     );
 }

@@ -4,16 +4,20 @@
 
 mod support;
 
+mod adopt;
 mod authoring;
 mod backup_proof;
 mod cli_errors;
+mod db_contract;
 mod demo;
 mod durable;
 mod errors;
 mod host_errors;
 mod host_rails;
+mod lifecycle;
 mod mssql;
 mod mssql_real;
 mod plan;
 mod rails;
+mod recovery;
 mod ssh;

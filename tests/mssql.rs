@@ -254,6 +254,7 @@ fn connection_to(server: &str, password: &str) -> String {
 /// unless they set it).
 fn sandbox_at(connection: &str, extra: &str) -> Sandbox {
     let sb = Sandbox::new();
+    sb.plain_start();
     let site = std::fs::read_to_string(sb.site()).expect("site");
     let timeout = if extra.contains("connect_timeout_secs") {
         ""
@@ -2295,4 +2296,60 @@ fn an_error_inside_a_procedure_names_the_procedure_and_its_line_not_a_file_line(
         ],
     );
     assert!(!all.contains("at line 15 of"), "{all}");
+}
+
+/// The `Database` contract of `db_contract.rs`, over the protocol: the
+/// responder's "database" keeps the history per transaction, so what a failed
+/// migration left is what it holds, plus whether the driver committed.
+#[test]
+fn the_database_contract_holds_over_the_protocol() {
+    use uprun::db::mssql::BEGIN_SQL;
+    let mock = Mock::start(Fake::default());
+    let sb = mock.sandbox();
+    std::env::set_var("UPRUN_TEST_MSSQL_PASSWORD", PASSWORD);
+    let mut db = open_db(&sb);
+    let leftovers = || -> Vec<String> {
+        let mut out = Vec::new();
+        {
+            let f = mock.fake();
+            out.extend(f.pending.iter().map(|(_, w)| format!("pending {w:?}")));
+            out.extend(f.history.iter().map(|r| format!("history {}", r.name)));
+        }
+        let sql = mock.sql();
+        if let Some(begin) = sql.iter().rposition(|q| q == BEGIN_SQL) {
+            if sql[begin..].iter().any(|q| is_record(q)) {
+                out.push("the failed migration was committed".into());
+            }
+        }
+        if !sql.last().is_some_and(|q| is_rollback(q)) {
+            out.push(format!("not rolled back: {:?}", sql.last()));
+        }
+        out
+    };
+    crate::db_contract::contract(
+        "mssql (TDS responder)",
+        crate::db_contract::Subject {
+            db: &mut db,
+            good: crate::db_contract::migration(
+                "2.0.0_01_priority.sql",
+                "ALTER TABLE dbo.strategies ADD priority int NULL;\n",
+            ),
+            failing: crate::db_contract::migration(
+                "2.0.0_02_broken.sql",
+                "UPDATE dbo.strategies SET state = state;\nGO\nEXEC dbo.no_such_procedure;\n",
+            ),
+            leftovers: &leftovers,
+            read: "SELECT name, kind, state FROM strategies WHERE state <> 'valid'",
+            writes: &[
+                "DELETE FROM strategies",
+                "UPDATE strategies SET state = 'valid'",
+                "WITH x AS (SELECT 1 AS n) DELETE FROM strategies",
+                "SELECT 1; DROP TABLE strategies",
+                "SELECT * INTO copy FROM strategies",
+                "BEGIN TRANSACTION",
+                "EXEC dbo.cleanup_strategies",
+            ],
+        },
+    );
+    assert_eq!(mock.fake().version, "2.0.0");
 }

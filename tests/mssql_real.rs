@@ -124,6 +124,7 @@ fn real_site() -> RealSite {
 
     // A one-node local site on that database.
     let sb = Sandbox::new();
+    sb.plain_start();
     let site = std::fs::read_to_string(sb.site()).expect("site");
     let site = site
         .replace(

@@ -40,7 +40,10 @@ fn plan_lists_the_vendor_order_and_changes_nothing() {
         .filter(|(k, _)| k != "confirm")
         .map(|(k, d)| (k.as_str(), node_of(d)))
         .collect();
-    assert_eq!(changing.len(), 9, "{steps:#?}");
+    // Exactly the vendor's order: backup, removals (secondaries, then the
+    // primary), stage the primary, upgrade, start the primary, then the
+    // secondaries.
+    assert_eq!(changing.len(), 10, "{steps:#?}");
     assert_eq!(changing[0].0, "backup_db");
     assert_eq!(changing[1].0, "check");
     assert!(steps[1].1.contains("strategies"));
@@ -56,9 +59,18 @@ fn plan_lists_the_vendor_order_and_changes_nothing() {
     assert_eq!(removed_first, ["app02", "app03"]);
     assert_eq!(changing[4], ("remove_instance", "app01"));
     assert_eq!(changing[5], ("create_instance", "app01"));
+    assert!(
+        steps[5]
+            .1
+            .starts_with("stage instance FastApp 2.0.0 on `app01`")
+            && steps[5].1.contains("(not started)"),
+        "{}",
+        steps[5].1
+    );
     assert_eq!(changing[6].0, "upgrade_db");
     assert!(steps[6].1.contains("1.0.0 to 2.0.0"), "{}", steps[6].1);
-    let mut created_after: Vec<&str> = changing[7..9]
+    assert_eq!(changing[7], ("start_instance", "app01"));
+    let mut created_after: Vec<&str> = changing[8..10]
         .iter()
         .map(|(k, n)| {
             assert_eq!(*k, "create_instance");
@@ -67,6 +79,11 @@ fn plan_lists_the_vendor_order_and_changes_nothing() {
         .collect();
     created_after.sort();
     assert_eq!(created_after, ["app02", "app03"]);
+    assert!(
+        steps[8].1.starts_with("create instance FastApp 2.0.0"),
+        "{}",
+        steps[8].1
+    );
 
     sb.assert_unchanged(&before, "plan changed the database or a node folder");
     assert!(sb.backups().is_empty(), "plan wrote a backup");

@@ -368,7 +368,7 @@ fn a_declared_rename_gives_every_node_the_new_name() {
         .expect("plan");
     let text = String::from_utf8_lossy(&plan.stdout);
     assert!(
-        text.contains("create instance NewApp 2.0.0 on `app01` in new folder `NewApp-2.0.0` (renamed from FastApp"),
+        text.contains("stage instance NewApp 2.0.0 on `app01` in new folder `NewApp-2.0.0` (not started) (renamed from FastApp"),
         "the plan says so: {text}"
     );
     let out = sb

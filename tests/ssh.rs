@@ -682,8 +682,9 @@ fn a_dropped_connection_is_reopened_for_the_next_operation() {
              remove_instance(\"app03\");\n\
              remove_instance(\"app02\");\n\
              remove_instance(\"app01\");\n\
-             create_instance(\"app01\");\n\
+             create_instance(\"app01\", #{{ start: false }});\n\
              upgrade_db();\n\
+             start_instance(\"app01\");\n\
              create_instance(\"app02\");\n\
              create_instance(\"app03\");\n",
             ready.display(),

@@ -1,6 +1,7 @@
 //! One module per subcommand, each a few lines over `session` (which wires a
 //! site, a release and a procedure into an engine over `ops`).
 
+pub mod adopt;
 pub mod api;
 pub mod check;
 pub mod demo;
@@ -38,10 +39,24 @@ impl Session {
     /// the procedure against the host API bound to them.
     pub fn open(spec: RunSpec, proc: &Procedure, reporter: Arc<Reporter>) -> Result<Session> {
         let site = &spec.site;
-        let mut db = crate::db::open(site, spec.mode == Mode::Plan)?;
-        if spec.mode == Mode::Run {
-            db.lock_for_run(&spec.run_id)?;
-        }
+        // Opened on first use: a procedure that never touches the database
+        // runs without one (in run mode the opener also takes its run lock).
+        let db = {
+            let site = site.clone();
+            let mode = spec.mode;
+            let run_id = spec.run_id.clone();
+            crate::db::LazyDatabase::new(
+                &site.database.name.clone(),
+                Box::new(move || {
+                    let mut db = crate::db::open(&site, mode == Mode::Plan)?;
+                    if mode == Mode::Run {
+                        db.lock_for_run(&run_id)?;
+                    }
+                    Ok(db)
+                }),
+            )
+        };
+        let db: Box<dyn crate::db::Database> = Box::new(db);
         // Every node is reached (and its host key checked) before the script
         // starts, so an unreachable or unverified node stops the run before
         // any change anywhere.
@@ -107,6 +122,20 @@ impl Session {
                 "the run is incomplete: {problems}. Every node must run the application at {target}, healthy, against a database at {target} (vendor: nodes left behind cause errors). Fix the cause, then finish with: {finish}"
             ))),
         }
+    }
+}
+
+/// Before a read-only command (`status`, `plan`) opens the database: roll
+/// back a transaction left by a killed process, holding the site lock for
+/// that moment. When a run holds the lock its transaction is alive, not
+/// left over, and nothing is done. Returns the line to show.
+pub fn recover_for_reading(site: &crate::config::Site) -> Result<Option<String>> {
+    if !crate::db::may_need_recovery(site) {
+        return Ok(None);
+    }
+    match crate::lock::SiteLock::try_brief(site)? {
+        Some(_lock) => crate::db::recover(site),
+        None => Ok(None),
     }
 }
 

@@ -20,9 +20,15 @@ pub fn exec(p: PlanArgs) -> Result<i32> {
         script: proc.name.clone(),
         site: site.file.display().to_string(),
     });
+    if let Some(line) = super::recover_for_reading(&site)? {
+        reporter.event(Event::Log {
+            level: "warn".into(),
+            message: line,
+        });
+    }
     let replay = match &p.resume {
         Some(id) => {
-            let inputs = crate::journal::digest_inputs(&proc.name, &proc.text, &site, &release)?;
+            let inputs = crate::journal::digest_inputs(&proc, &site, &release)?;
             let (replay, changed) = super::run::load_resume(&site, id, &inputs, true)?;
             for c in changed {
                 reporter.event(Event::Log {
@@ -48,19 +54,21 @@ pub fn exec(p: PlanArgs) -> Result<i32> {
         &proc,
         reporter.clone(),
     )?;
-    // Through the session's connection: no second login to the server.
-    if let Ok(Some(b)) = session.ops.latest_full_backup() {
-        reporter.event(Event::Log {
-            level: "info".into(),
-            message: format!("latest full backup of `{}`: {b}", site.database.name),
-        });
-    }
     let outcome = session.run();
     let steps = session.ops.steps();
-    let changes = steps.iter().filter(|s| s.changes).count();
-    let irreversible = steps.iter().filter(|s| s.irreversible).count();
+    // For procedures that use the database, through the session's connection
+    // (no second login to the server); the others may run without one.
+    if session.ops.database_used() {
+        if let Ok(Some(b)) = session.ops.latest_full_backup() {
+            reporter.event(Event::Log {
+                level: "info".into(),
+                message: format!("latest full backup of `{}`: {b}", site.database.name),
+            });
+        }
+    }
+    let (_, counted) = crate::ops::count_changes(&steps);
     let mut summary = vec![format!(
-        "{} step(s): {changes} change(s), {irreversible} irreversible; nothing was changed",
+        "{} step(s): {counted}; nothing was changed",
         steps.len()
     )];
     if outcome.is_err() {

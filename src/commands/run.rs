@@ -72,8 +72,10 @@ pub(super) fn load_resume(
         entries.iter().find(|e| matches!(e, Entry::Run { .. }))
     else {
         return Err(Error::Config(format!(
-            "journal `{}` has no run header; it cannot be resumed",
-            path.display()
+            "run `{id}` never started: its journal `{}` has no header (the process died before writing it, e.g. on a full disk), so nothing was changed by it and there is nothing to resume. \
+Start a new run without --resume, or set it aside with `{}`",
+            path.display(),
+            info.abandon_command(&site.file)
         )));
     };
     let changed = journal::changed_inputs(before, inputs);
@@ -97,12 +99,20 @@ pub fn execute(
     let site = Site::load(site)?;
     let release = Release::load_opt(release)?;
     let proc = Procedure::load(script)?;
-    let inputs = journal::digest_inputs(&proc.name, &proc.text, &site, &release)?;
+    let inputs = journal::digest_inputs(&proc, &site, &release)?;
     let run_id = opts.resume.clone().unwrap_or_else(super::new_run_id);
     let interactive = super::interactive();
 
     // The site is ours for the whole run, planning included.
     let _lock = SiteLock::acquire(&site, &run_id, opts.resume.as_deref())?;
+    // A transaction a killed process left half-done is rolled back before
+    // anything reads the database (planning opens it read-only).
+    if let Some(line) = crate::db::recover(&site)? {
+        reporter.event(Event::Log {
+            level: "warn".into(),
+            message: line,
+        });
+    }
     let (replay, accepted_changes) = match &opts.resume {
         Some(id) => load_resume(&site, id, &inputs, opts.accept_changed_inputs)?,
         None => (Replay::default(), Vec::new()),
@@ -130,12 +140,18 @@ pub fn execute(
     }
     let planned = planning.ops.steps();
     drop(planning);
+    // One consent, up front, for the whole run: the question counts what
+    // `plan` counts, after listing every step with the irreversible one marked.
     let consent = planned.iter().filter(|s| needs_consent(s)).count();
+    // The procedure's own questions (`confirm`) are asked with the plan too,
+    // on a terminal; without one they are answered no, as documented.
+    let questions = planned.iter().filter(|s| s.kind == "confirm").count();
+    let (_, counted) = crate::ops::count_changes(&planned);
     let mut accepted = false;
-    if consent > 0 && !opts.yes {
+    if (consent > 0 || (questions > 0 && interactive)) && !opts.yes {
         if !interactive {
             return Err(Error::Refused(format!(
-                "the procedure would make {consent} change(s) to site `{}` and there is no terminal to confirm on: read `uprun plan {} --site {}{}`, then re-run with --yes. Nothing was changed.",
+                "the procedure would make {counted} to site `{}` and there is no terminal to confirm on: read `uprun plan {} --site {}{}`, then re-run with --yes. Nothing was changed.",
                 site.file.display(),
                 proc.name,
                 site.file.display(),
@@ -149,9 +165,20 @@ pub fn execute(
                 kind: s.kind.to_string(),
                 description: s.description.clone(),
                 changes: s.changes,
+                irreversible: s.irreversible,
             });
         }
-        if !crate::ops::ask("Proceed with these changes?") {
+        let also = if questions > 0 {
+            " and answer yes to the procedure's question(s) listed above"
+        } else {
+            ""
+        };
+        let q = if planned.iter().any(|s| s.changes && s.irreversible) {
+            format!("Proceed with these {counted}{also}? Your answer covers the whole run, the IRREVERSIBLE step included; nothing more will be asked.")
+        } else {
+            format!("Proceed with these {counted}{also}? Your answer covers the whole run; nothing more will be asked.")
+        };
+        if !crate::ops::ask(&q) {
             reporter.line("Cancelled: nothing was changed.");
             return Ok(3);
         }
@@ -173,7 +200,17 @@ pub fn execute(
             j
         }
         Some(id) => {
-            let j = Journal::reopen(&site, id)?;
+            let (j, repaired) = Journal::reopen(&site, id)?;
+            if let Some(note) = repaired {
+                j.append(&Entry::Note {
+                    at: crate::db::now_rfc3339(),
+                    message: note.clone(),
+                })?;
+                reporter.event(Event::Log {
+                    level: "warn".into(),
+                    message: note,
+                });
+            }
             j.append(&Entry::Resume {
                 at: crate::db::now_rfc3339(),
                 pid: std::process::id(),
@@ -242,7 +279,7 @@ pub fn execute(
                 _ => "failed",
             };
             let _ = journal.append(&journal::entry_now_end(kind, Some(e.to_string())));
-            for s in planned.iter().skip(done.len()).filter(|s| s.changes) {
+            for s in not_attempted(&planned, &done) {
                 summary.push(format!("not done: {}", s.description));
             }
             let upgraded = done
@@ -256,9 +293,13 @@ pub fn execute(
             });
             summary.push(format!(
                 "fix the cause, then resume: uprun run {} --site {}{} --resume {run_id} --yes",
-                proc.name,
-                site.file.display(),
-                release.arg()
+                journal::shell_word(&inputs.script),
+                journal::shell_word(&inputs.site),
+                if inputs.release.is_empty() {
+                    String::new()
+                } else {
+                    format!(" --release {}", journal::shell_word(&inputs.release))
+                }
             ));
             summary.push(format!("journal: {}", journal.path().display()));
             reporter.event(Event::RunFinished {
@@ -268,4 +309,26 @@ pub fn execute(
             outcome.map(|()| 0)
         }
     }
+}
+
+/// The planned changes this attempt never reached: each planned change is
+/// matched with a step of this attempt of the same kind on the same node (in
+/// order), so a step is listed once, as done, failed, refused or not done.
+fn not_attempted<'a>(planned: &'a [StepRecord], done: &[StepRecord]) -> Vec<&'a StepRecord> {
+    let mut attempted: std::collections::HashMap<(&str, Option<&str>), usize> =
+        std::collections::HashMap::new();
+    for s in done.iter().filter(|s| s.changes) {
+        *attempted.entry((s.kind, s.node.as_deref())).or_default() += 1;
+    }
+    planned
+        .iter()
+        .filter(|s| s.changes)
+        .filter(|s| match attempted.get_mut(&(s.kind, s.node.as_deref())) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                false
+            }
+            _ => true,
+        })
+        .collect()
 }

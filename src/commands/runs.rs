@@ -26,6 +26,15 @@ pub fn exec(a: RunsArgs) -> Result<i32> {
                 crate::outln!("no runs yet for {}", site.file.display());
             }
             for (i, _) in &runs {
+                if let Some(d) = &i.damage {
+                    crate::outln!(
+                        "{}  damaged     {}; `{}` sets it aside",
+                        i.run_id,
+                        escape(d),
+                        i.abandon_command(&site.file)
+                    );
+                    continue;
+                }
                 crate::outln!(
                     "{}  {:<11} {}  started {}  ended {}  {} step(s) done  last: {}",
                     i.run_id,
@@ -52,7 +61,13 @@ pub fn exec(a: RunsArgs) -> Result<i32> {
                 );
                 return Ok(0);
             }
+            if info.damage.is_some() {
+                // The whole error, naming the file and the line.
+                journal::read(&journal::journal_path(&site, &id))?;
+            }
             crate::outln!("run {} ({}): {}", info.run_id, info.script, info.outcome);
+            let mut described: std::collections::HashMap<&str, &str> =
+                std::collections::HashMap::new();
             for e in entries {
                 match e {
                     Entry::Run {
@@ -75,14 +90,23 @@ pub fn exec(a: RunsArgs) -> Result<i32> {
                         }
                     }
                     Entry::Started {
-                        at, description, ..
-                    } => crate::outln!("{at}  started  {}", escape(description)),
-                    Entry::Done { at, key, ms, .. } => {
-                        crate::outln!("{at}  done     {key} ({ms} ms)")
+                        at,
+                        key,
+                        description,
+                        ..
+                    } => {
+                        described.insert(key, description);
+                        crate::outln!("{at}  started  {}", escape(description))
                     }
-                    Entry::Failed { at, key, error } => {
-                        crate::outln!("{at}  FAILED   {key}: {}", escape(error))
-                    }
+                    Entry::Done { at, key, ms, .. } => crate::outln!(
+                        "{at}  done     {} ({ms} ms)",
+                        escape(described.get(key.as_str()).copied().unwrap_or(key))
+                    ),
+                    Entry::Failed { at, key, error } => crate::outln!(
+                        "{at}  FAILED   {}: {}",
+                        escape(described.get(key.as_str()).copied().unwrap_or(key)),
+                        escape(error)
+                    ),
                     Entry::Note { at, message } => {
                         crate::outln!("{at}  note     {}", escape(message))
                     }
@@ -116,11 +140,43 @@ pub fn exec(a: RunsArgs) -> Result<i32> {
                 )));
             }
             let _lock = crate::lock::SiteLock::acquire(&site, &id, Some(&id))?;
-            let j = Journal::reopen(&site, &id)?;
-            j.append(&journal::entry_now_end(
-                "abandoned",
-                Some("abandoned by the operator".into()),
-            ))?;
+            let path = journal::journal_path(&site, &id);
+            if let Some(damage) = &info.damage {
+                // Appending to a journal damaged in the middle would leave it
+                // unreadable: it is set aside, kept for the record.
+                let aside = journal::side_file(&path, "damaged");
+                std::fs::rename(&path, &aside)
+                    .map_err(|e| Error::io("set the damaged journal aside to", &aside, e))?;
+                let j = Journal::create_at(&path)?;
+                j.append(&Entry::Note {
+                    at: crate::db::now_rfc3339(),
+                    message: format!(
+                        "the journal was damaged ({damage}); it was moved to `{}`",
+                        aside.display()
+                    ),
+                })?;
+                j.append(&journal::entry_now_end(
+                    "abandoned",
+                    Some("abandoned by the operator".into()),
+                ))?;
+                crate::outln!(
+                    "the damaged journal of run {id} was moved to `{}`",
+                    aside.display()
+                );
+            } else {
+                let (j, repaired) = Journal::reopen(&site, &id)?;
+                if let Some(note) = repaired {
+                    j.append(&Entry::Note {
+                        at: crate::db::now_rfc3339(),
+                        message: note.clone(),
+                    })?;
+                    crate::outln!("{note}");
+                }
+                j.append(&journal::entry_now_end(
+                    "abandoned",
+                    Some("abandoned by the operator".into()),
+                ))?;
+            }
             crate::outln!("run {id} abandoned; new runs may start. Nothing was undone: `uprun status --site {}` shows the site.", site.file.display());
         }
     }

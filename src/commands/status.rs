@@ -24,13 +24,24 @@ struct Status {
     /// The newest full backup the database server knows of (SQL Server: msdb).
     latest_full_backup: Option<String>,
     nodes: Vec<NodeStatus>,
-    /// Runs whose journal never closed (their process died, or they are
-    /// running now): resume or abandon them.
-    unfinished_runs: Vec<crate::journal::RunInfo>,
+    /// Runs that did not end well (failed, interrupted, incomplete, killed,
+    /// damaged journal, never started), with the commands that resume or
+    /// abandon them. Succeeded and abandoned runs are not listed.
+    unfinished_runs: Vec<RunToFinish>,
+}
+
+#[derive(Serialize)]
+struct RunToFinish {
+    #[serde(flatten)]
+    info: crate::journal::RunInfo,
+    /// The exact command that resumes it (none when it cannot be resumed).
+    resume: Option<String>,
+    abandon: String,
 }
 
 pub fn exec(a: StatusArgs) -> Result<i32> {
     let site = Site::load(&a.site)?;
+    let recovered = super::recover_for_reading(&site)?;
     let mut db = crate::db::open(&site, true)?;
     let version = db.version()?;
     let history = db.history()?;
@@ -67,9 +78,24 @@ pub fn exec(a: StatusArgs) -> Result<i32> {
         unfinished_runs: crate::journal::list_runs(&site)?
             .into_iter()
             .map(|(info, _)| info)
-            .filter(|info| info.ended.is_none())
+            .filter(|info| info.needs_attention() || info.outcome == "never started")
+            .map(|info| RunToFinish {
+                resume: match info.outcome.as_str() {
+                    "damaged" | "never started" => None,
+                    _ => info.resume_command(&site.file),
+                },
+                abandon: info.abandon_command(&site.file),
+                info,
+            })
             .collect(),
     };
+    if let Some(line) = &recovered {
+        if a.json {
+            eprintln!("{line}");
+        } else {
+            crate::outln!("{line}");
+        }
+    }
     if a.json {
         crate::outln!(
             "{}",
@@ -104,18 +130,36 @@ pub fn exec(a: StatusArgs) -> Result<i32> {
         }
     }
     for r in &status.unfinished_runs {
+        let i = &r.info;
+        let what = match i.outcome.as_str() {
+            "unfinished" => "killed (its process died without closing the journal)".to_string(),
+            o => o.to_string(),
+        };
+        let started = if i.started.is_empty() {
+            String::new()
+        } else {
+            format!(", started {}", i.started)
+        };
         crate::outln!(
-            "unfinished run {} ({}, started {}; last: {}): resume it with `uprun run {} --site {} --release RELEASE --resume {}`, or abandon it with `uprun runs abandon {} --site {}`",
-            r.run_id,
-            r.script,
-            r.started,
-            e(r.last_step.as_deref().unwrap_or("-")),
-            r.script,
-            site.file.display(),
-            r.run_id,
-            r.run_id,
-            site.file.display()
+            "run {} {what} ({}{started}; last: {})",
+            i.run_id,
+            if i.script.is_empty() {
+                "-"
+            } else {
+                i.script.as_str()
+            },
+            e(i.last_step.as_deref().unwrap_or("-"))
         );
+        if let Some(d) = &i.damage {
+            crate::outln!("  its journal cannot be read: {}", e(d));
+        }
+        if i.outcome == "never started" {
+            crate::outln!("  nothing was changed by it (its journal has no header); start a new run, or set it aside");
+        }
+        if let Some(cmd) = &r.resume {
+            crate::outln!("  resume:  {}", e(cmd));
+        }
+        crate::outln!("  abandon: {}", e(&r.abandon));
     }
     Ok(0)
 }

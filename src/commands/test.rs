@@ -16,6 +16,11 @@ pub fn exec(a: TestArgs) -> Result<i32> {
     } else {
         CommandPolicy::Simulate
     };
+    // The copy is of the database file alone: a transaction a killed process
+    // left half-done in it is rolled back first.
+    if let Some(line) = super::recover_for_reading(&site)? {
+        eprintln!("{line}");
+    }
     let report = testing::test_procedure(&site, &release, &proc, policy)?;
     if a.target.json {
         crate::outln!(

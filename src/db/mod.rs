@@ -3,6 +3,7 @@
 //! in `ops`, which decides what to apply and when).
 
 pub mod batches;
+mod lazy;
 pub mod mssql;
 mod sqlite;
 
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{DbKind, Migration, Site};
 use crate::Result;
 
+pub use lazy::{LazyDatabase, Opener};
 pub use mssql::MssqlDatabase;
 pub use sqlite::SqliteDatabase;
 
@@ -120,6 +122,10 @@ pub trait Database: Send {
     fn lock_for_run(&mut self, _run_id: &str) -> Result<()> {
         Ok(())
     }
+    /// Whether the database was reached (a lazily opened one may not be).
+    fn opened(&self) -> bool {
+        true
+    }
 }
 
 /// Open the site's database. `read_only` is used by `plan` and `status`.
@@ -127,6 +133,34 @@ pub fn open(site: &Site, read_only: bool) -> Result<Box<dyn Database>> {
     match site.database.kind {
         DbKind::Sqlite => Ok(Box::new(SqliteDatabase::open(&site.database, read_only)?)),
         DbKind::Mssql => Ok(Box::new(MssqlDatabase::open(&site.database, read_only)?)),
+    }
+}
+
+/// Roll back a transaction left half-done in the site's database by a killed
+/// process (a SQLite hot journal), so that read-only connections can read it.
+/// Call with the site lock held. Returns the line to show when it did.
+pub fn recover(site: &Site) -> Result<Option<String>> {
+    match (site.database.kind, &site.database.path) {
+        (DbKind::Sqlite, Some(path)) => {
+            if SqliteDatabase::roll_back_hot_journal(&site.database.name, path)? {
+                Ok(Some(format!(
+                    "database `{}`: a transaction left unfinished by a killed process (hot journal `{}-journal`) was rolled back; the database is as it was before that transaction",
+                    site.database.name,
+                    crate::journal::absolute(path).display()
+                )))
+            } else {
+                Ok(None)
+            }
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Whether `recover` may have something to do (checked before taking a lock).
+pub fn may_need_recovery(site: &Site) -> bool {
+    match (site.database.kind, &site.database.path) {
+        (DbKind::Sqlite, Some(path)) => SqliteDatabase::journal_left(path),
+        _ => false,
     }
 }
 

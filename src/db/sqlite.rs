@@ -66,6 +66,52 @@ impl SqliteDatabase {
         })
     }
 
+    /// The rollback journal next to the database (`<file>-journal`).
+    fn journal_file(path: &Path) -> PathBuf {
+        let mut p = path.as_os_str().to_owned();
+        p.push("-journal");
+        PathBuf::from(p)
+    }
+
+    /// A non-empty rollback journal next to the database: a transaction in
+    /// progress, or a hot journal left by a process killed inside one.
+    pub fn journal_left(path: &Path) -> bool {
+        std::fs::metadata(Self::journal_file(path)).is_ok_and(|m| m.len() > 0)
+    }
+
+    /// Roll back a hot journal left by a killed process: a read-write
+    /// connection's first read makes SQLite play the journal back (a
+    /// read-only one cannot, and fails with "attempt to write a readonly
+    /// database"). Returns true when the journal was rolled back. Call with
+    /// the site lock held, so no run of ours is inside a transaction.
+    pub fn roll_back_hot_journal(name: &str, path: &Path) -> Result<bool> {
+        if !Self::journal_left(path) {
+            return Ok(false);
+        }
+        let err = |e: rusqlite::Error| {
+            Error::db(
+                name,
+                format!(
+                    "`{}` has a rollback journal left by a process killed inside a transaction, and rolling it back failed: {e}. \
+Rolling back needs write access to the database file and its folder; run uprun as a user who may write them",
+                    path.display()
+                ),
+            )
+        };
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(err)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
+        conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .map_err(err)?;
+        drop(conn);
+        Ok(!Self::journal_left(path))
+    }
+
     /// SQLite's online backup API: used for WAL databases, where the main file
     /// alone is not a consistent copy.
     fn online_backup(&self, partial: &Path, progress: Progress<'_>) -> Result<()> {
@@ -259,11 +305,16 @@ impl Database for SqliteDatabase {
     }
 
     fn query_readonly(&mut self, sql: &str) -> Result<Vec<Row>> {
-        let mut stmt = self
-            .conn
-            .prepare(sql)
-            .map_err(|e| self.err(&format!("check query `{sql}`"), e))?;
-        if !stmt.readonly() {
+        let mut stmt = self.conn.prepare(sql).map_err(|e| match e {
+            rusqlite::Error::MultipleStatement => Error::db(
+                &self.name,
+                format!("check query `{sql}` holds more than one statement; check queries must only read: write one SELECT"),
+            ),
+            e => self.err(&format!("check query `{sql}`"), e),
+        })?;
+        // SQLite counts ATTACH, BEGIN and COMMIT as read-only (they change
+        // the connection, not the file); a check returns rows.
+        if !stmt.readonly() || stmt.column_count() == 0 {
             return Err(Error::db(
                 &self.name,
                 format!(
@@ -496,6 +547,8 @@ impl Database for SqliteDatabase {
             ],
         )
         .map_err(fail)?;
+        // Tests: a kill here leaves a hot rollback journal.
+        crate::failpoint::hit("sqlite:before-commit");
         tx.commit().map_err(fail)
     }
 

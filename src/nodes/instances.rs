@@ -1,5 +1,7 @@
 //! Instances on a node. A manifest in the node's root folder records the
-//! current instance and every folder any instance ever used, so that a new
+//! current instance with its lifecycle state (`staged` -> `started` ->
+//! `healthy`, or `failed`), an instance whose files were being laid out
+//! (`pending`), and every folder any instance ever used, so that a new
 //! instance never lands in an old folder (stale subscriber DLLs) and both
 //! removal and creation are idempotent.
 
@@ -18,6 +20,40 @@ pub const MANIFEST: &str = ".uprun-node.json";
 /// File name of the instance's configuration in its folder.
 pub const INSTANCE_CONFIG: &str = "uprun-instance.toml";
 
+/// Where an instance is in its lifecycle, as recorded on its node. What
+/// counts is observed (the health command, run now); the state says what was
+/// last done, so that a staged or failed instance is started again rather
+/// than believed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceState {
+    /// Files and configuration are in the instance folder; never started.
+    Staged,
+    /// The start command passed; the health command has not yet.
+    Started,
+    /// The start and health commands passed.
+    Healthy,
+    /// The start or health command failed.
+    Failed,
+}
+
+impl InstanceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceState::Staged => "staged",
+            InstanceState::Started => "started",
+            InstanceState::Healthy => "healthy",
+            InstanceState::Failed => "failed",
+        }
+    }
+
+    /// The instance was never started, or its last start or health check
+    /// failed: it must be started again, whatever its health command says.
+    pub fn needs_start(state: Option<InstanceState>) -> bool {
+        matches!(state, Some(InstanceState::Staged | InstanceState::Failed))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceRecord {
@@ -29,6 +65,26 @@ pub struct InstanceRecord {
     pub created: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub removed: Option<String>,
+    /// Lifecycle state; absent in manifests and journals of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<InstanceState>,
+}
+
+impl InstanceRecord {
+    /// The same instance (node, name, version, folder), whatever its state.
+    pub fn same_instance(&self, other: &InstanceRecord) -> bool {
+        self.node == other.node
+            && self.app_name == other.app_name
+            && self.version == other.version
+            && self.folder == other.folder
+    }
+
+    pub fn with_state(&self, state: InstanceState) -> InstanceRecord {
+        InstanceRecord {
+            state: Some(state),
+            ..self.clone()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +97,10 @@ pub struct Manifest {
     /// Every folder an instance was ever created in (relative to the root).
     #[serde(default)]
     pub used_folders: Vec<String>,
+    /// An instance whose files were being laid out when its run stopped: it
+    /// is finished in its own folder (emptied first), not in a new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<InstanceRecord>,
 }
 
 /// The instances of one node, reached through its transport.
@@ -158,6 +218,12 @@ impl NodeInstances {
         }
     }
 
+    /// Whether the node has a manifest at all (a node never touched by uprun
+    /// has none).
+    pub fn has_manifest(&self) -> Result<bool> {
+        Ok(self.transport.read_file(&self.manifest_path())?.is_some())
+    }
+
     pub fn write_manifest(&self, m: &Manifest) -> Result<()> {
         let bytes =
             serde_json::to_vec_pretty(m).map_err(|e| Error::node(self.node(), e.to_string()))?;
@@ -219,21 +285,27 @@ impl NodeInstances {
         Ok(Some(removed))
     }
 
-    /// Lay out a new instance in `rec.folder` and register it, then start it and
-    /// check its health. The folder is recorded as used before anything is copied.
-    pub fn create(
+    /// Lay out a new instance in `rec.folder` and register it as `staged`
+    /// (not started). The folder is recorded as used, and the instance as
+    /// pending, before anything is copied; `fresh` empties the folder first
+    /// (finishing a layout that was cut off).
+    pub fn stage(
         &self,
         rec: &InstanceRecord,
         payload: &Path,
         config: &str,
-        service: &ServiceConfig,
+        fresh: bool,
     ) -> Result<u64> {
         let mut m = self.manifest()?;
         if !m.used_folders.contains(&rec.folder) {
             m.used_folders.push(rec.folder.clone());
-            self.write_manifest(&m)?;
         }
+        m.pending = Some(rec.clone());
+        self.write_manifest(&m)?;
         let folder = self.folder_path(&rec.folder);
+        if fresh {
+            self.transport.remove_tree(&folder)?;
+        }
         self.transport.create_dir_all(&folder)?;
         // `ops` checked the folder; a link put there since is not followed.
         if self.transport.identity(&folder)?.is_some_and(|id| id.link) {
@@ -248,11 +320,49 @@ impl NodeInstances {
             &self.transport.join(&folder, INSTANCE_CONFIG),
             config.as_bytes(),
         )?;
-        m.current = Some(rec.clone());
+        m.current = Some(rec.with_state(InstanceState::Staged));
+        m.pending = None;
         self.write_manifest(&m)?;
-        self.service_command("start", service.start.as_deref(), rec, service)?;
-        self.service_command("health", service.health.as_deref(), rec, service)?;
         Ok(bytes)
+    }
+
+    /// Record the current instance's state (when it is still `rec`).
+    pub fn set_state(&self, rec: &InstanceRecord, state: InstanceState) -> Result<()> {
+        let mut m = self.manifest()?;
+        match &mut m.current {
+            Some(c) if c.same_instance(rec) => {
+                if c.state == Some(state) {
+                    return Ok(());
+                }
+                c.state = Some(state);
+            }
+            _ => return Ok(()),
+        }
+        self.write_manifest(&m)
+    }
+
+    /// Start the instance and check its health, recording each state on the
+    /// node: `started` once the start command passed, `healthy` once the
+    /// health command passed, `failed` when either failed.
+    pub fn start(&self, rec: &InstanceRecord, service: &ServiceConfig) -> Result<()> {
+        if let Err(e) = self.service_command("start", service.start.as_deref(), rec, service) {
+            self.set_state(rec, InstanceState::Failed)?;
+            return Err(e);
+        }
+        self.set_state(rec, InstanceState::Started)?;
+        crate::failpoint::inner();
+        self.check_health(rec, service)
+    }
+
+    /// Run the health command now; record `healthy` or `failed`.
+    pub fn check_health(&self, rec: &InstanceRecord, service: &ServiceConfig) -> Result<()> {
+        match self.service_command("health", service.health.as_deref(), rec, service) {
+            Ok(()) => self.set_state(rec, InstanceState::Healthy),
+            Err(e) => {
+                self.set_state(rec, InstanceState::Failed)?;
+                Err(e)
+            }
+        }
     }
 }
 
@@ -282,6 +392,7 @@ mod tests {
             folder: "x".into(),
             created: String::new(),
             removed: None,
+            state: None,
         }
     }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::config::{NodeAddress, NodeConfig, SshSettings};
 use crate::{Error, Result};
 
-pub use instances::{InstanceRecord, Manifest, NodeInstances};
+pub use instances::{InstanceRecord, InstanceState, Manifest, NodeInstances};
 pub(crate) use local::is_contained as local_is_contained;
 pub use local::LocalTransport;
 

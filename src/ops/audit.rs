@@ -10,6 +10,7 @@ use std::collections::HashSet;
 use serde::Serialize;
 
 use super::{lock, Mode, Ops};
+use crate::nodes::InstanceState;
 use crate::Result;
 
 /// What the audit found.
@@ -41,6 +42,12 @@ impl Ops {
     /// Record that `node`'s health command passed in this attempt.
     pub(super) fn mark_healthy(&self, node: &str) {
         lock(&self.state).healthy.insert(node.to_string());
+    }
+
+    /// A command that may change any node ran: no earlier health check in
+    /// this attempt speaks for now, so the audit runs every node's again.
+    pub(super) fn forget_health(&self) {
+        lock(&self.state).healthy.clear();
     }
 
     /// Observe the site as it is now (as planned, in plan mode). In run mode a
@@ -78,14 +85,21 @@ impl Ops {
                     ))
                 }
                 Some(i) => {
-                    if self.mode == Mode::Run && !healthy.contains(name) {
-                        if let Err(e) = n.service_command(
-                            "health",
-                            self.site.service.health.as_deref(),
-                            &i,
-                            &self.site.service,
-                        ) {
-                            problems.push(format!("node `{name}` is not healthy: {e}"));
+                    // Observed now, unless its health command passed in this
+                    // attempt; a staged or failed instance never counts.
+                    let observe = self.mode == Mode::Run && !healthy.contains(name)
+                        || InstanceState::needs_start(i.state);
+                    if observe {
+                        match self.health_of(name, &i)? {
+                            Err(why) => {
+                                problems.push(format!("node `{name}` is not healthy: {why}"))
+                            }
+                            // What was observed is recorded on the node (an
+                            // instance whose health check was cut off).
+                            Ok(()) if self.mode == Mode::Run => {
+                                n.set_state(&i, InstanceState::Healthy)?
+                            }
+                            Ok(()) => {}
                         }
                     }
                 }

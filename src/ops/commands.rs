@@ -193,6 +193,9 @@ impl Ops {
                     };
                     return Ok((r, description.clone()));
                 }
+                // Whatever the command does, the nodes' health is observed
+                // again at the end of the run.
+                self.forget_health();
                 let r = execute()?;
                 Ok((r, description.clone()))
             },

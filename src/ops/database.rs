@@ -185,13 +185,10 @@ impl Ops {
             )));
         }
         if from == to {
-            let idx = self.begin_step("upgrade_db", String::new(), None, false, false);
-            self.finish_step(
-                idx,
-                Ok(format!(
-                    "database `{name}` is already at {to}: nothing to upgrade"
-                )),
-                0,
+            self.noted_step(
+                "upgrade_db",
+                None,
+                format!("database `{name}` is already at {to}: nothing to upgrade"),
             );
             return Ok(UpgradeReport {
                 database: name,
@@ -313,6 +310,15 @@ impl Ops {
     /// Rail: every query of the site's `[checks]` returns no row (rows are
     /// problems: invalid strategies and the like). Refused, listing them.
     fn enforce_checks(&self, db: &mut dyn crate::db::Database) -> Result<()> {
+        if self.site.checks.is_empty() {
+            self.log(
+                "warn",
+                &format!(
+                    "the site has no `[checks]`: the vendor's rule that no matching or address-verification strategy is invalid cannot be checked before this upgrade; add the query to `{}`",
+                    self.site.file.display()
+                ),
+            );
+        }
         let mut problems = Vec::new();
         for (check, sql) in &self.site.checks {
             let rows = db.query_readonly(sql)?;

@@ -12,7 +12,7 @@ use super::{lock, Mode, Ops};
 use crate::config::site::{overlap, path_components, Overlap};
 use crate::config::Role;
 use crate::db::now_rfc3339;
-use crate::nodes::{DirState, InstanceRecord, NodeInstances};
+use crate::nodes::{DirState, InstanceRecord, InstanceState, NodeInstances};
 use crate::{Error, Result};
 
 /// Options of `remove_instance` (none yet; the map is still checked for typos).
@@ -30,6 +30,20 @@ pub struct CreateOptions {
     /// One folder name, created directly under the node's root (default:
     /// `<app>-<version>`, with a numeric suffix when that is taken).
     pub folder: Option<String>,
+    /// Start the instance and check its health (default true); false only
+    /// stages it, to be started with `start_instance` after `upgrade_db`.
+    pub start: Option<bool>,
+}
+
+/// Options of `start_instance` (none yet; the map is still checked for typos).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartOptions {}
+
+/// A lifecycle state for messages (`unknown` in older manifests).
+fn state_name(s: Option<InstanceState>) -> &'static str {
+    s.map(InstanceState::as_str)
+        .unwrap_or("in an unknown state")
 }
 
 impl Ops {
@@ -103,16 +117,21 @@ impl Ops {
         );
         let mut found = Vec::new();
         for name in order {
+            // A node's current instance says what it runs; its last removed
+            // one only counts when it has none (an old name removed long ago
+            // must not outvote what runs now).
             let (current, removed) = self.current_and_last_removed(name)?;
-            for (rec, removed) in [(current, false), (removed, true)] {
-                if let Some(r) = rec {
-                    found.push(FoundName {
-                        node: name.to_string(),
-                        app_name: r.app_name,
-                        version: r.version,
-                        removed,
-                    });
-                }
+            let (rec, removed) = match current {
+                Some(c) => (Some(c), false),
+                None => (removed, true),
+            };
+            if let Some(r) = rec {
+                found.push(FoundName {
+                    node: name.to_string(),
+                    app_name: r.app_name,
+                    version: r.version,
+                    removed,
+                });
             }
         }
         Ok(found)
@@ -220,6 +239,7 @@ impl Ops {
         _opts: RemoveOptions,
     ) -> Result<Option<InstanceRecord>> {
         let n = self.node(node)?;
+        self.require_recorded(node)?;
         let key = self.call_key("remove_instance", Some(node));
         if let Some(r) =
             self.replayed::<Option<InstanceRecord>>(&key, "remove_instance", Some(node))?
@@ -231,7 +251,11 @@ impl Ops {
                 Error::Config(format!("journal entry `{key}` cannot be read back: {e}"))
             })?;
             let m = n.manifest()?;
-            if m.current.as_ref() != Some(&intended) {
+            if !m
+                .current
+                .as_ref()
+                .is_some_and(|c| c.same_instance(&intended))
+            {
                 // The removal finished before the earlier attempt died.
                 let removed = m
                     .removed
@@ -256,11 +280,10 @@ impl Ops {
             }
         }
         let Some(current) = self.instance(node)? else {
-            let idx = self.begin_step("remove_instance", String::new(), Some(node), false, false);
-            self.finish_step(
-                idx,
-                Ok(format!("no instance on `{node}`: nothing to remove")),
-                0,
+            self.noted_step(
+                "remove_instance",
+                Some(node),
+                format!("no instance on `{node}`: nothing to remove"),
             );
             return Ok(None);
         };
@@ -308,17 +331,18 @@ impl Ops {
         )
     }
 
-    /// Create the release's instance on `node` in a new folder.
+    /// Create the release's instance on `node` in a new folder: stage it
+    /// (files and config), then, unless `start: false`, start it and check
+    /// its health; it counts as created only once healthy. Decided from what
+    /// the node says now: an instance of the release already there is not
+    /// created again (it is started when it is staged, failed or not healthy
+    /// now), and one whose layout was cut off is finished in its own folder.
     pub fn create_instance(&self, node: &str, opts: CreateOptions) -> Result<InstanceRecord> {
         self.release.require("create_instance")?;
         let n = self.node(node)?;
+        self.require_recorded(node)?;
         let key = self.call_key("create_instance", Some(node));
-        if let Some(r) = self.replayed::<InstanceRecord>(&key, "create_instance", Some(node))? {
-            return Ok(r);
-        }
-        if let Some(intent) = self.in_flight(&key) {
-            return self.finish_interrupted_create(&key, node, intent.clone());
-        }
+        let start = opts.start.unwrap_or(true);
         if let Some(a) = &opts.app_name {
             if a.is_empty() || a.contains(['/', '\\', '\0']) {
                 return Err(Error::Config(format!(
@@ -328,6 +352,9 @@ impl Ops {
         }
         if let Some(f) = &opts.folder {
             check_folder_name(node, f)?;
+        }
+        if let Some(r) = self.replay_if_observed(&key, "create_instance", node, start)? {
+            return Ok(r);
         }
         let found = self.found_names(node)?;
         let app_name = decide_app_name(
@@ -348,15 +375,17 @@ impl Ops {
         let version = self.release.version.to_string();
         if let Some(current) = self.instance(node)? {
             if current.app_name == app_name && current.version == version {
-                let idx =
-                    self.begin_step("create_instance", String::new(), Some(node), false, false);
-                self.finish_step(
-                    idx,
-                    Ok(format!(
-                        "`{node}` already runs {app_name} {version} in `{}`: nothing to create",
-                        current.folder
-                    )),
-                    0,
+                if start {
+                    return self.ensure_running(&key, "create_instance", node, current);
+                }
+                self.noted_step(
+                    "create_instance",
+                    Some(node),
+                    format!(
+                        "`{node}` already has {app_name} {version} in `{}` ({}): nothing to stage",
+                        current.folder,
+                        state_name(current.state)
+                    ),
                 );
                 return Ok(current);
             }
@@ -365,18 +394,57 @@ impl Ops {
                 current.app_name, current.version, current.folder
             )));
         }
-        let folder = self.choose_folder(node, opts.folder, &format!("{app_name}-{version}"))?;
-        let rec = InstanceRecord {
-            node: node.to_string(),
-            app_name: app_name.clone(),
-            version: version.clone(),
-            folder: folder.clone(),
-            created: now_rfc3339(),
-            removed: None,
+        // A layout of this very instance that was cut off (this run's, or an
+        // abandoned run's): finished in its own folder, emptied first.
+        // Journals of older versions name it only in the in-flight intent.
+        let announced = match self.in_flight(&key) {
+            Some(intent) => serde_json::from_value::<InstanceRecord>(intent.clone()).ok(),
+            None => None,
         };
-        let description = format!(
-            "create instance {app_name} {version} on `{node}` in new folder `{folder}`{renamed}"
-        );
+        let unfinished = match self.pending(node)? {
+            Some(p) => Some(p),
+            None => match announced {
+                Some(a) if !self.registered_folder(node, &a.folder)? => Some(a),
+                _ => None,
+            },
+        }
+        .filter(|p| p.node == node && p.app_name == app_name && p.version == version)
+        .filter(|p| opts.folder.as_ref().is_none_or(|f| *f == p.folder));
+        let (rec, fresh) = match unfinished {
+            Some(p) => (p, true),
+            None => {
+                let folder =
+                    self.choose_folder(node, opts.folder, &format!("{app_name}-{version}"))?;
+                let rec = InstanceRecord {
+                    node: node.to_string(),
+                    app_name: app_name.clone(),
+                    version: version.clone(),
+                    folder,
+                    created: now_rfc3339(),
+                    removed: None,
+                    state: None,
+                };
+                (rec, false)
+            }
+        };
+        // Rail: the new application only starts against a database at its
+        // version; checked before anything is laid out.
+        if start {
+            self.require_schema_for_start(node, &app_name, &version)?;
+        }
+        let verb = if start { "create" } else { "stage" };
+        let description = if fresh {
+            format!(
+                "finish {verb} instance {app_name} {version} on `{node}` in `{}` (its layout was cut off){renamed}",
+                rec.folder
+            )
+        } else {
+            format!(
+                "{verb} instance {app_name} {version} on `{node}` in new folder `{}`{}{renamed}",
+                rec.folder,
+                if start { "" } else { " (not started)" }
+            )
+        };
         self.ensure_confirmed(&description, false)?;
         let intent = serde_json::to_value(&rec).unwrap_or_default();
         self.step(
@@ -387,94 +455,260 @@ impl Ops {
             false,
             intent,
             || {
+                let end = if start {
+                    InstanceState::Healthy
+                } else {
+                    InstanceState::Staged
+                };
                 if self.mode == Mode::Plan {
-                    self.plan_current(node, Some(&rec));
-                    return Ok((rec.clone(), description.clone()));
+                    let planned = rec.with_state(end);
+                    self.plan_current(node, Some(&planned));
+                    return Ok((planned, description.clone()));
                 }
-                let bytes = n.create(
+                let bytes = n.stage(
                     &rec,
                     &self.release.payload,
                     &self.instance_config(&rec),
-                    &self.site.service,
+                    fresh,
                 )?;
-                self.mark_healthy(node);
+                if start {
+                    self.start_on(node, &rec)?;
+                }
                 Ok((
-                    rec.clone(),
+                    rec.with_state(end),
                     format!("{description} ({bytes} bytes of payload)"),
                 ))
             },
         )
     }
 
-    /// An earlier attempt died while creating an instance: finish that very
-    /// instance in its own folder (recorded in the journal, so the used-folder
-    /// rail does not apply to it). Copying the payload again overwrites any
-    /// partial files; start and health commands run again.
-    fn finish_interrupted_create(
-        &self,
-        key: &str,
-        node: &str,
-        intent: serde_json::Value,
-    ) -> Result<InstanceRecord> {
-        let n = self.node(node)?;
-        let rec: InstanceRecord = serde_json::from_value(intent.clone()).map_err(|e| {
-            Error::Config(format!("journal entry `{key}` cannot be read back: {e}"))
-        })?;
-        let current = self.instance(node)?;
-        match &current {
-            Some(c) if c != &rec => {
-                return Err(Error::Refused(format!(
-                    "node `{node}`: an earlier attempt was creating {} {} in `{}`, but the node now runs {} {} in `{}`; check the node by hand (`uprun status`) before going on",
-                    rec.app_name, rec.version, rec.folder, c.app_name, c.version, c.folder
-                )))
-            }
-            _ => {}
+    /// Start the instance staged on `node` and check its health (a staged,
+    /// failed or unhealthy instance is started; a healthy one is left alone).
+    pub fn start_instance(&self, node: &str, _opts: StartOptions) -> Result<InstanceRecord> {
+        self.node(node)?;
+        let key = self.call_key("start_instance", Some(node));
+        if let Some(r) = self.replay_if_observed(&key, "start_instance", node, true)? {
+            return Ok(r);
         }
-        let description = format!(
-            "finish creating instance {} {} on `{node}` in `{}` (interrupted in an earlier attempt)",
-            rec.app_name, rec.version, rec.folder
-        );
-        self.ensure_confirmed(&description, false)?;
-        self.step(
-            key,
-            "create_instance",
-            description.clone(),
-            Some(node),
-            false,
-            intent,
-            || {
-                if self.mode == Mode::Plan {
-                    self.plan_current(node, Some(&rec));
-                    return Ok((rec.clone(), description.clone()));
-                }
-                if current.is_some() {
-                    n.service_command(
-                        "start",
-                        self.site.service.start.as_deref(),
-                        &rec,
-                        &self.site.service,
-                    )?;
-                    n.service_command(
-                        "health",
-                        self.site.service.health.as_deref(),
-                        &rec,
-                        &self.site.service,
-                    )?;
-                } else {
-                    // The folder is this run's own (announced in the
-                    // journal): empty what the earlier attempt left half-copied.
-                    n.transport.remove_tree(&n.folder_path(&rec.folder))?;
-                    n.create(
-                        &rec,
-                        &self.release.payload,
-                        &self.instance_config(&rec),
-                        &self.site.service,
-                    )?;
-                }
-                self.mark_healthy(node);
-                Ok((rec.clone(), description.clone()))
+        let Some(current) = self.instance(node)? else {
+            return Err(Error::Refused(format!(
+                "start_instance on `{node}`: the node has no instance to start; stage one first with `create_instance(node, #{{ start: false }})`"
+            )));
+        };
+        self.ensure_running(&key, "start_instance", node, current)
+    }
+
+    /// Whether `node`'s current instance is healthy now: it exists, its
+    /// lifecycle reached `healthy` (not left staged, failed, or started with
+    /// its health check cut off), and the site's health command passes now
+    /// (in plan mode, an instance the plan changed is as planned). A `false`
+    /// sends a procedure through `create_instance`/`start_instance`, which
+    /// finish the lifecycle.
+    pub fn healthy(&self, node: &str) -> Result<bool> {
+        self.node(node)?;
+        Ok(match self.instance(node)? {
+            None => false,
+            Some(rec) if rec.state == Some(InstanceState::Started) => false,
+            Some(rec) => self.health_of(node, &rec)?.is_ok(),
+        })
+    }
+
+    /// Why `rec`, `node`'s current instance, is not healthy now (`Ok` when it is).
+    pub(super) fn health_of(
+        &self,
+        node: &str,
+        rec: &InstanceRecord,
+    ) -> Result<std::result::Result<(), String>> {
+        let n = self.node(node)?;
+        if self.mode == Mode::Plan && lock(&self.state).planned_current.contains_key(node) {
+            return Ok(match rec.state {
+                Some(InstanceState::Healthy) => Ok(()),
+                s => Err(format!("it is planned to be {}", state_name(s))),
+            });
+        }
+        if InstanceState::needs_start(rec.state) {
+            return Ok(Err(format!(
+                "its instance is {} (recorded on the node)",
+                state_name(rec.state)
+            )));
+        }
+        Ok(
+            match n.service_command(
+                "health",
+                self.site.service.health.as_deref(),
+                rec,
+                &self.site.service,
+            ) {
+                Ok(()) => Ok(()),
+                Err(e) => Err(e.to_string()),
             },
         )
+    }
+
+    /// A call the journal shows done, replayed only when the node still says
+    /// so: the same instance is there and, when it must run, healthy now.
+    /// Otherwise `None`, and the call acts on what the node says.
+    fn replay_if_observed(
+        &self,
+        key: &str,
+        kind: &'static str,
+        node: &str,
+        must_run: bool,
+    ) -> Result<Option<InstanceRecord>> {
+        let Some(value) = self.replay.done.get(key) else {
+            return Ok(None);
+        };
+        let Ok(recorded) = serde_json::from_value::<InstanceRecord>(value.clone()) else {
+            return Ok(None);
+        };
+        let Some(current) = self.instance(node)? else {
+            return Ok(None);
+        };
+        if !current.same_instance(&recorded) {
+            return Ok(None);
+        }
+        if must_run && self.health_of(node, &current)?.is_err() {
+            return Ok(None);
+        }
+        if must_run {
+            self.mark_healthy(node);
+        }
+        self.replayed::<InstanceRecord>(key, kind, Some(node))
+            .map(|r| r.map(|_| current))
+    }
+
+    /// `rec` (node's current instance) is healthy now, or is started and
+    /// health-checked as a journaled step.
+    fn ensure_running(
+        &self,
+        key: &str,
+        kind: &'static str,
+        node: &str,
+        rec: InstanceRecord,
+    ) -> Result<InstanceRecord> {
+        let why = match self.health_of(node, &rec)? {
+            Ok(()) => {
+                let text = format!(
+                    "`{node}` runs {} {} in `{}`, healthy now: nothing to start",
+                    rec.app_name, rec.version, rec.folder
+                );
+                self.mark_healthy(node);
+                let healthy = rec.with_state(InstanceState::Healthy);
+                if self.mode == Mode::Plan {
+                    // Later reads in the plan see what this observation found.
+                    self.plan_current(node, Some(&healthy));
+                }
+                let record = |n: &NodeInstances| {
+                    if self.mode == Mode::Run && rec.state != Some(InstanceState::Healthy) {
+                        n.set_state(&rec, InstanceState::Healthy)?;
+                    }
+                    Ok(())
+                };
+                if let Some(intent) = self.in_flight(key) {
+                    // An earlier attempt died during this step, after the
+                    // start: what the node says now closes it.
+                    let n = self.node(node)?;
+                    let text = format!(
+                        "{text} (the earlier attempt stopped during this step; reconciled)"
+                    );
+                    return self.step(
+                        key,
+                        kind,
+                        text.clone(),
+                        Some(node),
+                        false,
+                        intent.clone(),
+                        || {
+                            record(n)?;
+                            Ok((healthy.clone(), text.clone()))
+                        },
+                    );
+                }
+                record(self.node(node)?)?;
+                self.noted_step(kind, Some(node), text);
+                return Ok(healthy);
+            }
+            Err(why) => why,
+        };
+        self.require_schema_for_start(node, &rec.app_name, &rec.version)?;
+        let description = format!(
+            "start instance {} {} on `{node}` (in `{}`) and check its health",
+            rec.app_name, rec.version, rec.folder
+        );
+        let shown = if self.mode == Mode::Plan {
+            description.clone()
+        } else {
+            format!("{description}; not healthy now: {why}")
+        };
+        self.ensure_confirmed(&description, false)?;
+        let intent = serde_json::to_value(&rec).unwrap_or_default();
+        self.step(key, kind, shown, Some(node), false, intent, || {
+            let healthy = rec.with_state(InstanceState::Healthy);
+            if self.mode == Mode::Plan {
+                self.plan_current(node, Some(&healthy));
+                return Ok((healthy, description.clone()));
+            }
+            self.start_on(node, &rec)?;
+            Ok((
+                healthy,
+                format!(
+                    "started {} {} on `{node}`; its health command passed",
+                    rec.app_name, rec.version
+                ),
+            ))
+        })
+    }
+
+    /// Start `rec` on `node` and check its health (run mode).
+    fn start_on(&self, node: &str, rec: &InstanceRecord) -> Result<()> {
+        let n = self.node(node)?;
+        match n.start(rec, &self.site.service) {
+            Ok(()) => {
+                self.mark_healthy(node);
+                Ok(())
+            }
+            Err(Error::Node { node, message }) => Err(Error::Node {
+                message: format!(
+                    "{message}. Instance {} {} in `{}` is recorded as failed on the node; fix the cause, then resume the run: the start and health commands run again (the instance is not created again)",
+                    rec.app_name, rec.version, rec.folder
+                ),
+                node,
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Rail: the new application cannot run on another schema (the vendor's
+    /// wizard creates the web application and upgrades the database in one
+    /// pass), so an instance only starts against a database at its version
+    /// (as planned, in plan mode).
+    fn require_schema_for_start(&self, node: &str, app: &str, version: &str) -> Result<()> {
+        let db = self.db_version()?;
+        if db.to_string() == version {
+            return Ok(());
+        }
+        Err(Error::Refused(format!(
+            "starting {app} {version} on `{node}` against database `{}` at {db}: the application only runs on a database at its own version. Stage it with `create_instance(node, #{{ start: false }})`, and start it with `start_instance(node)` after `upgrade_db()`",
+            self.site.database.name
+        )))
+    }
+
+    /// Whether an instance registered on `node` (current or removed) used `folder`.
+    fn registered_folder(&self, node: &str, folder: &str) -> Result<bool> {
+        let m = self.node(node)?.manifest()?;
+        Ok(m.current
+            .iter()
+            .chain(&m.removed)
+            .any(|r| r.folder == folder))
+    }
+
+    /// The instance whose layout was cut off on `node` (none in plan mode
+    /// once the plan changed the node).
+    fn pending(&self, node: &str) -> Result<Option<InstanceRecord>> {
+        if lock(&self.state).planned_current.contains_key(node) {
+            return Ok(None);
+        }
+        Ok(self.node(node)?.manifest()?.pending)
     }
 
     /// The instance's own configuration file: what it is and which database it
@@ -611,7 +845,7 @@ pub(crate) struct Resolved {
 
 /// Rail (spelling): a new instance folder is one plain name directly under
 /// the node's root. Anything else is a configuration error.
-pub(crate) fn check_folder_name(node: &str, folder: &str) -> Result<()> {
+pub fn check_folder_name(node: &str, folder: &str) -> Result<()> {
     let why = if folder.is_empty() {
         Some("it is empty")
     } else if folder == "." || folder == ".." {

@@ -7,8 +7,12 @@
 mod audit;
 mod commands;
 mod database;
+#[cfg(test)]
+mod fakes;
 mod groups;
 mod instances;
+#[cfg(test)]
+mod rail_tests;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, Write};
@@ -31,7 +35,8 @@ use crate::{Error, Result};
 pub use audit::Audit;
 pub use commands::{CommandOptions, CommandResult};
 pub use database::{BackupOptions, UpgradeOptions, UpgradeReport};
-pub use instances::{CreateOptions, RemoveOptions};
+pub use instances::check_folder_name;
+pub use instances::{CreateOptions, RemoveOptions, StartOptions};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -64,6 +69,8 @@ pub enum StepStatus {
     Started,
     Done,
     Failed,
+    /// Refused by a rail or the procedure: nothing was changed by it.
+    Refused,
 }
 
 /// One thing the procedure did (or would do), in order.
@@ -288,6 +295,24 @@ impl Ops {
         })
     }
 
+    /// Rail: a node whose root holds files but that uprun has no record of
+    /// (no manifest) may run an instance uprun does not know: removing
+    /// "nothing" or creating beside it would silently ignore it. The operator
+    /// records it first (`uprun adopt`).
+    fn require_recorded(&self, node: &str) -> Result<()> {
+        let n = self.node(node)?;
+        if n.has_manifest()? || n.transport.dir_state(&n.root)? != crate::nodes::DirState::NotEmpty
+        {
+            return Ok(());
+        }
+        Err(Error::Refused(format!(
+            "node `{node}`: its root `{}` holds files but uprun has no record of an instance there (no `{}`): an instance installed by other means would be ignored. Record it first: `uprun adopt --site {} --node {node} --version VERSION --folder FOLDER --yes`",
+            n.root,
+            crate::nodes::instances::MANIFEST,
+            self.site.file.display()
+        )))
+    }
+
     fn role(&self, name: &str) -> Option<Role> {
         self.site.node(name).map(|n| n.role)
     }
@@ -337,6 +362,11 @@ impl Ops {
         rows
     }
 
+    /// Whether the procedure used the database (it is opened on first use).
+    pub fn database_used(&self) -> bool {
+        lock(&self.db).opened()
+    }
+
     /// The newest full backup the database server knows of (SQL Server: msdb).
     pub fn latest_full_backup(&self) -> Result<Option<String>> {
         lock(&self.db).latest_full_backup()
@@ -362,7 +392,8 @@ impl Ops {
     }
 
     /// Ask the operator a yes/no question. In plan mode the question is listed
-    /// and answered yes; without a terminal only `--yes` answers yes.
+    /// and answered yes; `run` asks it up front with the plan (one answer for
+    /// the whole run), or `--yes` answers yes; otherwise the answer is no.
     pub fn confirm(&self, question: &str) -> Result<bool> {
         if self.mode == Mode::Plan {
             let idx = self.begin_step("confirm", format!("ask: {question}"), None, false, false);
@@ -373,42 +404,40 @@ impl Ops {
             self.log("info", &format!("{question} yes (--yes)"));
             return Ok(true);
         }
-        if !self.confirmation.interactive {
-            return Ok(false);
+        if lock(&self.state).changes_confirmed {
+            // The plan the operator accepted listed this question.
+            self.log("info", &format!("{question} yes (accepted with the plan)"));
+            return Ok(true);
         }
-        Ok(ask(question))
+        if self.confirmation.interactive {
+            // Nothing is asked mid-run: the question was not in the plan the
+            // operator saw (the procedure took another path).
+            self.log(
+                "warn",
+                &format!(
+                    "{question} no (not in the plan asked up front; nothing is asked mid-run)"
+                ),
+            );
+        }
+        Ok(false)
     }
 
-    /// Rail: a change needs the operator's consent; an irreversible one needs it
-    /// for itself, on a terminal, unless `--yes` was given.
-    fn ensure_confirmed(&self, description: &str, irreversible: bool) -> Result<()> {
-        if self.mode == Mode::Plan || self.confirmation.yes {
+    /// Rail: a change needs the operator's consent, given once, up front, for
+    /// the whole plan (`run` shows every change, the irreversible one marked,
+    /// and asks once), or `--yes`. Nothing is asked mid-run: a change without
+    /// that consent is refused before it starts.
+    fn ensure_confirmed(&self, description: &str, _irreversible: bool) -> Result<()> {
+        if self.mode == Mode::Plan || self.confirmation.yes || lock(&self.state).changes_confirmed {
             return Ok(());
         }
-        if !self.confirmation.interactive {
-            return Err(Error::Refused(format!(
-                "{description}: this changes the site and there is no terminal to confirm on; read `uprun plan`, then re-run with --yes"
-            )));
-        }
-        let accepted = lock(&self.state).changes_confirmed;
-        if accepted && !irreversible {
-            return Ok(());
-        }
-        let q = if irreversible {
-            format!("{description}. This cannot be undone. Proceed?")
-        } else {
-            format!("{description}. Proceed?")
-        };
-        if ask(&q) {
-            if !irreversible {
-                lock(&self.state).changes_confirmed = true;
+        Err(Error::Refused(format!(
+            "{description}: this changes the site and was not in the plan the operator accepted{}; read `uprun plan`, then re-run with --yes",
+            if self.confirmation.interactive {
+                ""
+            } else {
+                " (there is no terminal to confirm on)"
             }
-            Ok(())
-        } else {
-            Err(Error::Refused(format!(
-                "{description}: not confirmed by the operator"
-            )))
-        }
+        )))
     }
 
     fn begin_step(
@@ -419,7 +448,12 @@ impl Ops {
         changes: bool,
         irreversible: bool,
     ) -> usize {
-        if changes && matches!(kind, "remove_instance" | "create_instance") {
+        if changes
+            && matches!(
+                kind,
+                "remove_instance" | "create_instance" | "start_instance"
+            )
+        {
             if let Some(n) = node {
                 self.record_group_change(kind, n);
             }
@@ -451,6 +485,28 @@ impl Ops {
         index
     }
 
+    /// A step that is over as soon as it is known (nothing to do, done in an
+    /// earlier attempt): recorded and reported once, as done, with `text`.
+    fn noted_step(&self, kind: &'static str, node: Option<&str>, text: String) {
+        let mut st = lock(&self.state);
+        let index = st.steps.len() + 1;
+        st.steps.push(StepRecord {
+            index,
+            kind,
+            description: String::new(),
+            changes: false,
+            irreversible: false,
+            node: node.map(str::to_string),
+            status: if self.mode == Mode::Plan {
+                StepStatus::Planned
+            } else {
+                StepStatus::Started
+            },
+        });
+        drop(st);
+        self.finish_step(index, Ok(text), 0);
+    }
+
     /// Close a step; `Ok(text)` replaces its description with what happened.
     fn finish_step(&self, index: usize, outcome: std::result::Result<String, &Error>, ms: u128) {
         let mut st = lock(&self.state);
@@ -463,12 +519,14 @@ impl Ops {
                 step.description = text.clone();
                 if self.mode == Mode::Plan {
                     let changes = step.changes;
+                    let irreversible = step.irreversible;
                     drop(st);
                     self.reporter.event(Event::Planned {
                         index,
                         kind,
                         description: text,
                         changes,
+                        irreversible,
                     });
                 } else {
                     step.status = StepStatus::Done;
@@ -482,7 +540,10 @@ impl Ops {
                 }
             }
             Err(e) => {
-                step.status = StepStatus::Failed;
+                step.status = match e {
+                    Error::Refused(_) | Error::ScriptRefused(_) => StepStatus::Refused,
+                    _ => StepStatus::Failed,
+                };
                 let description = step.description.clone();
                 drop(st);
                 if self.mode == Mode::Run {
@@ -521,8 +582,13 @@ impl Ops {
         let v: T = serde_json::from_value(value.clone()).map_err(|e| {
             Error::Config(format!("journal entry `{key}` cannot be read back ({e}); the journal does not match this version of uprun"))
         })?;
-        let idx = self.begin_step(kind, String::new(), node, false, false);
-        self.finish_step(idx, Ok(format!("done in an earlier attempt: {key}")), 0);
+        let what = self
+            .replay
+            .descriptions
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| kind.replace('_', " "));
+        self.noted_step(kind, node, format!("done in an earlier attempt: {what}"));
         self.mark_site_changed(kind);
         Ok(Some(v))
     }
@@ -721,6 +787,7 @@ impl Ops {
             let status = match s.status {
                 StepStatus::Done => "done",
                 StepStatus::Failed => "FAILED",
+                StepStatus::Refused => "refused",
                 StepStatus::Started => "interrupted",
                 StepStatus::Planned => "planned",
             };
@@ -745,9 +812,28 @@ impl Ops {
     }
 }
 
+/// What `plan` and `run`'s question count: the steps that change something
+/// (backups included; replayed steps, done in an earlier attempt, are not),
+/// as "N change(s) (B backup(s), I irreversible)".
+pub fn count_changes(steps: &[StepRecord]) -> (usize, String) {
+    let changes = steps.iter().filter(|s| s.changes).count();
+    let backups = steps
+        .iter()
+        .filter(|s| s.changes && s.kind == "backup_db")
+        .count();
+    let irreversible = steps.iter().filter(|s| s.changes && s.irreversible).count();
+    (
+        changes,
+        format!("{changes} change(s) ({backups} backup(s), {irreversible} irreversible)"),
+    )
+}
+
 /// Steps of these kinds change the site (an instance or the database).
 pub(crate) fn changes_site(kind: &str) -> bool {
-    matches!(kind, "remove_instance" | "create_instance" | "upgrade_db")
+    matches!(
+        kind,
+        "remove_instance" | "create_instance" | "start_instance" | "upgrade_db"
+    )
 }
 
 /// Ask a yes/no question on the terminal (stderr), default no.

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::host_error::HostError;
 use crate::ops::{
     BackupOptions, CommandOptions, CreateOptions, Mode, Ops, RefusedBy, RemoveOptions,
-    UpgradeOptions,
+    StartOptions, UpgradeOptions,
 };
 use crate::progress::Event;
 use crate::Error;
@@ -34,7 +34,8 @@ pub const FOR_NODE_PREFIX: &str = "for_each_node closure on node ";
 pub const OPTION_KEYS: &[(&str, &[&str])] = &[
     ("backup_db", &["verify"]),
     ("remove_instance", &[]),
-    ("create_instance", &["app_name", "folder"]),
+    ("create_instance", &["app_name", "folder", "start"]),
+    ("start_instance", &[]),
     ("upgrade_db", &[]),
     ("for_each_node", &["parallel", "continue_on_error"]),
     (
@@ -343,7 +344,7 @@ fn register_database(engine: &mut Engine, o: &Option<Arc<Ops>>) {
 fn register_instances(engine: &mut Engine, o: &Option<Arc<Ops>>) {
     let x = o.clone();
     reg(engine, "instance", &["node: Dynamic", "Map"],
-        "The current instance on `node` (a node map or name): `#{ node, app_name, version, folder, created }`, or () when there is none.",
+        "The current instance on `node` (a node map or name): `#{ node, app_name, version, folder, created, state }`, or () when there is none.\n`state` is what was last done to it: \"staged\" (files and config laid out, never started), \"started\", \"healthy\"\n(start and health commands passed) or \"failed\"; absent for instances recorded by older versions. Use `healthy(node)`\nto know whether it runs now.",
         move |ctx: NativeCallContext, node: Dynamic| -> HostResult<Dynamic> {
             let ops = ops(&x, &ctx)?;
             let name = node_name(&node, ctx.call_position())?;
@@ -360,7 +361,7 @@ fn register_instances(engine: &mut Engine, o: &Option<Arc<Ops>>) {
         remove_doc,
         |ops, node, opts: RemoveOptions| ops.remove_instance(node, opts),
     );
-    let create_doc = "Create the release's instance on `node` in a new folder under the node's root: copy the payload,\nwrite the instance's config (no secrets), run the start and health commands.\nOptions: `app_name` (default and only accepted value: the prior instance's name: the node's removed instance, else another\nnode's, else the site's `[application] name` on a site with no instance; users keep their URL; to rename on purpose set\n`[application] name = \"New\"` and `renamed_from = \"Old\"` in the site file, and instances named Old are created as New),\n`folder` (one plain folder name created directly under the node's root, no `/`, `\\`, `:`, `.` or `..`; default\n`<app>-<version>`, suffixed when taken). Folders are compared as the node resolves them (links, mounts, spelling):\nrefused for a folder that is, holds or sits inside a folder any earlier instance used, that is a link or resolves outside\nthe root, or that exists and is not empty; and while the node still has another instance. A node that already runs\nthis app and version is left alone. Returns `#{ node, app_name, version, folder, created }`.\nErrors: `refused` (used, linked, outside or non-empty folder, another application name than the prior one, another\ninstance still there, not confirmed), `node` (copy, start or health command failed), `config` (folder not one plain\nname, bad app name, no release).";
+    let create_doc = "Create the release's instance on `node` in a new folder under the node's root: copy the payload and\nwrite the instance's config (no secrets): the instance is `staged`; then run the start and health commands: it is\n`healthy`. It counts as created only once its health command passed; a failed start or health check leaves it\n`failed` on the node, and a resume starts it again in the same folder (never a new one).\nOptions: `start` (default true; false only stages it: start it with `start_instance` once the database is at its\nversion), `app_name` (default and only accepted value: the prior instance's name: the node's removed instance, else\nanother node's, else the site's `[application] name` on a site with no instance; users keep their URL; to rename on\npurpose set `[application] name = \"New\"` and `renamed_from = \"Old\"` in the site file, and instances named Old are\ncreated as New), `folder` (one plain folder name created directly under the node's root, no `/`, `\\`, `:`, `.` or\n`..`; default `<app>-<version>`, suffixed when taken). Folders are compared as the node resolves them (links, mounts,\nspelling): refused for a folder that is, holds or sits inside a folder any earlier instance used, that is a link or\nresolves outside the root, or that exists and is not empty; and while the node still has another instance.\nDecided from what the node says now: a node that already has this app and version is not created again (it is\nstarted when it is staged, failed or its health command fails now; left alone when healthy now), and a layout\nthat was cut off is finished in its own folder. Starting is refused unless the database is at the release's\nversion (the new application cannot run on the old schema): stage the primary, `upgrade_db()`, then start it.\nReturns `#{ node, app_name, version, folder, created, state }`.\nErrors: `refused` (database not at the release's version while starting, used, linked, outside or non-empty folder,\nanother application name than the prior one, another instance still there, not confirmed), `node` (copy, start or\nhealth command failed), `config` (folder not one plain name, bad app name, no release).";
     reg_node_opts(
         engine,
         o,
@@ -368,6 +369,22 @@ fn register_instances(engine: &mut Engine, o: &Option<Arc<Ops>>) {
         create_doc,
         |ops, node, opts: CreateOptions| ops.create_instance(node, opts),
     );
+    let start_doc = "Start the instance on `node` (staged by `create_instance(node, #{ start: false })`, or failed earlier):\nrun the site's start command, then its health command; the node records `started`, then `healthy` (or `failed`).\nAn instance that is healthy now (not staged or failed, and its health command passes) is left alone.\nRefused unless the database is at the instance's version (the vendor's wizard creates the application and\nupgrades the database in one pass: the new application cannot run on the old schema). Options: none.\nReturns `#{ node, app_name, version, folder, created, state }`.\nErrors: `refused` (no instance on the node, database at another version, not confirmed), `node` (the start or\nhealth command failed: the instance is recorded as failed, and a resume starts it again).";
+    reg_node_opts(
+        engine,
+        o,
+        "start_instance",
+        start_doc,
+        |ops, node, opts: StartOptions| ops.start_instance(node, opts),
+    );
+    let x = o.clone();
+    reg(engine, "healthy", &["node: Dynamic", "bool"],
+        "Whether `node`'s current instance runs now: it has one, its lifecycle reached healthy (not left staged,\nfailed, or started with its health check cut off), and the site's health command passes now (it runs in plan mode too: it is the site's own read-only check; an instance\nthe plan changes is as planned). Changes nothing. A site without a health command counts a started\ninstance as healthy.",
+        move |ctx: NativeCallContext, node: Dynamic| -> HostResult<bool> {
+            let ops = ops(&x, &ctx)?;
+            let name = node_name(&node, ctx.call_position())?;
+            ops.healthy(&name).map_err(|e| fail(ops, e, ctx.call_position()))
+        });
 }
 
 fn command(
@@ -587,8 +604,9 @@ fn for_each_node(
         });
     }
     if let Some(g) = group {
+        // Through `fail`: a refusal the script catches is still recorded.
         ops.end_parallel(g, &format!("for_each_node(parallel: {})", opts.parallel))
-            .map_err(|e| host_error(e, pos))?;
+            .map_err(|e| fail(ops, e, pos))?;
     }
     let mut out = Array::new();
     let mut first_err = None;
@@ -680,7 +698,7 @@ fn register_ui(engine: &mut Engine, o: &Option<Arc<Ops>>) {
         });
     let x = o.clone();
     reg(engine, "confirm", &["question: &str", "bool"],
-        "Ask the operator a yes/no question on the terminal. `--yes` answers yes; without a terminal and\nwithout `--yes` the answer is no. In plan mode the question is listed and answered yes.",
+        "Ask the operator a yes/no question. `run` asks it up front with the plan, on the terminal, and one\nanswer covers the whole run (nothing is asked mid-run); `--yes` answers yes; without a terminal and\nwithout `--yes` the answer is no. In plan mode the question is listed and answered yes.",
         move |ctx: NativeCallContext, q: &str| -> HostResult<bool> {
             let ops = ops(&x, &ctx)?;
             ops.confirm(q).map_err(|e| fail(ops, e, ctx.call_position()))
@@ -704,6 +722,8 @@ pub const HOST_FUNCTIONS: &[&str] = &[
     "instance",
     "remove_instance",
     "create_instance",
+    "start_instance",
+    "healthy",
     "node_command",
     "for_each_node",
     "log",
@@ -731,7 +751,9 @@ mod tests {
         for k in keys {
             let mut m = Map::new();
             let v: Dynamic = match *k {
-                "verify" | "continue_on_error" | "changes" | "allow_failure" => true.into(),
+                "verify" | "continue_on_error" | "changes" | "allow_failure" | "start" => {
+                    true.into()
+                }
                 "parallel" | "timeout_secs" => 2_i64.into(),
                 _ => "x".into(),
             };
@@ -750,6 +772,7 @@ mod tests {
                 "backup_db" => probe::<BackupOptions>(keys),
                 "remove_instance" => probe::<RemoveOptions>(keys),
                 "create_instance" => probe::<CreateOptions>(keys),
+                "start_instance" => probe::<StartOptions>(keys),
                 "upgrade_db" => probe::<UpgradeOptions>(keys),
                 "for_each_node" => probe::<ForEachOptions>(keys),
                 "node_command" => probe::<CommandOptions>(keys),

@@ -32,6 +32,19 @@ impl Sandbox {
         Sandbox { _tmp: tmp, dir }
     }
 
+    /// Give the sandbox's application a start command that does not check
+    /// the sandbox's SQLite file: for sites pointed at another database.
+    pub fn plain_start(&self) {
+        let text = std::fs::read_to_string(self.site()).expect("site");
+        let start = text
+            .lines()
+            .find(|l| l.starts_with("start = "))
+            .expect("start command")
+            .to_string();
+        let plain = "start = \"echo running {app} {version} on {node} > service.state\"";
+        std::fs::write(self.site(), text.replace(&start, plain)).expect("write site");
+    }
+
     pub fn site(&self) -> PathBuf {
         self.dir.join("site.toml")
     }
