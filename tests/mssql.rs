@@ -2238,6 +2238,21 @@ fn other_sessions_in_the_database_are_listed_before_the_upgrade() {
         &all,
         &["1 other session(s) are connected to database `FastApp`: #57 app_svc@APP01 (FastApp Web)"],
     );
+    // A site may refuse to go on while they are connected.
+    let sb = mock.sandbox_with("refuse_other_sessions = true");
+    for (cmd, extra) in [("plan", &[][..]), ("run", &["--yes"][..])] {
+        let (code, all) = uprun_on(&sb, cmd, extra);
+        assert_eq!(code, Some(3), "{cmd}: {all}");
+        assert_contains(
+            &all,
+            &[
+                "#57 app_svc@APP01 (FastApp Web)",
+                "`database.refuse_other_sessions = true`",
+            ],
+        );
+    }
+    assert!(!mock.sql().iter().any(|q| q.starts_with("BACKUP")));
+    assert_eq!(mock.fake().version, "1.0.0");
 }
 
 #[test]

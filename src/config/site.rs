@@ -156,6 +156,7 @@ struct DatabaseSection {
     query_timeout_secs: Option<u64>,
     operation_timeout_secs: Option<u64>,
     lock_timeout_secs: Option<u64>,
+    refuse_other_sessions: Option<bool>,
 }
 
 impl DatabaseSection {
@@ -176,6 +177,10 @@ impl DatabaseSection {
                 self.operation_timeout_secs.is_some(),
             ),
             ("lock_timeout_secs", self.lock_timeout_secs.is_some()),
+            (
+                "refuse_other_sessions",
+                self.refuse_other_sessions.is_some(),
+            ),
         ]
         .into_iter()
         .filter(|(_, set)| *set)
@@ -208,6 +213,9 @@ pub struct MssqlConfig {
     /// How long a migration's statement waits for a lock another session
     /// holds (`SET LOCK_TIMEOUT`) before it fails.
     pub lock_timeout: Duration,
+    /// Refuse an upgrade while other sessions use the database (else they
+    /// are listed as a warning).
+    pub refuse_other_sessions: bool,
 }
 
 /// Check a SQL Server name before it is quoted into T-SQL.
@@ -807,6 +815,7 @@ fn mssql_config(db: DatabaseSection, dir: &Path, f: &str) -> Result<DatabaseConf
                 "operation_timeout_secs",
             )?,
             lock_timeout: secs(db.lock_timeout_secs, 120, "lock_timeout_secs")?,
+            refuse_other_sessions: db.refuse_other_sessions.unwrap_or(false),
         }),
     })
 }

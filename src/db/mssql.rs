@@ -1313,6 +1313,14 @@ impl Database for MssqlDatabase {
         if others.is_empty() {
             return Ok(Vec::new());
         }
+        if self.cfg.refuse_other_sessions {
+            return Err(Error::Refused(format!(
+                "{} other session(s) are connected to database `{}`: {}; the site refuses to upgrade while they are (`database.refuse_other_sessions = true`): stop the application's services and disconnect them, then run again; nothing was changed",
+                others.len(),
+                self.name,
+                others.join(", ")
+            )));
+        }
         Ok(vec![format!(
             "{} other session(s) are connected to database `{}`: {}; a migration waits for locks they hold (stop the application's services first)",
             others.len(),
