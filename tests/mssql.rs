@@ -14,7 +14,9 @@ use uprun::config::{Release, Site};
 use uprun::db::{Database, MssqlDatabase};
 
 use crate::support::browser::{free_udp_port, instance, instance_request, Browser};
-use crate::support::tds::{bit, guid, i, numeric, s, Ctx, Reply, Request, TdsServer, Value};
+use crate::support::tds::{
+    bit, guid, i, numeric, s, statements, Control, Ctx, Reply, Request, TdsServer, Value,
+};
 use crate::support::Sandbox;
 
 const PASSWORD: &str = "Mock;Pa55-w0rd";
@@ -56,12 +58,28 @@ enum Tamper {
     Damaged,
 }
 
-/// The fake database behind the responder.
+/// A write a session made inside its transaction, kept apart until it commits.
+#[derive(Debug, Clone, PartialEq)]
+enum Write {
+    History(HistoryRow),
+    Version(String),
+    /// A migration statement (its text).
+    Change(String),
+}
+
+/// The fake database behind the responder. Writes made inside a transaction
+/// stay in `pending` (by connection) until the session's outermost COMMIT;
+/// a ROLLBACK, an error under XACT_ABORT, or the end of the connection drops
+/// them (see `support::tds::Session`).
 struct Fake {
     version: String,
     history: Vec<HistoryRow>,
-    /// Inserted in an open transaction, per connection.
-    pending: Vec<(usize, HistoryRow)>,
+    /// Migration statements that are durable, in order.
+    changes: Vec<String>,
+    /// History rows written while the session was in another database.
+    elsewhere: Vec<(String, HistoryRow)>,
+    /// Written in an open transaction, per connection.
+    pending: Vec<(usize, Write)>,
     lock_result: i64,
     engine_edition: i64,
     edition: String,
@@ -76,6 +94,15 @@ struct Fake {
     headers_read: usize,
     /// After this many HEADERONLY reads, the backup file is tampered with.
     tamper: Option<(usize, Tamper)>,
+    /// The login may not read msdb (error 229).
+    msdb_denied: bool,
+    /// Told the connection number when a request that runs until cancelled
+    /// (`WAITFOR`) arrives.
+    hung: Option<std::sync::mpsc::Sender<usize>>,
+    /// DATABASEPROPERTYEX(..., 'Updateability').
+    updateability: String,
+    /// Other sessions in the database: id, login, host, program.
+    other_sessions: Vec<(i64, String, String, String)>,
 }
 
 impl Default for Fake {
@@ -83,6 +110,8 @@ impl Default for Fake {
         Fake {
             version: "1.0.0".into(),
             history: Vec::new(),
+            changes: Vec::new(),
+            elsewhere: Vec::new(),
             pending: Vec::new(),
             lock_result: 0,
             engine_edition: 3,
@@ -94,6 +123,10 @@ impl Default for Fake {
             backups: Vec::new(),
             headers_read: 0,
             tamper: None,
+            msdb_denied: false,
+            hung: None,
+            updateability: "READ_WRITE".into(),
+            other_sessions: Vec::new(),
         }
     }
 }
@@ -105,6 +138,49 @@ impl Fake {
             Some((after, t)) if self.headers_read > *after => Some(t),
             _ => None,
         }
+    }
+}
+
+impl Fake {
+    /// A write by connection `conn`: kept apart while it has a transaction open.
+    fn write(&mut self, conn: usize, in_transaction: bool, w: Write) {
+        if in_transaction {
+            self.pending.push((conn, w));
+        } else {
+            self.apply(w);
+        }
+    }
+
+    fn apply(&mut self, w: Write) {
+        match w {
+            Write::History(r) => self.history.push(r),
+            Write::Version(v) => self.version = v,
+            Write::Change(c) => self.changes.push(c),
+        }
+    }
+
+    /// What a session's transaction control did to the data.
+    fn settle(&mut self, conn: usize, c: &Control) {
+        let (mine, others): (Vec<_>, Vec<_>) =
+            self.pending.drain(..).partition(|(c, _)| *c == conn);
+        self.pending = others;
+        match c {
+            Control::Committed => mine.into_iter().for_each(|(_, w)| self.apply(w)),
+            Control::RolledBack => {}
+            _ => self.pending.extend(mine),
+        }
+    }
+
+    /// The version as connection `conn` sees it (its own uncommitted write first).
+    fn version_seen_by(&self, conn: usize) -> String {
+        self.pending
+            .iter()
+            .rev()
+            .find_map(|(c, w)| match w {
+                Write::Version(v) if *c == conn => Some(v.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| self.version.clone())
     }
 }
 
@@ -227,7 +303,13 @@ fn answer(
         }
         Request::Batch(sql) => (sql.as_str(), &[][..]),
         Request::Rpc { sql, params, .. } => (sql.as_str(), params.as_slice()),
-        Request::Attention => return Vec::new(),
+        Request::Attention => {
+            // What the session had open is gone if the attention ended it.
+            if lock(&ctx.session).trancount == 0 {
+                lock(fake).settle(ctx.conn, &Control::RolledBack);
+            }
+            return Vec::new();
+        }
     };
     let mut f = lock(fake);
     if let Some(needle) = &f.drop_on {
@@ -235,17 +317,35 @@ fn answer(
             return vec![Reply::Disconnect];
         }
     }
+    let mut session = lock(&ctx.session);
+    let in_tx = session.trancount > 0;
+    let home = session.database == "FastApp";
     if sql == q::VERSION_SQL {
-        return rows(&["value"], vec![vec![s(&f.version)]]);
+        if !home {
+            return vec![no_object("dbo.app_meta")];
+        }
+        return rows(&["value"], vec![vec![s(&f.version_seen_by(ctx.conn))]]);
     }
-    if sql == q::SET_VERSION_SQL {
-        f.version = param_str(params, 0);
-        return vec![Reply::Count(1)];
+    if sql.contains("UPDATE dbo.app_meta SET value = @P1 WHERE [key] = @P2") {
+        if !home {
+            return vec![no_object("dbo.app_meta")];
+        }
+        f.write(ctx.conn, in_tx, Write::Version(param_str(params, 0)));
+        let mut out = vec![Reply::Count(1)];
+        if sql.contains("@@ROWCOUNT") {
+            out.extend(rows(&["changed"], vec![vec![i(1)]]));
+        }
+        return out;
     }
     if sql == q::HISTORY_SQL {
+        let mine = f.pending.iter().filter_map(|(c, w)| match w {
+            Write::History(h) if *c == ctx.conn => Some(h),
+            _ => None,
+        });
         let r = f
             .history
             .iter()
+            .chain(mine)
             .map(|h| {
                 vec![
                     s(&h.name),
@@ -269,35 +369,30 @@ fn answer(
             r,
         );
     }
-    if sql == q::HISTORY_TABLE_SQL || sql == q::BEGIN_SQL || sql == q::READ_BEGIN_SQL {
+    if sql == q::HISTORY_TABLE_SQL {
         return Vec::new();
     }
-    if sql == q::RECORD_SQL {
-        let row = HistoryRow {
-            name: param_str(params, 0),
-            version: param_str(params, 1),
-            checksum: param_str(params, 2),
-            duration_ms: params.get(3).and_then(|v| v.as_int()).unwrap_or(-1),
-            applied_by: param_str(params, 4),
-        };
-        f.pending.push((ctx.conn, row));
-        return vec![Reply::Count(1)];
-    }
-    if sql == q::COMMIT_SQL {
-        let (mine, others): (Vec<_>, Vec<_>) =
-            f.pending.drain(..).partition(|(c, _)| *c == ctx.conn);
-        f.pending = others;
-        f.history.extend(mine.into_iter().map(|(_, r)| r));
-        return Vec::new();
-    }
-    if sql == q::ROLLBACK_SQL {
-        f.pending.retain(|(c, _)| *c != ctx.conn);
-        return Vec::new();
+    if sql.contains("dbo.uprun_migration_history (name, version, checksum") {
+        return record(&mut f, &mut session, ctx.conn, sql, params);
     }
     if sql == q::EDITION_SQL {
         return rows(
             &["engine_edition", "edition"],
             vec![vec![i(f.engine_edition), s(&f.edition)]],
+        );
+    }
+    if sql == q::UPDATEABILITY_SQL {
+        return rows(&["updateability"], vec![vec![s(&f.updateability)]]);
+    }
+    if sql == q::OTHER_SESSIONS_SQL {
+        let r = f
+            .other_sessions
+            .iter()
+            .map(|(id, login, host, program)| vec![i(*id), s(login), s(host), s(program)])
+            .collect();
+        return rows(
+            &["session_id", "login_name", "host_name", "program_name"],
+            r,
         );
     }
     if sql == q::SPID_SQL {
@@ -359,11 +454,12 @@ fn answer(
             ),
         ];
     }
-    if sql == q::BACKUPSET_SQL {
-        return rows(
-            &["size", "finished", "has_checksums"],
-            vec![vec![i(123_456), s("2026-01-01T01:02:03"), i(1)]],
-        );
+    if f.msdb_denied && sql.contains("msdb.") {
+        return vec![Reply::error(
+            229,
+            14,
+            "The SELECT permission was denied on the object 'backupset', database 'msdb', schema 'dbo'.",
+        )];
     }
     if sql == q::HEADERONLY_SQL {
         f.headers_read += 1;
@@ -389,6 +485,9 @@ fn answer(
                 "HasBackupChecksums",
                 "IsDamaged",
                 "BackupSetGUID",
+                "BackupSize",
+                "CompressedBackupSize",
+                "BackupFinishDate",
             ],
             vec![vec![
                 Value::Null,
@@ -400,6 +499,10 @@ fn answer(
                 bit(true),
                 bit(false),
                 guid(&set),
+                numeric(376_832),
+                numeric(123_456),
+                // The server's local time (as SQL Server reports it).
+                s("2026-01-01T02:02:03"),
             ]],
         );
     }
@@ -423,35 +526,214 @@ fn answer(
     if sql == q::LOCK_SQL {
         return rows(&["result"], vec![vec![i(f.lock_result)]]);
     }
-    if sql.starts_with("SELECT name, kind, state FROM strategies") {
-        return rows(&["name", "kind", "state"], Vec::new());
+    drop(f);
+    drop(session);
+    run_batch(fake, ctx, sql)
+}
+
+/// Error 208, as SQL Server reports an unknown table.
+fn no_object(name: &str) -> Reply {
+    Reply::error(208, 16, &format!("Invalid object name '{name}'."))
+}
+
+/// A batch of statements (transaction control, checks, migrations), run one
+/// by one against the session and the fake data as SQL Server would.
+fn run_batch(fake: &Mutex<Fake>, ctx: &Ctx, sql: &str) -> Vec<Reply> {
+    let mut f = lock(fake);
+    let mut session = lock(&ctx.session);
+    let mut out = Vec::new();
+    for stmt in statements(sql) {
+        if let Some(c) = session.control(&stmt) {
+            f.settle(ctx.conn, &c);
+            if let Control::Failed(e) = c {
+                out.push(e);
+                return out;
+            }
+            continue;
+        }
+        let in_tx = session.trancount > 0;
+        let upper = stmt.to_ascii_uppercase();
+        if upper == "SELECT CAST(@@TRANCOUNT AS INT) AS TRANCOUNT" {
+            out.extend(rows(
+                &["trancount"],
+                vec![vec![i(session.trancount as i64)]],
+            ));
+        } else if stmt.starts_with("UPDATE dbo.held_by_another_session") {
+            // Blocked by another session's lock: SQL Server gives up after
+            // LOCK_TIMEOUT (error 1222), else waits.
+            if session.lock_timeout_ms.is_none() {
+                out.push(Reply::Hang);
+                return out;
+            }
+            let c = session.runtime_error();
+            f.settle(ctx.conn, &c);
+            out.push(Reply::error(
+                1222,
+                16,
+                "Lock request time out period exceeded.",
+            ));
+            return out;
+        } else if stmt.starts_with("EXEC dbo.recompute_totals") {
+            let c = session.runtime_error();
+            f.settle(ctx.conn, &c);
+            out.push(Reply::ErrorIn {
+                number: 8134,
+                class: 16,
+                message: "Divide by zero error encountered.".into(),
+                line: 12,
+                procedure: "dbo.recompute_totals".into(),
+            });
+            return out;
+        } else if upper.starts_with("WAITFOR") {
+            // Runs until cancelled.
+            if let Some(tx) = &f.hung {
+                let _ = tx.send(ctx.conn);
+            }
+            out.push(Reply::Hang);
+            return out;
+        } else if stmt.starts_with("SELECT name, kind, state FROM strategies") {
+            out.extend(rows(&["name", "kind", "state"], Vec::new()));
+        } else if stmt.contains("no_such_procedure") || upper.starts_with("THROW") {
+            let e = if upper.starts_with("THROW") {
+                Reply::error(50000, 16, "thrown by the migration")
+            } else {
+                Reply::Error {
+                    number: 2812,
+                    class: 16,
+                    message: "Could not find stored procedure 'dbo.no_such_procedure'.".into(),
+                    line: 2,
+                }
+            };
+            let c = session.runtime_error();
+            f.settle(ctx.conn, &c);
+            out.push(e);
+            return out;
+        } else if stmt.starts_with("ALTER TABLE")
+            || stmt.starts_with("UPDATE dbo.")
+            || stmt.starts_with("CREATE TABLE dbo.audit_log")
+            || stmt.starts_with("INSERT INTO dbo.audit_log")
+        {
+            f.write(ctx.conn, in_tx, Write::Change(stmt.clone()));
+            out.push(Reply::Count(3));
+        } else {
+            out.push(Reply::error(
+                50000,
+                16,
+                &format!("mock: unexpected SQL: {stmt}"),
+            ));
+            return out;
+        }
     }
-    if sql.contains("no_such_procedure") {
-        return vec![Reply::Error {
-            number: 2812,
-            class: 16,
-            message: "Could not find stored procedure 'dbo.no_such_procedure'.".into(),
-            line: 2,
-        }];
+    out
+}
+
+/// `N'it''s'` → `it's`; integers as they are.
+fn literals(values: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut chars = values.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            'N' if chars.peek() == Some(&'\'') => {}
+            '\'' => {
+                let mut text = String::new();
+                while let Some(c) = chars.next() {
+                    if c == '\'' {
+                        if chars.peek() == Some(&'\'') {
+                            chars.next();
+                        } else {
+                            break;
+                        }
+                    }
+                    text.push(c);
+                }
+                out.push(Value::Str(text));
+            }
+            c if c.is_ascii_digit() => {
+                let mut n = c.to_string();
+                while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                    n.push(*d);
+                    chars.next();
+                }
+                out.push(Value::Int(n.parse().unwrap_or(-1)));
+            }
+            _ => {}
+        }
     }
-    // Migration batches (leading comment lines aside).
-    let code = sql
-        .lines()
-        .skip_while(|l| l.trim_start().starts_with("--"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    if code.starts_with("ALTER TABLE")
-        || code.starts_with("UPDATE dbo.")
-        || code.starts_with("CREATE TABLE dbo.audit_log")
-        || code.starts_with("INSERT INTO dbo.audit_log")
-    {
-        return vec![Reply::Count(3)];
+    out
+}
+
+/// The statement that records a migration in the history, in either form:
+/// `sp_executesql` with parameters, or a batch of literals guarded by a check
+/// of the transaction state and followed by COMMIT and `SELECT @@TRANCOUNT`.
+/// The row goes to the database named in the statement, else the session's.
+fn record(
+    f: &mut Fake,
+    session: &mut crate::support::tds::Session,
+    conn: usize,
+    sql: &str,
+    params: &[Value],
+) -> Vec<Reply> {
+    let mut out = Vec::new();
+    if sql.contains("SET XACT_ABORT ON") {
+        session.xact_abort = true;
     }
-    vec![Reply::error(
-        50000,
-        16,
-        &format!("mock: unexpected SQL: {sql}"),
-    )]
+    let expected = if sql.contains("IF @trancount <> 1 OR @xact_state <> 1") {
+        Some((1, 1))
+    } else if sql.contains("IF @trancount <> 0") {
+        Some((0, 0))
+    } else {
+        None
+    };
+    if let Some((tc, xs)) = expected {
+        let (now_tc, now_xs) = (session.trancount as i64, session.xact_state());
+        if now_tc != tc || (tc == 1 && now_xs != xs) {
+            let message = format!(
+                "uprun: after the migration @@TRANCOUNT = {now_tc}, XACT_STATE() = {now_xs} (expected @@TRANCOUNT {})",
+                if tc == 1 { "1, XACT_STATE() 1" } else { "0" }
+            );
+            let c = session.runtime_error();
+            f.settle(conn, &c);
+            return vec![Reply::error(50001, 16, &message)];
+        }
+    }
+    let values = match sql.find("VALUES (") {
+        Some(at) if params.is_empty() => literals(&sql[at + 8..].replace("SYSUTCDATETIME()", "")),
+        _ => params.to_vec(),
+    };
+    let row = HistoryRow {
+        name: param_str(&values, 0),
+        version: param_str(&values, 1),
+        checksum: param_str(&values, 2),
+        duration_ms: values.get(3).and_then(|v| v.as_int()).unwrap_or(-1),
+        applied_by: param_str(&values, 4),
+    };
+    let database = match sql.split_once("INSERT INTO [") {
+        Some((_, rest)) => rest.split("].dbo.").next().unwrap_or_default().to_string(),
+        None => session.database.clone(),
+    };
+    if database == "FastApp" {
+        f.write(conn, session.trancount > 0, Write::History(row));
+    } else {
+        f.elsewhere.push((database, row));
+    }
+    out.push(Reply::Count(1));
+    if sql.contains("COMMIT TRANSACTION;") {
+        let c = session
+            .control("COMMIT TRANSACTION")
+            .unwrap_or(Control::Done);
+        f.settle(conn, &c);
+        if let Control::Failed(e) = c {
+            out.push(e);
+            return out;
+        }
+    }
+    if sql.contains("SELECT CAST(@@TRANCOUNT AS int) AS trancount") {
+        out.extend(rows(
+            &["trancount"],
+            vec![vec![i(session.trancount as i64)]],
+        ));
+    }
+    out
 }
 
 fn open_db(sb: &Sandbox) -> MssqlDatabase {
@@ -459,7 +741,18 @@ fn open_db(sb: &Sandbox) -> MssqlDatabase {
     MssqlDatabase::open(&site.database, false).expect("open")
 }
 
-/// The requests from BEGIN TRANSACTION to the matching COMMIT of each migration.
+/// Is this the batch that records a migration in the history?
+fn is_record(sql: &str) -> bool {
+    sql.contains("uprun_migration_history (name, version, checksum")
+}
+
+/// Is this a rollback sent by uprun?
+fn is_rollback(sql: &str) -> bool {
+    sql.starts_with("IF @@TRANCOUNT > 0 ROLLBACK")
+}
+
+/// The requests from BEGIN TRANSACTION to the batch that records (and
+/// commits) each migration, or to its rollback.
 fn migration_sql(log: &[String]) -> Vec<Vec<String>> {
     let mut out = Vec::new();
     let mut current: Option<Vec<String>> = None;
@@ -470,7 +763,7 @@ fn migration_sql(log: &[String]) -> Vec<Vec<String>> {
         if let Some(c) = current.as_mut() {
             c.push(sql.clone());
         }
-        if sql == uprun::db::mssql::COMMIT_SQL || sql == uprun::db::mssql::ROLLBACK_SQL {
+        if is_record(sql) || is_rollback(sql) {
             if let Some(c) = current.take() {
                 out.push(c);
             }
@@ -523,7 +816,15 @@ fn backup_and_verify_send_the_expected_sql_and_progress_drives_the_callback() {
         receipt.file
     );
     assert_eq!(receipt.size, 123_456);
-    assert_eq!(receipt.finished, "2026-01-01T01:02:03");
+    // Both times from uprun's clock, in UTC (the server's are local).
+    assert!(
+        receipt.started.ends_with('Z')
+            && receipt.finished.ends_with('Z')
+            && receipt.started <= receipt.finished,
+        "{} {}",
+        receipt.started,
+        receipt.finished
+    );
     assert!(receipt.checksum && receipt.verified);
     assert!(receipt
         .verification
@@ -730,26 +1031,41 @@ fn stock_procedure_upgrades_through_the_protocol() {
     let sql = mock.sql();
     let txs = migration_sql(&sql);
     assert_eq!(txs.len(), 3, "{sql:#?}");
-    let record = uprun::db::mssql::RECORD_SQL.to_string();
+    assert_eq!(txs[0].len(), 4, "{:#?}", txs[0]);
     assert_eq!(
-        txs[0],
+        txs[0][..3],
         [
             "SET XACT_ABORT ON; BEGIN TRANSACTION;".to_string(),
             "ALTER TABLE dbo.strategies ADD priority int NOT NULL CONSTRAINT DF_strategies_priority DEFAULT 100;\n".into(),
             "UPDATE dbo.strategies SET priority = 10 WHERE kind = N'matching';\n".into(),
-            record.clone(),
-            "COMMIT TRANSACTION;".into(),
         ]
     );
     assert_eq!(
         txs[1][1],
         "ALTER TABLE dbo.customers ADD email nvarchar(320) NULL;\n"
     );
-    assert_eq!(txs[2].len(), 5);
-    assert_eq!(
-        record,
-        "INSERT INTO dbo.uprun_migration_history (name, version, checksum, applied_at, duration_ms, applied_by) VALUES (@P1, @P2, @P3, SYSUTCDATETIME(), @P4, @P5)"
-    );
+    assert_eq!(txs[2].len(), 4);
+    // The history row: checked, recorded in the site's database by name,
+    // committed and the commit proved, all in one request.
+    let record = &txs[0][3];
+    for needle in [
+        "IF @trancount <> 1 OR @xact_state <> 1",
+        "THROW 50001",
+        "INSERT INTO [FastApp].dbo.uprun_migration_history (name, version, checksum, applied_at, duration_ms, applied_by) VALUES (N'2.0.0_01_strategy_priority.sql', N'2.0.0', N'",
+        "COMMIT TRANSACTION;\nSELECT CAST(@@TRANCOUNT AS int) AS trancount;",
+    ] {
+        assert!(record.contains(needle), "lacks {needle:?}: {record}");
+    }
+    // Each migration ran in a session of its own.
+    let log = mock.server.log();
+    let conn_of = |sql: &str| {
+        log.iter()
+            .find(|l| l.request.sql() == Some(sql))
+            .map(|l| l.conn)
+            .expect("sent")
+    };
+    let conns: std::collections::BTreeSet<usize> = txs.iter().map(|t| conn_of(&t[1])).collect();
+    assert_eq!(conns.len(), 3, "{conns:?}");
     // The backup came before the first migration, the version after the last.
     let pos = |pred: &dyn Fn(&str) -> bool| sql.iter().position(|q| pred(q)).expect("sent");
     let backup = pos(&|q| q.starts_with("BACKUP DATABASE"));
@@ -824,9 +1140,7 @@ fn dropped_connection_during_a_migration_fails_the_run_and_history_shows_it() {
         .iter()
         .position(|q| q.starts_with("ALTER TABLE dbo.customers"))
         .expect("sent");
-    assert!(!sql[lost..]
-        .iter()
-        .any(|q| q == uprun::db::mssql::COMMIT_SQL));
+    assert!(!sql[lost..].iter().any(|q| q.contains("COMMIT")));
     assert!(!sql.iter().any(|q| q.contains("audit_log")));
 
     // `status` reads the history back: one migration applied, still 1.0.0.
@@ -867,12 +1181,8 @@ fn server_error_in_a_migration_names_the_file_line_and_rolls_back() {
         assert!(err.contains(needle), "error lacks {needle:?}: {err}");
     }
     let sql = mock.sql();
-    assert_eq!(
-        sql.last().map(String::as_str),
-        Some(uprun::db::mssql::ROLLBACK_SQL),
-        "{sql:#?}"
-    );
-    assert!(!sql.iter().any(|q| q == uprun::db::mssql::RECORD_SQL));
+    assert!(sql.last().is_some_and(|q| is_rollback(q)), "{sql:#?}");
+    assert!(!sql.iter().any(|q| is_record(q)));
     assert!(mock.fake().history.is_empty());
     assert!(mock.fake().pending.is_empty());
 }
@@ -966,7 +1276,7 @@ fn a_silent_backup_hits_our_deadline_and_the_next_call_reconnects() {
     assert!(started.elapsed() < Duration::from_secs(20));
     assert!(
         err.contains("database `FastApp`: backup to `/var/opt/mssql/backup/FastApp-1.0.0-")
-            && err.contains("no answer within 1 s; the connection was closed"),
+            && err.contains("no answer within 1 s, and no acknowledgement of uprun's cancel within 10 s; the connection was closed"),
         "{err}"
     );
     let backup_conn = mock
@@ -1225,6 +1535,207 @@ fn unknown_instances_and_instances_without_tcp_are_explained() {
     assert_eq!(browser.requests().len(), before);
 }
 
+/// The sandbox on `mock`, with migration `name` added to the release.
+fn sandbox_with_migration(mock: &Mock, name: &str, sql: &str) -> Sandbox {
+    let sb = mock.sandbox();
+    let dir = sb.release().join("migrations/mssql");
+    assert!(dir.is_dir(), "release layout changed");
+    std::fs::write(dir.join(name), sql).expect("write migration");
+    sb
+}
+
+/// `uprun <cmd> in-place-upgrade` on the sandbox, with the password set.
+fn uprun_on(sb: &Sandbox, cmd: &str, extra: &[&str]) -> (Option<i32>, String) {
+    let out = sb
+        .cmd(cmd, "in-place-upgrade", extra)
+        .env("UPRUN_TEST_MSSQL_PASSWORD", PASSWORD)
+        .output()
+        .expect("uprun");
+    let all = output_text(&out);
+    assert!(!all.contains(PASSWORD) && !all.contains("Pa55"), "{all}");
+    (out.status.code(), all)
+}
+
+fn history_names(mock: &Mock) -> Vec<String> {
+    mock.fake().history.iter().map(|h| h.name.clone()).collect()
+}
+
+const THREE: [&str; 3] = [
+    "2.0.0_01_strategy_priority.sql",
+    "2.0.0_02_customer_email.sql",
+    "2.0.0_03_audit_log.sql",
+];
+
+#[test]
+fn an_unmatched_begin_transaction_is_rolled_back_not_reported_applied() {
+    let mock = Mock::start(Fake::default());
+    let sb = sandbox_with_migration(
+        &mock,
+        "2.0.0_04_unmatched.sql",
+        "BEGIN TRANSACTION;\nUPDATE dbo.customers SET city = city;\n",
+    );
+    let (code, all) = uprun_on(&sb, "run", &["--yes"]);
+    assert_eq!(code, Some(1), "{all}");
+    assert_contains(
+        &all,
+        &[
+            "migration `2.0.0_04_unmatched.sql` left 1 transaction(s) open (a BEGIN TRANSACTION without its COMMIT)",
+            "it was rolled back (the server confirmed: no transaction open)",
+            "@@TRANCOUNT = 2, XACT_STATE() = 1",
+        ],
+    );
+    assert!(!all.contains("succeeded"), "{all}");
+    // What the server keeps once uprun has gone: 01 to 03, not 04, and the
+    // version untouched.
+    assert_eq!(history_names(&mock), THREE);
+    let fake = mock.fake();
+    assert_eq!(fake.version, "1.0.0");
+    assert!(
+        !fake.changes.iter().any(|c| c.contains("city = city")),
+        "{:#?}",
+        fake.changes
+    );
+}
+
+#[test]
+fn a_migration_that_ends_the_transaction_itself_is_not_recorded() {
+    let mock = Mock::start(Fake::default());
+    // What a CATCH block that rolls back without THROW leaves behind.
+    let sb = sandbox_with_migration(
+        &mock,
+        "2.0.0_04_swallowed.sql",
+        "UPDATE dbo.customers SET city = city;\n-- BEGIN CATCH\nIF @@TRANCOUNT > 0 ROLLBACK TRANSACTION;\n-- END CATCH\n",
+    );
+    let (code, all) = uprun_on(&sb, "run", &["--yes"]);
+    assert_eq!(code, Some(1), "{all}");
+    assert_contains(
+        &all,
+        &[
+            "migration `2.0.0_04_swallowed.sql` ended the transaction uprun opened for it",
+            "NOT recorded in the history",
+            "@@TRANCOUNT = 0, XACT_STATE() = 0",
+        ],
+    );
+    // Not recorded as applied with its changes gone.
+    assert_eq!(history_names(&mock), THREE);
+    assert_eq!(mock.fake().version, "1.0.0");
+}
+
+#[test]
+fn set_nocount_in_a_migration_does_not_break_the_version_update() {
+    let mock = Mock::start(Fake::default());
+    let sb = sandbox_with_migration(
+        &mock,
+        "2.0.0_04_nocount.sql",
+        "SET NOCOUNT ON;\nUPDATE dbo.customers SET city = city;\n",
+    );
+    let (code, all) = uprun_on(&sb, "run", &["--yes"]);
+    assert_eq!(code, Some(0), "{all}");
+    assert_eq!(mock.fake().version, "2.0.0");
+    assert_eq!(history_names(&mock).len(), 4);
+    // The migration's session kept NOCOUNT; the version was written from another.
+    let log = mock.server.log();
+    let conn_of = |pred: &dyn Fn(&str) -> bool| {
+        log.iter()
+            .find(|l| l.request.sql().is_some_and(pred))
+            .map(|l| l.conn)
+            .expect("sent")
+    };
+    let migration = conn_of(&|q| q.starts_with("SET NOCOUNT ON"));
+    let version = conn_of(&|q| q == uprun::db::mssql::SET_VERSION_SQL);
+    assert!(mock.server.session(migration).is_some_and(|s| s.nocount));
+    assert_ne!(migration, version);
+}
+
+#[test]
+fn use_of_another_database_is_refused_before_anything_changes() {
+    let mock = Mock::start(Fake::default());
+    let sb = sandbox_with_migration(
+        &mock,
+        "2.0.0_02b_generated.sql",
+        "-- generated by SSMS\nUSE [OtherDb]\nGO\nUPDATE dbo.customers SET city = city;\n",
+    );
+    for (cmd, extra) in [("plan", &[][..]), ("run", &["--yes"][..])] {
+        let (code, all) = uprun_on(&sb, cmd, extra);
+        assert_eq!(code, Some(2), "{cmd}: {all}");
+        assert_contains(
+            &all,
+            &[
+                "2.0.0_02b_generated.sql line 2: `USE` switches to database `OtherDb`",
+                "applies this release's migrations to database `FastApp`",
+                "nothing was applied",
+            ],
+        );
+    }
+    let sql = mock.sql();
+    assert!(!sql.iter().any(|q| q.starts_with("BACKUP")), "{sql:#?}");
+    assert!(migration_sql(&sql).is_empty(), "{sql:#?}");
+    let fake = mock.fake();
+    assert_eq!(fake.version, "1.0.0");
+    assert!(fake.history.is_empty() && fake.elsewhere.is_empty());
+}
+
+#[test]
+fn use_of_the_sites_own_database_is_accepted() {
+    let mock = Mock::start(Fake::default());
+    let sb = sandbox_with_migration(
+        &mock,
+        "2.0.0_04_generated.sql",
+        "USE [FastApp]\nGO\nUPDATE dbo.customers SET city = city;\n",
+    );
+    let (code, all) = uprun_on(&sb, "run", &["--yes"]);
+    assert_eq!(code, Some(0), "{all}");
+    assert_eq!(mock.fake().version, "2.0.0");
+    assert_eq!(history_names(&mock).len(), 4);
+}
+
+#[test]
+fn a_byte_order_mark_does_not_hide_the_no_transaction_header() {
+    let mock = Mock::start(Fake::default());
+    let sb = sandbox_with_migration(
+        &mock,
+        "2.0.0_04_bom.sql",
+        "\u{feff}-- uprun: no-transaction\nUPDATE dbo.customers SET city = city;\n",
+    );
+    let (code, all) = uprun_on(&sb, "run", &["--yes"]);
+    assert_eq!(code, Some(0), "{all}");
+    let sql = mock.sql();
+    // Three migrations in a transaction; the fourth on its own, its history
+    // row guarded by "no transaction open".
+    let begins = sql
+        .iter()
+        .filter(|q| *q == uprun::db::mssql::BEGIN_SQL)
+        .count();
+    assert_eq!(begins, 3, "{sql:#?}");
+    let record = sql.iter().rfind(|q| is_record(q)).expect("recorded");
+    assert!(
+        record.contains("IF @trancount <> 0") && record.contains("N'2.0.0_04_bom.sql'"),
+        "{record}"
+    );
+    assert!(!sql.iter().any(|q| q.contains('\u{feff}')), "BOM sent");
+    assert_eq!(history_names(&mock).len(), 4);
+}
+
+#[test]
+fn a_go_after_a_comment_separates_batches_as_in_ssms() {
+    let mock = Mock::start(Fake::default());
+    let sb = sandbox_with_migration(
+        &mock,
+        "2.0.0_04_two_parts.sql",
+        "UPDATE dbo.customers SET city = city;\n/* part 2 */ GO\nUPDATE dbo.strategies SET state = state;\n",
+    );
+    let (code, all) = uprun_on(&sb, "run", &["--yes"]);
+    assert_eq!(code, Some(0), "{all}");
+    let txs = migration_sql(&mock.sql());
+    assert_eq!(
+        txs[3][1..3],
+        [
+            "UPDATE dbo.customers SET city = city;\n".to_string(),
+            "UPDATE dbo.strategies SET state = state;\n".to_string()
+        ]
+    );
+}
+
 const OTHER_SET: &str = "11111111-2222-3333-4444-555555555555";
 
 #[test]
@@ -1418,12 +1929,396 @@ fn a_resumed_run_whose_backup_is_gone_from_the_server_is_refused() {
     assert_eq!(mock.fake().version, "1.0.0");
 }
 
+#[test]
+fn a_login_without_msdb_access_backs_up_with_the_size_from_the_file() {
+    let mock = Mock::start(Fake {
+        msdb_denied: true,
+        ..Fake::default()
+    });
+    let sb = mock.sandbox();
+    let (code, all) = uprun_on(&sb, "run", &["--yes"]);
+    assert_eq!(code, Some(0), "{all}");
+    assert_contains(&all, &["(123456 bytes, verified)"]);
+    assert_eq!(mock.fake().version, "2.0.0");
+    // The backup step never asked msdb.
+    let sql = mock.sql();
+    let backup = sql
+        .iter()
+        .position(|q| q.starts_with("BACKUP DATABASE"))
+        .expect("backup");
+    let verify = sql
+        .iter()
+        .position(|q| q.starts_with("RESTORE VERIFYONLY"))
+        .expect("verify");
+    assert!(
+        !sql[backup..verify].iter().any(|q| q.contains("msdb.")),
+        "{sql:#?}"
+    );
+}
+
+#[test]
+fn azure_sql_database_and_managed_instance_are_refused_at_plan_time() {
+    for (engine, edition, needles) in [
+        (
+            5,
+            "SQL Azure",
+            [
+                "the server is Azure SQL Database (SERVERPROPERTY('EngineEdition') = 5",
+                "no BACKUP DATABASE statement",
+            ],
+        ),
+        (
+            8,
+            "SQL Azure",
+            [
+                "the server is Azure SQL Managed Instance (SERVERPROPERTY('EngineEdition') = 8)",
+                "TO URL",
+            ],
+        ),
+    ] {
+        let mock = Mock::start(Fake {
+            engine_edition: engine,
+            edition: edition.into(),
+            ..Fake::default()
+        });
+        let sb = mock.sandbox();
+        let before = sb.snapshot();
+        for (cmd, extra) in [("plan", &[][..]), ("run", &["--yes"][..])] {
+            let (code, all) = uprun_on(&sb, cmd, extra);
+            assert_eq!(code, Some(3), "{cmd}: {all}");
+            assert_contains(&all, &needles);
+            assert_contains(
+                &all,
+                &[
+                    "backup_db cannot back up database `FastApp`",
+                    "`database.external_backup`",
+                ],
+            );
+        }
+        let sql = mock.sql();
+        assert!(!sql.iter().any(|q| q.starts_with("BACKUP")), "{sql:#?}");
+        assert!(migration_sql(&sql).is_empty());
+        assert_eq!(mock.fake().version, "1.0.0");
+        assert_eq!(sb.snapshot(), before, "a refused run changed the nodes");
+    }
+}
+
+/// The logins the responder received: (user, database, password).
+fn logins(mock: &Mock) -> Vec<(String, String, String)> {
+    mock.server
+        .log()
+        .into_iter()
+        .filter_map(|l| match l.request {
+            Request::Login {
+                user,
+                database,
+                password,
+                ..
+            } => Some((user, database, password)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_password_with_separators_and_quotes_stays_one_value() {
+    let mock = Mock::start(Fake::default());
+    let port = mock.server.port();
+    // Substituted after the string is parsed: what the password holds cannot
+    // add keys (here, another database and user) or end the value.
+    let tricky = "x;Database=master;User Id=sa;'\"é";
+    for connection in [
+        format!("Server=tcp:127.0.0.1,{port};Database=FastApp;User Id=uprun;Password=${{env:UPRUN_TEST_TRICKY_PW}};Encrypt=DANGER_PLAINTEXT"),
+        // `Addr` is a synonym of `Server`; the last `Password` wins.
+        format!("Addr=tcp:127.0.0.1,{port};Initial Catalog=FastApp;uid=uprun;pwd=wrong;Password='${{env:UPRUN_TEST_TRICKY_PW}}';Encrypt=DANGER_PLAINTEXT"),
+    ] {
+        let sb = sandbox_at(&connection, "");
+        let out = crate::support::uprun()
+            .args(["status", "--site"])
+            .arg(sb.site())
+            .env("UPRUN_TEST_TRICKY_PW", tricky)
+            .output()
+            .expect("status");
+        let all = output_text(&out);
+        assert_eq!(out.status.code(), Some(0), "{all}");
+        assert!(!all.contains(tricky), "{all}");
+    }
+    let seen = logins(&mock);
+    assert!(!seen.is_empty());
+    for (user, database, password) in seen {
+        assert_eq!(
+            (user.as_str(), database.as_str(), password.as_str()),
+            ("uprun", "FastApp", tricky)
+        );
+    }
+}
+
+#[test]
+fn windows_and_entra_authentication_are_refused_at_load() {
+    let mock = Mock::start(Fake::default());
+    let port = mock.server.port();
+    for (extra, needle) in [
+        ("Integrated Security=SSPI", "Windows authentication"),
+        ("Trusted_Connection=Yes", "Windows authentication"),
+        (
+            "Authentication=ActiveDirectoryIntegrated",
+            "Microsoft Entra",
+        ),
+        ("ApplicationIntent=ReadOnly", "read-only replica"),
+        ("MultiSubnetFailover=true", "MultiSubnetFailover"),
+    ] {
+        let sb = sandbox_at(
+            &format!(
+                "Server=tcp:127.0.0.1,{port};Database=FastApp;{extra};Encrypt=DANGER_PLAINTEXT"
+            ),
+            "",
+        );
+        let out = status(&sb, 1);
+        let all = output_text(&out);
+        assert_eq!(out.status.code(), Some(2), "{extra}: {all}");
+        assert_contains(&all, &["`database.connection`", needle]);
+    }
+    assert!(
+        mock.server.log().is_empty(),
+        "a refused string reached the server"
+    );
+}
+
+#[test]
+fn a_migration_past_its_deadline_is_cancelled_on_the_server_and_the_rollback_confirmed() {
+    let mock = Mock::start(Fake::default());
+    let sb = mock.sandbox_with("operation_timeout_secs = 1");
+    let dir = sb.release().join("migrations/mssql");
+    std::fs::write(
+        dir.join("2.0.0_04_slow.sql"),
+        "UPDATE dbo.customers SET city = city;\nGO\nWAITFOR DELAY '01:00:00';\n",
+    )
+    .expect("write migration");
+    let started = std::time::Instant::now();
+    let (code, all) = uprun_on(&sb, "run", &["--yes"]);
+    assert_eq!(code, Some(1), "{all}");
+    assert!(started.elapsed() < Duration::from_secs(30), "{all}");
+    assert_contains(
+        &all,
+        &[
+            "migration `2.0.0_04_slow.sql` failed in batch 2 of 2",
+            "not finished within 1 s (`database.operation_timeout_secs`), so uprun cancelled it (TDS attention) and the server acknowledged that it stopped",
+            "it was rolled back and is not recorded in the history (the server confirmed: no transaction open)",
+        ],
+    );
+    // The attention went to the session running the migration, which then
+    // answered the confirming rollback.
+    let log = mock.server.log();
+    let slow = log
+        .iter()
+        .find(|l| l.request.sql().is_some_and(|q| q.starts_with("WAITFOR")))
+        .map(|l| l.conn)
+        .expect("sent");
+    let after: Vec<&Request> = log
+        .iter()
+        .filter(|l| l.conn == slow)
+        .map(|l| &l.request)
+        .skip_while(|r| !matches!(r, Request::Attention))
+        .collect();
+    assert!(
+        matches!(after.first(), Some(Request::Attention))
+            && after.get(1).and_then(|r| r.sql()).is_some_and(is_rollback),
+        "{after:#?}"
+    );
+    assert_eq!(history_names(&mock), THREE);
+    let fake = mock.fake();
+    assert_eq!(fake.version, "1.0.0");
+    assert!(!fake.changes.iter().any(|c| c.contains("city = city")));
+}
+
+#[test]
+fn a_second_ctrl_c_cancels_the_migration_on_the_server_and_confirms_the_rollback() {
+    use std::io::BufRead;
+    let (hung_tx, hung) = std::sync::mpsc::channel();
+    let mock = Mock::start(Fake {
+        hung: Some(hung_tx),
+        ..Fake::default()
+    });
+    let sb = mock.sandbox();
+    std::fs::write(
+        sb.release().join("migrations/mssql/2.0.0_04_slow.sql"),
+        "UPDATE dbo.customers SET city = city;\nGO\nWAITFOR DELAY '01:00:00';\n",
+    )
+    .expect("write migration");
+    std::env::set_var("UPRUN_TEST_MSSQL_PASSWORD", PASSWORD);
+    let mut run = sb.spawn_run(&sb.site(), "in-place-upgrade", &[]);
+    let conn = hung
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the migration reached the server");
+    // Read stderr as it comes, to send the second Ctrl-C once the first is seen.
+    let stderr = run.stderr.take().expect("stderr");
+    let (line_tx, lines) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = line_tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let pid = run.id() as i32;
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(pid, libc::SIGINT);
+    }
+    loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(30))
+            .expect("uprun acknowledged the first Ctrl-C");
+        let first = line.contains("stopping after the current step");
+        seen.push(line);
+        if first {
+            break;
+        }
+    }
+    // SAFETY: as above.
+    unsafe {
+        libc::kill(pid, libc::SIGINT);
+    }
+    let status = run.wait().expect("run");
+    seen.extend(lines.iter());
+    let _ = reader.join();
+    let all = seen.join("\n");
+    assert_eq!(status.code(), Some(130), "{all}");
+    assert_contains(
+        &all,
+        &[
+            "migration `2.0.0_04_slow.sql` failed in batch 2 of 2",
+            "aborted by the operator (second Ctrl-C): uprun cancelled the request (TDS attention) and the server acknowledged that it stopped",
+            "it was rolled back and is not recorded in the history (the server confirmed: no transaction open)",
+        ],
+    );
+    assert_eq!(mock.server.session(conn).map(|s| s.attentions), Some(1));
+    assert_eq!(history_names(&mock), THREE);
+    let fake = mock.fake();
+    assert_eq!(fake.version, "1.0.0");
+    assert!(!fake.changes.iter().any(|c| c.contains("city = city")));
+}
+
+#[test]
+fn a_read_only_database_or_secondary_is_refused_at_plan_time() {
+    let mock = Mock::start(Fake {
+        updateability: "READ_ONLY".into(),
+        ..Fake::default()
+    });
+    let sb = mock.sandbox();
+    for (cmd, extra) in [("plan", &[][..]), ("run", &["--yes"][..])] {
+        let (code, all) = uprun_on(&sb, cmd, extra);
+        assert_eq!(code, Some(3), "{cmd}: {all}");
+        assert_contains(
+            &all,
+            &[
+                "database `FastApp` on 127.0.0.1:",
+                "cannot be upgraded: it is READ_ONLY",
+                "connect to the primary replica",
+            ],
+        );
+    }
+    let sql = mock.sql();
+    assert!(!sql.iter().any(|q| q.starts_with("BACKUP")), "{sql:#?}");
+    assert!(migration_sql(&sql).is_empty());
+}
+
+#[test]
+fn other_sessions_in_the_database_are_listed_before_the_upgrade() {
+    let mock = Mock::start(Fake {
+        other_sessions: vec![(57, "app_svc".into(), "APP01".into(), "FastApp Web".into())],
+        ..Fake::default()
+    });
+    let sb = mock.sandbox();
+    let (code, all) = uprun_on(&sb, "plan", &[]);
+    assert_eq!(code, Some(0), "{all}");
+    assert_contains(
+        &all,
+        &["1 other session(s) are connected to database `FastApp`: #57 app_svc@APP01 (FastApp Web)"],
+    );
+    // A site may refuse to go on while they are connected.
+    let sb = mock.sandbox_with("refuse_other_sessions = true");
+    for (cmd, extra) in [("plan", &[][..]), ("run", &["--yes"][..])] {
+        let (code, all) = uprun_on(&sb, cmd, extra);
+        assert_eq!(code, Some(3), "{cmd}: {all}");
+        assert_contains(
+            &all,
+            &[
+                "#57 app_svc@APP01 (FastApp Web)",
+                "`database.refuse_other_sessions = true`",
+            ],
+        );
+    }
+    assert!(!mock.sql().iter().any(|q| q.starts_with("BACKUP")));
+    assert_eq!(mock.fake().version, "1.0.0");
+}
+
+#[test]
+fn a_migration_blocked_by_another_sessions_lock_fails_after_the_lock_timeout() {
+    let mock = Mock::start(Fake::default());
+    let sb = mock.sandbox_with("operation_timeout_secs = 5\nlock_timeout_secs = 7");
+    std::fs::write(
+        sb.release().join("migrations/mssql/2.0.0_04_blocked.sql"),
+        "UPDATE dbo.held_by_another_session SET x = 1;\n",
+    )
+    .expect("write migration");
+    let (code, all) = uprun_on(&sb, "run", &["--yes"]);
+    assert_eq!(code, Some(1), "{all}");
+    assert_contains(
+        &all,
+        &[
+            "migration `2.0.0_04_blocked.sql` failed in batch 1 of 1",
+            "SQL Server error 1222",
+            "another session held a lock it needed for more than 7 s, `database.lock_timeout_secs`",
+            "it was rolled back and is not recorded in the history (the server confirmed: no transaction open)",
+        ],
+    );
+    let log = mock.server.log();
+    let conn = log
+        .iter()
+        .find(|l| {
+            l.request
+                .sql()
+                .is_some_and(|q| q.contains("held_by_another_session"))
+        })
+        .map(|l| l.conn)
+        .expect("sent");
+    assert_eq!(
+        mock.server.session(conn).and_then(|s| s.lock_timeout_ms),
+        Some(7000)
+    );
+    assert_eq!(history_names(&mock), THREE);
+}
+
+#[test]
+fn an_error_inside_a_procedure_names_the_procedure_and_its_line_not_a_file_line() {
+    let mock = Mock::start(Fake::default());
+    let sb = sandbox_with_migration(
+        &mock,
+        "2.0.0_04_totals.sql",
+        "UPDATE dbo.customers SET city = city;\nGO\n\nEXEC dbo.recompute_totals;\n",
+    );
+    let (code, all) = uprun_on(&sb, "run", &["--yes"]);
+    assert_eq!(code, Some(1), "{all}");
+    assert_contains(
+        &all,
+        &[
+            "migration `2.0.0_04_totals.sql` failed in batch 2 of 2 (line 4 of",
+            "SQL Server error 8134",
+            "at line 12 of `dbo.recompute_totals` (a procedure, function or trigger the batch called)",
+        ],
+    );
+    assert!(!all.contains("at line 15 of"), "{all}");
+}
+
 /// The `Database` contract of `db_contract.rs`, over the protocol: the
 /// responder's "database" keeps the history per transaction, so what a failed
 /// migration left is what it holds, plus whether the driver committed.
 #[test]
 fn the_database_contract_holds_over_the_protocol() {
-    use uprun::db::mssql::{BEGIN_SQL, COMMIT_SQL, ROLLBACK_SQL};
+    use uprun::db::mssql::BEGIN_SQL;
     let mock = Mock::start(Fake::default());
     let sb = mock.sandbox();
     std::env::set_var("UPRUN_TEST_MSSQL_PASSWORD", PASSWORD);
@@ -1432,16 +2327,16 @@ fn the_database_contract_holds_over_the_protocol() {
         let mut out = Vec::new();
         {
             let f = mock.fake();
-            out.extend(f.pending.iter().map(|(_, r)| format!("pending {}", r.name)));
+            out.extend(f.pending.iter().map(|(_, w)| format!("pending {w:?}")));
             out.extend(f.history.iter().map(|r| format!("history {}", r.name)));
         }
         let sql = mock.sql();
         if let Some(begin) = sql.iter().rposition(|q| q == BEGIN_SQL) {
-            if sql[begin..].iter().any(|q| q == COMMIT_SQL) {
+            if sql[begin..].iter().any(|q| is_record(q)) {
                 out.push("the failed migration was committed".into());
             }
         }
-        if sql.last().map(String::as_str) != Some(ROLLBACK_SQL) {
+        if !sql.last().is_some_and(|q| is_rollback(q)) {
             out.push(format!("not rolled back: {:?}", sql.last()));
         }
         out

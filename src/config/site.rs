@@ -155,6 +155,8 @@ struct DatabaseSection {
     connect_timeout_secs: Option<u64>,
     query_timeout_secs: Option<u64>,
     operation_timeout_secs: Option<u64>,
+    lock_timeout_secs: Option<u64>,
+    refuse_other_sessions: Option<bool>,
 }
 
 impl DatabaseSection {
@@ -173,6 +175,11 @@ impl DatabaseSection {
             (
                 "operation_timeout_secs",
                 self.operation_timeout_secs.is_some(),
+            ),
+            ("lock_timeout_secs", self.lock_timeout_secs.is_some()),
+            (
+                "refuse_other_sessions",
+                self.refuse_other_sessions.is_some(),
             ),
         ]
         .into_iter()
@@ -203,6 +210,12 @@ pub struct MssqlConfig {
     pub query_timeout: Duration,
     /// Deadline for one BACKUP, one RESTORE VERIFYONLY, one migration.
     pub operation_timeout: Duration,
+    /// How long a migration's statement waits for a lock another session
+    /// holds (`SET LOCK_TIMEOUT`) before it fails.
+    pub lock_timeout: Duration,
+    /// Refuse an upgrade while other sessions use the database (else they
+    /// are listed as a warning).
+    pub refuse_other_sessions: bool,
 }
 
 /// Check a SQL Server name before it is quoted into T-SQL.
@@ -717,13 +730,22 @@ fn mssql_config(db: DatabaseSection, dir: &Path, f: &str) -> Result<DatabaseConf
             "{f}: `database.connection` is required for `kind = \"mssql\"`: an ADO.NET connection string such as \"Server=tcp:db01,1433;Database=FastApp;User Id=uprun;Password=${{env:UPRUN_DB_PASSWORD}}\""
         )));
     };
-    let connection = expand(raw_connection, &format!("{f}: `database.connection`"))?;
-    let pairs = super::ado::pairs(&connection).map_err(|m| {
+    // Parsed first, `${env:...}` substituted in each value afterwards: a
+    // password holding `;` or a quote stays one value.
+    let mut pairs = super::ado::pairs(raw_connection).map_err(|m| {
         Error::Config(format!(
             "{f}: `database.connection` is not a valid ADO.NET connection string: {m}"
         ))
     })?;
-    let from_string = super::ado::get(&pairs, &["database", "initial catalog"]);
+    for (key, value) in pairs.iter_mut() {
+        *value = expand(value, &format!("{f}: `database.connection` (`{key}`)"))?;
+    }
+    super::ado::check(&pairs)
+        .map_err(|m| Error::Config(format!("{f}: `database.connection`: {m}")))?;
+    super::ado::server(&pairs)
+        .map_err(|m| Error::Config(format!("{f}: `database.connection`: {m}")))?;
+    let connection = super::ado::join(&pairs);
+    let from_string = super::ado::get(&pairs, &["initial catalog"]);
     let database = match (&db.database, from_string) {
         (Some(d), _) => d.clone(),
         (None, Some(d)) if !d.is_empty() => d.to_string(),
@@ -735,11 +757,7 @@ fn mssql_config(db: DatabaseSection, dir: &Path, f: &str) -> Result<DatabaseConf
     };
     check_sql_name(&database)
         .map_err(|m| Error::Config(format!("{f}: database name {database:?}: {m}")))?;
-    let tls_in_string = super::ado::get(
-        &pairs,
-        &["trustservercertificate", "trustservercertificateca"],
-    )
-    .is_some();
+    let tls_in_string = super::ado::get(&pairs, &["trustservercertificate"]).is_some();
     let trust = db.trust_server_certificate.unwrap_or(false);
     if tls_in_string && (db.trust_server_certificate.is_some() || db.ca_file.is_some()) {
         return Err(Error::Config(format!(
@@ -796,6 +814,8 @@ fn mssql_config(db: DatabaseSection, dir: &Path, f: &str) -> Result<DatabaseConf
                 6 * 3600,
                 "operation_timeout_secs",
             )?,
+            lock_timeout: secs(db.lock_timeout_secs, 120, "lock_timeout_secs")?,
+            refuse_other_sessions: db.refuse_other_sessions.unwrap_or(false),
         }),
     })
 }

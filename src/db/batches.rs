@@ -5,7 +5,8 @@
 //!
 //! Rules (those of sqlcmd, minus its scripting commands):
 //! - `GO` alone on a line (any case, surrounding blanks allowed) ends a batch;
-//!   `GO n` sends the batch `n` times; a trailing `-- comment` is allowed.
+//!   `GO n` sends the batch `n` times; comments on the line are allowed, before
+//!   it (`/* c */ GO`, as SSMS reads it) or after it (`GO -- done`).
 //! - A `GO` inside a string, a bracketed or quoted name, or a comment (block
 //!   comments nest, as in T-SQL) is text, not a separator.
 //! - sqlcmd commands (`:r`, `:setvar`, `:on error`, `!!`...) and `$(var)`
@@ -14,6 +15,8 @@
 //! - A header line `-- uprun: no-transaction` before any code opts the file out
 //!   of the transaction each migration otherwise runs in (for statements SQL
 //!   Server refuses inside one, e.g. `ALTER DATABASE`).
+//! - A UTF-8 byte order mark (SSMS saves files with one) is not text: it is
+//!   dropped before the header is read and is never sent.
 
 /// One batch of a script.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,6 +227,28 @@ fn sqlcmd_command(line: &str) -> Option<String> {
     None
 }
 
+/// The code of a line that starts outside any string, name or comment, with
+/// its comments left out, so that `/* note */ GO` reads as `GO` (as SSMS reads
+/// it). A line with a string or name, or that ends inside a block comment,
+/// gives the line unchanged (never a separator).
+fn separator_code(lexer: &Lexer, line: &str) -> String {
+    let mut probe = Lexer {
+        state: lexer.state,
+        opened_at: lexer.opened_at,
+    };
+    let mut code = String::new();
+    let mut literal = false;
+    probe.line(line, 0, |_, c, kind| match kind {
+        Kind::Code => code.push(c),
+        Kind::Comment => code.push(' '),
+        Kind::Literal => literal = true,
+    });
+    if literal || !matches!(probe.state, State::Code | State::LineComment) {
+        return line.to_string();
+    }
+    code
+}
+
 /// Read the `-- uprun: ...` header lines before the first code.
 fn header(text: &str, file: &str) -> std::result::Result<bool, String> {
     let mut transactional = true;
@@ -253,6 +278,7 @@ fn header(text: &str, file: &str) -> std::result::Result<bool, String> {
 
 /// Split a script into batches. `file` names it in errors.
 pub fn split(text: &str, file: &str) -> std::result::Result<Script, String> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let transactional = header(text, file)?;
     let mut lexer = Lexer::new();
     let mut batches = Vec::new();
@@ -262,7 +288,7 @@ pub fn split(text: &str, file: &str) -> std::result::Result<Script, String> {
     for (idx, line) in text.split_inclusive('\n').enumerate() {
         let line_no = idx + 1;
         if lexer.state == State::Code {
-            if let Some(go) = go_line(line) {
+            if let Some(go) = go_line(&separator_code(&lexer, line)) {
                 let count = go.map_err(|m| format!("{file} line {line_no}: {m}"))?;
                 if has_code {
                     batches.push(Batch {
@@ -326,6 +352,82 @@ pub fn split(text: &str, file: &str) -> std::result::Result<Script, String> {
         batches,
         transactional,
     })
+}
+
+/// Every `USE database` statement in a script (code only, not strings or
+/// comments): the 1-based line and the database name as the server reads it
+/// (`[a]]b]` is `a]b`). `OPTION (USE HINT(...))` and `USE PLAN` are query
+/// hints, not statements, and are left out.
+pub fn databases_used(text: &str) -> Vec<(usize, String)> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    // Tokens: words of code, and whole bracketed/quoted names or strings.
+    #[derive(PartialEq)]
+    enum Tok {
+        Word(String),
+        Name(String),
+        Other,
+    }
+    let mut toks: Vec<(usize, Tok)> = Vec::new();
+    let mut lexer = Lexer::new();
+    let mut word = String::new();
+    let mut literal = String::new();
+    let mut literal_line = 0;
+    for (idx, line) in text.split_inclusive('\n').enumerate() {
+        let line_no = idx + 1;
+        lexer.line(line, line_no, |_, c, kind| {
+            if kind == Kind::Literal {
+                if literal.is_empty() {
+                    literal_line = line_no;
+                }
+                literal.push(c);
+                return;
+            }
+            if !literal.is_empty() {
+                toks.push((literal_line, name_token(&std::mem::take(&mut literal))));
+            }
+            if kind == Kind::Code && (c.is_alphanumeric() || "_@#$".contains(c)) {
+                word.push(c);
+                return;
+            }
+            if !word.is_empty() {
+                toks.push((line_no, Tok::Word(std::mem::take(&mut word))));
+            }
+            if kind == Kind::Code && !c.is_whitespace() {
+                toks.push((line_no, Tok::Other));
+            }
+        });
+        if !word.is_empty() {
+            toks.push((line_no, Tok::Word(std::mem::take(&mut word))));
+        }
+    }
+    if !literal.is_empty() {
+        toks.push((literal_line, name_token(&literal)));
+    }
+    fn name_token(lit: &str) -> Tok {
+        let unquote = |open: char, close: char| {
+            lit.strip_prefix(open)
+                .and_then(|l| l.strip_suffix(close))
+                .map(|inner| inner.replace(&format!("{close}{close}"), &close.to_string()))
+        };
+        match unquote('[', ']').or_else(|| unquote('"', '"')) {
+            Some(name) => Tok::Name(name),
+            None => Tok::Other,
+        }
+    }
+    let mut out = Vec::new();
+    for (i, (line, tok)) in toks.iter().enumerate() {
+        let Tok::Word(w) = tok else { continue };
+        if !w.eq_ignore_ascii_case("use") {
+            continue;
+        }
+        match toks.get(i + 1).map(|(_, t)| t) {
+            Some(Tok::Word(next))
+                if next.eq_ignore_ascii_case("hint") || next.eq_ignore_ascii_case("plan") => {}
+            Some(Tok::Word(name)) | Some(Tok::Name(name)) => out.push((*line, name.clone())),
+            _ => {}
+        }
+    }
+    out
 }
 
 /// Words that may not appear (as code) in a read-only check query.
@@ -539,6 +641,62 @@ mod tests {
         assert!(s.transactional);
         let e = split("-- uprun: no-transactions\nSELECT 1", "m.sql").unwrap_err();
         assert!(e.contains("line 1") && e.contains("no-transactions"), "{e}");
+    }
+
+    #[test]
+    fn a_byte_order_mark_hides_neither_the_header_nor_the_first_line() {
+        let s = split(
+            "\u{feff}-- uprun: no-transaction\nALTER DATABASE CURRENT SET RECOVERY FULL;\n",
+            "m.sql",
+        )
+        .expect("split");
+        assert!(!s.transactional);
+        assert_eq!(
+            s.batches[0].sql,
+            "-- uprun: no-transaction\nALTER DATABASE CURRENT SET RECOVERY FULL;\n"
+        );
+        assert_eq!(
+            sqls("\u{feff}SELECT 1\nGO\nSELECT 2"),
+            ["SELECT 1", "SELECT 2"]
+        );
+    }
+
+    #[test]
+    fn comments_around_go_keep_it_a_separator() {
+        assert_eq!(
+            sqls(
+                "SELECT 1\n/* end of part 1 */ GO\nSELECT 2\n  /* a */ go 2 /* b */ -- c\nSELECT 3"
+            ),
+            ["SELECT 1", "SELECT 2", "SELECT 3"]
+        );
+        assert_eq!(
+            split("SELECT 1\n/* x */ GO 2\n", "m.sql")
+                .expect("split")
+                .batches[0]
+                .count,
+            2
+        );
+        // A comment that goes on past the line, a string, or other code: not a separator.
+        assert_eq!(
+            sqls("SELECT 1\nGO /* open\n*/\nSELECT 2"),
+            ["SELECT 1\nGO /* open\n*/\nSELECT 2"]
+        );
+        assert_eq!(sqls("SELECT 1\n'x' GO\n"), ["SELECT 1\n'x' GO"]);
+        assert_eq!(sqls("SELECT 1 /* x */ GO\n"), ["SELECT 1 /* x */ GO"]);
+    }
+
+    #[test]
+    fn use_statements_are_found_in_code_only() {
+        let text = "\u{feff}USE [Other]]Db]\nGO\n-- USE Commented\nSELECT 'USE x' AS [use];\nuse\n  \"Quoted\";\nSELECT 1 OPTION (USE HINT('DISABLE_OPTIMIZER_ROWGOAL'));\nUSE FastApp;\n/* USE y */";
+        assert_eq!(
+            databases_used(text),
+            [
+                (1, "Other]Db".to_string()),
+                (5, "Quoted".to_string()),
+                (8, "FastApp".to_string())
+            ]
+        );
+        assert!(databases_used("SELECT 1").is_empty());
     }
 
     #[test]

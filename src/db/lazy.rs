@@ -83,6 +83,12 @@ impl Database for LazyDatabase {
     fn check_migration(&self, migration: &Migration) -> Result<()> {
         self.with(|db| db.check_migration(migration))
     }
+    fn check_backup_possible(&mut self) -> Result<()> {
+        self.with(|db| db.check_backup_possible())
+    }
+    fn preflight_upgrade(&mut self) -> Result<Vec<String>> {
+        self.with(|db| db.preflight_upgrade())
+    }
     fn latest_full_backup(&mut self) -> Result<Option<String>> {
         self.with(|db| db.latest_full_backup())
     }

@@ -99,6 +99,18 @@ pub trait Database: Send {
     /// Parse a migration the way `apply` will, without running it, so that a
     /// bad file is found before the first migration of an upgrade is applied.
     fn check_migration(&self, migration: &Migration) -> Result<()>;
+    /// Refuse (`Error::Refused`), before anything changes, a backup this
+    /// backend cannot take on this server (plan and run alike). Backends that
+    /// can always back up say nothing.
+    fn check_backup_possible(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// Before an upgrade is planned or run: refuse (`Error::Refused`) a
+    /// database that cannot take it (read-only, a replica), and return notes
+    /// for the operator (other sessions that may hold locks...).
+    fn preflight_upgrade(&mut self) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
     /// The newest full backup the server knows of (whoever took it), for
     /// `plan` and `status`. Backends without such a catalogue return None.
     fn latest_full_backup(&mut self) -> Result<Option<String>> {

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::LocalBoxFuture;
 use semver::Version;
-use tiberius::{Client, ColumnData, Config, FromSql, ToSql};
+use tiberius::{AuthMethod, Client, ColumnData, Config, EncryptionLevel, FromSql, ToSql};
 use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 
@@ -53,7 +53,9 @@ type Conn = Client<Compat<TcpStream>>;
 
 /// The application's version table (schema `dbo`), as on SQLite.
 pub const VERSION_SQL: &str = "SELECT value FROM dbo.app_meta WHERE [key] = @P1";
-pub const SET_VERSION_SQL: &str = "UPDATE dbo.app_meta SET value = @P1 WHERE [key] = @P2";
+/// The row count is read with `@@ROWCOUNT`, not from the DONE token, which a
+/// `SET NOCOUNT ON` left by anyone would turn to 0.
+pub const SET_VERSION_SQL: &str = "SET NOCOUNT OFF; UPDATE dbo.app_meta SET value = @P1 WHERE [key] = @P2; SELECT CAST(@@ROWCOUNT AS int) AS changed;";
 pub const VERSION_KEY: &str = "schema_version";
 
 /// uprun's migration history, created on first use.
@@ -70,15 +72,100 @@ CREATE TABLE dbo.uprun_migration_history (
 pub const HISTORY_SQL: &str = "IF OBJECT_ID(N'dbo.uprun_migration_history', N'U') IS NOT NULL
 SELECT name, version, checksum, CONVERT(nvarchar(33), applied_at, 127) AS applied_at, duration_ms, applied_by
 FROM dbo.uprun_migration_history ORDER BY id";
-pub const RECORD_SQL: &str = "INSERT INTO dbo.uprun_migration_history (name, version, checksum, applied_at, duration_ms, applied_by) VALUES (@P1, @P2, @P3, SYSUTCDATETIME(), @P4, @P5)";
 /// XACT_ABORT: any error dooms the transaction, so nothing half-done can be committed.
 pub const BEGIN_SQL: &str = "SET XACT_ABORT ON; BEGIN TRANSACTION;";
-pub const COMMIT_SQL: &str = "COMMIT TRANSACTION;";
 pub const ROLLBACK_SQL: &str = "IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION;";
+/// After a failed migration: roll back, and say what is left open (0 proves
+/// the rollback).
+pub const ROLLBACK_CHECKED_SQL: &str =
+    "IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION; SELECT CAST(@@TRANCOUNT AS int) AS trancount;";
+/// The error number the history batch throws when the migration left the
+/// transaction in another state than the one uprun opened.
+pub const TRANSACTION_STATE_ERROR: u32 = 50001;
+/// What starts the statement that records a migration (for tests and logs).
+pub const RECORD_INSERT: &str = "INSERT INTO ";
+
+/// `N'...'`: a T-SQL Unicode string literal.
+fn n_literal(s: &str) -> String {
+    format!("N'{}'", s.replace('\'', "''"))
+}
+
+/// The one batch that ends a migration: check the transaction state the
+/// migration left, record it in the history, commit, and prove the commit.
+///
+/// - A plain batch, not `sp_executesql`: a COMMIT inside a procedure call
+///   that changes `@@TRANCOUNT` raises error 266 after committing.
+/// - The check and the COMMIT are in the same request, so nothing can run
+///   between them: `@@TRANCOUNT` must be 1 and `XACT_STATE()` 1 (the
+///   transaction uprun opened, still committable), or 0 for a
+///   `-- uprun: no-transaction` migration. Anything else (an unmatched
+///   BEGIN TRANSACTION, a CATCH block that rolled back without rethrowing, a
+///   doomed transaction) throws `TRANSACTION_STATE_ERROR` before the history
+///   row is written, so a migration is never recorded without its changes.
+/// - The history table is named with its database: a migration's `USE` (or
+///   other session settings) cannot send the row elsewhere. `SET XACT_ABORT
+///   ON` again, since a migration may have turned it off.
+/// - The last result is `@@TRANCOUNT` after the commit: 0, or nothing was
+///   committed.
+pub fn record_batch(
+    database: &str,
+    transactional: bool,
+    m: &AppliedMigration,
+) -> std::result::Result<String, String> {
+    let db = quote_name(database)?;
+    let (guard, expected) = if transactional {
+        ("@trancount <> 1 OR @xact_state <> 1", "1, XACT_STATE() 1")
+    } else {
+        ("@trancount <> 0", "0")
+    };
+    let commit = if transactional {
+        "COMMIT TRANSACTION;\n"
+    } else {
+        ""
+    };
+    Ok(format!(
+        "SET XACT_ABORT ON;
+DECLARE @trancount int = @@TRANCOUNT, @xact_state int = XACT_STATE();
+IF {guard}
+BEGIN
+    DECLARE @state nvarchar(200) = CONCAT(N'uprun: after the migration @@TRANCOUNT = ', @trancount, N', XACT_STATE() = ', @xact_state, N' (expected @@TRANCOUNT {expected})');
+    THROW {TRANSACTION_STATE_ERROR}, @state, 1;
+END;
+{RECORD_INSERT}{db}.dbo.uprun_migration_history (name, version, checksum, applied_at, duration_ms, applied_by) VALUES ({}, {}, {}, SYSUTCDATETIME(), {}, {});
+{commit}SELECT CAST(@@TRANCOUNT AS int) AS trancount;",
+        n_literal(&m.name),
+        n_literal(&m.version),
+        n_literal(&m.checksum),
+        m.duration_ms,
+        n_literal(&m.applied_by),
+    ))
+}
+
+/// `@@TRANCOUNT` and `XACT_STATE()` from a `TRANSACTION_STATE_ERROR` message.
+fn transaction_state(message: &str) -> Option<(i64, i64)> {
+    let number_after = |key: &str| -> Option<i64> {
+        let rest = &message[message.find(key)? + key.len()..];
+        let n: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '-')
+            .collect();
+        n.parse().ok()
+    };
+    Some((
+        number_after("@@TRANCOUNT = ")?,
+        number_after("XACT_STATE() = ")?,
+    ))
+}
 /// Check queries run inside a transaction that is always rolled back.
 pub const READ_BEGIN_SQL: &str = "BEGIN TRANSACTION;";
 
 pub const EDITION_SQL: &str = "SELECT CAST(SERVERPROPERTY('EngineEdition') AS int) AS engine_edition, CAST(SERVERPROPERTY('Edition') AS nvarchar(128)) AS edition";
+/// Can the database be written to (not read-only, not a readable secondary)?
+pub const UPDATEABILITY_SQL: &str =
+    "SELECT CAST(DATABASEPROPERTYEX(DB_NAME(), 'Updateability') AS nvarchar(20)) AS updateability";
+/// Other user sessions in the database (all of them only with VIEW SERVER
+/// STATE; without it a login sees its own), uprun's own left out.
+pub const OTHER_SESSIONS_SQL: &str = "SELECT CAST(session_id AS int) AS session_id, CAST(login_name AS nvarchar(128)) AS login_name, CAST(host_name AS nvarchar(128)) AS host_name, CAST(program_name AS nvarchar(128)) AS program_name FROM sys.dm_exec_sessions WHERE database_id = DB_ID() AND session_id <> @@SPID AND is_user_process = 1 AND program_name NOT LIKE N'uprun%' ORDER BY session_id";
 pub const SPID_SQL: &str = "SELECT CAST(@@SPID AS int) AS spid";
 pub const PROGRESS_SQL: &str = "SELECT CAST(percent_complete AS int) AS percent_complete FROM sys.dm_exec_requests WHERE session_id = @P1";
 /// `@P1` is the database name, `@P2` the file on the server.
@@ -93,10 +180,6 @@ pub const VERIFY_SQL: &str = "RESTORE VERIFYONLY FROM DISK = @P1 WITH CHECKSUM";
 /// row (position 1: the set `RESTORE VERIFYONLY`
 /// checks; `INIT, FORMAT` leaves only that one in the file).
 pub const HEADERONLY_SQL: &str = "RESTORE HEADERONLY FROM DISK = @P1";
-/// What msdb recorded about the backup just taken (`@P1` database, `@P2` file).
-pub const BACKUPSET_SQL: &str = "SELECT TOP (1) CAST(COALESCE(bs.compressed_backup_size, bs.backup_size) AS bigint) AS size, CONVERT(nvarchar(33), bs.backup_finish_date, 126) AS finished, CAST(bs.has_backup_checksums AS int) AS has_checksums
-FROM msdb.dbo.backupset AS bs JOIN msdb.dbo.backupmediafamily AS mf ON mf.media_set_id = bs.media_set_id
-WHERE bs.database_name = @P1 AND mf.physical_device_name = @P2 ORDER BY bs.backup_finish_date DESC";
 /// The newest full backup of a database (`@P1`), whoever took it.
 pub const LATEST_FULL_SQL: &str = "SELECT TOP (1) mf.physical_device_name AS file_name, CONVERT(nvarchar(33), bs.backup_finish_date, 126) AS finished, CAST(bs.is_copy_only AS int) AS copy_only
 FROM msdb.dbo.backupset AS bs JOIN msdb.dbo.backupmediafamily AS mf ON mf.media_set_id = bs.media_set_id
@@ -111,6 +194,21 @@ SELECT @result AS result;";
 pub fn quote_name(name: &str) -> std::result::Result<String, String> {
     check_sql_name(name)?;
     Ok(format!("[{}]", name.replace(']', "]]")))
+}
+
+/// Why `BACKUP DATABASE ... TO DISK` cannot work on this engine edition
+/// (`SERVERPROPERTY('EngineEdition')`), with what to do; None where it can.
+fn no_backup_to_disk(engine_edition: i64, edition: &str, database: &str) -> Option<String> {
+    let what_to_do = "take the backup by the platform's means before the window, say how in `database.external_backup` in the site file, and run a procedure that does not call `backup_db` (`upgrade_db` then accepts the site's external backup); nothing was changed";
+    match engine_edition {
+        5 => Some(format!(
+            "backup_db cannot back up database `{database}`: the server is Azure SQL Database (SERVERPROPERTY('EngineEdition') = 5, edition `{edition}`), which has no BACKUP DATABASE statement (Azure takes its backups; restore is point-in-time or from a database copy); {what_to_do}"
+        )),
+        8 => Some(format!(
+            "backup_db cannot back up database `{database}`: the server is Azure SQL Managed Instance (SERVERPROPERTY('EngineEdition') = 8), which only writes copy-only backups TO URL (Azure Blob Storage with a credential), not to a folder; uprun does not take backups to URL: run `BACKUP DATABASE ... TO URL = '...' WITH COPY_ONLY, CHECKSUM` yourself, then {what_to_do}"
+        )),
+        _ => None,
+    }
 }
 
 /// Editions with backup compression: Enterprise/Developer/Evaluation (3),
@@ -129,9 +227,22 @@ enum Failure {
     Server(tiberius::error::TokenError),
     /// Anything else (I/O, protocol, TLS): the connection is dropped.
     Broken(tiberius::error::Error),
-    /// Our deadline passed; the connection was closed.
+    /// Our deadline passed and the server did not acknowledge the cancel
+    /// (TDS attention) in time; the connection was closed.
     Deadline(Duration),
+    /// Our deadline passed; uprun sent a TDS attention and the server
+    /// acknowledged it: the request stopped, the connection is still usable
+    /// (a transaction it had open may still be open: ask).
+    Cancelled(Duration),
+    /// The operator aborted the step (second Ctrl-C); uprun sent a TDS
+    /// attention, which the server acknowledged (connection kept) or not
+    /// (connection closed).
+    Aborted { acknowledged: bool },
 }
+
+/// How long the server has to acknowledge a cancel (TDS attention) before the
+/// connection is closed instead.
+const ATTENTION_WAIT: Duration = Duration::from_secs(10);
 
 pub struct MssqlDatabase {
     name: String,
@@ -230,19 +341,40 @@ impl MssqlDatabase {
 
     /// The driver's configuration for one connection.
     fn config(&self, application: &str) -> Result<Config> {
-        let mut c = Config::from_ado_string(self.cfg.connection.expose()).map_err(|e| {
+        // Built from uprun's own reading of the string (see `config::ado`):
+        // the driver's parser differs from SqlClient's.
+        let bad = |e: String| {
             Error::Config(format!(
-                "database `{}`: `database.connection` is not a connection string the driver accepts: {}",
-                self.name,
-                self.scrub(&e.to_string())
+                "database `{}`: `database.connection`: {e}",
+                self.name
             ))
-        })?;
-        // Where to connect is decided by `locate` (the driver's parse of
-        // `Server=` is case-sensitive about `tcp:` and knows no Browser port).
+        };
+        let pairs = ado::pairs(self.cfg.connection.expose()).map_err(bad)?;
+        let mut c = Config::new();
         c.host(&self.server.host);
         c.port(self.port);
+        if let Some(instance) = &self.server.instance {
+            // Sent in the prelogin: a server that is another instance refuses.
+            c.instance_name(instance);
+        }
         c.database(&self.cfg.database);
         c.application_name(application);
+        c.authentication(AuthMethod::sql_server(
+            ado::get(&pairs, &["user id"]).unwrap_or_default(),
+            ado::get(&pairs, &["password"]).unwrap_or_default(),
+        ));
+        c.encryption(match ado::encrypt(&pairs).map_err(bad)? {
+            ado::Encrypt::Mandatory => EncryptionLevel::Required,
+            ado::Encrypt::Optional => EncryptionLevel::Off,
+            ado::Encrypt::Strict => EncryptionLevel::Strict,
+            ado::Encrypt::Plaintext => EncryptionLevel::NotSupported,
+        });
+        if ado::flag(&pairs, "trustservercertificate").map_err(bad)? {
+            c.trust_cert();
+        }
+        if let Some(h) = ado::get(&pairs, &["hostnameincertificate"]) {
+            c.hostname_in_certificate(h);
+        }
         if self.cfg.trust_server_certificate {
             c.trust_cert();
         }
@@ -304,7 +436,7 @@ impl MssqlDatabase {
             T::Server(t) => format!("login to {addr} failed: {}", server_text(t)),
             T::Io { message, .. } => format!("cannot connect to {addr}: {message}"),
             T::Tls(m) => format!(
-                "TLS with {addr} failed: {m}; give the server's CA in `database.ca_file` (or, for a test server only, set `database.trust_server_certificate = true`)"
+                "TLS with {addr} failed: {m}; uprun checks the server's certificate whatever `Encrypt` says (the login carries the password): give the CA that signed it in `database.ca_file` (for SQL Server's self-generated certificate, export that certificate and give it there), add `HostNameInCertificate=<the name in the certificate>` to `database.connection` when the certificate names the server differently than `Server=`, or, for a test server only, set `database.trust_server_certificate = true`"
             ),
             T::Protocol(m) if m.contains("rejected the requested instance") => {
                 let instance = self.server.instance.as_deref().unwrap_or_default();
@@ -324,7 +456,7 @@ impl MssqlDatabase {
     /// Remove the password from a driver message, should one ever echo it.
     fn scrub(&self, text: &str) -> String {
         let pairs = crate::config::ado::pairs(self.cfg.connection.expose()).unwrap_or_default();
-        match crate::config::ado::get(&pairs, &["password", "pwd"]) {
+        match crate::config::ado::get(&pairs, &["password"]) {
             Some(pw) if pw.len() >= 3 => text.replace(pw, "***"),
             _ => text.to_string(),
         }
@@ -345,10 +477,35 @@ impl MssqlDatabase {
         deadline: Duration,
         f: impl for<'c> FnOnce(&'c mut Conn) -> LocalBoxFuture<'c, tiberius::Result<T>>,
     ) -> Result<std::result::Result<T, Failure>> {
+        self.call_with(deadline, false, f)
+    }
+
+    /// `call`; `abortable`: a second Ctrl-C cancels it. Only for the work an
+    /// operator may want to stop (a migration's batches): short reads and the
+    /// ROLLBACK that cleans up after an abort run to their end.
+    fn call_with<T>(
+        &mut self,
+        deadline: Duration,
+        abortable: bool,
+        f: impl for<'c> FnOnce(&'c mut Conn) -> LocalBoxFuture<'c, tiberius::Result<T>>,
+    ) -> Result<std::result::Result<T, Failure>> {
         let mut conn = self.take_conn()?;
-        let outcome = self
-            .rt
-            .block_on(async { tokio::time::timeout(deadline, f(&mut conn)).await });
+        let outcome = self.rt.block_on(async {
+            tokio::select! {
+                r = tokio::time::timeout(deadline, f(&mut conn)) => Some(r),
+                _ = operator_abort(), if abortable => None,
+            }
+        });
+        let Some(outcome) = outcome else {
+            let ack = self.rt.block_on(async {
+                tokio::time::timeout(ATTENTION_WAIT, conn.cancel_query()).await
+            });
+            let acknowledged = matches!(ack, Ok(Ok(())));
+            if acknowledged {
+                self.conn = Some(conn);
+            }
+            return Ok(Err(Failure::Aborted { acknowledged }));
+        };
         Ok(match outcome {
             Ok(Ok(v)) => {
                 self.conn = Some(conn);
@@ -362,7 +519,21 @@ impl MssqlDatabase {
                 Err(Failure::Server(t))
             }
             Ok(Err(e)) => Err(Failure::Broken(e)),
-            Err(_) => Err(Failure::Deadline(deadline)),
+            Err(_) => {
+                // Stop the work on the server: dropping the request does not.
+                // The server answers the attention with DONE_ATTN once the
+                // request has stopped; only then is the connection reusable.
+                let ack = self.rt.block_on(async {
+                    tokio::time::timeout(ATTENTION_WAIT, conn.cancel_query()).await
+                });
+                match ack {
+                    Ok(Ok(())) => {
+                        self.conn = Some(conn);
+                        Err(Failure::Cancelled(deadline))
+                    }
+                    _ => Err(Failure::Deadline(deadline)),
+                }
+            }
         })
     }
 
@@ -377,6 +548,13 @@ impl MssqlDatabase {
     }
 
     fn fail(&self, what: &str, f: Failure) -> Error {
+        if let Failure::Aborted { acknowledged } = f {
+            return Error::Interrupted(self.scrub(&format!(
+                "database `{}`: {what}: {}",
+                self.name,
+                aborted_text(acknowledged)
+            )));
+        }
         let text = match f {
             Failure::Server(t) => format!("{what}: {}", server_text(&t)),
             Failure::Broken(e) => format!(
@@ -385,11 +563,74 @@ impl MssqlDatabase {
                 broken_text(&e)
             ),
             Failure::Deadline(d) => format!(
-                "{what}: no answer within {} s; the connection was closed, so the server stops and rolls back the statement",
+                "{what}: no answer within {} s, and no acknowledgement of uprun's cancel within {} s; the connection was closed (SQL Server stops a request and rolls back what it had open when its session ends, but uprun has not seen it happen)",
+                d.as_secs(),
+                ATTENTION_WAIT.as_secs()
+            ),
+            Failure::Cancelled(d) => format!(
+                "{what}: no answer within {} s; uprun cancelled it (TDS attention) and the server acknowledged that it stopped",
                 d.as_secs()
             ),
+            Failure::Aborted { acknowledged } => format!("{what}: {}", aborted_text(acknowledged)),
         };
         Error::db(&self.name, self.scrub(&text))
+    }
+
+    /// Roll back whatever transaction the main connection has open, and say
+    /// whether the server confirmed it (`@@TRANCOUNT` 0 afterwards). Anything
+    /// short of that closes the connection: SQL Server then rolls back when
+    /// the session ends, but uprun has not seen it happen.
+    fn roll_back(&mut self) -> Rolled {
+        if self.conn.is_none() {
+            return Rolled::Unconfirmed("the connection was already closed".into());
+        }
+        let t = self.cfg.query_timeout;
+        let outcome = self.call_with(t, false, |c| {
+            Box::pin(async move {
+                let sets = batch(c, ROLLBACK_CHECKED_SQL).await?;
+                Ok(sets.iter().flatten().find_map(|r| cell_i64(r, "trancount")))
+            })
+        });
+        let rolled = match outcome {
+            Ok(Ok(Some(0))) => return Rolled::Confirmed,
+            Ok(Ok(Some(n))) => Rolled::Unconfirmed(format!(
+                "the server still reports {n} open transaction(s) after ROLLBACK"
+            )),
+            Ok(Ok(None)) => Rolled::Unconfirmed(
+                "the server did not report the transaction count after ROLLBACK".into(),
+            ),
+            Ok(Err(Failure::Server(t))) => {
+                Rolled::Unconfirmed(format!("ROLLBACK failed: {}", server_text(&t)))
+            }
+            Ok(Err(Failure::Broken(e))) => Rolled::Unconfirmed(format!(
+                "the connection was lost during ROLLBACK ({})",
+                broken_text(&e)
+            )),
+            Ok(Err(Failure::Deadline(d) | Failure::Cancelled(d))) => {
+                Rolled::Unconfirmed(format!("no answer to ROLLBACK within {} s", d.as_secs()))
+            }
+            Ok(Err(Failure::Aborted { .. })) => {
+                Rolled::Unconfirmed("the ROLLBACK was aborted (Ctrl-C)".into())
+            }
+            Err(e) => Rolled::Unconfirmed(format!("no connection for ROLLBACK ({e})")),
+        };
+        self.conn = None;
+        rolled
+    }
+
+    /// `SERVERPROPERTY('EngineEdition')` and `('Edition')`.
+    fn edition(&mut self) -> Result<(i64, String)> {
+        let q = self.cfg.query_timeout;
+        self.run("read the server edition", q, |c| {
+            Box::pin(async move {
+                let r = rows(c, EDITION_SQL, &[]).await?;
+                let row = r.first();
+                Ok((
+                    row.and_then(|r| cell_i64(r, "engine_edition")).unwrap_or(0),
+                    row.and_then(|r| cell_str(r, "edition")).unwrap_or_default(),
+                ))
+            })
+        })
     }
 
     /// `RESTORE HEADERONLY` of a backup file on the server: the first backup
@@ -416,6 +657,56 @@ impl MssqlDatabase {
             ));
         }
         Ok(())
+    }
+}
+
+/// Resolves once the operator has asked to abort the current step (second
+/// Ctrl-C), polled while a request runs.
+async fn operator_abort() {
+    while !crate::interrupt::abort_requested() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What an operator's abort did on the server.
+fn aborted_text(acknowledged: bool) -> &'static str {
+    if acknowledged {
+        "aborted by the operator (second Ctrl-C): uprun cancelled the request (TDS attention) and the server acknowledged that it stopped"
+    } else {
+        "aborted by the operator (second Ctrl-C): uprun cancelled the request (TDS attention) but the server did not acknowledge it, so the connection was closed (SQL Server rolls back what a session had open when it ends, unseen by uprun)"
+    }
+}
+
+/// What uprun knows of a rollback of a migration's transaction.
+enum Rolled {
+    /// The server answered `@@TRANCOUNT` 0 after the ROLLBACK.
+    Confirmed,
+    /// Not seen to happen: why.
+    Unconfirmed(String),
+}
+
+impl Rolled {
+    /// What happened to the transaction.
+    fn outcome(&self) -> String {
+        match self {
+            Rolled::Confirmed => {
+                "it was rolled back (the server confirmed: no transaction open)".into()
+            }
+            Rolled::Unconfirmed(why) => format!(
+                "uprun could not confirm a rollback ({why}); SQL Server rolls back a transaction left open when its session ends"
+            ),
+        }
+    }
+
+    /// What is true of the migration now, and what to do.
+    fn aftermath(&self) -> String {
+        match self {
+            Rolled::Confirmed => "it was rolled back and is not recorded in the history (the server confirmed: no transaction open); fix the cause and run again".into(),
+            Rolled::Unconfirmed(_) => format!(
+                "{}; it is not recorded in the history: check the database before running again",
+                self.outcome()
+            ),
+        }
     }
 }
 
@@ -500,6 +791,8 @@ struct BackupSetHeader {
     last_lsn: String,
     has_checksums: bool,
     damaged: bool,
+    /// Bytes on disk: `CompressedBackupSize`, else `BackupSize`.
+    size: Option<u64>,
 }
 
 impl BackupSetHeader {
@@ -511,6 +804,10 @@ impl BackupSetHeader {
             last_lsn: text("LastLSN"),
             has_checksums: cell_bool(row, "HasBackupChecksums").unwrap_or(false),
             damaged: cell_bool(row, "IsDamaged").unwrap_or(false),
+            size: ["CompressedBackupSize", "BackupSize"]
+                .iter()
+                .find_map(|c| cell_i64(row, c))
+                .and_then(|n| u64::try_from(n).ok()),
         }
     }
 
@@ -983,20 +1280,71 @@ impl Database for MssqlDatabase {
             .collect())
     }
 
+    fn preflight_upgrade(&mut self) -> Result<Vec<String>> {
+        let q = self.cfg.query_timeout;
+        let updateability = self.run("check that the database is writable", q, |c| {
+            Box::pin(async move {
+                let r = rows(c, UPDATEABILITY_SQL, &[]).await?;
+                Ok(r.first().and_then(|row| cell_str(row, "updateability")))
+            })
+        })?;
+        if let Some(u) = updateability.filter(|u| !u.eq_ignore_ascii_case("READ_WRITE")) {
+            return Err(Error::Refused(format!(
+                "database `{}` on {} cannot be upgraded: it is {u} (DATABASEPROPERTYEX Updateability): a read-only database, or a readable secondary of an availability group; connect to the primary replica (the listener, without `ApplicationIntent=ReadOnly`) or make the database read-write; nothing was changed",
+                self.name, self.addr
+            )));
+        }
+        let others = self.run("list the other sessions in the database", q, |c| {
+            Box::pin(async move {
+                let r = rows(c, OTHER_SESSIONS_SQL, &[]).await?;
+                Ok(r.iter()
+                    .map(|row| {
+                        format!(
+                            "#{} {}@{} ({})",
+                            cell_i64(row, "session_id").unwrap_or(0),
+                            cell_str(row, "login_name").unwrap_or_default(),
+                            cell_str(row, "host_name").unwrap_or_default(),
+                            cell_str(row, "program_name").unwrap_or_default()
+                        )
+                    })
+                    .collect::<Vec<_>>())
+            })
+        })?;
+        if others.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.cfg.refuse_other_sessions {
+            return Err(Error::Refused(format!(
+                "{} other session(s) are connected to database `{}`: {}; the site refuses to upgrade while they are (`database.refuse_other_sessions = true`): stop the application's services and disconnect them, then run again; nothing was changed",
+                others.len(),
+                self.name,
+                others.join(", ")
+            )));
+        }
+        Ok(vec![format!(
+            "{} other session(s) are connected to database `{}`: {}; a migration waits for locks they hold (stop the application's services first)",
+            others.len(),
+            self.name,
+            others.join(", ")
+        )])
+    }
+
+    fn check_backup_possible(&mut self) -> Result<()> {
+        let (engine, edition) = self.edition()?;
+        match no_backup_to_disk(engine, &edition, &self.name) {
+            Some(why) => Err(Error::Refused(why)),
+            None => Ok(()),
+        }
+    }
+
     fn backup(&mut self, dir: &Path, progress: Progress<'_>) -> Result<BackupReceipt> {
         self.refuse_read_only("backup")?;
         let version = self.version()?;
         let q = self.cfg.query_timeout;
-        let (edition_no, edition) = self.run("read the server edition", q, |c| {
-            Box::pin(async move {
-                let r = rows(c, EDITION_SQL, &[]).await?;
-                let row = r.first();
-                Ok((
-                    row.and_then(|r| cell_i64(r, "engine_edition")).unwrap_or(0),
-                    row.and_then(|r| cell_str(r, "edition")).unwrap_or_default(),
-                ))
-            })
-        })?;
+        let (edition_no, edition) = self.edition()?;
+        if let Some(why) = no_backup_to_disk(edition_no, &edition, &self.name) {
+            return Err(Error::Refused(why));
+        }
         let compress = supports_compression(edition_no, &edition);
         let spid = self.run("read the session id", q, |c| {
             Box::pin(async move {
@@ -1081,29 +1429,26 @@ impl Database for MssqlDatabase {
                 ));
             }
             Ok(Err(e)) => return Err(self.fail(&what, Failure::Broken(e))),
-            Err(_) => return Err(self.fail(&what, Failure::Deadline(deadline))),
+            Err(_) => {
+                // Stop the BACKUP on the server (see `call`).
+                let ack = self.rt.block_on(async {
+                    tokio::time::timeout(ATTENTION_WAIT, conn.cancel_query()).await
+                });
+                let failure = match ack {
+                    Ok(Ok(())) => {
+                        self.conn = Some(conn);
+                        Failure::Cancelled(deadline)
+                    }
+                    _ => Failure::Deadline(deadline),
+                };
+                return Err(self.fail(&what, failure));
+            }
         }
         progress(100, 100);
+        // uprun's clock (UTC), like `started`: the server's dates are in its
+        // local time, and the receipt mixes nothing.
+        let finished = now_rfc3339();
 
-        // What msdb recorded: size on disk (compressed if it was), finish time,
-        // whether page checksums were written.
-        let (db, f) = (self.name.clone(), file.clone());
-        let recorded = self.run("read the backup record in msdb", q, move |c| {
-            Box::pin(async move {
-                let r = rows(c, BACKUPSET_SQL, &[&db, &f]).await?;
-                Ok(r.first().map(|row| {
-                    (
-                        cell_i64(row, "size").unwrap_or(0),
-                        cell_str(row, "finished"),
-                        cell_i64(row, "has_checksums").unwrap_or(0) == 1,
-                    )
-                }))
-            })
-        })?;
-        let (size, finished) = match recorded {
-            Some((size, finished, _)) => (size.max(0) as u64, finished.unwrap_or_else(now_rfc3339)),
-            None => (0, now_rfc3339()),
-        };
         // The backup set's identity, from the file's own header: what the
         // upgrade proves again.
         let header = match self.read_header(&file)? {
@@ -1121,6 +1466,14 @@ impl Database for MssqlDatabase {
                 ))
             }
             Err(f) => return Err(self.fail(&format!("read the header of backup `{file}`"), f)),
+        };
+        // The size is the file's own (no msdb: a login that cannot read it
+        // still backs up), and never a silent 0.
+        let Some(size) = header.size else {
+            return Err(Error::db(
+                &self.name,
+                format!("backup to `{file}` on the server: RESTORE HEADERONLY reports no `BackupSize` for the backup set just written"),
+            ));
         };
         Ok(BackupReceipt {
             database: self.name.clone(),
@@ -1247,12 +1600,24 @@ impl Database for MssqlDatabase {
     fn check_migration(&self, m: &Migration) -> Result<()> {
         let file = m.path.display().to_string();
         batches::split(&m.sql, &file)
-            .map(|_| ())
-            .map_err(|e| Error::Config(format!("{e}; fix the release (nothing was applied)")))
+            .map_err(|e| Error::Config(format!("{e}; fix the release (nothing was applied)")))?;
+        // A `USE` of another database would run the rest of the migration
+        // there. The site's own database (SSMS writes `USE [db]` at the top
+        // of generated scripts) changes nothing.
+        for (line, db) in batches::databases_used(&m.sql) {
+            if db.to_lowercase() != self.cfg.database.to_lowercase() {
+                return Err(Error::Config(format!(
+                    "{file} line {line}: `USE` switches to database `{db}`, but uprun applies this release's migrations to database `{}` (the site's) and records them there; remove the `USE` (or name `{}`) in the migration; fix the release (nothing was applied)",
+                    self.cfg.database, self.cfg.database
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn apply(&mut self, m: &Migration, applied_by: &str) -> Result<()> {
         self.refuse_read_only(&format!("migration `{}`", m.name))?;
+        self.check_migration(m)?;
         let file = m.path.display().to_string();
         let script = batches::split(&m.sql, &file).map_err(|e| {
             Error::Config(format!(
@@ -1268,12 +1633,18 @@ impl Database for MssqlDatabase {
         })?;
         let total = script.batches.len();
         let tx = script.transactional;
-        // What is true of the database when this migration fails at batch `i`.
-        let aftermath = |i: usize| -> String {
-            if tx {
-                "it was rolled back and is not recorded in the history; fix the cause and run again"
-                    .to_string()
-            } else if i == 0 {
+        // A forgotten session holding a lock fails the migration after
+        // `lock_timeout_secs` instead of stalling it until the deadline.
+        let lock_ms = self.cfg.lock_timeout.as_millis().min(i32::MAX as u128);
+        let lock_sql = format!("SET LOCK_TIMEOUT {lock_ms};");
+        self.run(
+            &format!("migration `{}`: set the lock timeout", m.name),
+            q,
+            move |c| Box::pin(async move { batch(c, &lock_sql).await.map(|_| ()) }),
+        )?;
+        // What is true of a `-- uprun: no-transaction` migration that fails at batch `i`.
+        let partial = |i: usize| -> String {
+            if i == 0 {
                 "nothing of it was applied (it is `-- uprun: no-transaction`); fix the cause and run again".to_string()
             } else {
                 format!(
@@ -1291,7 +1662,7 @@ impl Database for MssqlDatabase {
         for (i, b) in script.batches.iter().enumerate() {
             for _ in 0..b.count {
                 let sql = b.sql.clone();
-                let outcome = self.call(left(until), move |c| {
+                let outcome = self.call_with(left(until), true, move |c| {
                     Box::pin(async move { batch(c, &sql).await.map(|_| ()) })
                 })?;
                 let Err(f) = outcome else { continue };
@@ -1303,60 +1674,191 @@ impl Database for MssqlDatabase {
                 );
                 let text = match f {
                     Failure::Server(t) => {
-                        if tx && self.conn.is_some() {
-                            let _ = self.call(q, |c| {
-                                Box::pin(async move { batch(c, ROLLBACK_SQL).await.map(|_| ()) })
-                            });
-                        }
-                        let at = if t.line() > 0 {
+                        let after = if tx {
+                            self.roll_back().aftermath()
+                        } else {
+                            partial(i)
+                        };
+                        let at = if !t.procedure().is_empty() {
+                            // The line is the procedure's or trigger's, not the file's.
+                            format!(
+                                " at line {} of `{}` (a procedure, function or trigger the batch called)",
+                                t.line(),
+                                t.procedure()
+                            )
+                        } else if t.line() > 0 {
                             format!(" at line {} of `{file}`", b.line + t.line() as usize - 1)
                         } else {
                             String::new()
                         };
-                        format!("{place}: {}{at}; {}", server_text(&t), aftermath(i))
+                        let hint = if t.code() == 1222 {
+                            format!(
+                                " (another session held a lock it needed for more than {} s, `database.lock_timeout_secs`: stop the application's services, or find the session in sys.dm_exec_requests.blocking_session_id)",
+                                self.cfg.lock_timeout.as_secs()
+                            )
+                        } else {
+                            String::new()
+                        };
+                        format!("{place}: {}{at}{hint}; {after}", server_text(&t))
                     }
-                    Failure::Broken(e) => format!(
-                        "{place}: the connection to {} was lost ({}); the server rolls back an open transaction when the session ends: {}",
-                        self.addr,
-                        broken_text(&e),
-                        aftermath(i)
-                    ),
-                    Failure::Deadline(_) => format!(
-                        "{place}: not finished within {} s (`database.operation_timeout_secs`); the connection was closed: {}",
-                        self.cfg.operation_timeout.as_secs(),
-                        aftermath(i)
-                    ),
+                    Failure::Broken(e) => {
+                        let why = format!(
+                            "the connection to {} was lost ({})",
+                            self.addr,
+                            broken_text(&e)
+                        );
+                        let after = if tx {
+                            Rolled::Unconfirmed(why.clone()).aftermath()
+                        } else {
+                            partial(i)
+                        };
+                        format!("{place}: {why}: {after}")
+                    }
+                    Failure::Aborted { acknowledged } => {
+                        let after = match (tx, acknowledged) {
+                            (true, true) => self.roll_back().aftermath(),
+                            (true, false) => {
+                                Rolled::Unconfirmed("the connection was closed".into()).aftermath()
+                            }
+                            (false, _) => format!(
+                                "what batch {} did before it stopped stays applied; {}",
+                                i + 1,
+                                partial(i)
+                            ),
+                        };
+                        self.conn = None;
+                        return Err(Error::Interrupted(self.scrub(&format!(
+                            "database `{}`: {place}: {}: {after}",
+                            self.name,
+                            aborted_text(acknowledged)
+                        ))));
+                    }
+                    Failure::Cancelled(_) => {
+                        let why = format!(
+                            "not finished within {} s (`database.operation_timeout_secs`), so uprun cancelled it (TDS attention) and the server acknowledged that it stopped",
+                            self.cfg.operation_timeout.as_secs()
+                        );
+                        let after = if tx {
+                            self.roll_back().aftermath()
+                        } else {
+                            format!(
+                                "what batch {} did before it stopped stays applied; {}",
+                                i + 1,
+                                partial(i)
+                            )
+                        };
+                        format!("{place}: {why}: {after}")
+                    }
+                    Failure::Deadline(_) => {
+                        let why = format!(
+                            "not finished within {} s (`database.operation_timeout_secs`), and the server did not acknowledge uprun's cancel within {} s, so uprun closed the connection",
+                            self.cfg.operation_timeout.as_secs(),
+                            ATTENTION_WAIT.as_secs()
+                        );
+                        let after = if tx {
+                            Rolled::Unconfirmed("the connection was closed".into()).aftermath()
+                        } else {
+                            partial(i)
+                        };
+                        format!("{place}: {why}: {after}")
+                    }
                 };
+                self.conn = None;
                 return Err(Error::db(&self.name, self.scrub(&text)));
             }
         }
-        let duration = start.elapsed().as_millis() as i64;
-        let (name, version, checksum, by) = (
-            m.name.clone(),
-            m.version.to_string(),
-            m.checksum.clone(),
-            applied_by.to_string(),
-        );
+        let row = AppliedMigration {
+            name: m.name.clone(),
+            version: m.version.to_string(),
+            checksum: m.checksum.clone(),
+            applied_at: String::new(),
+            duration_ms: start.elapsed().as_millis() as i64,
+            applied_by: applied_by.to_string(),
+        };
+        let sql = record_batch(&self.cfg.database, tx, &row)
+            .map_err(|e| Error::Config(format!("database `{}`: {e}", self.name)))?;
         let recorded = self.call(left(until), move |c| {
             Box::pin(async move {
-                let params: [&dyn ToSql; 5] = [&name, &version, &checksum, &duration, &by];
-                c.execute(RECORD_SQL, &params).await?;
-                if tx {
-                    batch(c, COMMIT_SQL).await?;
-                }
-                Ok(())
+                let sets = batch(c, &sql).await?;
+                Ok(sets.iter().flatten().find_map(|r| cell_i64(r, "trancount")))
             })
         })?;
-        recorded.map_err(|f| {
-            self.fail(
-                &format!(
-                    "migration `{}`: recording it in the history{}",
-                    m.name,
-                    if tx { " and committing" } else { "" }
-                ),
-                f,
-            )
-        })
+        let what = format!("migration `{}`", m.name);
+        let text = match recorded {
+            Ok(Some(0)) => {
+                // A fresh session for whatever comes next: nothing the
+                // migration set (NOCOUNT, a database, isolation level...) stays.
+                self.conn = None;
+                return Ok(());
+            }
+            Ok(open) => {
+                let rolled = self.roll_back();
+                format!(
+                    "{what}: after recording it{} the server reports {} transaction(s) still open, so it is not committed; {}",
+                    if tx { " and committing" } else { "" },
+                    open.map(|n| n.to_string()).unwrap_or_else(|| "an unknown number of".into()),
+                    rolled.aftermath()
+                )
+            }
+            Err(Failure::Server(t)) if t.code() == TRANSACTION_STATE_ERROR => {
+                let state = transaction_state(t.message());
+                let rolled = self.roll_back();
+                let cause = match state {
+                    Some((0, _)) if tx => "ended the transaction uprun opened for it (a COMMIT or ROLLBACK in the migration, such as a CATCH block that rolls back without THROW): what it changed is committed or lost, uprun cannot tell which, and it is NOT recorded in the history; check the database, make the migration leave transactions to uprun (rethrow in CATCH blocks), and restore the backup if its changes are half there".to_string(),
+                    Some((n, _)) if tx && n > 1 => format!(
+                        "left {} transaction(s) open (a BEGIN TRANSACTION without its COMMIT): {}; end every BEGIN TRANSACTION in it with a COMMIT and run again",
+                        n - 1,
+                        rolled.outcome()
+                    ),
+                    Some((_, -1)) => format!(
+                        "left the transaction uncommittable (XACT_STATE() = -1: an error was caught and not rethrown): {}; rethrow errors in its CATCH blocks and run again",
+                        rolled.outcome()
+                    ),
+                    Some((n, _)) if !tx => format!(
+                        "is `-- uprun: no-transaction` but left {n} transaction(s) open: {}; what ran outside them stays applied and it is not recorded in the history; complete it by hand before running again",
+                        rolled.outcome()
+                    ),
+                    _ => format!("{}; {}", server_text(&t), rolled.aftermath()),
+                };
+                format!(
+                    "{what} {cause} (transaction state checked before recording it: {})",
+                    t.message().trim_start_matches("uprun: ").trim_end()
+                )
+            }
+            Err(Failure::Server(t)) => {
+                let rolled = self.roll_back();
+                format!(
+                    "{what}: recording it in the history{} failed: {}; {}",
+                    if tx { " and committing" } else { "" },
+                    server_text(&t),
+                    rolled.aftermath()
+                )
+            }
+            Err(Failure::Broken(e)) => format!(
+                "{what}: the connection to {} was lost while recording it in the history{} ({}): uprun cannot tell whether the server committed it; look for `{}` in `dbo.uprun_migration_history` before running again",
+                self.addr,
+                if tx { " and committing" } else { "" },
+                broken_text(&e),
+                m.name
+            ),
+            Err(Failure::Aborted { acknowledged }) => {
+                self.conn = None;
+                return Err(Error::Interrupted(self.scrub(&format!(
+                    "database `{}`: {what}: while recording it in the history: {}; uprun cannot tell whether the server committed it; look for `{}` in `dbo.uprun_migration_history` before resuming",
+                    self.name,
+                    aborted_text(acknowledged),
+                    m.name
+                ))));
+            }
+            Err(Failure::Deadline(d) | Failure::Cancelled(d)) => format!(
+                "{what}: no answer within {} s while recording it in the history{}; uprun cannot tell whether the server committed it; look for `{}` in `dbo.uprun_migration_history` before running again",
+                d.as_secs(),
+                if tx { " and committing" } else { "" },
+                m.name
+            ),
+        };
+        self.conn = None;
+        Err(Error::db(&self.name, self.scrub(&text)))
     }
 
     fn set_version(&mut self, version: &Version) -> Result<()> {
@@ -1365,11 +1867,11 @@ impl Database for MssqlDatabase {
         let v = version.to_string();
         let changed = self.run("record the schema version", t, move |c| {
             Box::pin(async move {
-                let r = c.execute(SET_VERSION_SQL, &[&v, &VERSION_KEY]).await?;
-                Ok(r.total())
+                let r = rows(c, SET_VERSION_SQL, &[&v, &VERSION_KEY]).await?;
+                Ok(r.first().and_then(|row| cell_i64(row, "changed")))
             })
         })?;
-        if changed != 1 {
+        if changed != Some(1) {
             return Err(Error::db(
                 &self.name,
                 format!("recording version {version}: `dbo.app_meta` has no `{VERSION_KEY}` row"),

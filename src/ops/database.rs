@@ -77,6 +77,7 @@ impl Ops {
         let name = self.site.database.name.clone();
         let dir = self.site.database.backup_dir.clone();
         let version = self.db_version()?;
+        lock(&self.db).check_backup_possible()?;
         let verify = if opts.verify {
             " and verify it"
         } else {
@@ -209,6 +210,10 @@ impl Ops {
         // Every pending file is read and parsed before the first is applied.
         for m in &pending {
             lock(&self.db).check_migration(m)?;
+        }
+        let notes = lock(&self.db).preflight_upgrade()?;
+        for note in notes {
+            self.log("warn", &note);
         }
         let names: Vec<String> = pending.iter().map(|m| m.name.clone()).collect();
         let description = format!(

@@ -84,11 +84,13 @@ pub fn bit(v: bool) -> Value {
 /// What a client sent.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
-    /// A login: user, application name, database.
+    /// A login: user, application name, database, and the password as the
+    /// client sent it (unscrambled).
     Login {
         user: String,
         app: String,
         database: String,
+        password: String,
     },
     /// A plain SQL batch.
     Batch(String),
@@ -142,10 +144,22 @@ pub enum Reply {
         message: String,
         line: u32,
     },
+    /// A server error raised inside a procedure, function or trigger (its
+    /// name; the line is the procedure's).
+    ErrorIn {
+        number: u32,
+        class: u8,
+        message: String,
+        line: u32,
+        procedure: String,
+    },
     /// A statement done, with a row count.
     Count(u64),
     /// Close the connection without answering (a dropped connection).
     Disconnect,
+    /// Answer nothing: the request runs until the client cancels it (an
+    /// attention, answered with DONE_ATTN) or goes away.
+    Hang,
 }
 
 impl Reply {
@@ -176,6 +190,9 @@ impl Reply {
 pub struct Ctx {
     pub conn: usize,
     pub app: String,
+    /// The connection's session state (see `Session`), which the handler
+    /// reads and changes; the responder reads `nocount` from it.
+    pub session: Arc<Mutex<Session>>,
 }
 
 pub type Handler = Arc<dyn Fn(&Ctx, &Request) -> Vec<Reply> + Send + Sync>;
@@ -185,7 +202,11 @@ pub struct TdsServer {
     pub addr: SocketAddr,
     log: Arc<Mutex<Vec<Logged>>>,
     prelogins: Arc<Mutex<Vec<String>>>,
+    sessions: Sessions,
 }
+
+/// Every connection's session, by connection number.
+type Sessions = Arc<Mutex<Vec<(usize, Arc<Mutex<Session>>)>>>;
 
 impl TdsServer {
     pub fn start(handler: Handler) -> TdsServer {
@@ -203,6 +224,8 @@ impl TdsServer {
         let log = Arc::new(Mutex::new(Vec::new()));
         let prelogins = Arc::new(Mutex::new(Vec::new()));
         let counter = Arc::new(AtomicUsize::new(0));
+        let sessions: Sessions = Arc::new(Mutex::new(Vec::new()));
+        let sessions2 = sessions.clone();
         let (log2, prelogins2) = (log.clone(), prelogins.clone());
         let instance = Arc::new(instance);
         std::thread::spawn(move || {
@@ -211,6 +234,11 @@ impl TdsServer {
                 let conn = counter.fetch_add(1, Ordering::SeqCst) + 1;
                 let (log, handler) = (log2.clone(), handler.clone());
                 let (prelogins, instance) = (prelogins2.clone(), instance.clone());
+                let session = Arc::new(Mutex::new(Session::default()));
+                sessions2
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((conn, session.clone()));
                 std::thread::spawn(move || {
                     let server = Served {
                         log: &log,
@@ -218,7 +246,14 @@ impl TdsServer {
                         instance: instance.as_deref(),
                         handler: &handler,
                     };
-                    let _ = serve(stream, conn, &server);
+                    let _ = serve(stream, conn, &server, &session);
+                    // As SQL Server does when a session ends: what is open is
+                    // rolled back.
+                    let mut s = session.lock().unwrap_or_else(|e| e.into_inner());
+                    s.closed = true;
+                    s.rolled_back_at_close = s.trancount > 0;
+                    s.trancount = 0;
+                    s.doomed = false;
                 });
             }
         });
@@ -226,7 +261,16 @@ impl TdsServer {
             addr,
             log,
             prelogins,
+            sessions,
         }
+    }
+
+    /// The session state of connection `conn` (None before it connected).
+    pub fn session(&self, conn: usize) -> Option<Session> {
+        let all = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        all.iter()
+            .find(|(c, _)| *c == conn)
+            .map(|(_, s)| s.lock().unwrap_or_else(|e| e.into_inner()).clone())
     }
 
     /// The instance name of every prelogin received ("" when none was sent).
@@ -321,6 +365,19 @@ fn login_field(p: &[u8], at: usize) -> String {
     p.get(off..off + len).map(utf16).unwrap_or_default()
 }
 
+/// The Login7 password (offset at 44): each byte XOR 0xA5, nibbles swapped.
+fn login_password(p: &[u8]) -> String {
+    let off = u16::from_le_bytes([p[44], p[45]]) as usize;
+    let len = u16::from_le_bytes([p[46], p[47]]) as usize * 2;
+    let bytes: Vec<u8> = p
+        .get(off..off + len)
+        .unwrap_or_default()
+        .iter()
+        .map(|b| (b ^ 0xA5).rotate_left(4))
+        .collect();
+    utf16(&bytes)
+}
+
 const PRELOGIN_INSTOPT: u8 = 0x02;
 
 /// The instance name of a client prelogin ("" when none).
@@ -411,13 +468,25 @@ fn done(out: &mut Vec<u8>, status: u16, rows: u64) {
 }
 
 fn message(out: &mut Vec<u8>, token: u8, number: u32, class: u8, text: &str, line: u32) {
+    message_in(out, token, number, class, text, line, "");
+}
+
+fn message_in(
+    out: &mut Vec<u8>,
+    token: u8,
+    number: u32,
+    class: u8,
+    text: &str,
+    line: u32,
+    procedure: &str,
+) {
     let mut body = Vec::new();
     body.extend_from_slice(&number.to_le_bytes());
     body.push(1); // state
     body.push(class);
     us_varchar(&mut body, text);
     b_varchar(&mut body, "mock");
-    b_varchar(&mut body, "");
+    b_varchar(&mut body, procedure);
     body.extend_from_slice(&line.to_le_bytes());
     out.push(token);
     out.extend_from_slice(&(body.len() as u16).to_le_bytes());
@@ -541,7 +610,7 @@ fn rows_tokens(out: &mut Vec<u8>, columns: &[String], rows: &[Vec<Value>]) {
 }
 
 /// Encode replies; None when the connection is to be dropped.
-fn encode(replies: &[Reply]) -> Option<Vec<u8>> {
+fn encode(replies: &[Reply], nocount: bool) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     let mut failed = false;
     for r in replies {
@@ -557,8 +626,21 @@ fn encode(replies: &[Reply]) -> Option<Vec<u8>> {
                 failed = true;
                 message(&mut out, 0xAA, *number, *class, m, *line);
             }
+            // Under SET NOCOUNT ON the server sends no count (0, flag clear).
+            Reply::ErrorIn {
+                number,
+                class,
+                message: m,
+                line,
+                procedure,
+            } => {
+                failed = true;
+                message_in(&mut out, 0xAA, *number, *class, m, *line, procedure);
+            }
+            Reply::Count(_) if nocount => done(&mut out, DONE_MORE, 0),
             Reply::Count(n) => done(&mut out, DONE_MORE | DONE_COUNT, *n),
             Reply::Disconnect => return None,
+            Reply::Hang => {}
         }
     }
     done(&mut out, if failed { DONE_ERROR } else { 0 }, 0);
@@ -690,7 +772,12 @@ fn decode_rpc(p: &[u8]) -> Request {
     }
 }
 
-fn serve(mut stream: TcpStream, conn: usize, server: &Served) -> std::io::Result<()> {
+fn serve(
+    mut stream: TcpStream,
+    conn: usize,
+    server: &Served,
+    session: &Arc<Mutex<Session>>,
+) -> std::io::Result<()> {
     let (log, handler) = (server.log, server.handler);
     let mut app = String::new();
     loop {
@@ -711,10 +798,17 @@ fn serve(mut stream: TcpStream, conn: usize, server: &Served) -> std::io::Result
             }
             PACKET_LOGIN7 => {
                 app = login_field(&payload, 48);
+                let database = login_field(&payload, 68);
+                session
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .database
+                    .clone_from(&database);
                 Request::Login {
                     user: login_field(&payload, 40),
                     app: app.clone(),
-                    database: login_field(&payload, 68),
+                    database,
+                    password: login_password(&payload),
                 }
             }
             PACKET_SQL_BATCH => Request::Batch(utf16(&payload[skip_headers(&payload)..])),
@@ -730,9 +824,22 @@ fn serve(mut stream: TcpStream, conn: usize, server: &Served) -> std::io::Result
         let ctx = Ctx {
             conn,
             app: app.clone(),
+            session: session.clone(),
         };
         let replies = match &request {
             Request::Attention => {
+                {
+                    // As SQL Server: the request stops; under XACT_ABORT its
+                    // transaction is rolled back.
+                    let mut s = session.lock().unwrap_or_else(|e| e.into_inner());
+                    s.attentions += 1;
+                    if s.xact_abort {
+                        s.trancount = 0;
+                        s.doomed = false;
+                    }
+                }
+                // The handler hears of it too (to drop what was rolled back).
+                let _ = handler(&ctx, &request);
                 let mut out = Vec::new();
                 done(&mut out, DONE_ATTENTION, 0);
                 write_message(&mut stream, PACKET_REPLY, &out)?;
@@ -740,11 +847,18 @@ fn serve(mut stream: TcpStream, conn: usize, server: &Served) -> std::io::Result
             }
             _ => handler(&ctx, &request),
         };
-        let Some(mut body) = encode(&replies) else {
+        if replies.iter().any(|r| matches!(r, Reply::Hang)) {
+            continue; // still "running": the next packet may cancel it
+        }
+        let nocount = session.lock().unwrap_or_else(|e| e.into_inner()).nocount;
+        let Some(mut body) = encode(&replies, nocount) else {
             return Ok(()); // dropped: the stream closes here
         };
         if let Request::Login { .. } = request {
-            if replies.iter().any(|r| matches!(r, Reply::Error { .. })) {
+            if replies
+                .iter()
+                .any(|r| matches!(r, Reply::Error { .. } | Reply::ErrorIn { .. }))
+            {
                 write_message(&mut stream, PACKET_REPLY, &body)?;
                 return Ok(());
             }
@@ -755,4 +869,175 @@ fn serve(mut stream: TcpStream, conn: usize, server: &Served) -> std::io::Result
         }
         write_message(&mut stream, PACKET_REPLY, &body)?;
     }
+}
+
+/// What SQL Server keeps per session that uprun's correctness depends on:
+/// the transaction nesting and whether it can still commit, the SET options
+/// that change what the server sends, and the current database. The handler
+/// runs statements against it with `Session::control` (transactions, SET,
+/// USE); the fake database behind the handler keeps what a session wrote
+/// apart until `Control::Committed`, and drops it on `Control::RolledBack` or
+/// when the session ends (`closed`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Session {
+    /// `@@TRANCOUNT`.
+    pub trancount: u32,
+    /// The transaction can no longer commit (`XACT_STATE()` = -1).
+    pub doomed: bool,
+    /// `SET XACT_ABORT`: a runtime error rolls the whole transaction back.
+    pub xact_abort: bool,
+    /// `SET NOCOUNT`: DONE tokens carry no row count.
+    pub nocount: bool,
+    /// `DB_NAME()`: the login's database, then each `USE`.
+    pub database: String,
+    /// The connection has ended; anything open was rolled back.
+    pub closed: bool,
+    /// A transaction was open when the connection ended.
+    pub rolled_back_at_close: bool,
+    /// Attention (cancel) packets received.
+    pub attentions: u32,
+    /// `SET LOCK_TIMEOUT` (milliseconds), if set.
+    pub lock_timeout_ms: Option<i64>,
+}
+
+/// What a session or transaction statement did, for the fake database.
+#[derive(Debug, Clone)]
+pub enum Control {
+    /// Done; nothing for the data.
+    Done,
+    /// The outermost COMMIT: what the session wrote is now durable.
+    Committed,
+    /// ROLLBACK: what the session wrote in its transaction is gone.
+    RolledBack,
+    /// The server's error for the statement.
+    Failed(Reply),
+}
+
+impl Session {
+    /// `XACT_STATE()`: 1 committable, 0 none, -1 doomed.
+    pub fn xact_state(&self) -> i64 {
+        match (self.trancount, self.doomed) {
+            (0, _) => 0,
+            (_, true) => -1,
+            _ => 1,
+        }
+    }
+
+    /// Run `stmt` if it is a transaction, SET or USE statement (None for any
+    /// other). Follows SQL Server: COMMIT only makes changes durable at the
+    /// outermost level, ROLLBACK ends every level, COMMIT or ROLLBACK without
+    /// a transaction is error 3902/3903.
+    pub fn control(&mut self, stmt: &str) -> Option<Control> {
+        let words: Vec<String> = stmt
+            .split_whitespace()
+            .map(|w| w.to_ascii_uppercase())
+            .collect();
+        let w: Vec<&str> = words.iter().map(String::as_str).collect();
+        let tran =
+            |rest: &[&str]| rest.is_empty() || matches!(rest[0], "TRAN" | "TRANSACTION" | "WORK");
+        match w.as_slice() {
+            ["BEGIN", "TRAN" | "TRANSACTION", ..] => {
+                self.trancount += 1;
+                Some(Control::Done)
+            }
+            ["COMMIT", rest @ ..] if tran(rest) => Some(self.commit()),
+            ["ROLLBACK", rest @ ..] if tran(rest) => Some(self.rollback()),
+            ["IF", "@@TRANCOUNT", ">", "0", "ROLLBACK", rest @ ..] if tran(rest) => {
+                Some(if self.trancount > 0 {
+                    self.rollback()
+                } else {
+                    Control::Done
+                })
+            }
+            ["SET", "LOCK_TIMEOUT", ms] => {
+                self.lock_timeout_ms = ms.parse().ok();
+                Some(Control::Done)
+            }
+            ["SET", option, value] if matches!(*value, "ON" | "OFF") => {
+                let on = *value == "ON";
+                match *option {
+                    "NOCOUNT" => self.nocount = on,
+                    "XACT_ABORT" => self.xact_abort = on,
+                    _ => {}
+                }
+                Some(Control::Done)
+            }
+            ["USE", _] => {
+                let raw = stmt.split_whitespace().nth(1).unwrap_or_default();
+                let name = raw
+                    .strip_prefix('[')
+                    .and_then(|r| r.strip_suffix(']'))
+                    .map(|r| r.replace("]]", "]"))
+                    .unwrap_or_else(|| raw.to_string());
+                self.database = name;
+                Some(Control::Done)
+            }
+            _ => None,
+        }
+    }
+
+    fn commit(&mut self) -> Control {
+        if self.trancount == 0 {
+            return Control::Failed(Reply::error(
+                3902,
+                16,
+                "The COMMIT TRANSACTION request has no corresponding BEGIN TRANSACTION.",
+            ));
+        }
+        if self.doomed {
+            return Control::Failed(Reply::error(
+                3930,
+                16,
+                "The current transaction cannot be committed and cannot support operations that write to the log file. Roll back the transaction.",
+            ));
+        }
+        self.trancount -= 1;
+        if self.trancount == 0 {
+            Control::Committed
+        } else {
+            Control::Done
+        }
+    }
+
+    fn rollback(&mut self) -> Control {
+        if self.trancount == 0 {
+            return Control::Failed(Reply::error(
+                3903,
+                16,
+                "The ROLLBACK TRANSACTION request has no corresponding BEGIN TRANSACTION.",
+            ));
+        }
+        self.trancount = 0;
+        self.doomed = false;
+        Control::RolledBack
+    }
+
+    /// A runtime error in a statement: under XACT_ABORT the transaction is
+    /// rolled back (RolledBack), otherwise it stays as it was (Done).
+    pub fn runtime_error(&mut self) -> Control {
+        if self.xact_abort && self.trancount > 0 {
+            self.trancount = 0;
+            self.doomed = false;
+            Control::RolledBack
+        } else {
+            Control::Done
+        }
+    }
+}
+
+/// The statements of a batch for the model: split on `;` (strings in the
+/// scripts tests send hold none), comment lines dropped, blanks trimmed.
+pub fn statements(batch: &str) -> Vec<String> {
+    batch
+        .split(';')
+        .map(|st| {
+            st.lines()
+                .filter(|l| !l.trim_start().starts_with("--"))
+                .collect::<Vec<_>>()
+                .join("\n")
+                .trim()
+                .to_string()
+        })
+        .filter(|st| !st.is_empty())
+        .collect()
 }
