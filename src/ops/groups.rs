@@ -82,7 +82,10 @@ impl Ops {
         MemberScope { restore }
     }
 
-    /// Record an instance change for every parallel call the current thread is in.
+    /// Record an instance change for every parallel call the current thread
+    /// is in. Recorded when the call is made, before any rail decides on it:
+    /// whether another closure's rail refused first must not change what the
+    /// call is judged on.
     pub(super) fn record_group_change(&self, kind: &'static str, node: &str) {
         let members = MEMBERS.with(|m| m.borrow().clone());
         if members.is_empty() {

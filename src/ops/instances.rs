@@ -245,6 +245,7 @@ impl Ops {
     ) -> Result<Option<InstanceRecord>> {
         let n = self.node(node)?;
         self.require_recorded(node)?;
+        self.record_group_change("remove_instance", node);
         let key = self.call_key("remove_instance", Some(node));
         if let Some(r) =
             self.replayed::<Option<InstanceRecord>>(&key, "remove_instance", Some(node))?
@@ -346,6 +347,7 @@ impl Ops {
         self.release.require("create_instance")?;
         let n = self.node(node)?;
         self.require_recorded(node)?;
+        self.record_group_change("create_instance", node);
         let key = self.call_key("create_instance", Some(node));
         let start = opts.start.unwrap_or(true);
         if let Some(a) = &opts.app_name {
@@ -491,6 +493,7 @@ impl Ops {
     /// failed or unhealthy instance is started; a healthy one is left alone).
     pub fn start_instance(&self, node: &str, _opts: StartOptions) -> Result<InstanceRecord> {
         self.node(node)?;
+        self.record_group_change("start_instance", node);
         let key = self.call_key("start_instance", Some(node));
         if let Some(r) = self.replay_if_observed(&key, "start_instance", node, true)? {
             return Ok(r);
@@ -509,6 +512,7 @@ impl Ops {
     pub fn stop_instance(&self, node: &str, _opts: StopOptions) -> Result<InstanceRecord> {
         let n = self.node(node)?;
         self.require_recorded(node)?;
+        self.record_group_change("stop_instance", node);
         let key = self.call_key("stop_instance", Some(node));
         if let Some(r) = self.replayed::<InstanceRecord>(&key, "stop_instance", Some(node))? {
             return Ok(r);

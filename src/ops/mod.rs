@@ -448,16 +448,6 @@ impl Ops {
         changes: bool,
         irreversible: bool,
     ) -> usize {
-        if changes
-            && matches!(
-                kind,
-                "remove_instance" | "create_instance" | "start_instance" | "stop_instance"
-            )
-        {
-            if let Some(n) = node {
-                self.record_group_change(kind, n);
-            }
-        }
         let mut st = lock(&self.state);
         let index = st.steps.len() + 1;
         let status = if self.mode == Mode::Plan {

@@ -909,10 +909,14 @@ fn one_node_changed_by_two_closures_is_refused_whichever_runs_first() {
                     "two closures change the instance on `app02`",
                 );
             } else {
-                // The create finds the old instance: refused by that rail.
+                // The create finds the old instance: refused by that rail;
+                // the call is still judged on what its closures asked for.
                 refused(create(), "still has instance");
                 ok(remove());
-                ok(ops.end_parallel(group, "for_each_node(parallel: 2)"));
+                refused(
+                    ops.end_parallel(group, "for_each_node(parallel: 2)"),
+                    "two closures change the instance on `app02`",
+                );
             }
         }
     }
