@@ -23,7 +23,7 @@ pub use error::{Error, Result};
 /// Run one command; returns the process exit code.
 pub fn run(cli: cli::Cli) -> Result<i32> {
     use cli::Command;
-    match cli.command {
+    let result = match cli.command {
         Command::Demo(a) => commands::demo::exec(a),
         Command::Run(a) => commands::run::exec(a),
         Command::Plan(a) => commands::plan::exec(a),
@@ -36,5 +36,7 @@ pub fn run(cli: cli::Cli) -> Result<i32> {
         Command::Man => commands::docs::man(),
         Command::Test(a) => commands::test::exec(a),
         Command::Init { dir } => commands::init::exec(dir),
-    }
+    };
+    nodes::close_all();
+    result
 }

@@ -955,3 +955,56 @@ fn a_link_to_the_old_folder_is_refused_over_ssh() {
     );
     assert_eq!(sb.snapshot(), before, "a refused run changed something");
 }
+
+/// More nodes than `[ssh] max_parallel_handshakes` and than sshd's default
+/// `MaxStartups` start (10), all behind one server: every node connects
+/// (handshakes in bounded batches), nothing is dropped or refused by the
+/// server, and each node runs its command over its own connection.
+#[test]
+fn more_nodes_than_sshd_max_startups_connect_without_a_drop() {
+    const EXTRA: usize = 37;
+    let Some(sshd) = Sshd::start() else { return };
+    let sb = Sandbox::new();
+    let mut extra = String::new();
+    for i in 0..EXTRA {
+        let root = sb.dir.join("nodes").join(format!("extra{i:02}"));
+        std::fs::create_dir_all(&root).expect("node root");
+        extra.push_str(&format!(
+            "\n[[node]]\nname = \"extra{i:02}\"\nrole = \"secondary\"\naddress = \"{}\"\nroot = {:?}\n",
+            sshd.address(),
+            root.display().to_string()
+        ));
+    }
+    let site = ssh_site(&sb, &sshd, &extra, |_| sshd.address());
+    let script = sb.script(
+        "touch.rhai",
+        "for_each_node(nodes(), #{ parallel: 40 }, |n| node_command(n, \"touch touched\"));\n",
+    );
+    let out = run(&sb, &site, script.to_str().expect("path"));
+    let log = sshd.log();
+    assert!(
+        out.status.success(),
+        "stdout: {}\nstderr: {}\nsshd log:\n{log}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let mut roots: Vec<PathBuf> = ["app01", "app02", "app03"]
+        .iter()
+        .map(|n| sb.dir.join("nodes").join(n))
+        .collect();
+    roots.extend((0..EXTRA).map(|i| sb.dir.join("nodes").join(format!("extra{i:02}"))));
+    for root in &roots {
+        assert!(root.join("touched").is_file(), "{}", root.display());
+    }
+    assert!(
+        !log.contains("drop connection") && !log.contains("MaxStartups"),
+        "sshd dropped connections:\n{log}"
+    );
+    // Closed cleanly: sshd saw each client say goodbye, none reset.
+    assert!(!log.contains("reset by"), "{log}");
+    assert_eq!(
+        log.matches("Accepted publickey").count(),
+        roots.len(),
+        "one connection per node for the whole run (plan pass included):\n{log}"
+    );
+}

@@ -95,6 +95,11 @@ pub enum ConnectMode {
     ReadWrite,
 }
 
+/// Close every SSH connection of this process cleanly (end of a command).
+pub fn close_all() {
+    ssh::close_all();
+}
+
 /// Connect to a node as its address says.
 pub fn connect(
     node: &NodeConfig,

@@ -213,6 +213,39 @@ fn pool() -> &'static Pool {
     POOL.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
+/// Close every connection of this process cleanly (an SSH disconnect
+/// message, then the socket), all at once, bounded by one second: called once
+/// the command is done, so sshd sees an orderly goodbye instead of a reset.
+pub fn close_all() {
+    let links: Vec<Arc<Link>> = pool()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .drain()
+        .map(|(_, l)| l)
+        .collect();
+    if links.is_empty() {
+        return;
+    }
+    let _ = block_on(async move {
+        let closing = links.iter().map(|l| {
+            let conn = l.current();
+            async move {
+                if !conn.handle.is_closed() {
+                    let _ = conn
+                        .handle
+                        .disconnect(russh::Disconnect::ByApplication, "", "en")
+                        .await;
+                }
+            }
+        });
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            futures_util::future::join_all(closing),
+        )
+        .await;
+    });
+}
+
 /// A node reached over SSH.
 pub struct SshTransport {
     node: String,
@@ -253,6 +286,11 @@ pub(crate) fn connect_many(
     }
     let known_hosts = known_hosts_file(settings)?;
     let rt = runtime()?;
+    // Never more handshakes in flight than this (reconnections included):
+    // sshd drops unauthenticated connections past `MaxStartups`.
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(
+        settings.max_parallel_handshakes.max(1),
+    ));
     let mut tasks = Vec::with_capacity(nodes.len());
     for n in nodes {
         let NodeAddress::Ssh { user, host, port } = &n.address else {
@@ -280,6 +318,7 @@ pub(crate) fn connect_many(
             shell: n.shell,
             settings: settings.clone(),
             known_hosts: known_hosts.clone(),
+            handshakes: handshakes.clone(),
         };
         tasks.push((
             key,
@@ -341,6 +380,8 @@ struct ConnectSpec {
     shell: Shell,
     settings: SshSettings,
     known_hosts: PathBuf,
+    /// Permits for handshakes in flight, shared by every node of the site.
+    handshakes: Arc<tokio::sync::Semaphore>,
 }
 
 impl ConnectSpec {
@@ -369,6 +410,14 @@ impl ConnectSpec {
     async fn connect(&self) -> Result<Connection> {
         let timeout = self.settings.connect_timeout;
         let secs = timeout.as_secs();
+        // Held from the TCP connection to the end of authentication: the
+        // part sshd counts against `MaxStartups`. The connect timeout starts
+        // once the permit is had, so waiting in line is no failure.
+        let permit = self
+            .handshakes
+            .acquire()
+            .await
+            .map_err(|_| self.err("internal error: the handshake limiter was closed".into()))?;
         let tcp = match tokio::time::timeout(
             timeout,
             tokio::net::TcpStream::connect((self.host.as_str(), self.port)),
@@ -432,6 +481,7 @@ impl ConnectSpec {
                 return Err(self.err(format!("authentication did not finish within {secs} s")))
             }
         }
+        drop(permit);
         let sftp = tokio::time::timeout(timeout, self.open_sftp(&handle))
             .await
             .map_err(|_| self.err(format!("the SFTP subsystem did not start within {secs} s")))??;

@@ -1,6 +1,7 @@
 //! A real OpenSSH server on 127.0.0.1 for the SSH tests: its own host key,
 //! client key, authorized_keys and known_hosts in a temporary folder, on a
-//! free port, killed on drop. Loopback only. `restart` kills it with its
+//! free port, killed on drop. OpenSSH's default `MaxStartups 10:30:100`, as
+//! on a real node: a client opening too many handshakes at once is dropped. Loopback only. `restart` kills it with its
 //! sessions (every connection drops) and starts it again, same port and keys.
 
 use std::io::Read;
@@ -98,8 +99,8 @@ impl Sshd {
                     "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\nPidFile {d}/sshd.pid\n\
                      AuthorizedKeysFile {d}/authorized_keys\nPermitRootLogin prohibit-password\n\
                      PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
-                     Subsystem sftp internal-sftp\nMaxStartups 200\nMaxSessions 200\nSetEnv HOME={d}/home\n\
-                     PrintMotd no\nLogLevel ERROR\n",
+                     Subsystem sftp internal-sftp\nMaxSessions 200\nSetEnv HOME={d}/home\n\
+                     PrintMotd no\nLogLevel INFO\n",
                     d = dir.display()
                 ),
             )
@@ -179,6 +180,12 @@ impl Sshd {
                 read_log(&self.dir)
             )
         });
+    }
+
+    /// What the server logged so far (LogLevel INFO: connections it dropped
+    /// past `MaxStartups` show as `drop connection #N ...`).
+    pub fn log(&self) -> String {
+        read_log(&self.dir)
     }
 
     /// `ssh://user@127.0.0.1:port`
