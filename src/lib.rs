@@ -13,6 +13,7 @@ pub mod journal;
 pub mod lock;
 pub mod nodes;
 pub mod ops;
+pub mod phases;
 pub mod progress;
 pub mod sandbox;
 pub mod script;
@@ -23,6 +24,7 @@ pub use error::{Error, Result};
 /// Run one command; returns the process exit code.
 pub fn run(cli: cli::Cli) -> Result<i32> {
     use cli::Command;
+    phases::start();
     let result = match cli.command {
         Command::Demo(a) => commands::demo::exec(a),
         Command::Run(a) => commands::run::exec(a),

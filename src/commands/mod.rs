@@ -38,9 +38,11 @@ impl Session {
     /// the procedure against the host API bound to them.
     pub fn open(spec: RunSpec, proc: &Procedure, reporter: Arc<Reporter>) -> Result<Session> {
         let site = &spec.site;
-        let mut db = crate::db::open(site, spec.mode == Mode::Plan)?;
+        let mut db = crate::phases::time("database", || {
+            crate::db::open(site, spec.mode == Mode::Plan)
+        })?;
         if spec.mode == Mode::Run {
-            db.lock_for_run(&spec.run_id)?;
+            crate::phases::time("database_lock", || db.lock_for_run(&spec.run_id))?;
         }
         // Every node is reached (and its host key checked) before the script
         // starts, so an unreachable or unverified node stops the run before
@@ -49,7 +51,9 @@ impl Session {
             Mode::Plan => ConnectMode::ReadOnly,
             Mode::Run => ConnectMode::ReadWrite,
         };
-        let transports = crate::nodes::connect_all(&site.nodes, &site.ssh, connect_mode)?;
+        let transports = crate::phases::time("connect", || {
+            crate::nodes::connect_all(&site.nodes, &site.ssh, connect_mode)
+        })?;
         let nodes = site
             .nodes
             .iter()
@@ -63,8 +67,10 @@ impl Session {
             .collect();
         let ops = Arc::new(Ops::new(spec, db, nodes, reporter));
         let sources = Sources::default();
+        let began = std::time::Instant::now();
         let engine = script::engine(proc.base.clone(), Some(ops.clone()), &sources);
         let ast = script::compile(&engine, proc, &sources)?;
+        crate::phases::record("compile", began);
         Ok(Session {
             ops,
             engine,

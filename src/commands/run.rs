@@ -94,15 +94,25 @@ pub fn execute(
     opts: RunOptions,
     reporter: Arc<Reporter>,
 ) -> Result<i32> {
+    crate::phases::set_pass("start");
+    let began = std::time::Instant::now();
     let site = Site::load(site)?;
+    // Handshakes overlap with loading and hashing the release, the lock and
+    // compiling; the planning pass takes the connections (or their errors).
+    crate::nodes::prefetch(&site.nodes, &site.ssh);
     let release = Release::load_opt(release)?;
     let proc = Procedure::load(script)?;
-    let inputs = journal::digest_inputs(&proc.name, &proc.text, &site, &release)?;
+    crate::phases::record("load", began);
+    let inputs = crate::phases::time("digest", || {
+        journal::digest_inputs(&proc.name, &proc.text, &site, &release)
+    })?;
     let run_id = opts.resume.clone().unwrap_or_else(super::new_run_id);
     let interactive = super::interactive();
 
     // The site is ours for the whole run, planning included.
-    let _lock = SiteLock::acquire(&site, &run_id, opts.resume.as_deref())?;
+    let _lock = crate::phases::time("lock", || {
+        SiteLock::acquire(&site, &run_id, opts.resume.as_deref())
+    })?;
     let (replay, accepted_changes) = match &opts.resume {
         Some(id) => load_resume(&site, id, &inputs, opts.accept_changed_inputs)?,
         None => (Replay::default(), Vec::new()),
@@ -110,6 +120,7 @@ pub fn execute(
 
     // 1. Plan: reads are real, nothing changes. A refusal here changes nothing.
     let quiet = Arc::new(Reporter::new(OutputMode::Quiet));
+    crate::phases::set_pass("plan");
     let planning = super::Session::open(
         RunSpec {
             replay: replay.clone(),
@@ -124,7 +135,9 @@ pub fn execute(
         &proc,
         quiet,
     )?;
-    if let Err(e) = planning.run() {
+    let planned_ok = crate::phases::time("plan", || planning.run());
+    reporter.phases();
+    if let Err(e) = planned_ok {
         reporter.line("The procedure stops while planning: nothing was changed.");
         return Err(e);
     }
@@ -159,6 +172,8 @@ pub fn execute(
     }
 
     // 2. Run, journaled.
+    crate::phases::set_pass("run");
+    let began = std::time::Instant::now();
     let journal = Arc::new(match &opts.resume {
         None => {
             let j = Journal::create(&site, &run_id)?;
@@ -182,6 +197,7 @@ pub fn execute(
             j
         }
     });
+    crate::phases::record("journal", began);
     crate::interrupt::install();
     let session = super::Session::open(
         RunSpec {
@@ -214,6 +230,7 @@ pub fn execute(
         script: proc.name.clone(),
         site: site.file.display().to_string(),
     });
+    reporter.phases();
     for c in &accepted_changes {
         reporter.event(Event::Log {
             level: "warn".into(),
