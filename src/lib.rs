@@ -6,6 +6,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod db;
+pub mod downtime;
 mod error;
 pub mod failpoint;
 pub mod interrupt;

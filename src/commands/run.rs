@@ -240,6 +240,19 @@ pub fn execute(
     let outcome = session.run();
     let done = session.ops.steps();
     let mut summary = session.ops.summary();
+    // The downtime window, from what the journal recorded (this attempt and
+    // any earlier one of a resumed run).
+    if let Some(w) = journal::read(journal.path())
+        .ok()
+        .and_then(|entries| crate::downtime::window(&entries))
+    {
+        let text = w.describe();
+        let _ = journal.append(&Entry::Note {
+            at: crate::db::now_rfc3339(),
+            message: text.clone(),
+        });
+        summary.push(text);
+    }
     match &outcome {
         Ok(()) => {
             journal.append(&journal::entry_now_end("succeeded", None))?;
