@@ -16,7 +16,8 @@
 //!   change, p50/p99, and the phases of the slowest runs.
 //! - `scale`: 200 nodes behind one sshd, `parallel = 32`, a 200 ms start
 //!   command per node: wall time against ceil(n/32) x one node's, peak RSS,
-//!   and the sshd log checked for dropped connections.
+//!   and the sshd log checked for dropped connections
+//!   (`UPRUN_BENCH_SCALE_FILES=10`: a 1 MB payload instead of 100 bytes).
 //!
 //!     cargo bench --bench ssh_nodes -- cycle|tail|scale
 //!
@@ -29,7 +30,7 @@
 #[allow(dead_code)]
 mod sshd;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -188,7 +189,7 @@ fn cycle_script(parallel: usize) -> String {
 struct UprunRun {
     wall_ms: f64,
     first_change_ms: f64,
-    phases: Vec<(String, String, f64)>,
+    phases: Phases,
     events: Vec<serde_json::Value>,
     max_rss_kib: i64,
 }
@@ -230,7 +231,10 @@ fn uprun_run(site: &Path, release: &Path, script: &Path) -> UprunRun {
     if let Some(mut e) = child.stderr.take() {
         let _ = std::io::Read::read_to_string(&mut e, &mut err);
     }
-    assert!(status == 0, "uprun run failed ({status}): {err}\n{events:?}");
+    assert!(
+        status == 0,
+        "uprun run failed ({status}): {err}\n{events:?}"
+    );
     let phases = events
         .iter()
         .filter(|e| e["event"] == "phase")
@@ -438,7 +442,14 @@ fn ansible_playbook() -> Option<String> {
 
 /// Run the playbook; returns the wall time. Checks one master socket per
 /// node, then stops the masters (cold connections for the next run).
-fn ansible_run(exe: &str, dir: &Path, site_dir: &Path, nodes: usize, tar: &Path, sshd: &Sshd) -> f64 {
+fn ansible_run(
+    exe: &str,
+    dir: &Path,
+    site_dir: &Path,
+    nodes: usize,
+    tar: &Path,
+    sshd: &Sshd,
+) -> f64 {
     let ssh_cfg = ssh_config(dir, nodes, sshd);
     let (playbook, cfg, cp) = ansible_files(dir, site_dir, nodes, tar, &ssh_cfg);
     let t = Instant::now();
@@ -644,64 +655,112 @@ fn cycle(sshd: &Sshd) {
     }
 }
 
-/// Cold runs at N = 5: time to the first change, and where it went.
+/// One cold `ssh true` to the server (handshake, authentication, one
+/// command), with the key exchange uprun negotiates: the floor for the time
+/// before a first change.
+fn one_handshake_ms(dir: &Path, sshd: &Sshd) -> f64 {
+    let cfg = ssh_config(dir, 1, sshd);
+    let t = Instant::now();
+    let st = Command::new("ssh")
+        .arg("-F")
+        .arg(&cfg)
+        .args(["app01", "true"])
+        .stdin(Stdio::null())
+        .status()
+        .expect("ssh");
+    assert!(st.success(), "ssh true failed");
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+/// (pass, phase, ms) of one run's phase events.
+type Phases = Vec<(String, String, f64)>;
+
+#[derive(Default)]
+struct TailSide {
+    first: Vec<f64>,
+    walls: Vec<f64>,
+    slow: Vec<(f64, usize, String, Phases)>,
+    per_phase: std::collections::BTreeMap<String, Vec<f64>>,
+}
+
+/// Cold runs at N = 5: time to the first change, and where it went. With
+/// `UPRUN_BENCH_BEFORE=/path/to/old/uprun`, runs alternate between that
+/// binary and this one. A cold `ssh true` is measured between runs.
 fn tail(sshd: &Sshd) {
     let runs = env_usize("UPRUN_BENCH_RUNS", 100);
     let n = env_usize("UPRUN_BENCH_TAIL_NODES", 5);
     let base = tempfile::tempdir().expect("tmp");
     let payload = make_payload(base.path(), 10, 100_000);
-    println!("{runs} cold runs of the cycle at N = {n} (1 MB); load average at start: {}", load());
-    let mut first = Vec::new();
-    let mut walls = Vec::new();
-    let mut slow = Vec::new();
-    let mut per_phase: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
-    for i in 0..runs {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let site = lay_out(tmp.path(), n, sshd, &payload, START);
-        let sb = tmp.path().join("sb");
-        let script = sb.join("cycle.rhai");
-        std::fs::write(&script, cycle_script(16)).expect("script");
-        let r = uprun_run(&site, &sb.join("release"), &script);
-        assert_cycled(&sb, n, &payload, "FastApp-1.0.0-2");
-        for (pass, phase, ms) in &r.phases {
-            per_phase
-                .entry(format!("{pass}/{phase}"))
-                .or_default()
-                .push(*ms);
-        }
-        first.push(r.first_change_ms);
-        walls.push(r.wall_ms);
-        slow.push((r.first_change_ms, i, load(), r.phases));
-        let _ = std::io::stdout().flush();
+    let mut sides: Vec<(String, TailSide)> = vec![(uprun_bin(), TailSide::default())];
+    if let Ok(before) = std::env::var("UPRUN_BENCH_BEFORE") {
+        sides.insert(0, (before, TailSide::default()));
     }
+    let mut handshakes = Vec::new();
     println!(
-        "time to first change: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms; whole run p50 {:.1} ms, p99 {:.1} ms; load at end {}",
-        percentile(&first, 50.0),
-        percentile(&first, 90.0),
-        percentile(&first, 99.0),
-        range(&first).1,
-        percentile(&walls, 50.0),
-        percentile(&walls, 99.0),
+        "{runs} cold runs of the cycle at N = {n} (1 MB) per binary, interleaved; load average at start: {}",
         load()
     );
-    println!("phases (median, p99, max ms):");
-    for (k, v) in &per_phase {
-        println!(
-            "  {k:<24} {:>7.2} {:>7.2} {:>7.2}",
-            median(v),
-            percentile(v, 99.0),
-            range(v).1
-        );
+    for i in 0..runs {
+        handshakes.push(one_handshake_ms(base.path(), sshd));
+        for (bin, side) in sides.iter_mut() {
+            let tmp = tempfile::tempdir().expect("tmp");
+            let site = lay_out(tmp.path(), n, sshd, &payload, START);
+            let sb = tmp.path().join("sb");
+            let script = sb.join("cycle.rhai");
+            std::fs::write(&script, cycle_script(16)).expect("script");
+            std::env::set_var("UPRUN_BENCH_BIN", &*bin);
+            let r = uprun_run(&site, &sb.join("release"), &script);
+            assert_cycled(&sb, n, &payload, "FastApp-1.0.0-2");
+            for (pass, phase, ms) in &r.phases {
+                side.per_phase
+                    .entry(format!("{pass}/{phase}"))
+                    .or_default()
+                    .push(*ms);
+            }
+            side.first.push(r.first_change_ms);
+            side.walls.push(r.wall_ms);
+            side.slow.push((r.first_change_ms, i, load(), r.phases));
+        }
     }
-    slow.sort_by(|a, b| b.0.partial_cmp(&a.0).expect("not NaN"));
-    println!("slowest runs:");
-    for (ms, i, l, phases) in slow.iter().take(5) {
-        let p: Vec<String> = phases
-            .iter()
-            .filter(|(_, _, ms)| *ms >= 5.0)
-            .map(|(pass, ph, ms)| format!("{pass}/{ph} {ms:.0}"))
-            .collect();
-        println!("  run {i}: {ms:.1} ms (load {l}): {}", p.join(", "));
+    println!(
+        "cold `ssh true` (one handshake + one command): p50 {:.1} ms, p99 {:.1} ms; load at end {}",
+        percentile(&handshakes, 50.0),
+        percentile(&handshakes, 99.0),
+        load()
+    );
+    for (bin, side) in sides.iter_mut() {
+        println!("\n{bin}:");
+        println!(
+            "time to first change: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms; whole run p50 {:.1} ms, p99 {:.1} ms",
+            percentile(&side.first, 50.0),
+            percentile(&side.first, 90.0),
+            percentile(&side.first, 99.0),
+            range(&side.first).1,
+            percentile(&side.walls, 50.0),
+            percentile(&side.walls, 99.0),
+        );
+        if !side.per_phase.is_empty() {
+            println!("phases (median, p99, max ms):");
+        }
+        for (k, v) in &side.per_phase {
+            println!(
+                "  {k:<24} {:>7.2} {:>7.2} {:>7.2}",
+                median(v),
+                percentile(v, 99.0),
+                range(v).1
+            );
+        }
+        side.slow
+            .sort_by(|a, b| b.0.partial_cmp(&a.0).expect("not NaN"));
+        println!("slowest runs:");
+        for (ms, i, l, phases) in side.slow.iter().take(5) {
+            let p: Vec<String> = phases
+                .iter()
+                .filter(|(_, _, ms)| *ms >= 5.0)
+                .map(|(pass, ph, ms)| format!("{pass}/{ph} {ms:.0}"))
+                .collect();
+            println!("  run {i}: {ms:.1} ms (load {l}): {}", p.join(", "));
+        }
     }
 }
 
@@ -709,8 +768,15 @@ fn tail(sshd: &Sshd) {
 fn scale(sshd: &Sshd) {
     const PARALLEL: usize = 32;
     let nodes = env_usize("UPRUN_BENCH_SCALE_NODES", 200);
+    // Payload files of 100,000 bytes (default 0: one file of 100 bytes, so
+    // that what is measured is the scheduling, not the copy).
+    let files = env_usize("UPRUN_BENCH_SCALE_FILES", 0);
     let base = tempfile::tempdir().expect("tmp");
-    let payload = make_payload(base.path(), 10, 100_000);
+    let payload = if files == 0 {
+        make_payload(base.path(), 1, 100)
+    } else {
+        make_payload(base.path(), files, 100_000)
+    };
     let start = format!("sleep 0.2; {START}");
     let script = format!(
         "let t = timestamp();\n\
@@ -751,7 +817,12 @@ fn scale(sshd: &Sshd) {
             r.first_change_ms,
         )
     };
-    println!("{nodes} nodes behind one sshd (default MaxStartups), parallel = {PARALLEL}, start command `sleep 0.2; ...`; load {}", load());
+    println!(
+        "{nodes} nodes behind one sshd (default MaxStartups), parallel = {PARALLEL}, start command `sleep 0.2; ...`, payload {} file(s) of {} bytes; load {}",
+        files.max(1),
+        if files == 0 { 100 } else { 100_000 },
+        load()
+    );
     let one = measure(2);
     println!(
         "  one secondary: create phase {:.0} ms, remove phase {:.0} ms, whole run {:.0} ms, peak RSS {:.1} MiB  (load {})",
@@ -796,7 +867,18 @@ fn main() {
         .skip(1)
         .find(|a| !a.starts_with('-'))
         .unwrap_or_else(|| "cycle".into());
-    let Some(sshd) = Sshd::start() else { return };
+    // The cycle compares three sides opening up to 16 connections at once
+    // (Ansible's forks, the floor's ssh processes): its server accepts them
+    // all, so that OpenSSH's default `MaxStartups 10:30:100` drops none.
+    // Every other part keeps the default.
+    let extra = if part == "cycle" {
+        "MaxStartups 64:30:128\n"
+    } else {
+        ""
+    };
+    let Some(sshd) = Sshd::start_with(extra) else {
+        return;
+    };
     match part.as_str() {
         "cycle" => cycle(&sshd),
         "tail" => tail(&sshd),

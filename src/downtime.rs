@@ -117,10 +117,8 @@ pub fn window(entries: &[Entry]) -> Option<Window> {
             all.push((s, e));
         }
     }
-    let mut parts: Vec<(String, f64)> = by_kind
-        .into_iter()
-        .map(|(k, v)| (k, union_ms(v)))
-        .collect();
+    let mut parts: Vec<(String, f64)> =
+        by_kind.into_iter().map(|(k, v)| (k, union_ms(v))).collect();
     parts.sort_by(|a, b| b.1.total_cmp(&a.1));
     let other_ms = (ms - union_ms(all)).max(0.0);
     Some(Window {

@@ -1077,7 +1077,12 @@ fn json_phase_events_and_the_downtime_window() {
         .filter_map(|l| l.as_str())
         .find(|l| l.starts_with("downtime window: "))
         .unwrap_or_else(|| panic!("no downtime window in {summary:?}"));
-    for part in ["removals", "creates", "database upgrade", "last node healthy"] {
+    for part in [
+        "removals",
+        "creates",
+        "database upgrade",
+        "last node healthy",
+    ] {
         assert!(window.contains(part), "{window}");
     }
     let journal = std::fs::read_dir(sb.dir.join(".uprun/runs"))

@@ -482,9 +482,12 @@ impl ConnectSpec {
     async fn connect(&self) -> Result<Connection> {
         let timeout = self.settings.connect_timeout;
         let secs = timeout.as_secs();
-        // Held from the TCP connection to the end of authentication: the
-        // part sshd counts against `MaxStartups`. The connect timeout starts
-        // once the permit is had, so waiting in line is no failure.
+        // Held from the TCP connection until the SFTP session is up: sshd
+        // counts a connection against `MaxStartups` until its parent process
+        // hears that authentication ended, which lags behind the client under
+        // load; the extra round trips keep the count under the limit. The
+        // connect timeout starts once the permit is had, so waiting in line
+        // is no failure.
         let permit = self
             .handshakes
             .acquire()
@@ -553,10 +556,10 @@ impl ConnectSpec {
                 return Err(self.err(format!("authentication did not finish within {secs} s")))
             }
         }
-        drop(permit);
         let sftp = tokio::time::timeout(timeout, self.open_sftp(&handle))
             .await
             .map_err(|_| self.err(format!("the SFTP subsystem did not start within {secs} s")))??;
+        drop(permit);
         let conn = Connection {
             target: self.target(),
             host: self.host.clone(),

@@ -70,6 +70,12 @@ pub fn current_user() -> String {
 impl Sshd {
     /// Start a server; `None` when sshd is not installed (see `available`).
     pub fn start() -> Option<Sshd> {
+        Self::start_with("")
+    }
+
+    /// `start` with more sshd_config lines (a benchmark raising
+    /// `MaxStartups` so that every side may open all its connections at once).
+    pub fn start_with(extra_config: &str) -> Option<Sshd> {
         if !available() {
             return None;
         }
@@ -100,7 +106,7 @@ impl Sshd {
                      AuthorizedKeysFile {d}/authorized_keys\nPermitRootLogin prohibit-password\n\
                      PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
                      Subsystem sftp internal-sftp\nMaxSessions 200\nSetEnv HOME={d}/home\n\
-                     PrintMotd no\nLogLevel INFO\n",
+                     PrintMotd no\nLogLevel INFO\n{extra_config}",
                     d = dir.display()
                 ),
             )
