@@ -1003,6 +1003,11 @@ fn more_nodes_than_sshd_max_startups_connect_without_a_drop() {
     // Closed cleanly: sshd saw each client say goodbye, none reset.
     assert!(!log.contains("reset by"), "{log}");
     assert_eq!(
+        log.matches("Received disconnect from").count(),
+        roots.len(),
+        "every connection closed with a disconnect message:\n{log}"
+    );
+    assert_eq!(
         log.matches("Accepted publickey").count(),
         roots.len(),
         "one connection per node for the whole run (plan pass included):\n{log}"

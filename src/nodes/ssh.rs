@@ -227,15 +227,22 @@ pub fn close_all() {
         return;
     }
     let _ = block_on(async move {
-        let closing = links.iter().map(|l| {
+        let closing = links.into_iter().map(|l| async move {
             let conn = l.current();
-            async move {
-                if !conn.handle.is_closed() {
-                    let _ = conn
-                        .handle
-                        .disconnect(russh::Disconnect::ByApplication, "", "en")
-                        .await;
-                }
+            if conn.handle.is_closed() {
+                return;
+            }
+            let _ = conn
+                .handle
+                .disconnect(russh::Disconnect::ByApplication, "", "en")
+                .await;
+            // Wait for the session to have sent it and closed, when nothing
+            // else holds the connection (the handle is the session's end).
+            drop(conn);
+            let Ok(link) = Arc::try_unwrap(l) else { return };
+            let conn = link.current.into_inner().unwrap_or_else(|e| e.into_inner());
+            if let Ok(conn) = Arc::try_unwrap(conn) {
+                let _ = conn.handle.await;
             }
         });
         let _ = tokio::time::timeout(
