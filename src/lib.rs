@@ -7,6 +7,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod db;
+pub mod downtime;
 mod error;
 pub mod failpoint;
 pub mod interrupt;
@@ -14,6 +15,7 @@ pub mod journal;
 pub mod lock;
 pub mod nodes;
 pub mod ops;
+pub mod phases;
 pub mod progress;
 pub mod sandbox;
 pub mod script;
@@ -24,7 +26,8 @@ pub use error::{Error, Result};
 /// Run one command; returns the process exit code.
 pub fn run(cli: cli::Cli) -> Result<i32> {
     use cli::Command;
-    match cli.command {
+    phases::start();
+    let result = match cli.command {
         Command::Demo(a) => commands::demo::exec(a),
         Command::Run(a) => commands::run::exec(a),
         Command::Plan(a) => commands::plan::exec(a),
@@ -41,5 +44,7 @@ pub fn run(cli: cli::Cli) -> Result<i32> {
         Command::SandboxApp {
             command: cli::SandboxAppCommand::CheckDb { database, version },
         } => sandbox::check_db(&database, &version),
-    }
+    };
+    nodes::close_all();
+    result
 }

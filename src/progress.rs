@@ -69,6 +69,14 @@ pub enum Event {
         outcome: String,
         summary: Vec<String>,
     },
+    /// A phase of the command's start finished (`--json` only): where the
+    /// time before the first change goes.
+    Phase {
+        phase: String,
+        pass: String,
+        ms: f64,
+        at_ms: f64,
+    },
     /// `for_each_node` finished its closure for one node.
     NodeFinished {
         node: String,
@@ -125,6 +133,8 @@ pub struct Reporter {
     /// elapsed time on a terminal, a "still running" line now and then in
     /// plain mode (see `watch_running_steps`).
     running: Arc<Mutex<HashMap<usize, RunningStep>>>,
+    /// The summary bar of a large `for_each_node`, on a terminal.
+    nodes: Mutex<Option<NodesBar>>,
 }
 
 /// A step that started and has not finished.
@@ -193,6 +203,36 @@ fn watch_running_steps(
     drop(spawned);
 }
 
+/// On a terminal, a `for_each_node` over more nodes than this shows one
+/// summary bar (done, failed) plus a spinner per running node, instead of a
+/// line per finished node; failures still get their own line.
+pub const SUMMARY_BAR_NODES: usize = 8;
+
+struct NodesBar {
+    bar: ProgressBar,
+    failed: u64,
+}
+
+/// While alive, a large `for_each_node` is summarised on one bar (see
+/// [`Reporter::nodes_bar`]); removes the bar on drop.
+pub struct NodesBarGuard<'a> {
+    reporter: &'a Reporter,
+}
+
+impl Drop for NodesBarGuard<'_> {
+    fn drop(&mut self) {
+        let taken = self
+            .reporter
+            .nodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(n) = taken {
+            n.bar.finish_and_clear();
+        }
+    }
+}
+
 /// A progress bar (hidden when not on a terminal).
 pub struct Bar(ProgressBar);
 
@@ -232,7 +272,54 @@ impl Reporter {
             multi,
             out,
             running,
+            nodes: Mutex::new(None),
         }
+    }
+
+    /// On a terminal, for a `for_each_node` over more than
+    /// [`SUMMARY_BAR_NODES`] nodes: one bar counting the nodes done and
+    /// failed, kept while the guard lives. `None` elsewhere (plain lines and
+    /// JSON keep one line per node) and inside another such call.
+    pub fn nodes_bar(&self, total: usize) -> Option<NodesBarGuard<'_>> {
+        let m = self.multi.as_ref()?;
+        if total <= SUMMARY_BAR_NODES {
+            return None;
+        }
+        let mut slot = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_some() {
+            return None;
+        }
+        let pb = m.insert(0, ProgressBar::new(total as u64));
+        pb.set_style(
+            ProgressStyle::with_template("nodes [{bar:30}] {pos}/{len} done{msg} {elapsed}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        pb.enable_steady_tick(Duration::from_millis(120));
+        *slot = Some(NodesBar { bar: pb, failed: 0 });
+        Some(NodesBarGuard { reporter: self })
+    }
+
+    fn nodes_bar_active(&self) -> bool {
+        self.nodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    /// Count a finished node on the summary bar; whether its line is to be
+    /// left out (it succeeded and the bar counts it).
+    fn count_on_nodes_bar(&self, ok: bool) -> bool {
+        let mut slot = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(n) = slot.as_mut() else {
+            return false;
+        };
+        n.bar.inc(1);
+        if !ok {
+            n.failed += 1;
+            n.bar.set_message(format!(", {} FAILED", n.failed));
+        }
+        ok
     }
 
     pub fn mode(&self) -> OutputMode {
@@ -316,6 +403,7 @@ impl Reporter {
             OutputMode::Human { tty } => {
                 let e = escape_controls;
                 let text = match &ev {
+                    Event::Phase { .. } => return,
                     Event::RunStarted {
                         run_id,
                         mode,
@@ -354,6 +442,12 @@ impl Reporter {
                         ..
                     } => {
                         self.step_ended(*index);
+                        if tty && self.nodes_bar_active() {
+                            if let Some((_, Some(bar))) = &node {
+                                bar.set_message(format!("[{index}] done: {}", e(description)));
+                                return;
+                            }
+                        }
                         format!("[{index}] done: {} ({})", e(description), human_ms(*ms))
                     }
                     Event::StepFailed {
@@ -404,6 +498,9 @@ impl Reporter {
                         ms,
                         error,
                     } => {
+                        if tty && self.count_on_nodes_bar(*ok) {
+                            return;
+                        }
                         let text = match (ok, error) {
                             (true, _) => format!("done ({})", human_ms(*ms)),
                             (false, Some(err)) => {
@@ -567,6 +664,20 @@ pub fn error_text(e: &crate::Error) -> String {
             format!("error: {}", escape_controls_keep_lines(&e.to_string()))
         }
         _ => format!("error: {}", escape_controls(&e.to_string())),
+    }
+}
+
+impl Reporter {
+    /// A `phase` event for each phase recorded since the last call.
+    pub fn phases(&self) {
+        for p in crate::phases::take() {
+            self.event(Event::Phase {
+                phase: p.phase,
+                pass: p.pass.to_string(),
+                ms: (p.ms * 1000.0).round() / 1000.0,
+                at_ms: (p.at_ms * 1000.0).round() / 1000.0,
+            });
+        }
     }
 }
 

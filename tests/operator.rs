@@ -32,7 +32,18 @@ fn normalise(text: &str, dirs: &[&Path]) -> String {
     for d in dirs {
         t = t.replace(&d.display().to_string(), "[DIR]");
     }
+    // The downtime window's figures change from run to run; its presence does not.
+    t = t
+        .lines()
+        .map(|l| match l.find("downtime window: ") {
+            Some(i) => format!("{}downtime window: [WINDOW]", &l[..i]),
+            None => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + if t.ends_with('\n') { "\n" } else { "" };
     const SHAPES: &[(&str, &str)] = &[
+        ("DDDD-DD-DDTDD:DD:DD.DDDZ", "[TIME]"),
         ("DDDD-DD-DDTDD:DD:DDZ", "[TIME]"),
         ("DDDDDDDD-DDDDDD-HHHH", "[RUN_ID]"),
         ("DDDDDDDDTDDDDDDZ", "[STAMP]"),

@@ -956,3 +956,151 @@ fn a_link_to_the_old_folder_is_refused_over_ssh() {
     );
     assert_eq!(sb.snapshot(), before, "a refused run changed something");
 }
+
+/// More nodes than `[ssh] max_parallel_handshakes` and than sshd's default
+/// `MaxStartups` start (10), all behind one server: every node connects
+/// (handshakes in bounded batches), nothing is dropped or refused by the
+/// server, and each node runs its command over its own connection.
+#[test]
+fn more_nodes_than_sshd_max_startups_connect_without_a_drop() {
+    const EXTRA: usize = 37;
+    let Some(sshd) = Sshd::start() else { return };
+    let sb = Sandbox::new();
+    let mut extra = String::new();
+    for i in 0..EXTRA {
+        let root = sb.dir.join("nodes").join(format!("extra{i:02}"));
+        std::fs::create_dir_all(&root).expect("node root");
+        extra.push_str(&format!(
+            "\n[[node]]\nname = \"extra{i:02}\"\nrole = \"secondary\"\naddress = \"{}\"\nroot = {:?}\n",
+            sshd.address(),
+            root.display().to_string()
+        ));
+    }
+    let site = ssh_site(&sb, &sshd, &extra, |_| sshd.address());
+    let script = sb.script(
+        "touch.rhai",
+        "for_each_node(nodes(), #{ parallel: 40 }, |n| node_command(n, \"touch touched\"));\n",
+    );
+    let out = run(&sb, &site, script.to_str().expect("path"));
+    let log = sshd.log();
+    assert!(
+        out.status.success(),
+        "stdout: {}\nstderr: {}\nsshd log:\n{log}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let mut roots: Vec<PathBuf> = ["app01", "app02", "app03"]
+        .iter()
+        .map(|n| sb.dir.join("nodes").join(n))
+        .collect();
+    roots.extend((0..EXTRA).map(|i| sb.dir.join("nodes").join(format!("extra{i:02}"))));
+    for root in &roots {
+        assert!(root.join("touched").is_file(), "{}", root.display());
+    }
+    assert!(
+        !log.contains("drop connection") && !log.contains("MaxStartups"),
+        "sshd dropped connections:\n{log}"
+    );
+    // Closed cleanly: sshd saw each client say goodbye, none reset.
+    assert!(!log.contains("reset by"), "{log}");
+    // sshd's session processes log the disconnect after uprun has exited,
+    // so the log may not list all of them yet: at least one shows it is sent.
+    assert!(
+        log.contains("Received disconnect from"),
+        "connections closed with a disconnect message:\n{log}"
+    );
+    assert_eq!(
+        log.matches("Accepted publickey").count(),
+        roots.len(),
+        "one connection per node for the whole run (plan pass included):\n{log}"
+    );
+}
+
+/// `--json` says where the time before the first change went (one `phase`
+/// event per phase of the start, the planning pass and the run), and the run
+/// summary and the journal give the downtime window and its parts.
+#[test]
+fn json_phase_events_and_the_downtime_window() {
+    let Some(sshd) = Sshd::start() else { return };
+    let sb = Sandbox::new();
+    let site = ssh_site(&sb, &sshd, "", |_| sshd.address());
+    let out = uprun()
+        .arg("run")
+        .arg("in-place-upgrade")
+        .arg("--site")
+        .arg(&site)
+        .arg("--release")
+        .arg(sb.release())
+        .args(["--yes", "--json"])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let events = crate::support::events(&out.stdout);
+    let phases: Vec<(String, String)> = events
+        .iter()
+        .filter(|e| e["event"] == "phase")
+        .map(|e| {
+            assert!(e["ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{e}");
+            assert!(e["at_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{e}");
+            (
+                e["pass"].as_str().unwrap_or("").to_string(),
+                e["phase"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    for (pass, phase) in [
+        ("start", "load"),
+        ("start", "digest"),
+        ("start", "lock"),
+        ("plan", "database"),
+        ("plan", "connect"),
+        ("plan", "compile"),
+        ("plan", "plan"),
+        ("run", "journal"),
+        ("run", "connect"),
+    ] {
+        assert!(
+            phases.contains(&(pass.to_string(), phase.to_string())),
+            "no {pass}/{phase} phase: {phases:?}"
+        );
+    }
+    // Every phase is reported before the first change.
+    let first_change = events
+        .iter()
+        .position(|e| e["event"] == "step_started" && e["kind"] == "remove_instance")
+        .expect("a removal");
+    let last_phase = events
+        .iter()
+        .rposition(|e| e["event"] == "phase")
+        .expect("phases");
+    assert!(last_phase < first_change);
+    let summary = events
+        .iter()
+        .find(|e| e["event"] == "run_finished")
+        .and_then(|e| e["summary"].as_array())
+        .expect("summary");
+    let window = summary
+        .iter()
+        .filter_map(|l| l.as_str())
+        .find(|l| l.starts_with("downtime window: "))
+        .unwrap_or_else(|| panic!("no downtime window in {summary:?}"));
+    for part in [
+        "removals",
+        "creates",
+        "database upgrade",
+        "last node healthy",
+    ] {
+        assert!(window.contains(part), "{window}");
+    }
+    let journal = std::fs::read_dir(sb.dir.join(".uprun/runs"))
+        .expect("runs")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .expect("journal");
+    let text = std::fs::read_to_string(journal).expect("journal");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("\"type\":\"note\"") && l.contains("downtime window: ")),
+        "{text}"
+    );
+}

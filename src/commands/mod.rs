@@ -48,9 +48,11 @@ impl Session {
             crate::db::LazyDatabase::new(
                 &site.database.name.clone(),
                 Box::new(move || {
-                    let mut db = crate::db::open(&site, mode == Mode::Plan)?;
+                    let mut db = crate::phases::time("database", || {
+                        crate::db::open(&site, mode == Mode::Plan)
+                    })?;
                     if mode == Mode::Run {
-                        db.lock_for_run(&run_id)?;
+                        crate::phases::time("database_lock", || db.lock_for_run(&run_id))?;
                     }
                     Ok(db)
                 }),
@@ -64,7 +66,9 @@ impl Session {
             Mode::Plan => ConnectMode::ReadOnly,
             Mode::Run => ConnectMode::ReadWrite,
         };
-        let transports = crate::nodes::connect_all(&site.nodes, &site.ssh, connect_mode)?;
+        let transports = crate::phases::time("connect", || {
+            crate::nodes::connect_all(&site.nodes, &site.ssh, connect_mode)
+        })?;
         let nodes = site
             .nodes
             .iter()
@@ -78,8 +82,10 @@ impl Session {
             .collect();
         let ops = Arc::new(Ops::new(spec, db, nodes, reporter));
         let sources = Sources::default();
+        let began = std::time::Instant::now();
         let engine = script::engine(proc.base.clone(), Some(ops.clone()), &sources);
         let ast = script::compile(&engine, proc, &sources)?;
+        crate::phases::record("compile", began);
         Ok(Session {
             ops,
             engine,

@@ -10,6 +10,7 @@ use crate::Result;
 pub fn exec(p: PlanArgs) -> Result<i32> {
     let a = p.target;
     let site = Site::load(&a.site)?;
+    crate::nodes::prefetch(&site.nodes, &site.ssh);
     let release = Release::load_opt(a.release.as_deref())?;
     let proc = Procedure::load(&a.script)?;
     let reporter = super::reporter(a.json);

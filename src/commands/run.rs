@@ -96,15 +96,23 @@ pub fn execute(
     opts: RunOptions,
     reporter: Arc<Reporter>,
 ) -> Result<i32> {
+    crate::phases::set_pass("start");
+    let began = std::time::Instant::now();
     let site = Site::load(site)?;
+    // Handshakes overlap with loading and hashing the release, the lock and
+    // compiling; the planning pass takes the connections (or their errors).
+    crate::nodes::prefetch(&site.nodes, &site.ssh);
     let release = Release::load_opt(release)?;
     let proc = Procedure::load(script)?;
-    let inputs = journal::digest_inputs(&proc, &site, &release)?;
+    crate::phases::record("load", began);
+    let inputs = crate::phases::time("digest", || journal::digest_inputs(&proc, &site, &release))?;
     let run_id = opts.resume.clone().unwrap_or_else(super::new_run_id);
     let interactive = super::interactive();
 
     // The site is ours for the whole run, planning included.
-    let _lock = SiteLock::acquire(&site, &run_id, opts.resume.as_deref())?;
+    let _lock = crate::phases::time("lock", || {
+        SiteLock::acquire(&site, &run_id, opts.resume.as_deref())
+    })?;
     // A transaction a killed process left half-done is rolled back before
     // anything reads the database (planning opens it read-only).
     if let Some(line) = crate::db::recover(&site)? {
@@ -120,6 +128,7 @@ pub fn execute(
 
     // 1. Plan: reads are real, nothing changes. A refusal here changes nothing.
     let quiet = Arc::new(Reporter::new(OutputMode::Quiet));
+    crate::phases::set_pass("plan");
     let planning = super::Session::open(
         RunSpec {
             replay: replay.clone(),
@@ -134,7 +143,9 @@ pub fn execute(
         &proc,
         quiet,
     )?;
-    if let Err(e) = planning.run() {
+    let planned_ok = crate::phases::time("plan", || planning.run());
+    reporter.phases();
+    if let Err(e) = planned_ok {
         reporter.line("The procedure stops while planning: nothing was changed.");
         return Err(e);
     }
@@ -186,6 +197,8 @@ pub fn execute(
     }
 
     // 2. Run, journaled.
+    crate::phases::set_pass("run");
+    let began = std::time::Instant::now();
     let journal = Arc::new(match &opts.resume {
         None => {
             let j = Journal::create(&site, &run_id)?;
@@ -219,6 +232,7 @@ pub fn execute(
             j
         }
     });
+    crate::phases::record("journal", began);
     crate::interrupt::install();
     let session = super::Session::open(
         RunSpec {
@@ -251,6 +265,7 @@ pub fn execute(
         script: proc.name.clone(),
         site: site.file.display().to_string(),
     });
+    reporter.phases();
     for c in &accepted_changes {
         reporter.event(Event::Log {
             level: "warn".into(),
@@ -260,6 +275,19 @@ pub fn execute(
     let outcome = session.run();
     let done = session.ops.steps();
     let mut summary = session.ops.summary();
+    // The downtime window, from what the journal recorded (this attempt and
+    // any earlier one of a resumed run).
+    if let Some(w) = journal::read(journal.path())
+        .ok()
+        .and_then(|entries| crate::downtime::window(&entries))
+    {
+        let text = w.describe();
+        let _ = journal.append(&Entry::Note {
+            at: crate::db::now_rfc3339(),
+            message: text.clone(),
+        });
+        summary.push(text);
+    }
     match &outcome {
         Ok(()) => {
             if let Some(line) = session.ops.audited() {

@@ -165,10 +165,11 @@ pub fn may_need_recovery(site: &Site) -> bool {
 }
 
 pub(crate) fn now_rfc3339() -> String {
-    // Whole seconds: operators read these (journals, `uprun runs`, backups).
+    // Milliseconds: operators read these (journals, `uprun runs`, backups),
+    // and the downtime window is measured from the journal's.
     time::OffsetDateTime::now_utc()
         .format(time::macros::format_description!(
-            "[year]-[month]-[day]T[hour]:[minute]:[second]Z"
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
         ))
         .unwrap_or_default()
 }

@@ -95,6 +95,22 @@ pub enum ConnectMode {
     ReadWrite,
 }
 
+/// Close every SSH connection of this process cleanly (end of a command).
+pub fn close_all() {
+    ssh::close_all();
+}
+
+/// Start connecting to the site's SSH nodes in the background, so that the
+/// handshakes overlap with the command's other start-up work; `connect_all`
+/// takes these connections (or their errors) later. Read-only.
+pub fn prefetch(nodes: &[NodeConfig], ssh: &SshSettings) {
+    let remote: Vec<&NodeConfig> = nodes
+        .iter()
+        .filter(|n| matches!(n.address, NodeAddress::Ssh { .. }))
+        .collect();
+    ssh::prefetch(&remote, ssh);
+}
+
 /// Connect to a node as its address says.
 pub fn connect(
     node: &NodeConfig,

@@ -213,6 +213,46 @@ fn pool() -> &'static Pool {
     POOL.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
+/// Close every connection of this process cleanly (an SSH disconnect
+/// message, then the socket), all at once, bounded by one second: called once
+/// the command is done, so sshd sees an orderly goodbye instead of a reset.
+pub fn close_all() {
+    let links: Vec<Arc<Link>> = pool()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .drain()
+        .map(|(_, l)| l)
+        .collect();
+    if links.is_empty() {
+        return;
+    }
+    let _ = block_on(async move {
+        let closing = links.into_iter().map(|l| async move {
+            let conn = l.current();
+            if conn.handle.is_closed() {
+                return;
+            }
+            let _ = conn
+                .handle
+                .disconnect(russh::Disconnect::ByApplication, "", "en")
+                .await;
+            // Wait for the session to have sent it and closed, when nothing
+            // else holds the connection (the handle is the session's end).
+            drop(conn);
+            let Ok(link) = Arc::try_unwrap(l) else { return };
+            let conn = link.current.into_inner().unwrap_or_else(|e| e.into_inner());
+            if let Ok(conn) = Arc::try_unwrap(conn) {
+                let _ = conn.handle.await;
+            }
+        });
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            futures_util::future::join_all(closing),
+        )
+        .await;
+    });
+}
+
 /// A node reached over SSH.
 pub struct SshTransport {
     node: String,
@@ -242,6 +282,84 @@ fn home_dir() -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
+/// Connections being opened ahead of need by [`prefetch`], by pool key; the
+/// first `connect_many` that wants one takes it (and its outcome, success or
+/// error, exactly once).
+type Pending = Mutex<HashMap<String, tokio::task::JoinHandle<Result<Arc<Link>>>>>;
+
+fn pending() -> &'static Pending {
+    static PENDING: OnceLock<Pending> = OnceLock::new();
+    PENDING.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// The pool key of a node and how to connect to it.
+fn spec_for(
+    n: &NodeConfig,
+    settings: &SshSettings,
+    known_hosts: &Path,
+    handshakes: &Arc<tokio::sync::Semaphore>,
+) -> Result<(String, ConnectSpec)> {
+    let NodeAddress::Ssh { user, host, port } = &n.address else {
+        return Err(Error::node(&n.name, "is not an ssh:// node"));
+    };
+    let key = format!(
+        "{}|{}|{:?}|{}",
+        n.name,
+        n.address,
+        settings.identity,
+        known_hosts.display()
+    );
+    let spec = ConnectSpec {
+        node: n.name.clone(),
+        user: user.clone(),
+        host: host.clone(),
+        port: *port,
+        root: n.root.clone(),
+        shell: n.shell,
+        settings: settings.clone(),
+        known_hosts: known_hosts.to_path_buf(),
+        handshakes: handshakes.clone(),
+    };
+    Ok((key, spec))
+}
+
+fn handshake_limiter(settings: &SshSettings) -> Arc<tokio::sync::Semaphore> {
+    // Never more handshakes in flight than this (reconnections included):
+    // sshd drops unauthenticated connections past `MaxStartups`.
+    Arc::new(tokio::sync::Semaphore::new(
+        settings.max_parallel_handshakes.max(1),
+    ))
+}
+
+/// Start connecting to `nodes` in the background (read-only: nothing is
+/// recorded), so that the handshakes overlap with whatever the command does
+/// before it needs the nodes (reading and hashing the release, compiling the
+/// procedure). `connect_many` then takes these connections, or their errors,
+/// in its own order; nothing is reported here.
+pub(crate) fn prefetch(nodes: &[&NodeConfig], settings: &SshSettings) {
+    if nodes.is_empty() {
+        return;
+    }
+    let (Ok(known_hosts), Ok(rt)) = (known_hosts_file(settings), runtime()) else {
+        return;
+    };
+    let handshakes = handshake_limiter(settings);
+    let mut pending = pending().lock().unwrap_or_else(|e| e.into_inner());
+    for n in nodes {
+        let Ok((key, spec)) = spec_for(n, settings, &known_hosts, &handshakes) else {
+            continue;
+        };
+        if pending.contains_key(&key) {
+            continue;
+        }
+        let task = rt.spawn(async move {
+            let conn = spec.connect().await?;
+            Ok(Arc::new(Link::new(spec, conn)))
+        });
+        pending.insert(key, task);
+    }
+}
+
 /// Connect to several nodes at once (one task each), in input order.
 pub(crate) fn connect_many(
     nodes: &[&NodeConfig],
@@ -253,46 +371,46 @@ pub(crate) fn connect_many(
     }
     let known_hosts = known_hosts_file(settings)?;
     let rt = runtime()?;
+    let handshakes = handshake_limiter(settings);
     let mut tasks = Vec::with_capacity(nodes.len());
     for n in nodes {
-        let NodeAddress::Ssh { user, host, port } = &n.address else {
-            return Err(Error::node(&n.name, "is not an ssh:// node"));
-        };
-        let key = format!(
-            "{}|{}|{:?}|{}",
-            n.name,
-            n.address,
-            settings.identity,
-            known_hosts.display()
-        );
+        let (key, spec) = spec_for(n, settings, &known_hosts, &handshakes)?;
         let pooled = pool()
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
             .filter(|l| !l.current().is_closed())
             .cloned();
-        let spec = ConnectSpec {
-            node: n.name.clone(),
-            user: user.clone(),
-            host: host.clone(),
-            port: *port,
-            root: n.root.clone(),
-            shell: n.shell,
-            settings: settings.clone(),
-            known_hosts: known_hosts.clone(),
+        let early = match pooled {
+            Some(_) => None,
+            None => pending()
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key),
         };
         tasks.push((
             key,
             n.name.clone(),
             n.shell,
             rt.spawn(async move {
-                match pooled {
-                    Some(l) => Ok(l),
-                    None => {
-                        let conn = spec.connect().await?;
-                        Ok(Arc::new(Link::new(spec, conn)))
+                if let Some(l) = pooled {
+                    return Ok(l);
+                }
+                if let Some(task) = early {
+                    match task.await {
+                        Ok(Ok(l)) if !l.current().is_closed() => return Ok(l),
+                        Ok(Ok(_)) => {} // closed meanwhile: connect again
+                        Ok(Err(e)) => return Err(e),
+                        Err(e) => {
+                            return Err(Error::node(
+                                &spec.node,
+                                format!("connection task failed: {e}"),
+                            ))
+                        }
                     }
                 }
+                let conn = spec.connect().await?;
+                Ok(Arc::new(Link::new(spec, conn)))
             }),
         ));
     }
@@ -341,6 +459,8 @@ struct ConnectSpec {
     shell: Shell,
     settings: SshSettings,
     known_hosts: PathBuf,
+    /// Permits for handshakes in flight, shared by every node of the site.
+    handshakes: Arc<tokio::sync::Semaphore>,
 }
 
 impl ConnectSpec {
@@ -369,6 +489,17 @@ impl ConnectSpec {
     async fn connect(&self) -> Result<Connection> {
         let timeout = self.settings.connect_timeout;
         let secs = timeout.as_secs();
+        // Held from the TCP connection until the SFTP session is up: sshd
+        // counts a connection against `MaxStartups` until its parent process
+        // hears that authentication ended, which lags behind the client under
+        // load; the extra round trips keep the count under the limit. The
+        // connect timeout starts once the permit is had, so waiting in line
+        // is no failure.
+        let permit = self
+            .handshakes
+            .acquire()
+            .await
+            .map_err(|_| self.err("internal error: the handshake limiter was closed".into()))?;
         let tcp = match tokio::time::timeout(
             timeout,
             tokio::net::TcpStream::connect((self.host.as_str(), self.port)),
@@ -435,6 +566,7 @@ impl ConnectSpec {
         let sftp = tokio::time::timeout(timeout, self.open_sftp(&handle))
             .await
             .map_err(|_| self.err(format!("the SFTP subsystem did not start within {secs} s")))??;
+        drop(permit);
         let conn = Connection {
             target: self.target(),
             host: self.host.clone(),

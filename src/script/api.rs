@@ -579,6 +579,8 @@ fn for_each_node(
         .collect::<HostResult<Vec<_>>>()?;
     let slots: Vec<Mutex<Option<HostResult<Dynamic>>>> =
         names.iter().map(|_| Mutex::new(None)).collect();
+    // Many nodes on a terminal: one summary bar, not a line per node.
+    let _bar = reporter.nodes_bar(names.len());
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
     let work = || loop {

@@ -1,6 +1,7 @@
 //! A real OpenSSH server on 127.0.0.1 for the SSH tests: its own host key,
 //! client key, authorized_keys and known_hosts in a temporary folder, on a
-//! free port, killed on drop. Loopback only. `restart` kills it with its
+//! free port, killed on drop. OpenSSH's default `MaxStartups 10:30:100`, as
+//! on a real node: a client opening too many handshakes at once is dropped. Loopback only. `restart` kills it with its
 //! sessions (every connection drops) and starts it again, same port and keys.
 
 use std::io::Read;
@@ -75,6 +76,12 @@ pub fn current_user() -> String {
 impl Sshd {
     /// Start a server; `None` when sshd is not installed (see `available`).
     pub fn start() -> Option<Sshd> {
+        Self::start_with("")
+    }
+
+    /// `start` with more sshd_config lines (a benchmark raising
+    /// `MaxStartups` so that every side may open all its connections at once).
+    pub fn start_with(extra_config: &str) -> Option<Sshd> {
         if !available() {
             return None;
         }
@@ -104,8 +111,8 @@ impl Sshd {
                     "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\nPidFile {d}/sshd.pid\n\
                      AuthorizedKeysFile {d}/authorized_keys\nPermitRootLogin prohibit-password\n\
                      PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
-                     Subsystem sftp internal-sftp\nMaxStartups 200\nMaxSessions 200\nSetEnv HOME={d}/home\n\
-                     PrintMotd no\nLogLevel ERROR\n",
+                     Subsystem sftp internal-sftp\nMaxSessions 200\nSetEnv HOME={d}/home\n\
+                     PrintMotd no\nLogLevel INFO\n{extra_config}",
                     d = dir.display()
                 ),
             )
@@ -185,6 +192,12 @@ impl Sshd {
                 read_log(&self.dir)
             )
         });
+    }
+
+    /// What the server logged so far (LogLevel INFO: connections it dropped
+    /// past `MaxStartups` show as `drop connection #N ...`).
+    pub fn log(&self) -> String {
+        read_log(&self.dir)
     }
 
     /// `ssh://user@127.0.0.1:port`
