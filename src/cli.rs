@@ -179,9 +179,9 @@ pub struct StatusArgs {
 
 #[derive(Debug, Args)]
 pub struct AdoptArgs {
-    /// The site file.
+    /// The site file (default: ./site.toml when it exists).
     #[arg(long)]
-    pub site: PathBuf,
+    pub site: Option<PathBuf>,
     /// The nodes to adopt (repeat the option); default every node of the site.
     #[arg(long)]
     pub node: Vec<String>,

@@ -15,7 +15,7 @@ use crate::ops::check_folder_name;
 use crate::{Error, Result};
 
 pub fn exec(a: AdoptArgs) -> Result<i32> {
-    let site = Site::load(&a.site)?;
+    let site = Site::load(&super::site_or_default(a.site.clone(), "uprun adopt")?)?;
     let version = semver::Version::parse(a.version.trim()).map_err(|e| {
         Error::Config(format!(
             "--version {:?} is not a version ({e}); give the version the instances run, e.g. 1.0.0",
