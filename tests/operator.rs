@@ -162,6 +162,32 @@ fn plan_run_runs_and_runs_show_read_as_snapshotted() {
         "{shown}"
     );
     insta::assert_snapshot!("runs_show", shown);
+
+    // `status` after the run: the database, each node and its recorded state.
+    let out = in_sandbox(&sb, &["status"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    insta::assert_snapshot!("status", normalise(&text(&out.stdout), &[&sb.dir]));
+}
+
+#[test]
+fn uprun_test_reads_as_snapshotted() {
+    let sb = two_node_sandbox();
+    let out = in_sandbox(
+        &sb,
+        &[
+            "test",
+            "in-place-upgrade",
+            "--site",
+            "site.toml",
+            "--release",
+            "release",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    insta::assert_snapshot!(
+        "test_stock_two_nodes",
+        normalise(&text(&out.stdout), &[&sb.dir])
+    );
 }
 
 #[test]

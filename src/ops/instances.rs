@@ -698,7 +698,9 @@ impl Ops {
             "start instance {} {} on `{node}` (in `{}`) and check its health",
             rec.app_name, rec.version, rec.folder
         );
-        let shown = if self.mode == Mode::Plan {
+        // Why it is started is news only when it once ran (a resume, a
+        // failed or stopped instance): a staged one starts as planned.
+        let shown = if self.mode == Mode::Plan || rec.state == Some(InstanceState::Staged) {
             description.clone()
         } else {
             format!("{description}; not healthy now: {why}")
