@@ -21,6 +21,21 @@ struct Holder {
     since: String,
 }
 
+/// Open (creating it and its folder) `<state_dir>/run.lock`, unlocked.
+fn open_lock_file(site: &Site) -> Result<(std::path::PathBuf, File)> {
+    let dir = &site.state_dir;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("create state folder", dir, e))?;
+    let path = dir.join("run.lock");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| Error::io("open lock file", &path, e))?;
+    Ok((path, file))
+}
+
 /// Held for as long as it lives.
 pub struct SiteLock {
     _file: File,
@@ -32,16 +47,7 @@ impl SiteLock {
     /// only read but may have to roll back a database transaction left by a
     /// killed process. `None` when a run holds the lock now.
     pub fn try_brief(site: &Site) -> Result<Option<SiteLock>> {
-        let dir = &site.state_dir;
-        std::fs::create_dir_all(dir).map_err(|e| Error::io("create state folder", dir, e))?;
-        let path = dir.join("run.lock");
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| Error::io("open lock file", &path, e))?;
+        let (path, file) = open_lock_file(site)?;
         match file.try_lock() {
             Ok(()) => Ok(Some(SiteLock { _file: file })),
             Err(TryLockError::WouldBlock) => Ok(None),
@@ -52,16 +58,7 @@ impl SiteLock {
     /// Take the site's lock for `run_id`. `resuming` names the run being
     /// resumed: an unfinished run may only be taken over by its own resume.
     pub fn acquire(site: &Site, run_id: &str, resuming: Option<&str>) -> Result<SiteLock> {
-        let dir = &site.state_dir;
-        std::fs::create_dir_all(dir).map_err(|e| Error::io("create state folder", dir, e))?;
-        let path = dir.join("run.lock");
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| Error::io("open lock file", &path, e))?;
+        let (path, mut file) = open_lock_file(site)?;
         let mut text = String::new();
         let _ = file.read_to_string(&mut text);
         let previous: Option<Holder> = serde_json::from_str(&text).ok();
