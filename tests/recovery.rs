@@ -620,9 +620,13 @@ fn on_terminal(mut cmd: std::process::Command, answers: &[&str]) -> (Option<i32>
         let questions = String::from_utf8_lossy(&output).matches("[y/N]").count();
         while asked < questions {
             let answer = answers.get(asked).copied().unwrap_or("n");
-            master
-                .write_all(format!("{answer}\n").as_bytes())
-                .expect("answer");
+            // Ctrl-D (closing the input) is typed alone, without Enter.
+            let typed = if answer == "\u{4}" {
+                answer.to_string()
+            } else {
+                format!("{answer}\n")
+            };
+            master.write_all(typed.as_bytes()).expect("answer");
             asked += 1;
         }
     }
@@ -699,4 +703,27 @@ fn the_procedures_own_question_is_asked_up_front_with_the_plan() {
     assert!(question.contains("question(s) listed above"), "{question}");
     assert!(out.contains("ask: Carry on with the site check?"), "{out}");
     assert!(out.contains("carrying on"), "{out}");
+}
+
+#[test]
+fn input_closed_at_the_question_is_a_no_and_ends_the_line() {
+    let sb = Sandbox::new();
+    let before = sb.snapshot();
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("uprun"));
+    cmd.args(["run", "in-place-upgrade", "--site"])
+        .arg(sb.site())
+        .arg("--release")
+        .arg(sb.release());
+    // Ctrl-D at the start of the line: the terminal closes the input.
+    let (code, asked, out) = on_terminal(cmd, &["\u{4}"]);
+    assert_eq!(code, Some(3), "{out}");
+    assert_eq!(asked, 1, "{out}");
+    let after = out.split("[y/N]").nth(1).expect("the question was asked");
+    // What follows the question starts on a line of its own.
+    assert!(
+        after.trim_start_matches(' ').starts_with(['\r', '\n']),
+        "the next output continues the question's line: {out:?}"
+    );
+    assert!(after.contains("Cancelled: nothing was changed"), "{out}");
+    sb.assert_unchanged(&before, "a refused run changed something");
 }

@@ -832,8 +832,14 @@ pub(crate) fn ask(question: &str) -> bool {
     let _ = write!(err, "{question} [y/N] ");
     let _ = err.flush();
     let mut answer = String::new();
-    if std::io::stdin().lock().read_line(&mut answer).is_err() {
-        return false;
+    match std::io::stdin().lock().read_line(&mut answer) {
+        // Input closed (Ctrl-D) or unreadable: the answer is no, and the
+        // line the question left open is ended so that what follows starts
+        // at the left margin.
+        Ok(0) | Err(_) => {
+            let _ = writeln!(err);
+            false
+        }
+        Ok(_) => matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes"),
     }
-    matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
 }
