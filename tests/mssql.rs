@@ -811,9 +811,19 @@ fn backup_and_verify_send_the_expected_sql_and_progress_drives_the_callback() {
         receipt
             .file
             .starts_with("/var/opt/mssql/backup/FastApp-1.0.0-")
-            && receipt.file.ends_with("Z.bak"),
+            && receipt.file.ends_with(".bak"),
         "{}",
         receipt.file
+    );
+    // Time to the millisecond and a tag of the process: a shared backup
+    // folder never sees two backups under one name (FORMAT would overwrite).
+    let name = receipt.file.trim_end_matches(".bak");
+    let (stamp, tag) = name.rsplit_once('-').expect("tag");
+    let stamp = stamp.rsplit('-').next().unwrap_or_default();
+    assert_eq!(stamp.len(), "20261202T140918068Z".len(), "{stamp}");
+    assert!(
+        tag.len() == 4 && tag.chars().all(|c| c.is_ascii_hexdigit()),
+        "{tag}"
     );
     assert_eq!(receipt.size, 123_456);
     // Both times from uprun's clock, in UTC (the server's are local).

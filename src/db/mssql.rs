@@ -1352,14 +1352,24 @@ impl Database for MssqlDatabase {
                 Ok(r.first().and_then(|r| cell_i64(r, "spid")).unwrap_or(0))
             })
         })?;
-        let stamp = time::OffsetDateTime::now_utc()
+        // `INIT, FORMAT` overwrite a file of the same name without a word, and
+        // the folder may be shared (several servers, several runs): the name
+        // carries the time to the millisecond and a tag of this process, so
+        // that no backup ever lands on another.
+        let now = time::OffsetDateTime::now_utc();
+        let stamp = now
             .format(time::macros::format_description!(
-                "[year][month][day]T[hour][minute][second]Z"
+                "[year][month][day]T[hour][minute][second][subsecond digits:3]Z"
             ))
             .unwrap_or_default();
+        let tag = (std::process::id() ^ now.nanosecond()) & 0xffff;
         let file = server_path(
             &dir.to_string_lossy(),
-            &format!("{}-{}-{stamp}.bak", file_part(&self.name), version),
+            &format!(
+                "{}-{}-{stamp}-{tag:04x}.bak",
+                file_part(&self.name),
+                version
+            ),
         );
         let sql = if compress {
             format!("{BACKUP_SQL}, COMPRESSION")
