@@ -23,6 +23,7 @@ fn run(journal: &Journal, durable: bool, file: &std::path::Path) -> f64 {
                 .into(),
             intent: json!({ "node": "app01", "app_name": "FastApp", "version": "2.0.0", "folder": "FastApp-2.0.0" }),
             at: "2026-11-25T00:00:00Z".into(),
+            within: None,
         };
         let done = Entry::Done {
             key,

@@ -189,6 +189,7 @@ mod tests {
             description: String::new(),
             intent: json!(null),
             at: at.into(),
+            within: None,
         }
     }
 

@@ -59,6 +59,9 @@ pub enum Entry {
         /// the upgrade it will apply), for reconciliation after a crash.
         intent: Value,
         at: String,
+        /// The node of the `for_each_node` closure the step ran in, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        within: Option<String>,
     },
     Done {
         key: String,

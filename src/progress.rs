@@ -121,6 +121,11 @@ impl Drop for NodeScope {
     }
 }
 
+/// The node whose `for_each_node` closure the current thread runs, if any.
+pub fn closure_node() -> Option<String> {
+    current_node().map(|(name, _)| name)
+}
+
 fn current_node() -> Option<(String, Option<ProgressBar>)> {
     NODE.with(|n| n.borrow().as_ref().map(|c| (c.name.clone(), c.bar.clone())))
 }

@@ -279,6 +279,9 @@ fn attempt(
 pub struct PathReport {
     pub step: usize,
     pub description: String,
+    /// The node of the `for_each_node` closure the step ran in, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub within: Option<String>,
     /// "before" or "after" the step's change.
     pub point: &'static str,
     pub converged: bool,
@@ -376,17 +379,22 @@ pub fn test_procedure(
     let clean_cmds = count(&a.commands);
     // Descriptions name the copy's folders: say so instead of a temporary path.
     let copy_dir = clean.site.dir.display().to_string();
-    let steps: Vec<String> = journal::read(j.path())?
+    let started: Vec<(String, Option<String>)> = journal::read(j.path())?
         .into_iter()
         .filter_map(|e| match e {
-            Entry::Started { description, .. } => Some(description.replace(&copy_dir, "<copy>")),
+            Entry::Started {
+                description,
+                within,
+                ..
+            } => Some((description.replace(&copy_dir, "<copy>"), within)),
             _ => None,
         })
         .collect();
+    let steps: Vec<String> = started.iter().map(|(d, _)| d.clone()).collect();
     drop(clean);
 
     let mut paths = Vec::new();
-    for (i, description) in steps.iter().enumerate() {
+    for (i, (description, within)) in started.iter().enumerate() {
         for after_change in [false, true] {
             let point = if after_change { "after" } else { "before" };
             let copy = disposable(site)?;
@@ -453,6 +461,7 @@ pub fn test_procedure(
             paths.push(PathReport {
                 step: i + 1,
                 description: description.clone(),
+                within: within.clone(),
                 point,
                 converged: problems.is_empty(),
                 problems,

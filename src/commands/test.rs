@@ -53,9 +53,13 @@ pub fn exec(a: TestArgs) -> Result<i32> {
     for p in &report.paths {
         let verdict = if p.converged { "converges" } else { "DIVERGES" };
         crate::outln!(
-            "  step {:>2} {:<6} {verdict:<9} {}",
+            "  step {:>2} {:<6} {verdict:<9} {}{}",
             p.step,
             p.point,
+            p.within
+                .as_ref()
+                .map(|n| format!("(for_each_node, {n}) "))
+                .unwrap_or_default(),
             p.description
         );
         for problem in &p.problems {

@@ -704,6 +704,7 @@ impl Ops {
             description,
             intent,
             at: now_rfc3339(),
+            within: crate::progress::closure_node(),
         });
         if let Err(e) = announced {
             self.finish_step(idx, Err(&e), 0);
