@@ -424,3 +424,24 @@ fn a_rolling_restart_uses_the_sites_own_service_commands() {
     assert!(err.contains("node `app02` is not healthy"), "{err}");
     sb.assert_unchanged(&before, "a refused plan changed something");
 }
+
+#[test]
+fn at_scale_the_summary_counts_done_steps_instead_of_listing_them() {
+    let sb = Sandbox::new();
+    let path = sb.script(
+        "many.rhai",
+        "for i in 0..25 { node_command(primary(), `echo ${i} > step-${i}`); }\n",
+    );
+    let out = sb
+        .cmd("run", path.to_str().expect("path"), &["--yes"])
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let summary = stdout.split("run succeeded").nth(1).expect("summary");
+    assert!(
+        summary.contains("done: 25 steps (25 x node command; each one is in the journal)"),
+        "{summary}"
+    );
+    assert!(!summary.contains("done: run `echo"), "{summary}");
+}

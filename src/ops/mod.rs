@@ -774,8 +774,34 @@ impl Ops {
     pub fn summary(&self) -> Vec<String> {
         let st = lock(&self.state);
         let mut out = Vec::new();
-        for s in st.steps.iter().filter(|s| s.changes) {
+        let changes: Vec<&StepRecord> = st.steps.iter().filter(|s| s.changes).collect();
+        // At scale (200 nodes) the done steps are counted by kind, not listed
+        // one per line: what did not go well stays listed in full.
+        let done = changes
+            .iter()
+            .filter(|s| s.status == StepStatus::Done)
+            .count();
+        let count_done = done > SUMMARY_DONE_LINES;
+        if count_done {
+            let mut kinds: Vec<(&str, usize)> = Vec::new();
+            for s in changes.iter().filter(|s| s.status == StepStatus::Done) {
+                match kinds.iter_mut().find(|(k, _)| *k == s.kind) {
+                    Some((_, n)) => *n += 1,
+                    None => kinds.push((s.kind, 1)),
+                }
+            }
+            let listed: Vec<String> = kinds
+                .iter()
+                .map(|(k, n)| format!("{n} x {}", k.replace('_', " ")))
+                .collect();
+            out.push(format!(
+                "done: {done} steps ({}; each one is in the journal)",
+                listed.join(", ")
+            ));
+        }
+        for s in changes {
             let status = match s.status {
+                StepStatus::Done if count_done => continue,
                 StepStatus::Done => "done",
                 StepStatus::Failed => "FAILED",
                 StepStatus::Refused => "refused",
@@ -802,6 +828,9 @@ impl Ops {
         out
     }
 }
+
+/// Above this many done steps, the run summary counts them by kind.
+const SUMMARY_DONE_LINES: usize = 20;
 
 /// What `plan` and `run`'s question count: the steps that change something
 /// (backups included; replayed steps, done in an earlier attempt, are not),
