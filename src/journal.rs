@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::config::release::sha256_hex;
 use crate::config::{DbKind, Release, Site};
 use crate::db::now_rfc3339;
 use crate::script::Procedure;
@@ -529,10 +530,6 @@ pub fn entry_now_end(outcome: &str, error: Option<String>) -> Entry {
         at: now_rfc3339(),
         error,
     }
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    crate::config::release::hex(&Sha256::digest(bytes))
 }
 
 fn hash_tree(h: &mut Sha256, root: &Path, dir: &Path) -> Result<()> {

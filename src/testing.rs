@@ -9,7 +9,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::config::{DbKind, NodeAddress, Release, Site};
 use crate::journal::{self, Entry, Journal, Replay};
@@ -117,7 +116,7 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) -> Result<(
             "-".to_string()
         } else {
             let bytes = std::fs::read(&p).map_err(|e| Error::io("read", &p, e))?;
-            crate::config::release::hex(&Sha256::digest(&bytes))[..16].to_string()
+            crate::config::release::sha256_hex(&bytes)[..16].to_string()
         };
         out.insert(rel, digest);
     }

@@ -234,7 +234,7 @@ impl Release {
                 )));
             }
             let bytes = std::fs::read(&path).map_err(|e| Error::io("read migration", &path, e))?;
-            let checksum = hex(&Sha256::digest(&bytes));
+            let checksum = sha256_hex(&bytes);
             let sql = String::from_utf8(bytes).map_err(|_| {
                 Error::Config(format!("migration `{}` is not valid UTF-8", path.display()))
             })?;
@@ -249,6 +249,11 @@ impl Release {
         out.sort_by(|a, b| a.version.cmp(&b.version).then_with(|| a.name.cmp(&b.name)));
         Ok(out)
     }
+}
+
+/// Hex SHA-256 of `bytes`.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {

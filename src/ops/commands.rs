@@ -229,6 +229,5 @@ impl Ops {
 
 /// The first 8 hex digits of the SHA-256 of `text`.
 fn short_digest(text: &str) -> String {
-    use sha2::{Digest, Sha256};
-    crate::config::release::hex(&Sha256::digest(text.as_bytes()))[..8].to_string()
+    crate::config::release::sha256_hex(text.as_bytes())[..8].to_string()
 }

@@ -411,24 +411,11 @@ pub(crate) fn describe_row(row: &crate::db::Row) -> String {
                 serde_json::Value::String(s) => s.clone(),
                 other => other.to_string(),
             };
-            format!("{}={}", escape_control(k), escape_control(&v))
+            let e = crate::progress::escape_controls;
+            format!("{}={}", e(k), e(&v))
         })
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-/// `text` with control characters shown as escapes, so that it cannot forge
-/// output lines or move the cursor.
-pub(crate) fn escape_control(text: &str) -> String {
-    text.chars()
-        .flat_map(|c| {
-            if c.is_control() {
-                c.escape_default().collect::<Vec<_>>()
-            } else {
-                vec![c]
-            }
-        })
-        .collect()
 }
 
 fn applied_by(run_id: &str) -> String {

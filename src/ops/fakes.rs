@@ -674,7 +674,6 @@ impl World {
 
 /// Hex SHA-256 of a file, or `None` when it cannot be read.
 fn file_sha256(path: &str) -> Option<String> {
-    use sha2::{Digest, Sha256};
     let bytes = std::fs::read(path).ok()?;
-    Some(crate::config::release::hex(&Sha256::digest(bytes)))
+    Some(crate::config::release::sha256_hex(&bytes))
 }
