@@ -1,0 +1,189 @@
+//! Running a command on its own channel: output kept up to a limit, the
+//! timeout and the operator's abort (second Ctrl-C), and killing the
+//! command with its process group on the node.
+
+use std::time::Duration;
+
+use russh::client;
+use russh::{ChannelMsg, Sig};
+
+use super::pool::Op;
+use super::shell::{command_line, take_pid};
+use super::SshTransport;
+use crate::config::Shell;
+use crate::nodes::ExecOutput;
+use crate::{Error, Result};
+
+/// Output kept from one remote command (each of stdout and stderr).
+pub(super) const MAX_OUTPUT: usize = 4 * 1024 * 1024;
+/// How often a running command checks whether the operator aborted it.
+pub(super) const ABORT_POLL: Duration = Duration::from_millis(100);
+
+/// How a remote command's wait ended.
+pub(super) enum End {
+    /// The channel closed, or the connection did after the exit status came.
+    Finished,
+    /// The channel went away before the command reported how it exited.
+    Lost,
+    TimedOut,
+    Aborted,
+}
+
+impl SshTransport {
+    /// Stop a command (past its timeout, or aborted): the SSH `signal`
+    /// request (sshd honours it for non-root logins only), then `kill` of
+    /// the shell's process group on a second channel. True when the
+    /// channel closed.
+    pub(super) async fn kill(
+        &self,
+        op: &Op,
+        channel: &mut russh::Channel<client::Msg>,
+        pid: Option<u32>,
+    ) -> bool {
+        let _ = channel.signal(Sig::KILL).await;
+        if let (Some(pid), Shell::Posix) = (pid, self.shell) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                let ch = op.conn.handle.channel_open_session().await.ok()?;
+                ch.exec(
+                    true,
+                    // `-s KILL --`: the form dash, bash and busybox all accept.
+                    format!("kill -s KILL -- -{pid} 2>/dev/null || kill -s KILL {pid}"),
+                )
+                .await
+                .ok()?;
+                let mut ch = ch;
+                while let Some(msg) = ch.wait().await {
+                    if let ChannelMsg::Close = msg {
+                        break;
+                    }
+                }
+                Some(())
+            })
+            .await;
+        }
+        let stopped = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(msg) = channel.wait().await {
+                if let ChannelMsg::ExitStatus { .. }
+                | ChannelMsg::ExitSignal { .. }
+                | ChannelMsg::Close = msg
+                {
+                    return true;
+                }
+            }
+            true
+        })
+        .await
+        .unwrap_or(false);
+        let _ = channel.close().await;
+        stopped
+    }
+
+    pub(super) fn exec_command(
+        &self,
+        command: &str,
+        cwd: &str,
+        timeout: Duration,
+    ) -> Result<ExecOutput> {
+        if crate::interrupt::abort_requested() {
+            return Err(Error::Interrupted(format!(
+                "interrupted: `{command}` was not started on node `{}`: the operator aborted the run (second Ctrl-C)",
+                self.node
+            )));
+        }
+        let line = &command_line(self.shell, command, cwd);
+        self.run(&format!("running `{command}`"), |op| async move {
+            let mut channel = op
+                .conn
+                .handle
+                .channel_open_session()
+                .await
+                .map_err(|e| self.err(format!("cannot open a channel for `{command}`: {e}")))?;
+            op.changes();
+            channel
+                .exec(true, line.as_bytes())
+                .await
+                .map_err(|e| self.err(format!("cannot start `{command}`: {e}")))?;
+            let mut stdout = Vec::new();
+            let mut stderr = Vec::new();
+            let mut status = None;
+            let mut exited = false;
+            let keep = |buf: &mut Vec<u8>, data: &[u8]| {
+                let room = MAX_OUTPUT.saturating_sub(buf.len());
+                buf.extend_from_slice(&data[..data.len().min(room)]);
+            };
+            let deadline = tokio::time::sleep(timeout);
+            tokio::pin!(deadline);
+            // The abort flag is set by the Ctrl-C handler thread: polled.
+            let mut tick = tokio::time::interval(ABORT_POLL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let end = loop {
+                tokio::select! {
+                    msg = channel.wait() => match msg {
+                        Some(ChannelMsg::Data { data }) => keep(&mut stdout, &data),
+                        Some(ChannelMsg::ExtendedData { data, ext: 1 }) => keep(&mut stderr, &data),
+                        Some(ChannelMsg::ExitStatus { exit_status }) => {
+                            exited = true;
+                            status = Some(exit_status as i32);
+                        }
+                        Some(ChannelMsg::ExitSignal { signal_name, .. }) => {
+                            exited = true;
+                            keep(
+                                &mut stderr,
+                                format!("killed by signal {signal_name:?}").as_bytes(),
+                            );
+                        }
+                        Some(ChannelMsg::Close) => break End::Finished,
+                        Some(_) => {}
+                        None if exited => break End::Finished,
+                        None => break End::Lost,
+                    },
+                    () = &mut deadline => break End::TimedOut,
+                    _ = tick.tick() => {
+                        if crate::interrupt::abort_requested() {
+                            break End::Aborted;
+                        }
+                    }
+                }
+            };
+            let (pid, rest) = take_pid(&stderr);
+            let killed = |stopped: bool| {
+                if stopped {
+                    "it was killed on the node"
+                } else {
+                    "uprun asked the node to kill it, but it may still be running there: check the node"
+                }
+            };
+            match end {
+                End::Finished => {}
+                End::TimedOut => {
+                    let stopped = self.kill(&op, &mut channel, pid).await;
+                    return Err(self.err(format!(
+                        "`{command}` did not finish within {} s; {}",
+                        timeout.as_secs(),
+                        killed(stopped)
+                    )));
+                }
+                End::Aborted => {
+                    let stopped = self.kill(&op, &mut channel, pid).await;
+                    return Err(Error::Interrupted(format!(
+                        "interrupted: `{command}` on node `{}` ({}) was aborted by the operator (second Ctrl-C); {}",
+                        self.node,
+                        self.target(),
+                        killed(stopped)
+                    )));
+                }
+                End::Lost => {
+                    return Err(self.err(format!(
+                        "the channel of `{command}` closed before the command reported how it exited; it may or may not have finished on the node, and uprun does not run it again on its own. Check the node, then resume the run (`--resume`)"
+                    )));
+                }
+            }
+            let stderr = rest.to_vec();
+            Ok(ExecOutput {
+                status,
+                stdout: String::from_utf8_lossy(&stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&stderr).into_owned(),
+            })
+        })
+    }
+}

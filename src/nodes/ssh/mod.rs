@@ -1,0 +1,97 @@
+//! The SSH transport: a node reached with `ssh://user@host:port`.
+//!
+//! One connection per node for the whole process (the planning pass and the
+//! run reuse it), files over SFTP on that connection, commands on a new
+//! channel each. russh is async; the transport trait is not, so a small
+//! process-wide tokio runtime owns the connections and the sync methods
+//! block on it (never from inside it). Host keys are checked against
+//! known_hosts: an unknown key is refused unless the site accepts new keys, a
+//! changed key always is. Keys, passphrases and secrets never reach output.
+//!
+//! A connection found closed (sshd restarted, network dropped) is reopened
+//! once, with the same checks, by an operation that has not yet sent anything
+//! that could change the node; one lost after that is reported, never
+//! repeated. A running command stops when the operator aborts (second Ctrl-C).
+
+mod connect;
+mod exec;
+mod pool;
+mod sftp;
+mod shell;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{DirState, ExecOutput, NodeTransport, PathIdentity};
+use crate::config::Shell;
+use crate::{Error, Result};
+
+use pool::Link;
+pub(crate) use pool::{close_all, connect_many, prefetch};
+use sftp::sftp_path;
+
+/// A node reached over SSH.
+pub struct SshTransport {
+    node: String,
+    shell: Shell,
+    link: Arc<Link>,
+    /// Limit for one SFTP request.
+    file_timeout: Duration,
+}
+
+impl SshTransport {
+    fn target(&self) -> String {
+        self.link.spec.target()
+    }
+
+    fn err(&self, message: String) -> Error {
+        Error::node(&self.node, format!("{}: {message}", self.target()))
+    }
+
+    fn path(&self, p: &str) -> String {
+        sftp_path(self.shell, p)
+    }
+}
+
+impl NodeTransport for SshTransport {
+    fn node(&self) -> &str {
+        &self.node
+    }
+
+    fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        self.sftp_read_file(path)
+    }
+
+    fn write_file(&self, path: &str, data: &[u8]) -> Result<()> {
+        self.sftp_write_file(path, data)
+    }
+
+    fn remove_tree(&self, path: &str) -> Result<()> {
+        self.sftp_remove_tree(path)
+    }
+
+    fn dir_state(&self, path: &str) -> Result<DirState> {
+        self.sftp_dir_state(path)
+    }
+
+    fn create_dir_all(&self, path: &str) -> Result<()> {
+        self.sftp_create_dir_all(path)
+    }
+
+    fn upload_tree(&self, src: &Path, dest: &str) -> Result<u64> {
+        self.sftp_upload_tree(src, dest)
+    }
+
+    fn identity(&self, path: &str) -> Result<Option<PathIdentity>> {
+        self.sftp_identity(path)
+    }
+
+    fn paths_ignore_case(&self) -> bool {
+        self.shell == Shell::Powershell
+    }
+
+    fn exec(&self, command: &str, cwd: &str, timeout: Duration) -> Result<ExecOutput> {
+        self.exec_command(command, cwd, timeout)
+    }
+}
