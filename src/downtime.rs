@@ -138,9 +138,10 @@ pub fn window(entries: &[Entry]) -> Option<Window> {
 fn label(kind: &str) -> &str {
     match kind {
         "remove_instance" => "removals (stop, unregister)",
-        "create_instance" => "creates (payload copy, config, start, health)",
+        "create_instance" => "creates (payload copy or staged rename, config, start, health)",
         "start_instance" => "starts (start, health)",
         "stop_instance" => "stops",
+        "stage_release" => "payload staging",
         "upgrade_db" => "database upgrade",
         "backup_db" => "backup",
         "node_command" => "node commands",

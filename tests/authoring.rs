@@ -178,7 +178,7 @@ fn uprun_test_reports_that_the_stock_procedure_converges_everywhere() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        text.contains("every interruption point converges (18 paths)"),
+        text.contains("every interruption point converges (24 paths)"),
         "{text}"
     );
     assert!(!text.contains("DIVERGES"), "{text}");

@@ -106,7 +106,7 @@ fn killed_at_any_step_then_resumed_ends_like_a_clean_run() {
         .collect();
     assert_eq!(
         kinds.len(),
-        9,
+        12,
         "changing steps of the stock procedure: {kinds:?}"
     );
 
@@ -116,7 +116,7 @@ fn killed_at_any_step_then_resumed_ends_like_a_clean_run() {
         let mut points = vec!["before", "after"];
         if matches!(
             kind.as_str(),
-            "create_instance" | "upgrade_db" | "start_instance"
+            "create_instance" | "upgrade_db" | "start_instance" | "stage_release"
         ) {
             points.push("inner");
         }
@@ -171,8 +171,8 @@ fn killed_at_any_step_then_resumed_ends_like_a_clean_run() {
     }
     assert_eq!(
         cases,
-        9 * 2 + 5,
-        "every step, before and after its change, and inside the long ones"
+        12 * 2 + 5 + 3,
+        "every step, before and after its change, and inside the long ones (and each staging)"
     );
 }
 
@@ -192,7 +192,7 @@ fn runs_lists_and_shows_the_journal() {
     let runs = runs.as_array().expect("array");
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0]["outcome"], "succeeded");
-    assert_eq!(runs[0]["steps_done"], 9);
+    assert_eq!(runs[0]["steps_done"], 12);
     let id = runs[0]["run_id"].as_str().expect("id");
     let out = uprun()
         .args(["runs", "show", id, "--site"])
@@ -467,14 +467,33 @@ fn an_abandoned_run_frees_the_site() {
     assert_eq!(done_earlier, done_in_journal, "{planned:#?}");
     assert_eq!(
         planned.iter().filter(|e| e["changes"] == true).count(),
-        9 - done_in_journal,
-        "the rest of the 9 changing steps is still to do: {planned:#?}"
+        12 - done_in_journal,
+        "the rest of the 12 changing steps is still to do: {planned:#?}"
     );
-    uprun()
+    // The run was killed right after staging the payload on a node: the
+    // staged files are outside any instance, and abandoning removes them.
+    let staging = |sb: &Sandbox| -> Vec<String> {
+        ["app01", "app02", "app03"]
+            .into_iter()
+            .filter(|n| sb.dir.join("nodes").join(n).join(".uprun-staging").exists())
+            .map(str::to_string)
+            .collect()
+    };
+    assert!(!staging(&sb).is_empty(), "step 2 staged a node's payload");
+    let out = uprun()
         .args(["runs", "abandon", &id, "--site"])
         .arg(sb.site())
-        .assert()
-        .success();
+        .output()
+        .expect("abandon");
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("staged payload(s)"),
+        "{out:?}"
+    );
+    assert!(
+        staging(&sb).is_empty(),
+        "abandon removed the staged payloads"
+    );
     assert!(unfinished(&sb).is_empty());
     sb.cmd("run", "in-place-upgrade", &["--yes"])
         .assert()

@@ -321,17 +321,18 @@ fn a_power_loss_while_the_secondaries_start_is_reconciled_on_resume() {
 #[test]
 fn abandon_then_a_new_run_from_each_partial_state_ends_like_a_clean_run() {
     let expected = clean_end_state();
-    // Steps of the clean stock run: 1 backup, 2-3 secondaries removed, 4
-    // primary removed, 5 primary staged, 6 database upgraded, 7 primary
-    // started, 8-9 secondaries created.
+    // Steps of the clean stock run: 1 backup, 2-4 payloads staged before
+    // the window, 5-6 secondaries removed, 7 primary removed, 8 primary
+    // staged, 9 database upgraded, 10 primary started, 11-12 secondaries
+    // created.
     for (failpoint, upgraded) in [
-        ("step4:after", false), // after the removals
-        ("step5:inner", false), // while staging the primary (files half copied)
-        ("step5:after", false), // after staging
-        ("step6:after", true),  // after the upgrade
-        ("step7:inner", true),  // started, health not yet checked
-        ("step7:after", true),  // after the primary's start
-        ("step8:inner", true),  // while creating a secondary
+        ("step7:after", false), // after the removals
+        ("step8:inner", false), // while staging the primary (files half copied)
+        ("step8:after", false), // after staging
+        ("step9:after", true),  // after the upgrade
+        ("step10:inner", true), // started, health not yet checked
+        ("step10:after", true), // after the primary's start
+        ("step11:inner", true), // while creating a secondary
     ] {
         let sb = Sandbox::new();
         let out = sb

@@ -22,3 +22,4 @@ mod plan;
 mod rails;
 mod recovery;
 mod ssh;
+mod staging;

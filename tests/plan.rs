@@ -43,12 +43,24 @@ fn plan_lists_the_vendor_order_and_changes_nothing() {
     // Exactly the vendor's order: backup, removals (secondaries, then the
     // primary), stage the primary, upgrade, start the primary, then the
     // secondaries.
-    assert_eq!(changing.len(), 10, "{steps:#?}");
+    assert_eq!(changing.len(), 13, "{steps:#?}");
     assert_eq!(changing[0].0, "backup_db");
     assert_eq!(changing[1].0, "check");
     assert!(steps[1].1.contains("strategies"));
+    // The payload staged on every node before the window opens (the first
+    // removal), outside any instance folder.
+    let mut staged: Vec<&str> = changing[2..5]
+        .iter()
+        .map(|(k, n)| {
+            assert_eq!(*k, "stage_release");
+            *n
+        })
+        .collect();
+    staged.sort();
+    assert_eq!(staged, ["app01", "app02", "app03"]);
+    assert!(steps[2].1.contains("`.uprun-staging/"), "{}", steps[2].1);
     // Secondaries (in any order, they may run in parallel) before the primary.
-    let mut removed_first: Vec<&str> = changing[2..4]
+    let mut removed_first: Vec<&str> = changing[5..7]
         .iter()
         .map(|(k, n)| {
             assert_eq!(*k, "remove_instance");
@@ -57,20 +69,20 @@ fn plan_lists_the_vendor_order_and_changes_nothing() {
         .collect();
     removed_first.sort();
     assert_eq!(removed_first, ["app02", "app03"]);
-    assert_eq!(changing[4], ("remove_instance", "app01"));
-    assert_eq!(changing[5], ("create_instance", "app01"));
+    assert_eq!(changing[7], ("remove_instance", "app01"));
+    assert_eq!(changing[8], ("create_instance", "app01"));
     assert!(
-        steps[5]
+        steps[8]
             .1
             .starts_with("stage instance FastApp 2.0.0 on `app01`")
-            && steps[5].1.contains("(not started)"),
+            && steps[8].1.contains("(not started)"),
         "{}",
-        steps[5].1
+        steps[8].1
     );
-    assert_eq!(changing[6].0, "upgrade_db");
-    assert!(steps[6].1.contains("1.0.0 to 2.0.0"), "{}", steps[6].1);
-    assert_eq!(changing[7], ("start_instance", "app01"));
-    let mut created_after: Vec<&str> = changing[8..10]
+    assert_eq!(changing[9].0, "upgrade_db");
+    assert!(steps[9].1.contains("1.0.0 to 2.0.0"), "{}", steps[9].1);
+    assert_eq!(changing[10], ("start_instance", "app01"));
+    let mut created_after: Vec<&str> = changing[11..13]
         .iter()
         .map(|(k, n)| {
             assert_eq!(*k, "create_instance");
@@ -80,9 +92,9 @@ fn plan_lists_the_vendor_order_and_changes_nothing() {
     created_after.sort();
     assert_eq!(created_after, ["app02", "app03"]);
     assert!(
-        steps[8].1.starts_with("create instance FastApp 2.0.0"),
+        steps[11].1.starts_with("create instance FastApp 2.0.0"),
         "{}",
-        steps[8].1
+        steps[11].1
     );
 
     sb.assert_unchanged(&before, "plan changed the database or a node folder");

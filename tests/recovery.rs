@@ -559,7 +559,7 @@ fn plan_and_the_question_count_the_same_changes() {
         .output()
         .expect("plan");
     assert!(out.status.success(), "{}", text(&out));
-    let counted = "9 change(s) (1 backup(s), 1 irreversible)";
+    let counted = "12 change(s) (1 backup(s), 1 irreversible)";
     assert!(text(&out).contains(counted), "{}", text(&out));
     assert!(
         text(&out).contains("IRREVERSIBLE: upgrade database"),
@@ -654,7 +654,7 @@ fn one_yes_up_front_covers_the_whole_run() {
         .find(|l| l.contains("[y/N]"))
         .expect("the question");
     assert!(
-        question.contains("9 change(s) (1 backup(s), 1 irreversible)")
+        question.contains("12 change(s) (1 backup(s), 1 irreversible)")
             && question.contains("whole run"),
         "{question}"
     );

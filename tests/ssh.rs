@@ -563,7 +563,7 @@ fn a_run_killed_mid_step_over_ssh_resumes_to_the_local_end_state() {
 
     // Inside the primary's create (payload copied over SFTP, not yet
     // registered), and after a secondary's create (done, not yet journaled).
-    for point in ["step5:inner", "step7:after"] {
+    for point in ["step8:inner", "step10:after"] {
         let remote = Sandbox::new();
         let site = ssh_site(&remote, &sshd, "", |_| sshd.address());
         let killed = uprun()

@@ -185,6 +185,10 @@ pub fn exec(a: RunsArgs) -> Result<i32> {
                     Some("abandoned by the operator".into()),
                 ))?;
             }
+            // Payloads the run staged on the nodes (outside any instance) go.
+            for line in crate::nodes::staging::clean_site(&site) {
+                crate::outln!("{line}");
+            }
             crate::outln!("run {id} abandoned; new runs may start. Nothing was undone: `uprun status --site {}` shows the site.", site.file.display());
         }
     }

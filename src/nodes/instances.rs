@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::staging::PayloadDigest;
 use super::{DirState, NodeTransport};
 use crate::config::site::ServiceConfig;
 use crate::config::Shell;
@@ -295,15 +296,19 @@ impl NodeInstances {
 
     /// Lay out a new instance in `rec.folder` and register it as `staged`
     /// (not started). The folder is recorded as used, and the instance as
-    /// pending, before anything is copied; `fresh` empties the folder first
-    /// (finishing a layout that was cut off).
+    /// pending, before anything is laid out; `fresh` empties the folder first
+    /// (finishing a layout that was cut off). With `staged` (the release's
+    /// payload, hashed), a staging of it that verifies by hash on the node now
+    /// becomes the folder by a rename; otherwise the payload is copied.
+    /// Returns the bytes copied (0 after a rename) and whether it was renamed.
     pub fn stage(
         &self,
         rec: &InstanceRecord,
         payload: &Path,
         config: &str,
         fresh: bool,
-    ) -> Result<u64> {
+        staged: Option<&PayloadDigest>,
+    ) -> Result<(u64, bool)> {
         let mut m = self.manifest()?;
         if !m.used_folders.contains(&rec.folder) {
             m.used_folders.push(rec.folder.clone());
@@ -314,15 +319,34 @@ impl NodeInstances {
         if fresh {
             self.transport.remove_tree(&folder)?;
         }
-        self.transport.create_dir_all(&folder)?;
-        // `ops` checked the folder; a link put there since is not followed.
-        if self.transport.identity(&folder)?.is_some_and(|id| id.link) {
-            return Err(Error::node(
-                self.node(),
-                format!("`{folder}` became a symbolic link after it was checked; nothing was copied into it. Check the node by hand"),
-            ));
+        let tree = match staged {
+            Some(pd) => self.verified_staging(pd)?,
+            None => None,
+        };
+        let mut renamed = false;
+        if let Some(tree) = &tree {
+            // `ops` checked that the folder is missing or empty: an empty
+            // one gives way to the staged tree (a rename never replaces).
+            if self.transport.dir_state(&folder)? == DirState::Empty
+                && !self.transport.identity(&folder)?.is_some_and(|id| id.link)
+            {
+                self.transport.remove_tree(&folder)?;
+            }
+            renamed = self.transport.rename(tree, &folder).is_ok();
         }
-        let bytes = self.transport.upload_tree(payload, &folder)?;
+        let bytes = if renamed {
+            0
+        } else {
+            self.transport.create_dir_all(&folder)?;
+            // `ops` checked the folder; a link put there since is not followed.
+            if self.transport.identity(&folder)?.is_some_and(|id| id.link) {
+                return Err(Error::node(
+                    self.node(),
+                    format!("`{folder}` became a symbolic link after it was checked; nothing was copied into it. Check the node by hand"),
+                ));
+            }
+            self.transport.upload_tree(payload, &folder)?
+        };
         crate::failpoint::inner();
         self.transport.write_file(
             &self.transport.join(&folder, INSTANCE_CONFIG),
@@ -331,7 +355,13 @@ impl NodeInstances {
         m.current = Some(rec.with_state(InstanceState::Staged));
         m.pending = None;
         self.write_manifest(&m)?;
-        Ok(bytes)
+        // The staging is used up (or stale): it goes.
+        if let Some(pd) = staged {
+            if pd.unstageable.is_none() {
+                self.clean_staging(None)?;
+            }
+        }
+        Ok((bytes, renamed))
     }
 
     /// Record the current instance's state (when it is still `rec`).

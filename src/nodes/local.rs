@@ -7,7 +7,14 @@ use std::time::{Duration, Instant};
 
 use wait_timeout::ChildExt;
 
-use super::{DirState, ExecOutput, NodeTransport, PathIdentity};
+use std::collections::BTreeMap;
+
+use sha2::{Digest, Sha256};
+
+use super::{
+    DirState, ExecOutput, NodeTransport, PathIdentity, PayloadEntry, TreeEntry, TreeHashes,
+};
+use crate::config::release::hex;
 use crate::{Error, Result};
 
 pub struct LocalTransport {
@@ -84,9 +91,7 @@ impl NodeTransport for LocalTransport {
         std::fs::create_dir_all(path).map_err(|e| self.err(format!("cannot create `{path}`"), e))
     }
 
-    fn upload_tree(&self, src: &Path, dest: &str) -> Result<u64> {
-        // Every entry is checked before anything is copied.
-        let entries = super::payload_entries(&self.node, src)?;
+    fn upload_entries(&self, entries: &[PayloadEntry], dest: &str) -> Result<u64> {
         let dest = Path::new(dest);
         let mut total = 0;
         for e in entries {
@@ -106,6 +111,105 @@ impl NodeTransport for LocalTransport {
             }
         }
         Ok(total)
+    }
+
+    fn rename(&self, from: &str, to: &str) -> Result<()> {
+        // rename(2) would replace an empty folder or a file: refuse anything there.
+        if std::fs::symlink_metadata(to).is_ok() {
+            return Err(Error::node(
+                &self.node,
+                format!("cannot rename `{from}` to `{to}`: `{to}` exists"),
+            ));
+        }
+        std::fs::rename(from, to)
+            .map_err(|e| self.err(format!("cannot rename `{from}` to `{to}`"), e))?;
+        if let Some(parent) = Path::new(to).parent() {
+            sync_dir(parent);
+        }
+        Ok(())
+    }
+
+    fn remove_file(&self, path: &str) -> Result<()> {
+        match std::fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.err(format!("cannot remove `{path}`"), e)),
+        }
+    }
+
+    fn list_dir(&self, path: &str) -> Result<Option<Vec<String>>> {
+        let it = match std::fs::read_dir(path) {
+            Ok(it) => it,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.err(format!("cannot list `{path}`"), e)),
+        };
+        let mut names = Vec::new();
+        for entry in it {
+            let entry = entry.map_err(|e| self.err(format!("cannot list `{path}`"), e))?;
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+        names.sort();
+        Ok(Some(names))
+    }
+
+    fn tree_hashes(&self, dir: &str) -> Result<TreeHashes> {
+        fn walk(
+            t: &LocalTransport,
+            base: &Path,
+            rel: &str,
+            out: &mut BTreeMap<String, TreeEntry>,
+        ) -> Result<()> {
+            let here = if rel.is_empty() {
+                base.to_path_buf()
+            } else {
+                base.join(rel)
+            };
+            let it = std::fs::read_dir(&here)
+                .map_err(|e| t.err(format!("cannot list `{}`", here.display()), e))?;
+            for entry in it {
+                let entry =
+                    entry.map_err(|e| t.err(format!("cannot list `{}`", here.display()), e))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let r = if rel.is_empty() {
+                    name
+                } else {
+                    format!("{rel}/{name}")
+                };
+                let ft = entry
+                    .file_type()
+                    .map_err(|e| t.err(format!("cannot read `{r}`"), e))?;
+                if ft.is_dir() {
+                    out.insert(r.clone(), TreeEntry::Dir);
+                    walk(t, base, &r, out)?;
+                } else if ft.is_file() {
+                    let path = entry.path();
+                    let mut f = std::fs::File::open(&path)
+                        .map_err(|e| t.err(format!("cannot read `{}`", path.display()), e))?;
+                    let mut h = Sha256::new();
+                    std::io::copy(&mut f, &mut h)
+                        .map_err(|e| t.err(format!("cannot read `{}`", path.display()), e))?;
+                    out.insert(r, TreeEntry::File(hex(&h.finalize())));
+                } else {
+                    out.insert(r, TreeEntry::Other);
+                }
+            }
+            Ok(())
+        }
+        let base = Path::new(dir);
+        match std::fs::symlink_metadata(base) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Ok(TreeHashes::Entries(BTreeMap::from([(
+                    String::new(),
+                    TreeEntry::Other,
+                )])))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(TreeHashes::Missing),
+            Err(e) => return Err(self.err(format!("cannot read `{dir}`"), e)),
+        }
+        let mut out = BTreeMap::new();
+        walk(self, base, "", &mut out)?;
+        Ok(TreeHashes::Entries(out))
     }
 
     fn remove_tree(&self, path: &str) -> Result<()> {

@@ -6,6 +6,7 @@
 pub mod instances;
 mod local;
 mod ssh;
+pub mod staging;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -68,7 +69,30 @@ pub trait NodeTransport: Send + Sync {
     fn remove_tree(&self, path: &str) -> Result<()>;
     /// Copy the local folder `src` into `dest` on the node (which must exist).
     /// Returns the number of bytes copied. Refuses entries that would escape `dest`.
-    fn upload_tree(&self, src: &Path, dest: &str) -> Result<u64>;
+    fn upload_tree(&self, src: &Path, dest: &str) -> Result<u64> {
+        // Every entry is checked before anything is written on the node.
+        let entries = payload_entries(self.node(), src)?;
+        self.upload_entries(&entries, dest)
+    }
+    /// Copy checked payload entries (from [`payload_entries`], parents before
+    /// children) into `dest` on the node (an existing real folder). Folders
+    /// may exist already (real folders only); files must not.
+    fn upload_entries(&self, entries: &[PayloadEntry], dest: &str) -> Result<u64>;
+    /// Rename `from` to `to` on the node's own filesystem; fails when `to`
+    /// exists (a folder is never merged into or replaced).
+    fn rename(&self, from: &str, to: &str) -> Result<()>;
+    /// Delete one file (not a folder); a missing file is not an error.
+    fn remove_file(&self, path: &str) -> Result<()>;
+    /// The names in a folder (not `.` and `..`); `None` when it does not exist.
+    fn list_dir(&self, path: &str) -> Result<Option<Vec<String>>>;
+    /// Every entry under `dir` with the SHA-256 of each plain file, computed
+    /// on the node (not read back).
+    fn tree_hashes(&self, dir: &str) -> Result<TreeHashes> {
+        let _ = dir;
+        Ok(TreeHashes::Unsupported(
+            "this node's transport cannot hash files on the node".into(),
+        ))
+    }
     /// Run a shell command with `cwd` as working folder. Past `timeout`, or
     /// once the operator aborts (second Ctrl-C: `Error::Interrupted`), the
     /// command is killed with everything it started.
@@ -85,6 +109,26 @@ pub trait NodeTransport: Send + Sync {
     fn join(&self, base: &str, rel: &str) -> String {
         format!("{}/{}", base.trim_end_matches(['/', '\\']), rel)
     }
+}
+
+/// What a folder on a node holds, with the SHA-256 of every plain file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TreeHashes {
+    Missing,
+    /// The node cannot hash its files (why).
+    Unsupported(String),
+    /// Relative `/`-separated path -> what is there.
+    Entries(std::collections::BTreeMap<String, TreeEntry>),
+}
+
+/// One entry under a hashed folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TreeEntry {
+    Dir,
+    /// A plain file and its SHA-256 (hex).
+    File(String),
+    /// A link or anything else that is neither a plain file nor a folder.
+    Other,
 }
 
 /// Whether a connection may change anything on this machine while it is set
@@ -150,7 +194,7 @@ pub fn connect_all(
 
 /// One entry of a payload folder, checked before anything is copied.
 #[derive(Debug, Clone)]
-pub(crate) struct PayloadEntry {
+pub struct PayloadEntry {
     /// Path relative to the payload folder, `/`-separated.
     pub rel: String,
     pub source: PathBuf,

@@ -16,6 +16,7 @@ use crate::config::{Migration, Release, Shell, Site};
 use crate::db::{AppliedMigration, BackupReceipt, Database, Progress, Row};
 use crate::nodes::{
     DirState, ExecOutput, InstanceRecord, Manifest, NodeInstances, NodeTransport, PathIdentity,
+    PayloadEntry,
 };
 use crate::progress::{OutputMode, Reporter};
 use crate::{Error, Result};
@@ -395,8 +396,7 @@ impl NodeTransport for FakeNode {
         Ok(())
     }
 
-    fn upload_tree(&self, src: &Path, dest: &str) -> Result<u64> {
-        let entries = crate::nodes::payload_entries(&self.name, src)?;
+    fn upload_entries(&self, entries: &[PayloadEntry], dest: &str) -> Result<u64> {
         let mut st = lock(&self.state);
         let dest = st.resolve(dest);
         if !st.dirs.contains(&dest) {
@@ -416,6 +416,59 @@ impl NodeTransport for FakeNode {
             }
         }
         Ok(total)
+    }
+
+    fn rename(&self, from: &str, to: &str) -> Result<()> {
+        let mut st = lock(&self.state);
+        let (f, t) = (st.resolve(from), st.resolve(to));
+        if st.exists(&t) {
+            return Err(Error::node(&self.name, format!("`{t}` exists")));
+        }
+        st.changes.push(format!("rename {f} {t}"));
+        let inside = format!("{f}/");
+        let moved = |p: &String| -> Option<String> {
+            if *p == f {
+                Some(t.clone())
+            } else {
+                p.strip_prefix(&inside).map(|rest| format!("{t}/{rest}"))
+            }
+        };
+        st.dirs = st
+            .dirs
+            .iter()
+            .map(|d| moved(d).unwrap_or_else(|| d.clone()))
+            .collect();
+        st.files = std::mem::take(&mut st.files)
+            .into_iter()
+            .map(|(k, v)| (moved(&k).unwrap_or(k), v))
+            .collect();
+        Ok(())
+    }
+
+    fn remove_file(&self, path: &str) -> Result<()> {
+        let mut st = lock(&self.state);
+        let p = st.resolve(path);
+        st.changes.push(format!("rm {p}"));
+        st.files.remove(&p);
+        Ok(())
+    }
+
+    fn list_dir(&self, path: &str) -> Result<Option<Vec<String>>> {
+        let st = lock(&self.state);
+        let p = st.resolve(path);
+        if !st.dirs.contains(&p) {
+            return Ok(None);
+        }
+        let inside = format!("{}/", p.trim_end_matches('/'));
+        let mut names: BTreeSet<String> = BTreeSet::new();
+        for k in st.dirs.iter().chain(st.files.keys()).chain(st.links.keys()) {
+            if let Some(rest) = k.strip_prefix(&inside) {
+                if let Some(first) = rest.split('/').next().filter(|f| !f.is_empty()) {
+                    names.insert(first.to_string());
+                }
+            }
+        }
+        Ok(Some(names.into_iter().collect()))
     }
 
     fn exec(&self, command: &str, _cwd: &str, _timeout: Duration) -> Result<ExecOutput> {

@@ -36,7 +36,7 @@ pub use audit::Audit;
 pub use commands::{CommandOptions, CommandResult};
 pub use database::{BackupOptions, UpgradeOptions, UpgradeReport};
 pub use instances::check_folder_name;
-pub use instances::{CreateOptions, RemoveOptions, StartOptions, StopOptions};
+pub use instances::{CreateOptions, RemoveOptions, StageOptions, StartOptions, StopOptions};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -301,8 +301,7 @@ impl Ops {
     /// records it first (`uprun adopt`).
     fn require_recorded(&self, node: &str) -> Result<()> {
         let n = self.node(node)?;
-        if n.has_manifest()? || n.transport.dir_state(&n.root)? != crate::nodes::DirState::NotEmpty
-        {
+        if n.has_manifest()? || !n.root_holds_files()? {
             return Ok(());
         }
         Err(Error::Refused(format!(

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::host_error::HostError;
 use crate::ops::{
     BackupOptions, CommandOptions, CreateOptions, Mode, Ops, RefusedBy, RemoveOptions,
-    StartOptions, StopOptions, UpgradeOptions,
+    StageOptions, StartOptions, StopOptions, UpgradeOptions,
 };
 use crate::progress::Event;
 use crate::Error;
@@ -37,6 +37,7 @@ pub const OPTION_KEYS: &[(&str, &[&str])] = &[
     ("create_instance", &["app_name", "folder", "start"]),
     ("start_instance", &[]),
     ("stop_instance", &[]),
+    ("stage_release", &[]),
     ("upgrade_db", &[]),
     ("for_each_node", &["parallel", "continue_on_error"]),
     (
@@ -397,6 +398,14 @@ recorded `stopped` and a later `start_instance` starts it).";
         stop_doc,
         |ops, node, opts: StopOptions| ops.stop_instance(node, opts),
     );
+    let stage_doc = "Stage the release's payload on `node` before the downtime window: copy it into the node's staging area\n`<root>/.uprun-staging/<digest>/payload` (outside any instance folder; never an instance folder), then hash every\nfile on the node (SHA-256) and compare with the release. Resumable: files already staged that verify are kept, anything\nelse there is removed and sent again. Another release's staging is removed first. `create_instance` then renames a\nstaging that verifies by hash (checked again right before) into the new instance's folder, so inside the window a create\nis a rename plus config, start and health; without one it copies the payload as before. A node whose instance already\nruns the release is not staged. Options: none.\nReturns `#{ node, folder, staged, files, bytes, sent_files, sent_bytes, kept_files, reason }` (`reason`: why nothing was\nstaged, e.g. a PowerShell node, or a node without `sha256sum`).\nErrors: `node` (the copy failed, or the staging does not verify after it was sent), `refused` (a node uprun has no\nrecord of, not confirmed), `config` (no release).";
+    reg_node_opts(
+        engine,
+        o,
+        "stage_release",
+        stage_doc,
+        |ops, node, opts: StageOptions| ops.stage_release(node, opts),
+    );
     let x = o.clone();
     reg(engine, "healthy", &["node: Dynamic", "bool"],
         "Whether `node`'s current instance runs now: it has one, its lifecycle reached healthy (not left staged,\nfailed, or started with its health check cut off), and the site's health command passes now (it runs in plan mode too: it is the site's own read-only check; an instance\nthe plan changes is as planned). Changes nothing. A site without a health command counts a started\ninstance as healthy.",
@@ -756,6 +765,7 @@ pub const HOST_FUNCTIONS: &[&str] = &[
     "create_instance",
     "start_instance",
     "stop_instance",
+    "stage_release",
     "healthy",
     "node_command",
     "for_each_node",
@@ -806,6 +816,7 @@ mod tests {
                 "create_instance" => probe::<CreateOptions>(keys),
                 "start_instance" => probe::<StartOptions>(keys),
                 "stop_instance" => probe::<StopOptions>(keys),
+                "stage_release" => probe::<StageOptions>(keys),
                 "upgrade_db" => probe::<UpgradeOptions>(keys),
                 "for_each_node" => probe::<ForEachOptions>(keys),
                 "node_command" => probe::<CommandOptions>(keys),

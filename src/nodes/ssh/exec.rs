@@ -8,10 +8,12 @@ use russh::client;
 use russh::{ChannelMsg, Sig};
 
 use super::pool::Op;
-use super::shell::{command_line, take_pid};
+use super::shell::{command_line, sh_quote, take_pid};
 use super::SshTransport;
 use crate::config::Shell;
-use crate::nodes::ExecOutput;
+use std::collections::BTreeMap;
+
+use crate::nodes::{ExecOutput, TreeEntry, TreeHashes};
 use crate::{Error, Result};
 
 /// Output kept from one remote command (each of stdout and stderr).
@@ -185,5 +187,78 @@ impl SshTransport {
                 stderr: String::from_utf8_lossy(&stderr).into_owned(),
             })
         })
+    }
+
+    /// Every entry under `dir` with the SHA-256 of each plain file, hashed on
+    /// the node by `sha256sum` (POSIX nodes; PowerShell nodes are not hashed:
+    /// their payloads are copied inside the window as before).
+    pub(super) fn hash_tree(&self, dir: &str) -> Result<TreeHashes> {
+        if self.shell != Shell::Posix {
+            return Ok(TreeHashes::Unsupported(
+                "payloads are staged on POSIX nodes only".into(),
+            ));
+        }
+        let d = sh_quote(dir);
+        let script = format!(
+            "cd -- {d} 2>/dev/null || {{ if [ -e {d} ] || [ -L {d} ]; then echo uprun-notdir; else echo uprun-missing; fi; exit 0; }}\n\
+             command -v sha256sum >/dev/null 2>&1 || {{ echo uprun-nohash; exit 0; }}\n\
+             find . ! -name . -type d -print | sed 's/^/d /'\n\
+             find . ! -name . ! -type d ! -type f -print | sed 's/^/o /'\n\
+             find . -type f -exec sha256sum -- {{}} + | sed 's/^/f /'\n"
+        );
+        let out = self.exec_command(
+            &script,
+            "/",
+            self.file_timeout.max(Duration::from_secs(300)),
+        )?;
+        if !out.success() {
+            return Err(self.err(format!(
+                "cannot hash the files under `{dir}` (exit {:?}): {}",
+                out.status,
+                out.stderr.trim()
+            )));
+        }
+        if out.stdout.len() >= MAX_OUTPUT {
+            return Ok(TreeHashes::Unsupported(format!(
+                "the listing of `{dir}` is larger than {MAX_OUTPUT} bytes"
+            )));
+        }
+        match out.stdout.trim() {
+            "uprun-missing" => return Ok(TreeHashes::Missing),
+            "uprun-nohash" => {
+                return Ok(TreeHashes::Unsupported(
+                    "the node has no `sha256sum`".into(),
+                ))
+            }
+            "uprun-notdir" => {
+                return Ok(TreeHashes::Entries(BTreeMap::from([(
+                    String::new(),
+                    TreeEntry::Other,
+                )])))
+            }
+            _ => {}
+        }
+        let mut entries = BTreeMap::new();
+        for line in out.stdout.lines() {
+            let rel = |p: &str| p.strip_prefix("./").unwrap_or(p).to_string();
+            if let Some(p) = line.strip_prefix("d ") {
+                entries.insert(rel(p), TreeEntry::Dir);
+            } else if let Some(p) = line.strip_prefix("o ") {
+                entries.insert(rel(p), TreeEntry::Other);
+            } else if let Some((hash, p)) = line
+                .strip_prefix("f ")
+                .and_then(|l| l.split_once("  "))
+                .filter(|(h, _)| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+            {
+                entries.insert(rel(p), TreeEntry::File(hash.to_ascii_lowercase()));
+            } else {
+                // A name the listing cannot carry: never taken as verified.
+                entries.insert(
+                    format!("(unreadable listing line) {line}"),
+                    TreeEntry::Other,
+                );
+            }
+        }
+        Ok(TreeHashes::Entries(entries))
     }
 }

@@ -19,11 +19,10 @@ mod pool;
 mod sftp;
 mod shell;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{DirState, ExecOutput, NodeTransport, PathIdentity};
+use super::{DirState, ExecOutput, NodeTransport, PathIdentity, PayloadEntry, TreeHashes};
 use crate::config::Shell;
 use crate::{Error, Result};
 
@@ -79,8 +78,24 @@ impl NodeTransport for SshTransport {
         self.sftp_create_dir_all(path)
     }
 
-    fn upload_tree(&self, src: &Path, dest: &str) -> Result<u64> {
-        self.sftp_upload_tree(src, dest)
+    fn upload_entries(&self, entries: &[PayloadEntry], dest: &str) -> Result<u64> {
+        self.sftp_upload_entries(entries, dest)
+    }
+
+    fn rename(&self, from: &str, to: &str) -> Result<()> {
+        self.sftp_rename(from, to)
+    }
+
+    fn remove_file(&self, path: &str) -> Result<()> {
+        self.sftp_remove_file(path)
+    }
+
+    fn list_dir(&self, path: &str) -> Result<Option<Vec<String>>> {
+        self.sftp_list_dir(path)
+    }
+
+    fn tree_hashes(&self, dir: &str) -> Result<TreeHashes> {
+        self.hash_tree(dir)
     }
 
     fn identity(&self, path: &str) -> Result<Option<PathIdentity>> {

@@ -2,7 +2,6 @@
 //! (the server's realpath), and the payload upload (several files and
 //! several requests per file in flight).
 
-use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
@@ -353,9 +352,7 @@ impl SshTransport {
         })
     }
 
-    pub(super) fn sftp_upload_tree(&self, src: &Path, dest: &str) -> Result<u64> {
-        // Every entry is checked before anything is written on the node.
-        let entries = &crate::nodes::payload_entries(&self.node, src)?;
+    pub(super) fn sftp_upload_entries(&self, entries: &[PayloadEntry], dest: &str) -> Result<u64> {
         let root = &self.path(dest);
         self.run(&format!("copying the payload into `{dest}`"), |op| async move {
             let sftp = op.sftp();
@@ -424,6 +421,69 @@ impl SshTransport {
                 file_id: None,
                 link,
             }))
+        })
+    }
+
+    pub(super) fn sftp_rename(&self, from: &str, to: &str) -> Result<()> {
+        let (f, t) = (&self.path(from), &self.path(to));
+        self.run(&format!("renaming `{from}` to `{to}`"), |op| async move {
+            let sftp = op.sftp();
+            // Plain SFTP rename; refuse anything at the target first (OpenSSH's
+            // server refuses too, but not every server does).
+            match sftp.lstat(t.clone()).await {
+                Ok(_) => {
+                    return Err(self.err(format!("cannot rename `{from}` to `{to}`: `{to}` exists")))
+                }
+                Err(e) if is_status(&e, StatusCode::NoSuchFile) => {}
+                Err(e) => return Err(self.sftp_err(&op, "cannot read", to, e)),
+            }
+            op.changes();
+            sftp.rename(f.clone(), t.clone())
+                .await
+                .map(|_| ())
+                .map_err(|e| self.sftp_err(&op, "cannot rename", from, e))
+        })
+    }
+
+    pub(super) fn sftp_remove_file(&self, path: &str) -> Result<()> {
+        let p = &self.path(path);
+        self.run(&format!("removing `{path}`"), |op| async move {
+            op.changes();
+            match op.sftp().remove(p.clone()).await {
+                Ok(_) => Ok(()),
+                Err(e) if is_status(&e, StatusCode::NoSuchFile) => Ok(()),
+                Err(e) => Err(self.sftp_err(&op, "cannot remove", path, e)),
+            }
+        })
+    }
+
+    pub(super) fn sftp_list_dir(&self, path: &str) -> Result<Option<Vec<String>>> {
+        let p = &self.path(path);
+        self.run(&format!("listing `{path}`"), |op| async move {
+            let sftp = op.sftp();
+            let handle = match sftp.opendir(p.clone()).await {
+                Ok(h) => h.handle,
+                Err(e) if is_status(&e, StatusCode::NoSuchFile) => return Ok(None),
+                Err(e) => return Err(self.sftp_err(&op, "cannot list", path, e)),
+            };
+            let mut names = Vec::new();
+            let listed = loop {
+                match sftp.readdir(handle.clone()).await {
+                    Ok(n) if n.files.is_empty() => break Ok(()),
+                    Ok(n) => names.extend(
+                        n.files
+                            .into_iter()
+                            .map(|f| f.filename)
+                            .filter(|f| f != "." && f != ".."),
+                    ),
+                    Err(e) if is_status(&e, StatusCode::Eof) => break Ok(()),
+                    Err(e) => break Err(e),
+                }
+            };
+            let _ = sftp.close(handle).await;
+            listed.map_err(|e| self.sftp_err(&op, "cannot list", path, e))?;
+            names.sort();
+            Ok(Some(names))
         })
     }
 }

@@ -248,19 +248,26 @@ impl Ops {
                     self.plan_current(node, Some(&planned));
                     return Ok((planned, description.clone()));
                 }
-                let bytes = n.stage(
+                let staged = crate::nodes::staging::payload_digest(node, &self.release.payload)?;
+                let (bytes, renamed) = n.stage(
                     &rec,
                     &self.release.payload,
                     &self.instance_config(&rec),
                     fresh,
+                    Some(&staged),
                 )?;
                 if start {
                     self.start_on(node, &rec)?;
                 }
-                Ok((
-                    rec.with_state(end),
-                    format!("{description} ({bytes} bytes of payload)"),
-                ))
+                let how = if renamed {
+                    format!(
+                        "the payload staged before the window ({} bytes), verified and renamed into place",
+                        staged.bytes
+                    )
+                } else {
+                    format!("{bytes} bytes of payload")
+                };
+                Ok((rec.with_state(end), format!("{description} ({how})")))
             },
         )
     }

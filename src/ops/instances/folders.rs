@@ -4,6 +4,7 @@
 
 use super::super::{lock, Ops};
 use crate::config::site::{overlap, path_components, Overlap};
+use crate::nodes::staging::STAGING_DIR;
 use crate::nodes::{DirState, NodeInstances};
 use crate::{Error, Result};
 
@@ -96,10 +97,14 @@ impl Ops {
             let r = self.resolve_folder(n, &f, &root)?;
             used.push((f, r));
         }
+        // The staging area holds payloads, never an instance: a folder that
+        // is, holds or sits in it (however spelled) is refused.
+        let staging = self.resolve_folder(n, STAGING_DIR, &root)?;
         if let Some(f) = requested {
             check_folder_name(node, &f)?;
             let candidate = self.resolve_folder(n, &f, &root)?;
-            judge_folder(&f, &candidate, &root, &used)
+            judge_not_staging(&f, &candidate, &staging)
+                .and_then(|()| judge_folder(&f, &candidate, &root, &used))
                 .map_err(|why| Error::Refused(format!("node `{node}`: {why}")))?;
             if n.folder_state(&f)? == DirState::NotEmpty {
                 return Err(Error::Refused(format!(
@@ -121,7 +126,8 @@ impl Ops {
                 format!("{base}-{i}")
             };
             let resolved = self.resolve_folder(n, &candidate, &root)?;
-            if judge_folder(&candidate, &resolved, &root, &used).is_ok()
+            if judge_not_staging(&candidate, &resolved, &staging).is_ok()
+                && judge_folder(&candidate, &resolved, &root, &used).is_ok()
                 && n.folder_state(&candidate)? != DirState::NotEmpty
             {
                 return Ok(candidate);
@@ -163,7 +169,7 @@ pub fn check_folder_name(node: &str, folder: &str) -> Result<()> {
         Some("it contains a NUL character")
     } else if folder.contains(':') {
         Some("it contains `:` (a drive or stream on Windows nodes)")
-    } else if folder.starts_with(".uprun") {
+    } else if folder.to_ascii_lowercase().starts_with(".uprun") {
         Some("names starting with `.uprun` are uprun's own files in the root (the manifest)")
     } else if folder.ends_with(['.', ' ']) || folder.starts_with(' ') {
         Some("it starts with a space or ends with `.` or a space (Windows nodes drop those, so it would name another folder)")
@@ -176,6 +182,23 @@ pub fn check_folder_name(node: &str, folder: &str) -> Result<()> {
             "create_instance on `{node}`: `folder` {folder:?} is not allowed: {why}. Give one plain folder name, without `/`, `\\`, `:`, `.` or `..`, created directly under the node's root, e.g. \"FastApp-2.0.0\""
         ))),
     }
+}
+
+/// Rail (identity): a new instance never goes in uprun's staging area
+/// (`staging`, as the node resolves it), nor holds it, nor sits inside it.
+pub(crate) fn judge_not_staging(
+    folder: &str,
+    candidate: &Resolved,
+    staging: &Resolved,
+) -> std::result::Result<(), String> {
+    let same_file = matches!((candidate.file_id, staging.file_id), (Some(a), Some(b)) if a == b);
+    if same_file || overlap(&candidate.parts, &staging.parts).is_some() {
+        return Err(format!(
+            "folder `{folder}` (`{}`) is, holds or sits in uprun's staging area `{}` (payloads staged before the window), which is never an instance folder",
+            candidate.shown, staging.shown
+        ));
+    }
+    Ok(())
 }
 
 /// Rail (identity): may a new instance go in `candidate` (spelled `folder`)?

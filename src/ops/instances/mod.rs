@@ -7,12 +7,14 @@
 //!   root, never one that is, holds or sits in an old instance's folder
 //!   (compared by what the node resolves, not by spelling);
 //! - `app_name`: the prior application name, unless the site file declares a
-//!   rename.
+//!   rename;
+//! - `stage`: the release's payload staged on a node before the window.
 
 mod app_name;
 mod create_remove;
 mod folders;
 mod lifecycle;
+mod stage;
 
 use std::path::Path;
 
@@ -24,6 +26,7 @@ use crate::nodes::{InstanceRecord, InstanceState};
 use crate::{Error, Result};
 
 pub use folders::check_folder_name;
+pub use stage::StageOptions;
 
 /// Options of `remove_instance` (none yet; the map is still checked for typos).
 #[derive(Debug, Clone, Default, Deserialize)]
