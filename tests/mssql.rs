@@ -40,6 +40,9 @@ enum BackupMode {
     Error3201,
     /// Never answer (for at most 30 s).
     Silent,
+    /// Stream "N percent processed." and run until cancelled (an attention),
+    /// then report error 3204 as SQL Server does for an aborted backup.
+    Long,
 }
 
 /// The backup set `RESTORE HEADERONLY` reports for a backup taken by the fake.
@@ -97,8 +100,10 @@ struct Fake {
     /// The login may not read msdb (error 229).
     msdb_denied: bool,
     /// Told the connection number when a request that runs until cancelled
-    /// (`WAITFOR`) arrives.
+    /// (`WAITFOR`, a `BackupMode::Long` BACKUP) arrives.
     hung: Option<std::sync::mpsc::Sender<usize>>,
+    /// The connection running a `BackupMode::Long` BACKUP.
+    backing_up: Option<usize>,
     /// DATABASEPROPERTYEX(..., 'Updateability').
     updateability: String,
     /// Other sessions in the database: id, login, host, program.
@@ -125,6 +130,7 @@ impl Default for Fake {
             tamper: None,
             msdb_denied: false,
             hung: None,
+            backing_up: None,
             updateability: "READ_WRITE".into(),
             other_sessions: Vec::new(),
         }
@@ -308,6 +314,14 @@ fn answer(
             if lock(&ctx.session).trancount == 0 {
                 lock(fake).settle(ctx.conn, &Control::RolledBack);
             }
+            let mut f = lock(fake);
+            if f.backing_up == Some(ctx.conn) {
+                f.backing_up = None;
+                return vec![
+                    Reply::error(3204, 16, "The backup or restore was aborted."),
+                    Reply::error(3013, 16, "BACKUP DATABASE is terminating abnormally."),
+                ];
+            }
             return Vec::new();
         }
     };
@@ -441,6 +455,17 @@ fn answer(
                 let guard = lock(&never.0);
                 let _ = never.1.wait_timeout(guard, Duration::from_secs(30));
                 return vec![Reply::error(50000, 16, "mock: too late")];
+            }
+            BackupMode::Long => {
+                f.backing_up = Some(ctx.conn);
+                if let Some(tx) = &f.hung {
+                    let _ = tx.send(ctx.conn);
+                }
+                return vec![
+                    Reply::info(3211, "5 percent processed."),
+                    Reply::info(3211, "10 percent processed."),
+                    Reply::Hang,
+                ];
             }
             BackupMode::Ok => {}
         }
@@ -2143,7 +2168,6 @@ fn a_migration_past_its_deadline_is_cancelled_on_the_server_and_the_rollback_con
 
 #[test]
 fn a_second_ctrl_c_cancels_the_migration_on_the_server_and_confirms_the_rollback() {
-    use std::io::BufRead;
     let (hung_tx, hung) = std::sync::mpsc::channel();
     let mock = Mock::start(Fake {
         hung: Some(hung_tx),
@@ -2156,11 +2180,31 @@ fn a_second_ctrl_c_cancels_the_migration_on_the_server_and_confirms_the_rollback
     )
     .expect("write migration");
     std::env::set_var("UPRUN_TEST_MSSQL_PASSWORD", PASSWORD);
-    let mut run = sb.spawn_run(&sb.site(), "in-place-upgrade", &[]);
+    let run = sb.spawn_run(&sb.site(), "in-place-upgrade", &[]);
     let conn = hung
         .recv_timeout(Duration::from_secs(60))
         .expect("the migration reached the server");
-    // Read stderr as it comes, to send the second Ctrl-C once the first is seen.
+    let (code, all) = interrupt_twice(run);
+    assert_eq!(code, Some(130), "{all}");
+    assert_contains(
+        &all,
+        &[
+            "migration `2.0.0_04_slow.sql` failed in batch 2 of 2",
+            "aborted by the operator (second Ctrl-C): uprun cancelled the request (TDS attention) and the server acknowledged that it stopped",
+            "it was rolled back and is not recorded in the history (the server confirmed: no transaction open)",
+        ],
+    );
+    assert_eq!(mock.server.session(conn).map(|s| s.attentions), Some(1));
+    assert_eq!(history_names(&mock), THREE);
+    let fake = mock.fake();
+    assert_eq!(fake.version, "1.0.0");
+    assert!(!fake.changes.iter().any(|c| c.contains("city = city")));
+}
+
+/// Send SIGINT to `run` once, wait for uprun to say it stops after the
+/// current step, then send the second; the exit status and all of stderr.
+fn interrupt_twice(mut run: std::process::Child) -> (Option<i32>, String) {
+    use std::io::BufRead;
     let stderr = run.stderr.take().expect("stderr");
     let (line_tx, lines) = std::sync::mpsc::channel::<String>();
     let reader = std::thread::spawn(move || {
@@ -2194,21 +2238,82 @@ fn a_second_ctrl_c_cancels_the_migration_on_the_server_and_confirms_the_rollback
     let status = run.wait().expect("run");
     seen.extend(lines.iter());
     let _ = reader.join();
-    let all = seen.join("\n");
-    assert_eq!(status.code(), Some(130), "{all}");
+    (status.code(), seen.join("\n"))
+}
+
+#[test]
+fn a_second_ctrl_c_cancels_a_running_backup_on_the_server() {
+    let (hung_tx, hung) = std::sync::mpsc::channel();
+    let mock = Mock::start(Fake {
+        backup: BackupMode::Long,
+        progress: VecDeque::from([5, 10]),
+        hung: Some(hung_tx),
+        ..Fake::default()
+    });
+    let sb = mock.sandbox();
+    std::env::set_var("UPRUN_TEST_MSSQL_PASSWORD", PASSWORD);
+    let run = sb.spawn_run(&sb.site(), "in-place-upgrade", &[]);
+    let conn = hung
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the BACKUP reached the server");
+    let (code, all) = interrupt_twice(run);
+    assert_eq!(code, Some(130), "{all}");
     assert_contains(
         &all,
         &[
-            "migration `2.0.0_04_slow.sql` failed in batch 2 of 2",
+            "database `FastApp`: backup to `/var/opt/mssql/backup/FastApp-1.0.0-",
             "aborted by the operator (second Ctrl-C): uprun cancelled the request (TDS attention) and the server acknowledged that it stopped",
-            "it was rolled back and is not recorded in the history (the server confirmed: no transaction open)",
+            "uprun records no backup from this step",
         ],
     );
+    // The attention went to the session running the BACKUP, which answered it.
     assert_eq!(mock.server.session(conn).map(|s| s.attentions), Some(1));
-    assert_eq!(history_names(&mock), THREE);
+    let after: Vec<Request> = mock
+        .server
+        .log()
+        .into_iter()
+        .filter(|l| l.conn == conn)
+        .map(|l| l.request)
+        .skip_while(|r| !r.sql().is_some_and(|q| q.starts_with("BACKUP")))
+        .collect();
+    assert!(
+        matches!(after.get(1), Some(Request::Attention)),
+        "{after:#?}"
+    );
+    // Nothing was verified, proved or upgraded.
+    let sql = mock.sql();
+    assert!(!sql.iter().any(|q| q.starts_with("RESTORE")), "{sql:#?}");
+    assert!(migration_sql(&sql).is_empty(), "{sql:#?}");
     let fake = mock.fake();
     assert_eq!(fake.version, "1.0.0");
-    assert!(!fake.changes.iter().any(|c| c.contains("city = city")));
+    assert!(fake.backups.is_empty());
+    // The journal: the backup step started and failed, nothing after it.
+    let runs: Vec<_> = std::fs::read_dir(sb.dir.join(".uprun/runs"))
+        .expect("runs")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let entries: Vec<serde_json::Value> = std::fs::read_to_string(&runs[0])
+        .expect("journal")
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let failed = entries
+        .iter()
+        .find(|e| e["type"] == "failed")
+        .unwrap_or_else(|| panic!("no failed step: {entries:#?}"));
+    assert!(
+        failed["key"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("backup_db")),
+        "{failed:#?}"
+    );
+    assert!(
+        !entries
+            .iter()
+            .any(|e| e["type"] == "started" && e["call"] == "upgrade_db"),
+        "{entries:#?}"
+    );
 }
 
 #[test]

@@ -157,8 +157,13 @@ pub enum Reply {
     Count(u64),
     /// Close the connection without answering (a dropped connection).
     Disconnect,
-    /// Answer nothing: the request runs until the client cancels it (an
-    /// attention, answered with DONE_ATTN) or goes away.
+    /// Answer nothing more: the request runs until the client cancels it (an
+    /// attention, answered with DONE_ATTN) or goes away. What comes before it
+    /// in the reply is sent at once in a packet that does not end the message
+    /// (as SQL Server streams a long BACKUP's "N percent processed." INFO
+    /// messages); to an attention, the handler's INFO and ERROR replies go
+    /// before the DONE_ATTN (as the server reports error 3204 "The backup or
+    /// restore was aborted.").
     Hang,
 }
 
@@ -332,6 +337,37 @@ fn write_message(stream: &mut TcpStream, ty: u8, payload: &[u8]) -> std::io::Res
         stream.write_all(&packet)?;
     }
     stream.flush()
+}
+
+/// Packets that do not end the message (status 0x00): the client reads
+/// what is in them and waits for more.
+fn write_partial(stream: &mut TcpStream, ty: u8, payload: &[u8]) -> std::io::Result<()> {
+    for (n, chunk) in payload.chunks(4096 - 8).enumerate() {
+        let mut packet = Vec::with_capacity(chunk.len() + 8);
+        packet.push(ty);
+        packet.push(0x00);
+        packet.extend_from_slice(&((chunk.len() + 8) as u16).to_be_bytes());
+        packet.extend_from_slice(&[0, 0, (n + 1) as u8, 0]);
+        packet.extend_from_slice(chunk);
+        stream.write_all(&packet)?;
+    }
+    stream.flush()
+}
+
+/// The INFO and ERROR tokens of `replies` (the rest is left out).
+fn messages(out: &mut Vec<u8>, replies: &[Reply]) {
+    for r in replies {
+        match r {
+            Reply::Info { number, message: m } => message(out, 0xAB, *number, 0, m, 1),
+            Reply::Error {
+                number,
+                class,
+                message: m,
+                line,
+            } => message(out, 0xAA, *number, *class, m, *line),
+            _ => {}
+        }
+    }
 }
 
 fn utf16(bytes: &[u8]) -> String {
@@ -838,17 +874,26 @@ fn serve(
                         s.doomed = false;
                     }
                 }
-                // The handler hears of it too (to drop what was rolled back).
-                let _ = handler(&ctx, &request);
+                // The handler hears of it too (to drop what was rolled back),
+                // and may say what the server reports of the stopped request.
+                let said = handler(&ctx, &request);
                 let mut out = Vec::new();
+                messages(&mut out, &said);
                 done(&mut out, DONE_ATTENTION, 0);
                 write_message(&mut stream, PACKET_REPLY, &out)?;
                 continue;
             }
             _ => handler(&ctx, &request),
         };
-        if replies.iter().any(|r| matches!(r, Reply::Hang)) {
-            continue; // still "running": the next packet may cancel it
+        if let Some(at) = replies.iter().position(|r| matches!(r, Reply::Hang)) {
+            // Still "running": what came so far goes out, the message stays
+            // open, and the next packet may cancel it.
+            let mut so_far = Vec::new();
+            messages(&mut so_far, &replies[..at]);
+            if !so_far.is_empty() {
+                write_partial(&mut stream, PACKET_REPLY, &so_far)?;
+            }
+            continue;
         }
         let nocount = session.lock().unwrap_or_else(|e| e.into_inner()).nocount;
         let Some(mut body) = encode(&replies, nocount) else {

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use tiberius::ToSql;
 
-use super::connection::{server_text, Failure, ATTENTION_WAIT};
+use super::connection::{aborted_text, operator_abort, server_text, Failure, ATTENTION_WAIT};
 use super::sql::*;
 use super::values::*;
 use super::MssqlDatabase;
@@ -20,7 +20,7 @@ impl MssqlDatabase {
     ) -> Result<std::result::Result<Option<BackupSetHeader>, Failure>> {
         let deadline = self.cfg.operation_timeout;
         let f = file.to_string();
-        self.call(deadline, move |c| {
+        self.call_with(deadline, true, move |c| {
             Box::pin(async move {
                 let r = rows(c, HEADERONLY_SQL, &[&f]).await?;
                 Ok(r.first().map(BackupSetHeader::read))
@@ -107,16 +107,34 @@ impl MssqlDatabase {
                     }
                 }
             };
-            tokio::time::timeout(deadline, async {
-                tokio::select! {
-                    r = work => r,
-                    // The watch only ever waits; this arm cannot complete first.
-                    _ = watch => Err(tiberius::error::Error::Protocol("progress watch ended".into())),
-                }
-            })
-            .await
+            tokio::select! {
+                r = tokio::time::timeout(deadline, async {
+                    tokio::select! {
+                        r = work => r,
+                        // The watch only ever waits; this arm cannot complete first.
+                        _ = watch => Err(tiberius::error::Error::Protocol("progress watch ended".into())),
+                    }
+                }) => Some(r),
+                // A second Ctrl-C stops the BACKUP, as it stops a migration.
+                _ = operator_abort() => None,
+            }
         });
         let what = format!("backup to `{file}` on the server");
+        let Some(outcome) = outcome else {
+            // Stop the BACKUP on the server and wait for its word (see `call_with`).
+            let ack = self.rt.block_on(async {
+                tokio::time::timeout(ATTENTION_WAIT, conn.cancel_query()).await
+            });
+            let acknowledged = matches!(ack, Ok(Ok(())));
+            if acknowledged {
+                self.conn = Some(conn);
+            }
+            return Err(Error::Interrupted(self.scrub(&format!(
+                "database `{}`: {what}: {}; uprun records no backup from this step (what the server wrote of the file before it stopped is not a backup to rely on)",
+                self.name,
+                aborted_text(acknowledged)
+            ))));
+        };
         match outcome {
             Ok(Ok(_)) => self.conn = Some(conn),
             Ok(Err(tiberius::error::Error::Server(t))) => {
@@ -201,7 +219,7 @@ impl MssqlDatabase {
         let file = receipt.file.clone();
         let deadline = self.cfg.operation_timeout;
         let f = file.clone();
-        let outcome = self.call(deadline, move |c| {
+        let outcome = self.call_with(deadline, true, move |c| {
             Box::pin(async move { c.execute(VERIFY_SQL, &[&f]).await.map(|_| ()) })
         })?;
         match outcome {
@@ -267,7 +285,7 @@ impl MssqlDatabase {
         }
         let deadline = self.cfg.operation_timeout;
         let f = file.clone();
-        let verified = self.call(deadline, move |c| {
+        let verified = self.call_with(deadline, true, move |c| {
             Box::pin(async move { c.execute(VERIFY_SQL, &[&f]).await.map(|_| ()) })
         })?;
         match verified {

@@ -255,8 +255,10 @@ impl MssqlDatabase {
     }
 
     /// `call`; `abortable`: a second Ctrl-C cancels it. Only for the work an
-    /// operator may want to stop (a migration's batches): short reads and the
-    /// ROLLBACK that cleans up after an abort run to their end.
+    /// operator may want to stop (a migration's batches, the verification and
+    /// proof of a backup; the BACKUP itself does the same in `take_backup`):
+    /// short reads and the ROLLBACK that cleans up after an abort run to their
+    /// end.
     pub(super) fn call_with<T>(
         &mut self,
         deadline: Duration,
