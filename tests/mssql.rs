@@ -209,15 +209,25 @@ impl Mock {
         Mock::spawn(fake, Some(name))
     }
 
+    /// A responder with a certificate (TLS as SQL Server does it).
+    fn start_tls(fake: Fake, cert: &TestCert) -> Mock {
+        Mock::spawn_with(fake, None, Some(cert.server_config()))
+    }
+
     fn spawn(fake: Fake, name: Option<&str>) -> Mock {
+        Mock::spawn_with(fake, name, None)
+    }
+
+    fn spawn_with(fake: Fake, name: Option<&str>, tls: Option<Arc<rustls::ServerConfig>>) -> Mock {
         let fake = Arc::new(Mutex::new(fake));
         // Set once the progress monitor has asked after the last queued value.
         let progress_read = Arc::new((Mutex::new(false), Condvar::new()));
         let (f, p) = (fake.clone(), progress_read.clone());
         let handler = Arc::new(move |ctx: &Ctx, req: &Request| answer(&f, &p, ctx, req));
-        let server = match name {
-            Some(name) => TdsServer::start_instance(handler, name),
-            None => TdsServer::start(handler),
+        let server = match (name, tls) {
+            (Some(name), _) => TdsServer::start_instance(handler, name),
+            (None, Some(tls)) => TdsServer::start_tls(handler, tls),
+            (None, None) => TdsServer::start(handler),
         };
         Mock { server, fake }
     }
@@ -226,7 +236,8 @@ impl Mock {
         lock(&self.fake)
     }
 
-    /// A connection string for the responder (no TLS: it cannot do any).
+    /// A connection string for the responder (no TLS: this one has no
+    /// certificate; see `start_tls`).
     fn connection(&self, password: &str) -> String {
         connection_to(&format!("127.0.0.1,{}", self.server.port()), password)
     }
@@ -247,8 +258,7 @@ impl Mock {
     }
 }
 
-/// A connection string for `Server=tcp:{server}` (no TLS: the responder
-/// cannot do any).
+/// A connection string for `Server=tcp:{server}`, without TLS.
 fn connection_to(server: &str, password: &str) -> String {
     format!(
         "Server=tcp:{server};Database=FastApp;User Id=uprun;Password='{password}';Encrypt=DANGER_PLAINTEXT"
@@ -2482,4 +2492,183 @@ fn the_database_contract_holds_over_the_protocol() {
         },
     );
     assert_eq!(mock.fake().version, "2.0.0");
+}
+
+/// A server certificate made for a test, with the CA that signed it (None:
+/// self-signed).
+struct TestCert {
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: Vec<u8>,
+    /// PEM of what a client is to trust: the CA, or the certificate itself.
+    trust_pem: String,
+}
+
+impl TestCert {
+    /// Like SQL Server's self-generated certificate: a name in the subject CN
+    /// only, no subjectAltName, self-signed.
+    fn self_signed_cn_only(cn: &str) -> TestCert {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        let cert = params.self_signed(&key).expect("self-signed");
+        TestCert {
+            trust_pem: cert.pem(),
+            chain: vec![cert.der().clone()],
+            key: key.serialize_der(),
+        }
+    }
+
+    /// Signed by a test CA, for the DNS name `san`.
+    fn ca_signed(san: &str) -> TestCert {
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name = rcgen::DistinguishedName::new();
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "uprun test CA");
+        let ca_cert = ca.self_signed(&ca_key).expect("CA");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut leaf = rcgen::CertificateParams::new(vec![san.to_string()]).expect("params");
+        leaf.distinguished_name = rcgen::DistinguishedName::new();
+        leaf.distinguished_name.push(rcgen::DnType::CommonName, san);
+        let cert = leaf.signed_by(&key, &ca_cert, &ca_key).expect("signed");
+        TestCert {
+            trust_pem: ca_cert.pem(),
+            chain: vec![cert.der().clone()],
+            key: key.serialize_der(),
+        }
+    }
+
+    fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(self.key.clone().into());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(self.chain.clone(), key)
+            .expect("server config");
+        // No tickets: nothing but the handshake before the login.
+        config.send_tls13_tickets = 0;
+        Arc::new(config)
+    }
+
+    /// Write what the client is to trust to `dir/name`; its path.
+    fn write_trust(&self, dir: &Path, name: &str) -> std::path::PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, &self.trust_pem).expect("write CA file");
+        path
+    }
+}
+
+/// A connection string to the TLS responder at 127.0.0.1 (`Encrypt=` and
+/// more keys in `extra`).
+fn tls_connection(mock: &Mock, extra: &str) -> String {
+    format!(
+        "Server=tcp:127.0.0.1,{};Database=FastApp;User Id=uprun;Password=${{env:UPRUN_TEST_MSSQL_PASSWORD}}{extra}",
+        mock.server.port()
+    )
+}
+
+/// Plan, then run, the stock procedure; both must succeed, and the run
+/// upgrades.
+fn plan_and_run_succeed(mock: &Mock, sb: &Sandbox) {
+    for (cmd, extra) in [("plan", &[][..]), ("run", &["--yes"][..])] {
+        let (code, all) = uprun_on(sb, cmd, extra);
+        assert_eq!(code, Some(0), "{cmd}: {all}");
+    }
+    assert_eq!(mock.fake().version, "2.0.0");
+    assert_eq!(history_names(mock), THREE);
+}
+
+#[test]
+fn tls_with_a_self_signed_certificate_works_when_the_site_trusts_the_server() {
+    let cert = TestCert::self_signed_cn_only("SQLSRV01");
+    let mock = Mock::start_tls(Fake::default(), &cert);
+    let sb = sandbox_at(
+        &tls_connection(&mock, ""),
+        "trust_server_certificate = true\n",
+    );
+    plan_and_run_succeed(&mock, &sb);
+    // The login went through TLS: the responder read the password from it.
+    assert!(logins(&mock).iter().all(|(_, _, pw)| pw == PASSWORD));
+}
+
+#[test]
+fn tls_with_a_ca_signed_certificate_for_another_name_works_with_ca_file_and_host_name() {
+    let cert = TestCert::ca_signed("db01.corp.example");
+    let mock = Mock::start_tls(Fake::default(), &cert);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = cert.write_trust(dir.path(), "corp-ca.pem");
+    let sb = sandbox_at(
+        &tls_connection(&mock, ";HostNameInCertificate=db01.corp.example"),
+        &format!("ca_file = \"{}\"\n", ca.display()),
+    );
+    plan_and_run_succeed(&mock, &sb);
+}
+
+#[test]
+fn tls_failure_describes_the_certificate_the_server_offered_and_what_trusts_it() {
+    let cert = TestCert::self_signed_cn_only("SQLSRV01");
+    let mock = Mock::start_tls(Fake::default(), &cert);
+    let sb = sandbox_at(&tls_connection(&mock, ""), "");
+    for cmd in ["plan", "run"] {
+        let extra: &[&str] = if cmd == "run" { &["--yes"] } else { &[] };
+        let (code, all) = uprun_on(&sb, cmd, extra);
+        assert_ne!(code, Some(0), "{cmd}: {all}");
+        assert_contains(
+            &all,
+            &[
+                "TLS with 127.0.0.1:",
+                "the server's certificate was rejected",
+                "The server offered subject `CN=SQLSRV01`, subject alternative names: none, issuer `CN=SQLSRV01` (self-signed), valid from ",
+                "uprun checks the server's certificate whatever `Encrypt` says (the login carries the password)",
+                "no subject alternative name",
+                "`database.ca_file`",
+                "`HostNameInCertificate=",
+                "`database.trust_server_certificate = true`",
+            ],
+        );
+        // The driver's own advice (its API) is not passed on.
+        assert!(!all.contains("Config::trust_cert"), "{all}");
+    }
+    // No login reached the server: the password never left under TLS that
+    // failed, and the probe sends none.
+    assert!(logins(&mock).is_empty());
+    assert_eq!(mock.fake().version, "1.0.0");
+}
+
+#[test]
+fn encrypt_optional_still_checks_the_certificate_and_says_so() {
+    // A CA-signed certificate for another name, the CA not given.
+    let cert = TestCert::ca_signed("db01.corp.example");
+    let mock = Mock::start_tls(Fake::default(), &cert);
+    let sb = sandbox_at(&tls_connection(&mock, ";Encrypt=Optional"), "");
+    let (code, all) = uprun_on(&sb, "plan", &[]);
+    assert_ne!(code, Some(0), "{all}");
+    assert_contains(
+        &all,
+        &[
+            "The server offered subject `CN=db01.corp.example`, subject alternative names: DNS:db01.corp.example, issuer `CN=uprun test CA` (issued by `CN=uprun test CA`)",
+            "uprun checks the server's certificate with `Encrypt=Optional` too, unlike SqlClient",
+            "give the CA that signed it in `database.ca_file`",
+            "`HostNameInCertificate=<a DNS name above>`",
+        ],
+    );
+    assert!(logins(&mock).is_empty());
+    // With the CA and the name, the same Encrypt=Optional connection works
+    // (the responder then encrypts the login only, as SQL Server does).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = cert.write_trust(dir.path(), "corp-ca.pem");
+    let sb = sandbox_at(
+        &tls_connection(
+            &mock,
+            ";Encrypt=Optional;HostNameInCertificate=db01.corp.example",
+        ),
+        &format!("ca_file = \"{}\"\n", ca.display()),
+    );
+    plan_and_run_succeed(&mock, &sb);
 }

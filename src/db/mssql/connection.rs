@@ -209,9 +209,7 @@ impl MssqlDatabase {
             ),
             T::Server(t) => format!("login to {addr} failed: {}", server_text(t)),
             T::Io { message, .. } => format!("cannot connect to {addr}: {message}"),
-            T::Tls(m) => format!(
-                "TLS with {addr} failed: {m}; uprun checks the server's certificate whatever `Encrypt` says (the login carries the password): give the CA that signed it in `database.ca_file` (for SQL Server's self-generated certificate, export that certificate and give it there), add `HostNameInCertificate=<the name in the certificate>` to `database.connection` when the certificate names the server differently than `Server=`, or, for a test server only, set `database.trust_server_certificate = true`"
-            ),
+            T::Tls(m) => self.tls_error(m),
             T::Protocol(m) if m.contains("rejected the requested instance") => {
                 let instance = self.server.instance.as_deref().unwrap_or_default();
                 format!(
@@ -225,6 +223,44 @@ impl MssqlDatabase {
             other => format!("cannot connect to {addr}: {other}"),
         };
         Error::db(&self.name, self.scrub(&msg))
+    }
+
+    /// A failed TLS handshake: why the driver refused, what certificate the
+    /// server offered (asked again, see `tls`), and which setting trusts it.
+    fn tls_error(&self, driver: &str) -> String {
+        // The driver's message goes on with advice in its own API's terms.
+        let why = driver
+            .split(" To connect anyway")
+            .next()
+            .unwrap_or(driver)
+            .trim()
+            .trim_end_matches('.');
+        let optional = ado::pairs(self.cfg.connection.expose())
+            .ok()
+            .and_then(|p| ado::encrypt(&p).ok())
+            .is_some_and(|e| matches!(e, ado::Encrypt::Optional));
+        let checked = if optional {
+            "uprun checks the server's certificate with `Encrypt=Optional` too, unlike SqlClient (which then accepts any certificate): the login carries the password"
+        } else {
+            "uprun checks the server's certificate whatever `Encrypt` says (the login carries the password)"
+        };
+        let target = self.target.clone();
+        let limit = self.cfg.connect_timeout;
+        let offered = self
+            .rt
+            .block_on(async move { super::tls::offered_chain(&target, limit).await });
+        match offered {
+            Ok(chain) => format!(
+                "TLS with {} failed: {why}. The server offered {}. {checked}: {}",
+                self.addr,
+                super::tls::describe(&chain),
+                super::tls::remedy(&chain)
+            ),
+            Err(e) => format!(
+                "TLS with {} failed: {why} (uprun could not see which certificate the server offered: {e}). {checked}: give the CA that signed its certificate in `database.ca_file`, add `HostNameInCertificate=<the DNS name in the certificate>` to `database.connection` when it names the server differently than `Server=`, or, for a test server only, set `database.trust_server_certificate = true`",
+                self.addr
+            ),
+        }
     }
 
     /// Remove the password from a driver message, should one ever echo it.

@@ -37,6 +37,7 @@ mod browser;
 mod connection;
 mod database;
 mod sql;
+mod tls;
 mod values;
 
 use std::time::Duration;
