@@ -104,6 +104,11 @@ struct Fake {
     hung: Option<std::sync::mpsc::Sender<usize>>,
     /// The connection running a `BackupMode::Long` BACKUP.
     backing_up: Option<usize>,
+    /// Data and log bytes in use (None: VIEW DATABASE STATE denied).
+    space_used: Option<(i64, i64)>,
+    /// `sys.dm_os_volume_stats` of the database files: mount point, free
+    /// bytes (None: VIEW SERVER STATE denied).
+    volumes: Option<Vec<(String, i64)>>,
     /// DATABASEPROPERTYEX(..., 'Updateability').
     updateability: String,
     /// Other sessions in the database: id, login, host, program.
@@ -131,6 +136,8 @@ impl Default for Fake {
             msdb_denied: false,
             hung: None,
             backing_up: None,
+            space_used: Some((5 << 20, 1 << 20)),
+            volumes: Some(vec![("/var/opt/mssql/".into(), 50 << 30)]),
             updateability: "READ_WRITE".into(),
             other_sessions: Vec::new(),
         }
@@ -418,6 +425,37 @@ fn answer(
             &["session_id", "login_name", "host_name", "program_name"],
             r,
         );
+    }
+    if sql == q::SPACE_USED_SQL {
+        return match f.space_used {
+            Some((data, log)) => rows(&["data_bytes", "log_bytes"], vec![vec![i(data), i(log)]]),
+            None => vec![Reply::error(
+                297,
+                16,
+                "The user does not have permission to perform this action.",
+            )],
+        };
+    }
+    if sql == q::VOLUMES_SQL {
+        return match &f.volumes {
+            Some(v) => rows(
+                &["mount_point", "available_bytes"],
+                v.iter().map(|(m, free)| vec![s(m), i(*free)]).collect(),
+            ),
+            None => vec![Reply::error(
+                300,
+                14,
+                "VIEW SERVER STATE permission was denied on object 'server', database 'master'.",
+            )],
+        };
+    }
+    if sql == q::FIXED_DRIVES_SQL {
+        // SQL Server on Linux has no fixed drives.
+        return vec![Reply::error(
+            208,
+            16,
+            "Invalid object name 'sys.dm_os_enumerate_fixed_drives'.",
+        )];
     }
     if sql == q::SPID_SQL {
         return rows(&["spid"], vec![vec![i(50 + ctx.conn as i64)]]);
@@ -2671,4 +2709,68 @@ fn encrypt_optional_still_checks_the_certificate_and_says_so() {
         &format!("ca_file = \"{}\"\n", ca.display()),
     );
     plan_and_run_succeed(&mock, &sb);
+}
+
+#[test]
+fn a_backup_that_clearly_does_not_fit_is_refused_at_plan_time() {
+    // Express: no compression, so the estimate is the backup's size.
+    let mock = Mock::start(Fake {
+        engine_edition: 4,
+        edition: "Express Edition (64-bit)".into(),
+        space_used: Some((3 << 30, 1 << 30)),
+        volumes: Some(vec![
+            ("/".into(), 100 << 30),
+            ("/var/opt/mssql/".into(), 2 << 30),
+        ]),
+        ..Fake::default()
+    });
+    let sb = mock.sandbox();
+    for (cmd, extra) in [("plan", &[][..]), ("run", &["--yes"][..])] {
+        let (code, all) = uprun_on(&sb, cmd, extra);
+        assert_eq!(code, Some(3), "{cmd}: {all}");
+        assert_contains(
+            &all,
+            &[
+                "the backup of database `FastApp` does not fit in `/var/opt/mssql/backup`",
+                "it needs about 4294967296 bytes (4.0 GiB)",
+                "volume `/var/opt/mssql/` holding that folder has 2147483648 bytes (2.0 GiB) free",
+                "`database.backup_dir`",
+            ],
+        );
+    }
+    let sql = mock.sql();
+    assert!(!sql.iter().any(|q| q.starts_with("BACKUP")), "{sql:#?}");
+    assert!(migration_sql(&sql).is_empty());
+    assert_eq!(mock.fake().version, "1.0.0");
+}
+
+#[test]
+fn when_the_server_cannot_tell_the_free_space_the_plan_says_so() {
+    let mock = Mock::start(Fake {
+        volumes: None,
+        ..Fake::default()
+    });
+    let sb = mock.sandbox();
+    let (code, all) = uprun_on(&sb, "plan", &[]);
+    assert_eq!(code, Some(0), "{all}");
+    assert_contains(
+        &all,
+        &[
+            "uprun cannot tell whether the backup of database `FastApp` (up to 6291456 bytes (6.0 MiB)) fits in `/var/opt/mssql/backup`",
+            "check the free space there",
+        ],
+    );
+    // A compressed backup that may not fit is a note too, not a refusal.
+    let mock = Mock::start(Fake {
+        space_used: Some((3 << 30, 1 << 30)),
+        volumes: Some(vec![("/var/opt/mssql/".into(), 2 << 30)]),
+        ..Fake::default()
+    });
+    let sb = mock.sandbox();
+    let (code, all) = uprun_on(&sb, "plan", &[]);
+    assert_eq!(code, Some(0), "{all}");
+    assert_contains(
+        &all,
+        &["may not fit in `/var/opt/mssql/backup`", "compressed"],
+    );
 }

@@ -99,11 +99,13 @@ pub trait Database: Send {
     /// Parse a migration the way `apply` will, without running it, so that a
     /// bad file is found before the first migration of an upgrade is applied.
     fn check_migration(&self, migration: &Migration) -> Result<()>;
-    /// Refuse (`Error::Refused`), before anything changes, a backup this
-    /// backend cannot take on this server (plan and run alike). Backends that
-    /// can always back up say nothing.
-    fn check_backup_possible(&mut self) -> Result<()> {
-        Ok(())
+    /// Refuse (`Error::Refused`), before anything changes, a backup into
+    /// `dir` this backend cannot take on this server (plan and run alike):
+    /// not possible on this edition, or clearly no room. Returns notes for the
+    /// operator (what could not be checked). Backends that can always back up
+    /// say nothing.
+    fn check_backup_possible(&mut self, _dir: &Path) -> Result<Vec<String>> {
+        Ok(Vec::new())
     }
     /// Before an upgrade is planned or run: refuse (`Error::Refused`) a
     /// database that cannot take it (read-only, a replica), and return notes

@@ -77,7 +77,9 @@ impl Ops {
         let name = self.site.database.name.clone();
         let dir = self.site.database.backup_dir.clone();
         let version = self.db_version()?;
-        lock(&self.db).check_backup_possible()?;
+        for note in lock(&self.db).check_backup_possible(&dir)? {
+            self.log("warn", &note);
+        }
         let verify = if opts.verify {
             " and verify it"
         } else {

@@ -6,6 +6,7 @@ use std::time::Instant;
 use semver::Version;
 
 use super::connection::{aborted_text, broken_text, server_text, Failure, Rolled, ATTENTION_WAIT};
+use super::space::Fit;
 use super::sql::*;
 use super::values::*;
 use super::MssqlDatabase;
@@ -140,11 +141,15 @@ impl Database for MssqlDatabase {
         )])
     }
 
-    fn check_backup_possible(&mut self) -> Result<()> {
+    fn check_backup_possible(&mut self, dir: &Path) -> Result<Vec<String>> {
         let (engine, edition) = self.edition()?;
-        match no_backup_to_disk(engine, &edition, &self.name) {
-            Some(why) => Err(Error::Refused(why)),
-            None => Ok(()),
+        if let Some(why) = no_backup_to_disk(engine, &edition, &self.name) {
+            return Err(Error::Refused(why));
+        }
+        match self.backup_fit(dir, supports_compression(engine, &edition))? {
+            Fit::Fits => Ok(Vec::new()),
+            Fit::Note(n) => Ok(vec![n]),
+            Fit::Refuse(why) => Err(Error::Refused(why)),
         }
     }
 

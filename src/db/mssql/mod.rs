@@ -36,6 +36,7 @@ mod backup;
 mod browser;
 mod connection;
 mod database;
+mod space;
 mod sql;
 mod tls;
 mod values;

@@ -136,6 +136,14 @@ pub const HEADERONLY_SQL: &str = "RESTORE HEADERONLY FROM DISK = @P1";
 pub const LATEST_FULL_SQL: &str = "SELECT TOP (1) mf.physical_device_name AS file_name, CONVERT(nvarchar(33), bs.backup_finish_date, 126) AS finished, CAST(bs.is_copy_only AS int) AS copy_only
 FROM msdb.dbo.backupset AS bs JOIN msdb.dbo.backupmediafamily AS mf ON mf.media_set_id = bs.media_set_id
 WHERE bs.database_name = @P1 AND bs.type = 'D' ORDER BY bs.backup_finish_date DESC";
+/// What the database uses, for the size of a full backup: data pages in use
+/// (8 KiB each) and log in use (VIEW DATABASE STATE).
+pub const SPACE_USED_SQL: &str = "SELECT (SELECT CAST(SUM(CAST(FILEPROPERTY(name, 'SpaceUsed') AS bigint)) * 8192 AS bigint) FROM sys.database_files WHERE type = 0) AS data_bytes, (SELECT CAST(used_log_space_in_bytes AS bigint) FROM sys.dm_db_log_space_usage) AS log_bytes";
+/// The volumes of the server's database files and their free space (VIEW
+/// SERVER STATE).
+pub const VOLUMES_SQL: &str = "SELECT DISTINCT CAST(vs.volume_mount_point AS nvarchar(512)) AS mount_point, CAST(vs.available_bytes AS bigint) AS available_bytes FROM sys.master_files AS mf CROSS APPLY sys.dm_os_volume_stats(mf.database_id, mf.file_id) AS vs";
+/// Windows, SQL Server 2017 and later: every fixed drive's free space.
+pub const FIXED_DRIVES_SQL: &str = "SELECT CAST(fixed_drive_path AS nvarchar(512)) AS mount_point, CAST(free_space_in_bytes AS bigint) AS available_bytes FROM sys.dm_os_enumerate_fixed_drives";
 /// The run lock: session-owned, so it lives exactly as long as its connection.
 pub const LOCK_SQL: &str = "DECLARE @result int;
 EXEC @result = sys.sp_getapplock @Resource = N'uprun', @LockMode = N'Exclusive', @LockOwner = N'Session', @LockTimeout = 0;
