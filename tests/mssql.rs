@@ -104,6 +104,11 @@ struct Fake {
     hung: Option<std::sync::mpsc::Sender<usize>>,
     /// The connection running a `BackupMode::Long` BACKUP.
     backing_up: Option<usize>,
+    /// RESTORE VERIFYONLY requests answered so far, and which one (1: the
+    /// verification after the backup, 2: the proof before the upgrade) runs
+    /// until cancelled.
+    verifies: usize,
+    hang_verify: Option<usize>,
     /// Data and log bytes in use (None: VIEW DATABASE STATE denied).
     space_used: Option<(i64, i64)>,
     /// `sys.dm_os_volume_stats` of the database files: mount point, free
@@ -136,6 +141,8 @@ impl Default for Fake {
             msdb_denied: false,
             hung: None,
             backing_up: None,
+            verifies: 0,
+            hang_verify: None,
             space_used: Some((5 << 20, 1 << 20)),
             volumes: Some(vec![("/var/opt/mssql/".into(), 50 << 30)]),
             updateability: "READ_WRITE".into(),
@@ -580,6 +587,13 @@ fn answer(
         );
     }
     if sql == q::VERIFY_SQL {
+        f.verifies += 1;
+        if f.hang_verify == Some(f.verifies) {
+            if let Some(tx) = &f.hung {
+                let _ = tx.send(ctx.conn);
+            }
+            return vec![Reply::Hang];
+        }
         if f.tampered() == Some(&Tamper::Damaged) {
             return vec![
                 Reply::error(3241, 16, "The media family on device is incorrectly formed. SQL Server cannot process this media family."),
@@ -2773,4 +2787,40 @@ fn when_the_server_cannot_tell_the_free_space_the_plan_says_so() {
         &all,
         &["may not fit in `/var/opt/mssql/backup`", "compressed"],
     );
+}
+
+#[test]
+fn a_second_ctrl_c_cancels_the_verification_and_the_proof_on_the_server() {
+    for (nth, what) in [
+        (
+            1,
+            "verification of backup `/var/opt/mssql/backup/FastApp-1.0.0-",
+        ),
+        (2, "prove backup `/var/opt/mssql/backup/FastApp-1.0.0-"),
+    ] {
+        let (hung_tx, hung) = std::sync::mpsc::channel();
+        let mock = Mock::start(Fake {
+            hang_verify: Some(nth),
+            hung: Some(hung_tx),
+            ..Fake::default()
+        });
+        let sb = mock.sandbox();
+        std::env::set_var("UPRUN_TEST_MSSQL_PASSWORD", PASSWORD);
+        let run = sb.spawn_run(&sb.site(), "in-place-upgrade", &[]);
+        let conn = hung
+            .recv_timeout(Duration::from_secs(60))
+            .expect("RESTORE VERIFYONLY reached the server");
+        let (code, all) = interrupt_twice(run);
+        assert_eq!(code, Some(130), "{nth}: {all}");
+        assert_contains(
+            &all,
+            &[
+                what,
+                "aborted by the operator (second Ctrl-C): uprun cancelled the request (TDS attention) and the server acknowledged that it stopped",
+            ],
+        );
+        assert_eq!(mock.server.session(conn).map(|s| s.attentions), Some(1));
+        assert!(migration_sql(&mock.sql()).is_empty());
+        assert_eq!(mock.fake().version, "1.0.0");
+    }
 }
