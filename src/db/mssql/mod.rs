@@ -31,6 +31,12 @@
 //! Secrets: the connection string is only handed to the driver; messages name
 //! the database and `host:port` (or `host\INSTANCE at host:port`), never the
 //! string or the password.
+//!
+//! Files: `connection` (connecting, and the deadline and cancel around every
+//! call), `browser` (SSRP), `sql` (the T-SQL text), `values` (reading rows),
+//! `database` (the `Database` trait), `backup` (BACKUP, verification, proof),
+//! `space` (will the backup fit), `tls` (what certificate the server offered
+//! when the handshake fails).
 
 mod backup;
 mod browser;
