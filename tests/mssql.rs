@@ -15,7 +15,8 @@ use uprun::db::{Database, MssqlDatabase};
 
 use crate::support::browser::{free_udp_port, instance, instance_request, Browser};
 use crate::support::tds::{
-    bit, guid, i, numeric, s, statements, Control, Ctx, Reply, Request, TdsServer, Value,
+    bit, guid, i, numeric, s, statements, Control, Ctx, Encryption, Reply, Request, TdsServer,
+    Value,
 };
 use crate::support::Sandbox;
 
@@ -2625,15 +2626,27 @@ fn tls_connection(mock: &Mock, extra: &str) -> String {
     )
 }
 
-/// Plan, then run, the stock procedure; both must succeed, and the run
-/// upgrades.
-fn plan_and_run_succeed(mock: &Mock, sb: &Sandbox) {
+/// Plan, then run, the stock procedure; both must succeed, the run
+/// upgrades, and every connection that logged in was encrypted `how`.
+fn plan_and_run_succeed(mock: &Mock, sb: &Sandbox, how: Encryption) {
     for (cmd, extra) in [("plan", &[][..]), ("run", &["--yes"][..])] {
         let (code, all) = uprun_on(sb, cmd, extra);
         assert_eq!(code, Some(0), "{cmd}: {all}");
     }
     assert_eq!(mock.fake().version, "2.0.0");
     assert_eq!(history_names(mock), THREE);
+    let logged_in: Vec<usize> = mock
+        .server
+        .log()
+        .iter()
+        .filter(|l| matches!(l.request, Request::Login { .. }))
+        .map(|l| l.conn)
+        .collect();
+    let encrypted = mock.server.encrypted();
+    assert!(logged_in.len() >= 3, "{logged_in:?}");
+    for conn in logged_in {
+        assert!(encrypted.contains(&(conn, how)), "{conn}: {encrypted:?}");
+    }
 }
 
 #[test]
@@ -2644,7 +2657,7 @@ fn tls_with_a_self_signed_certificate_works_when_the_site_trusts_the_server() {
         &tls_connection(&mock, ""),
         "trust_server_certificate = true\n",
     );
-    plan_and_run_succeed(&mock, &sb);
+    plan_and_run_succeed(&mock, &sb, Encryption::All);
     // The login went through TLS: the responder read the password from it.
     assert!(logins(&mock).iter().all(|(_, _, pw)| pw == PASSWORD));
 }
@@ -2659,7 +2672,7 @@ fn tls_with_a_ca_signed_certificate_for_another_name_works_with_ca_file_and_host
         &tls_connection(&mock, ";HostNameInCertificate=db01.corp.example"),
         &format!("ca_file = \"{}\"\n", ca.display()),
     );
-    plan_and_run_succeed(&mock, &sb);
+    plan_and_run_succeed(&mock, &sb, Encryption::All);
 }
 
 #[test]
@@ -2722,7 +2735,7 @@ fn encrypt_optional_still_checks_the_certificate_and_says_so() {
         ),
         &format!("ca_file = \"{}\"\n", ca.display()),
     );
-    plan_and_run_succeed(&mock, &sb);
+    plan_and_run_succeed(&mock, &sb, Encryption::LoginOnly);
 }
 
 #[test]

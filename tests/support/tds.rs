@@ -211,8 +211,20 @@ pub struct TdsServer {
     pub addr: SocketAddr,
     log: Arc<Mutex<Vec<Logged>>>,
     prelogins: Arc<Mutex<Vec<String>>>,
+    encrypted: Encrypted,
     sessions: Sessions,
 }
+
+/// How each connection that completed a TLS handshake was encrypted.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Encryption {
+    /// TLS for the whole connection.
+    All,
+    /// TLS for the login only, then plain TCP (`Encrypt=Optional`).
+    LoginOnly,
+}
+
+type Encrypted = Arc<Mutex<Vec<(usize, Encryption)>>>;
 
 /// Every connection's session, by connection number.
 type Sessions = Arc<Mutex<Vec<(usize, Arc<Mutex<Session>>)>>>;
@@ -245,6 +257,8 @@ impl TdsServer {
         let sessions: Sessions = Arc::new(Mutex::new(Vec::new()));
         let sessions2 = sessions.clone();
         let (log2, prelogins2) = (log.clone(), prelogins.clone());
+        let encrypted: Encrypted = Arc::new(Mutex::new(Vec::new()));
+        let encrypted2 = encrypted.clone();
         let instance = Arc::new(instance);
         std::thread::spawn(move || {
             for stream in listener.incoming() {
@@ -253,6 +267,7 @@ impl TdsServer {
                 let (log, handler) = (log2.clone(), handler.clone());
                 let (prelogins, instance) = (prelogins2.clone(), instance.clone());
                 let tls = tls.clone();
+                let encrypted = encrypted2.clone();
                 let session = Arc::new(Mutex::new(Session::default()));
                 sessions2
                     .lock()
@@ -265,6 +280,7 @@ impl TdsServer {
                         instance: instance.as_deref(),
                         handler: &handler,
                         tls: tls.as_ref(),
+                        encrypted: &encrypted,
                     };
                     let _ = serve(stream, conn, &server, &session);
                     // As SQL Server does when a session ends: what is open is
@@ -281,6 +297,7 @@ impl TdsServer {
             addr,
             log,
             prelogins,
+            encrypted,
             sessions,
         }
     }
@@ -296,6 +313,14 @@ impl TdsServer {
     /// The instance name of every prelogin received ("" when none was sent).
     pub fn prelogin_instances(&self) -> Vec<String> {
         self.prelogins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The connections that completed a TLS handshake, and how.
+    pub fn encrypted(&self) -> Vec<(usize, Encryption)> {
+        self.encrypted
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
@@ -588,6 +613,7 @@ struct Served<'a> {
     /// (the whole connection, or only the login when the client asks for
     /// encryption off).
     tls: Option<&'a Arc<rustls::ServerConfig>>,
+    encrypted: &'a Mutex<Vec<(usize, Encryption)>>,
 }
 
 fn done(out: &mut Vec<u8>, status: u16, rows: u64) {
@@ -945,6 +971,18 @@ fn serve(
                     };
                     stream = tls_handshake(tcp, config)?;
                     login_only = encryption == ENCRYPT_OFF;
+                    server
+                        .encrypted
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((
+                            conn,
+                            if login_only {
+                                Encryption::LoginOnly
+                            } else {
+                                Encryption::All
+                            },
+                        ));
                 }
                 continue;
             }
