@@ -2668,9 +2668,22 @@ fn tls_with_a_ca_signed_certificate_for_another_name_works_with_ca_file_and_host
     let mock = Mock::start_tls(Fake::default(), &cert);
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = cert.write_trust(dir.path(), "corp-ca.pem");
+    let ca_key = format!("ca_file = \"{}\"\n", ca.display());
+    // The CA alone: the certificate does not name 127.0.0.1.
+    let sb = sandbox_at(&tls_connection(&mock, ""), &ca_key);
+    let (code, all) = uprun_on(&sb, "plan", &[]);
+    assert_ne!(code, Some(0), "{all}");
+    assert_contains(
+        &all,
+        &[
+            "subject alternative names: DNS:db01.corp.example",
+            "`HostNameInCertificate=<a DNS name above>`",
+        ],
+    );
+    assert!(logins(&mock).is_empty());
     let sb = sandbox_at(
         &tls_connection(&mock, ";HostNameInCertificate=db01.corp.example"),
-        &format!("ca_file = \"{}\"\n", ca.display()),
+        &ca_key,
     );
     plan_and_run_succeed(&mock, &sb, Encryption::All);
 }
