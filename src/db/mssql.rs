@@ -45,8 +45,8 @@ use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 use super::batches;
 use super::{now_rfc3339, AppliedMigration, BackupReceipt, Database, Progress, Row};
 use crate::config::ado::{self, ServerAddr};
-use crate::config::site::{check_sql_name, DatabaseConfig, MssqlConfig};
 use crate::config::Migration;
+use crate::config::{check_sql_name, DatabaseConfig, MssqlConfig};
 use crate::{Error, Result};
 
 type Conn = Client<Compat<TcpStream>>;
@@ -268,7 +268,7 @@ impl MssqlDatabase {
     /// Connect to the site's database (the connection is checked here, so a
     /// wrong password or an unreachable server stops `plan` and `run` early).
     pub fn open(cfg: &DatabaseConfig, read_only: bool) -> Result<Self> {
-        let m = cfg.mssql.clone().ok_or_else(|| {
+        let m = cfg.mssql().cloned().ok_or_else(|| {
             Error::Config(format!(
                 "database `{}`: `kind = \"mssql\"` without `connection`",
                 cfg.name

@@ -8,7 +8,6 @@ use rusqlite::{backup, Connection, OpenFlags};
 use semver::Version;
 
 use super::{now_rfc3339, AppliedMigration, BackupReceipt, Database, Progress, Row};
-use crate::config::site::DatabaseConfig;
 use crate::config::Migration;
 use crate::{Error, Result};
 
@@ -32,14 +31,6 @@ pub struct SqliteDatabase {
 }
 
 impl SqliteDatabase {
-    pub fn open(cfg: &DatabaseConfig, read_only: bool) -> Result<Self> {
-        let path = cfg
-            .path
-            .clone()
-            .ok_or_else(|| Error::Config("sqlite database without `path`".into()))?;
-        Self::open_path(&cfg.name, &path, read_only)
-    }
-
     pub fn open_path(name: &str, path: &Path, read_only: bool) -> Result<Self> {
         if !path.is_file() {
             // Bad input (exit 2): the site file names a file that is not there.

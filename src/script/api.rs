@@ -208,7 +208,7 @@ fn register_site(engine: &mut Engine, o: &Option<Arc<Ops>>) {
             m.insert("app_name".into(), s.app_name.clone().into());
             m.insert("customizations".into(), s.customizations.map(|c| Dynamic::from(c.as_str().to_string())).unwrap_or(Dynamic::UNIT));
             let mut db = Map::new();
-            db.insert("kind".into(), s.database.kind.as_str().into());
+            db.insert("kind".into(), s.database.kind().as_str().into());
             db.insert("name".into(), s.database.name.clone().into());
             m.insert("database".into(), db.into());
             let nodes: Vec<NodeInfo> = s.nodes.iter().map(node_info).collect();
