@@ -208,14 +208,16 @@ fn check_one_primary(nodes: &[NodeConfig], src: &Source) -> Result<()> {
                 "`node.role`: no node has `role = \"primary\"`; mark exactly one node as primary",
             ))
         }
-        _ => return Err(src.error(format!(
+        _ => {
+            return Err(src.error(format!(
             "`node.role`: nodes {} are all `role = \"primary\"`; exactly one node may be primary",
             primaries
                 .iter()
                 .map(|n| format!("`{n}`"))
                 .collect::<Vec<_>>()
                 .join(", ")
-        ))),
+        )))
+        }
     }
     Ok(())
 }
