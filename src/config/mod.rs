@@ -23,13 +23,12 @@ mod tests;
 
 pub use database::{DatabaseBackend, DatabaseConfig, SqliteConfig};
 pub(crate) use mssql::ado;
-pub use mssql::{check_sql_name, MssqlConfig, MAX_SQL_NAME};
+pub use mssql::{check_sql_name, MssqlConfig};
 pub use node::{overlap, path_components, NodeAddress, NodeConfig, Overlap};
-pub use raw::{Customizations, DbKind, Role, ServiceConfig, Shell};
+pub use raw::{DbKind, Role, ServiceConfig, Shell};
 pub use release::{Migration, Release};
-pub use secret::Secret;
-pub use site::{Limits, Site, DEFAULT_SCRIPT_TIMEOUT_SECS};
-pub use ssh::{SshSettings, DEFAULT_MAX_PARALLEL_HANDSHAKES};
+pub use site::Site;
+pub use ssh::SshSettings;
 
 /// Render a TOML deserialisation error with the file name in front.
 pub(crate) fn toml_error(path: &std::path::Path, err: toml::de::Error) -> crate::Error {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::database::DatabaseConfig;
-use super::node::{nodes_from_sections, NodeAddress, NodeConfig};
+use super::node::{nodes_from_sections, NodeConfig};
 use super::raw::{ApplicationSection, Customizations, NodeSection, Role, ServiceConfig, SiteFile};
 use super::source::Source;
 use super::ssh::SshSettings;
@@ -94,13 +94,6 @@ impl Site {
             state_dir,
             limits,
         })
-    }
-
-    /// True when any node is reached over SSH.
-    pub fn has_ssh_nodes(&self) -> bool {
-        self.nodes
-            .iter()
-            .any(|n| matches!(n.address, NodeAddress::Ssh { .. }))
     }
 
     pub fn primary(&self) -> &NodeConfig {

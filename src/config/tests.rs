@@ -87,7 +87,6 @@ fn ssh_nodes_and_settings() {
     assert_eq!(site.ssh.identity, Some(dir.path().join("keys/id")));
     assert!(site.ssh.accept_new_host_keys);
     assert_eq!(site.ssh.connect_timeout, Duration::from_secs(3));
-    assert!(site.has_ssh_nodes());
 
     let err = site_with(
         dir.path(),

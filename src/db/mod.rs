@@ -150,7 +150,10 @@ pub fn recover(site: &Site) -> Result<Option<String>> {
                 Ok(Some(format!(
                     "database `{}`: a transaction left unfinished by a killed process (hot journal `{}-journal`) was rolled back; the database is as it was before that transaction",
                     site.database.name,
-                    crate::journal::absolute(path).display()
+                    // Absolute: the line is read from any working folder.
+                    std::path::absolute(path)
+                        .unwrap_or_else(|_| path.to_path_buf())
+                        .display()
                 )))
             } else {
                 Ok(None)

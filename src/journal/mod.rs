@@ -26,7 +26,7 @@ use crate::db::now_rfc3339;
 use crate::{Error, Result};
 
 pub use inputs::{changed_inputs, digest_inputs};
-pub use read::{read, read_full, side_file, Content, Replay, Torn};
+pub use read::{read, read_full, side_file, Replay};
 pub use runs::{damaged, list_runs, shell_word, summarize, RunInfo};
 
 /// Digests of a run's inputs; a resume with different inputs is refused unless

@@ -66,14 +66,6 @@ impl HostError {
         self.kind
     }
 
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-
-    pub fn node(&self) -> Option<&str> {
-        self.node.as_deref()
-    }
-
     /// The number of this refusal in the run's record, if it is one.
     pub fn refusal_number(&self) -> Option<usize> {
         self.refusal
