@@ -309,7 +309,7 @@ pub(crate) fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::make;
+    use super::super::tests::{make, open_sample};
     use super::*;
 
     #[test]
@@ -348,14 +348,17 @@ mod tests {
         }
     }
 
+    /// A sample database and a backup of it, not verified yet.
+    fn backed_up(dir: &Path) -> (SqliteDatabase, BackupReceipt) {
+        let mut db = open_sample(dir);
+        let receipt = db.backup(&dir.join("b"), &mut |_, _| {}).expect("backup");
+        (db, receipt)
+    }
+
     #[test]
     fn a_damaged_backup_fails_verification() {
         let tmp = tempfile::tempdir().expect("tmp");
-        let src = make(tmp.path(), false);
-        let mut db = SqliteDatabase::open_path("app", &src, false).expect("open");
-        let mut receipt = db
-            .backup(&tmp.path().join("b"), &mut |_, _| {})
-            .expect("backup");
+        let (mut db, mut receipt) = backed_up(tmp.path());
         // Overwrite a stretch in the middle of the copy.
         let mut bytes = std::fs::read(&receipt.file).expect("read");
         let mid = bytes.len() / 2;
@@ -368,11 +371,7 @@ mod tests {
     #[test]
     fn a_missing_or_altered_backup_fails_its_proof() {
         let tmp = tempfile::tempdir().expect("tmp");
-        let src = make(tmp.path(), false);
-        let mut db = SqliteDatabase::open_path("app", &src, false).expect("open");
-        let mut receipt = db
-            .backup(&tmp.path().join("b"), &mut |_, _| {})
-            .expect("backup");
+        let (mut db, mut receipt) = backed_up(tmp.path());
         assert!(receipt.sha256.is_empty(), "taken by the verification");
         db.verify_backup(&mut receipt).expect("verify");
         let (size, sha) = hash_file(Path::new(&receipt.file)).expect("hash");

@@ -298,11 +298,16 @@ pub(super) mod tests {
         p
     }
 
+    /// `make` (no WAL), opened for writing.
+    pub(crate) fn open_sample(dir: &Path) -> SqliteDatabase {
+        let src = make(dir, false);
+        SqliteDatabase::open_path("app", &src, false).expect("open")
+    }
+
     #[test]
     fn check_queries_must_only_read() {
         let tmp = tempfile::tempdir().expect("tmp");
-        let src = make(tmp.path(), false);
-        let mut db = SqliteDatabase::open_path("app", &src, false).expect("open");
+        let mut db = open_sample(tmp.path());
         let err = db
             .query_readonly("DELETE FROM t")
             .expect_err("refused")

@@ -10,34 +10,30 @@ use super::{fail, ops, reg, HostResult, Registrar};
 use crate::ops::{Ops, RefusedBy};
 
 pub(super) fn register(r: &mut Registrar, o: &Option<Arc<Ops>>) {
-    let x = o.clone();
-    reg(
-        r,
-        "log",
-        &["message: &str", "()"],
-        "Write an informational line to the run's output.",
-        move |_: NativeCallContext, msg: &str| -> HostResult<()> {
-            // Without a site (`uprun check` loading a module that logs at
-            // its top level) there is no run output to write to.
-            if let Some(o) = &x {
-                o.log("info", msg);
-            }
-            Ok(())
-        },
-    );
-    let x = o.clone();
-    reg(
-        r,
-        "warn",
-        &["message: &str", "()"],
-        "Write a warning to the run's output.",
-        move |_: NativeCallContext, msg: &str| -> HostResult<()> {
-            if let Some(o) = &x {
-                o.log("warn", msg);
-            }
-            Ok(())
-        },
-    );
+    for (name, level, doc) in [
+        (
+            "log",
+            "info",
+            "Write an informational line to the run's output.",
+        ),
+        ("warn", "warn", "Write a warning to the run's output."),
+    ] {
+        let x = o.clone();
+        reg(
+            r,
+            name,
+            &["message: &str", "()"],
+            doc,
+            move |_: NativeCallContext, msg: &str| -> HostResult<()> {
+                // Without a site (`uprun check` loading a module that logs at
+                // its top level) there is no run output to write to.
+                if let Some(o) = &x {
+                    o.log(level, msg);
+                }
+                Ok(())
+            },
+        );
+    }
     let x = o.clone();
     reg(r, "refuse", &["message: &str", "()"],
         "Stop the procedure with a refusal: the run ends refused (exit 3), nothing more is done, and the\njournal and summary record it as a refusal by the procedure. For checks that should stop a run before\nany change (a pre-flight check found a problem). Catchable like a rail's refusal; a caught one is still\nrecorded and listed in the end-of-run summary.",
