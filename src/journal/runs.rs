@@ -203,4 +203,74 @@ mod tests {
         assert!(!info.holds_site() && !info.needs_attention());
         assert!(info.resume_command(Path::new("/s/site.toml")).is_none());
     }
+
+    #[test]
+    fn summarize_follows_the_attempts_of_a_run() {
+        let inputs = crate::journal::Inputs {
+            script: "up.rhai".into(),
+            script_sha256: String::new(),
+            site: "/s/site.toml".into(),
+            site_sha256: String::new(),
+            release: "/r".into(),
+            release_version: "2.0.0".into(),
+            release_sha256: String::new(),
+        };
+        let started = |key: &str| Entry::Started {
+            key: key.into(),
+            call: "c".into(),
+            node: None,
+            description: format!("step {key}"),
+            intent: serde_json::Value::Null,
+            at: "t".into(),
+            within: None,
+        };
+        let mut entries = vec![
+            Entry::Run {
+                run_id: "r".into(),
+                at: "t0".into(),
+                inputs,
+                user: "u".into(),
+                pid: 1,
+                uprun_version: "0".into(),
+            },
+            started("a"),
+            Entry::Done {
+                key: "a".into(),
+                result: serde_json::Value::Null,
+                ms: 1,
+                at: "t1".into(),
+            },
+            started("b"),
+            Entry::Failed {
+                key: "b".into(),
+                error: "boom".into(),
+                at: "t2".into(),
+            },
+            Entry::End {
+                outcome: "failed".into(),
+                at: "t3".into(),
+                error: None,
+            },
+        ];
+        let info = summarize("r", &entries);
+        assert_eq!((info.outcome.as_str(), info.steps_done), ("failed", 1));
+        assert_eq!(info.last_step.as_deref(), Some("failed: step b: boom"));
+        assert_eq!(
+            (info.script.as_str(), info.started.as_str()),
+            ("up.rhai", "t0")
+        );
+        assert_eq!(info.ended.as_deref(), Some("t3"));
+        // A resume reopens the run: unfinished again, until its own end.
+        entries.push(Entry::Resume {
+            at: "t4".into(),
+            pid: 2,
+            accepted_changes: Vec::new(),
+        });
+        let info = summarize("r", &entries);
+        assert_eq!(
+            (info.outcome.as_str(), info.ended.as_deref()),
+            ("unfinished", None)
+        );
+        assert!(info.needs_attention());
+    }
 }
