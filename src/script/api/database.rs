@@ -5,17 +5,13 @@ use std::sync::Arc;
 
 use rhai::{Dynamic, NativeCallContext};
 
-use super::{fail, ops, reg, reg_opts, to_dyn, HostResult, Registrar};
+use super::{fail, ops, reg, reg_ops, reg_opts, to_dyn, HostResult, Registrar};
 use crate::ops::{BackupOptions, Ops, UpgradeOptions};
 
 pub(super) fn register(r: &mut Registrar, o: &Option<Arc<Ops>>) {
-    let x = o.clone();
-    reg(r, "db_version", &["String"],
+    reg_ops(r, o, "db_version", "String",
         "The application's schema version as the database records it (after planned upgrades, in plan mode).",
-        move |ctx: NativeCallContext| -> HostResult<String> {
-            let ops = ops(&x, &ctx)?;
-            ops.db_version().map(|v| v.to_string()).map_err(|e| fail(ops, e, ctx.call_position()))
-        });
+        |ops, pos| ops.db_version().map(|v| v.to_string()).map_err(|e| fail(ops, e, pos)));
     let x = o.clone();
     reg(r, "run_check", &["name: &str", "Array"],
         "Run the read-only check query `name` from the site's `[checks]`; returns its rows as maps.\nRows are problems: an empty array means the check passed. Listed as a step in `plan`.",

@@ -269,6 +269,28 @@ pub(super) fn invoke<O: DeserializeOwned, R: Serialize>(
     to_dyn(&r, ctx.call_position())
 }
 
+/// Register `name()`, a function of the run (it fails without a site).
+pub(super) fn reg_ops<R: rhai::Variant + Clone>(
+    r: &mut Registrar,
+    o: &Option<Arc<Ops>>,
+    name: &'static str,
+    returns: &str,
+    doc: &str,
+    f: fn(&Ops, Position) -> HostResult<R>,
+) {
+    let x = o.clone();
+    reg(
+        r,
+        name,
+        &[returns],
+        doc,
+        move |ctx: NativeCallContext| -> HostResult<R> {
+            let ops = ops(&x, &ctx)?;
+            f(ops, ctx.call_position())
+        },
+    );
+}
+
 /// Register `name()` and `name(options)`.
 pub(super) fn reg_opts<O: DeserializeOwned + 'static, R: Serialize + 'static>(
     r: &mut Registrar,

@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
-use rhai::{Dynamic, Map, NativeCallContext};
+use rhai::{Dynamic, Map, NativeCallContext, Position};
 use serde::Serialize;
 
-use super::{fail, host_error, ops, reg, to_dyn, HostResult, Registrar};
+use super::{fail, host_error, reg, reg_ops, to_dyn, HostResult, Registrar};
 use crate::config::{NodeConfig, Role};
 use crate::ops::{Mode, Ops};
 use crate::Error;
@@ -31,11 +31,9 @@ fn node_info(n: &NodeConfig) -> NodeInfo<'_> {
 }
 
 pub(super) fn register(r: &mut Registrar, o: &Option<Arc<Ops>>) {
-    let x = o.clone();
-    reg(r, "site", &["Map"],
+    reg_ops(r, o, "site", "Map",
         "The site being upgraded: `#{ app_name, customizations, database: #{ kind, name }, nodes }`.\n`customizations` is \"none\", \"upgraded-separately\" or () when the site file does not say.\nNever contains a secret.",
-        move |ctx: NativeCallContext| -> HostResult<Dynamic> {
-            let ops = ops(&x, &ctx)?;
+        |ops, pos| {
             let s = &ops.site;
             let mut m = Map::new();
             m.insert("app_name".into(), s.app_name.clone().into());
@@ -44,69 +42,50 @@ pub(super) fn register(r: &mut Registrar, o: &Option<Arc<Ops>>) {
             db.insert("kind".into(), s.database.kind().as_str().into());
             db.insert("name".into(), s.database.name.clone().into());
             m.insert("database".into(), db.into());
-            let nodes: Vec<NodeInfo> = s.nodes.iter().map(node_info).collect();
-            m.insert("nodes".into(), to_dyn(&nodes, ctx.call_position())?);
-            Ok(m.into())
+            m.insert("nodes".into(), node_list(ops, |_| true, pos)?);
+            Ok(Dynamic::from_map(m))
         });
-    let x = o.clone();
-    reg(
+    reg_ops(
         r,
+        o,
         "nodes",
-        &["Array"],
+        "Array",
         "Every node of the site, in site-file order: `#{ name, role, address, root, shell }`.\n`address` is \"local\" or \"ssh://user@host:port\"; `shell` is \"posix\" or \"powershell\".",
-        move |ctx: NativeCallContext| -> HostResult<Dynamic> {
-            let ops = ops(&x, &ctx)?;
-            let nodes: Vec<NodeInfo> = ops.site.nodes.iter().map(node_info).collect();
-            to_dyn(&nodes, ctx.call_position())
-        },
+        |ops, pos| node_list(ops, |_| true, pos),
     );
-    let x = o.clone();
-    reg(
+    reg_ops(
         r,
+        o,
         "primary",
-        &["Map"],
+        "Map",
         "The primary node: `#{ name, role, address, root, shell }`.",
-        move |ctx: NativeCallContext| -> HostResult<Dynamic> {
-            let ops = ops(&x, &ctx)?;
-            to_dyn(&node_info(ops.site.primary()), ctx.call_position())
-        },
+        |ops, pos| to_dyn(&node_info(ops.site.primary()), pos),
     );
-    let x = o.clone();
-    reg(
+    reg_ops(
         r,
+        o,
         "secondaries",
-        &["Array"],
+        "Array",
         "The secondary nodes, in site-file order (empty on a one-node site).",
-        move |ctx: NativeCallContext| -> HostResult<Dynamic> {
-            let ops = ops(&x, &ctx)?;
-            let nodes: Vec<NodeInfo> = ops
-                .site
-                .nodes
-                .iter()
-                .filter(|n| n.role == Role::Secondary)
-                .map(node_info)
-                .collect();
-            to_dyn(&nodes, ctx.call_position())
-        },
+        |ops, pos| node_list(ops, |n| n.role == Role::Secondary, pos),
     );
-    let x = o.clone();
-    reg(
+    reg_ops(
         r,
+        o,
         "release",
-        &["Map"],
+        "Map",
         "The release being installed: `#{ version, min_upgrade_from }`.",
-        move |ctx: NativeCallContext| -> HostResult<Dynamic> {
-            let ops = ops(&x, &ctx)?;
+        |ops, pos| {
             ops.release
                 .require("release()")
-                .map_err(|e| fail(ops, e, ctx.call_position()))?;
+                .map_err(|e| fail(ops, e, pos))?;
             let mut m = Map::new();
             m.insert("version".into(), ops.release.version.to_string().into());
             m.insert(
                 "min_upgrade_from".into(),
                 ops.release.min_upgrade_from.to_string().into(),
             );
-            Ok(m.into())
+            Ok(Dynamic::from_map(m))
         },
     );
     reg(
@@ -130,11 +109,19 @@ pub(super) fn register(r: &mut Registrar, o: &Option<Arc<Ops>>) {
             })
         },
     );
-    let x = o.clone();
-    reg(r, "mode", &["String"],
+    reg_ops(r, o, "mode", "String",
         "\"plan\" when the procedure is being previewed (changes are only described), \"run\" otherwise.",
-        move |ctx: NativeCallContext| -> HostResult<String> {
-            let ops = ops(&x, &ctx)?;
-            Ok(if ops.mode == Mode::Plan { "plan" } else { "run" }.into())
-        });
+        |ops, _| Ok(if ops.mode == Mode::Plan { "plan" } else { "run" }.to_string()));
+}
+
+/// The site's nodes that `keep` keeps, in site-file order, as maps.
+fn node_list(ops: &Ops, keep: impl Fn(&NodeConfig) -> bool, pos: Position) -> HostResult<Dynamic> {
+    let nodes: Vec<NodeInfo> = ops
+        .site
+        .nodes
+        .iter()
+        .filter(|n| keep(n))
+        .map(node_info)
+        .collect();
+    to_dyn(&nodes, pos)
 }
