@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::config::{DbKind, NodeAddress, Release, Site};
+use crate::config::{DatabaseBackend, DbKind, NodeAddress, Release, Site, SqliteConfig};
 use crate::journal::{self, Entry, Journal, Replay};
 use crate::nodes::{LocalTransport, NodeTransport};
 use crate::ops::{CommandPolicy, Confirmation, CrashPoint, Mode, RunSpec};
@@ -27,11 +27,11 @@ pub struct Disposable {
 /// Copy `site` into a temporary folder: its SQLite database, every node's root
 /// folder; backups and journals go into the copy too.
 pub fn disposable(site: &Site) -> Result<Disposable> {
-    if site.database.kind != DbKind::Sqlite {
+    if site.database.kind() != DbKind::Sqlite {
         return Err(Error::Config(format!(
             "uprun test works on a disposable copy and can copy SQLite databases only; `{}` uses {}: test the procedure on a sandbox site (`uprun demo --setup-only`) with the same nodes and checks",
             site.file.display(),
-            site.database.kind.as_str()
+            site.database.kind().as_str()
         )));
     }
     if let Some(n) = site.nodes.iter().find(|n| n.address != NodeAddress::Local) {
@@ -49,12 +49,12 @@ pub fn disposable(site: &Site) -> Result<Disposable> {
         .map_err(|e| Error::io("copy site file", &site.file, e))?;
     copy.file = site_file;
     copy.dir = base.to_path_buf();
-    if let Some(db) = &site.database.path {
+    if let Some(db) = site.database.sqlite_path() {
         let dest = base.join("db").join(db.file_name().unwrap_or_default());
         std::fs::create_dir_all(base.join("db"))
             .map_err(|e| Error::io("create", base.join("db"), e))?;
         std::fs::copy(db, &dest).map_err(|e| Error::io("copy database", db, e))?;
-        copy.database.path = Some(dest);
+        copy.database.backend = DatabaseBackend::Sqlite(SqliteConfig { path: dest });
     }
     copy.database.backup_dir = base.join("backups");
     copy.state_dir = base.join("state");

@@ -52,7 +52,7 @@ pub fn host_functions() -> Result<Vec<FnMeta>> {
             !f.params
                 .first()
                 .and_then(|p| p.typ.as_deref())
-                .is_some_and(|t| t.contains(script::host_error::TYPE_NAME))
+                .is_some_and(|t| t.contains(script::error::TYPE_NAME))
         })
         .collect())
 }
@@ -194,7 +194,7 @@ mod tests {
             .into_iter()
             .map(|f| f.name)
             .collect();
-        let listed: std::collections::BTreeSet<String> = crate::script::api::HOST_FUNCTIONS
+        let listed: std::collections::BTreeSet<String> = crate::script::api::host_functions()
             .iter()
             .map(|s| s.to_string())
             .collect();

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use rhai::{ASTNode, Engine, Expr, OptimizationLevel, Position, Stmt, AST};
 
 use crate::cli::CheckArgs;
-use crate::script::{self, api::OPTION_KEYS, Procedure, Sources};
+use crate::script::{self, Procedure, Sources};
 use crate::{Error, Result};
 
 /// Rhai's own keywords that read like function calls.
@@ -145,21 +145,17 @@ fn lint_options(ast: &AST) -> Vec<(Position, String)> {
             Some(ASTNode::Stmt(Stmt::FnCall(call, _))) => call,
             _ => return true,
         };
-        let Some((name, keys)) = OPTION_KEYS.iter().find(|(n, _)| *n == call.name.as_str()) else {
+        let Some((name, keys)) = script::api::option_keys()
+            .iter()
+            .find(|(n, _)| *n == call.name.as_str())
+        else {
             return true;
         };
         for arg in call.args.iter() {
             if let Expr::Map(map, _) = arg {
                 for (ident, _) in map.0.iter() {
                     if !keys.contains(&ident.name.as_str()) {
-                        let valid = if keys.is_empty() {
-                            "none".to_string()
-                        } else {
-                            keys.iter()
-                                .map(|k| format!("`{k}`"))
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        };
+                        let valid = script::api::valid_options(keys);
                         problems.push((
                             ident.pos,
                             format!(

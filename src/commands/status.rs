@@ -70,7 +70,7 @@ pub fn exec(a: StatusArgs) -> Result<i32> {
     }
     let status = Status {
         site: site.file.display().to_string(),
-        database: format!("{} ({})", site.database.name, site.database.kind.as_str()),
+        database: format!("{} ({})", site.database.name, site.database.kind().as_str()),
         database_version: version.to_string(),
         migrations_applied: history.len(),
         latest_full_backup,

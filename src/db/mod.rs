@@ -12,7 +12,7 @@ use std::path::Path;
 use semver::Version;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{DbKind, Migration, Site};
+use crate::config::{DatabaseBackend, Migration, Site};
 use crate::Result;
 
 pub use lazy::{LazyDatabase, Opener};
@@ -132,9 +132,13 @@ pub trait Database: Send {
 
 /// Open the site's database. `read_only` is used by `plan` and `status`.
 pub fn open(site: &Site, read_only: bool) -> Result<Box<dyn Database>> {
-    match site.database.kind {
-        DbKind::Sqlite => Ok(Box::new(SqliteDatabase::open(&site.database, read_only)?)),
-        DbKind::Mssql => Ok(Box::new(MssqlDatabase::open(&site.database, read_only)?)),
+    match &site.database.backend {
+        DatabaseBackend::Sqlite(s) => Ok(Box::new(SqliteDatabase::open_path(
+            &site.database.name,
+            &s.path,
+            read_only,
+        )?)),
+        DatabaseBackend::Mssql(_) => Ok(Box::new(MssqlDatabase::open(&site.database, read_only)?)),
     }
 }
 
@@ -142,28 +146,30 @@ pub fn open(site: &Site, read_only: bool) -> Result<Box<dyn Database>> {
 /// process (a SQLite hot journal), so that read-only connections can read it.
 /// Call with the site lock held. Returns the line to show when it did.
 pub fn recover(site: &Site) -> Result<Option<String>> {
-    match (site.database.kind, &site.database.path) {
-        (DbKind::Sqlite, Some(path)) => {
+    match site.database.sqlite_path() {
+        Some(path) => {
             if SqliteDatabase::roll_back_hot_journal(&site.database.name, path)? {
                 Ok(Some(format!(
                     "database `{}`: a transaction left unfinished by a killed process (hot journal `{}-journal`) was rolled back; the database is as it was before that transaction",
                     site.database.name,
-                    crate::journal::absolute(path).display()
+                    // Absolute: the line is read from any working folder.
+                    std::path::absolute(path)
+                        .unwrap_or_else(|_| path.to_path_buf())
+                        .display()
                 )))
             } else {
                 Ok(None)
             }
         }
-        _ => Ok(None),
+        None => Ok(None),
     }
 }
 
 /// Whether `recover` may have something to do (checked before taking a lock).
 pub fn may_need_recovery(site: &Site) -> bool {
-    match (site.database.kind, &site.database.path) {
-        (DbKind::Sqlite, Some(path)) => SqliteDatabase::journal_left(path),
-        _ => false,
-    }
+    site.database
+        .sqlite_path()
+        .is_some_and(SqliteDatabase::journal_left)
 }
 
 pub(crate) fn now_rfc3339() -> String {

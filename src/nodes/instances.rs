@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{DirState, NodeTransport};
-use crate::config::site::ServiceConfig;
+use crate::config::ServiceConfig;
 use crate::config::Shell;
 use crate::{Error, Result};
 

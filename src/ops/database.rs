@@ -87,7 +87,7 @@ impl Ops {
         };
         let description = format!(
             "back up database `{name}` ({} {version}) into `{}`{verify}",
-            self.site.database.kind.as_str(),
+            self.site.database.kind().as_str(),
             dir.display()
         );
         let intent = serde_json::json!({ "backup_dir": dir.display().to_string(), "version": version.to_string() });
@@ -366,7 +366,7 @@ impl Ops {
     /// must bring at least one migration for it, unless it declares
     /// `schema_change = false`.
     fn pending_migrations(&self, from: &Version, to: &Version) -> Result<Vec<Migration>> {
-        let kind = self.site.database.kind;
+        let kind = self.site.database.kind();
         let all = self.release.migrations(kind)?;
         let declared = all.iter().any(|m| &m.version > from && &m.version <= to);
         if !declared && self.release.schema_change && from < to {

@@ -9,8 +9,8 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::{lock, Mode, Ops};
-use crate::config::site::{overlap, path_components, Overlap};
 use crate::config::Role;
+use crate::config::{overlap, path_components, Overlap};
 use crate::db::now_rfc3339;
 use crate::nodes::{DirState, InstanceRecord, InstanceState, NodeInstances};
 use crate::{Error, Result};
@@ -790,7 +790,7 @@ impl Ops {
         t.insert("role".into(), role.into());
         t.insert(
             "database_kind".into(),
-            self.site.database.kind.as_str().into(),
+            self.site.database.kind().as_str().into(),
         );
         t.insert("database".into(), self.site.database.name.clone().into());
         t.insert("created".into(), rec.created.clone().into());

@@ -11,8 +11,8 @@ use super::browser::{browse, browser_port, DEFAULT_PORT};
 use super::sql::*;
 use super::values::*;
 use super::{Conn, MssqlDatabase};
-use crate::config::ado;
-use crate::config::site::DatabaseConfig;
+use crate::config::mssql::ado;
+use crate::config::DatabaseConfig;
 use crate::{Error, Result};
 
 /// How a failed call left its connection.
@@ -42,7 +42,7 @@ impl MssqlDatabase {
     /// Connect to the site's database (the connection is checked here, so a
     /// wrong password or an unreachable server stops `plan` and `run` early).
     pub fn open(cfg: &DatabaseConfig, read_only: bool) -> Result<Self> {
-        let m = cfg.mssql.clone().ok_or_else(|| {
+        let m = cfg.mssql().cloned().ok_or_else(|| {
             Error::Config(format!(
                 "database `{}`: `kind = \"mssql\"` without `connection`",
                 cfg.name
@@ -115,7 +115,7 @@ impl MssqlDatabase {
 
     /// The driver's configuration for one connection.
     pub(super) fn config(&self, application: &str) -> Result<Config> {
-        // Built from uprun's own reading of the string (see `config::ado`):
+        // Built from uprun's own reading of the string (see `config::mssql::ado`):
         // the driver's parser differs from SqlClient's.
         let bad = |e: String| {
             Error::Config(format!(
@@ -265,8 +265,8 @@ impl MssqlDatabase {
 
     /// Remove the password from a driver message, should one ever echo it.
     pub(super) fn scrub(&self, text: &str) -> String {
-        let pairs = crate::config::ado::pairs(self.cfg.connection.expose()).unwrap_or_default();
-        match crate::config::ado::get(&pairs, &["password"]) {
+        let pairs = ado::pairs(self.cfg.connection.expose()).unwrap_or_default();
+        match ado::get(&pairs, &["password"]) {
             Some(pw) if pw.len() >= 3 => text.replace(pw, "***"),
             _ => text.to_string(),
         }

@@ -53,8 +53,8 @@ use tiberius::Client;
 use tokio::net::TcpStream;
 use tokio_util::compat::Compat;
 
-use crate::config::ado::ServerAddr;
-use crate::config::site::MssqlConfig;
+use crate::config::mssql::ado::ServerAddr;
+use crate::config::MssqlConfig;
 
 pub use browser::{BROWSER_PORT, BROWSER_PORT_ENV};
 pub use sql::*;

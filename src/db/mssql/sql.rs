@@ -1,6 +1,6 @@
 //! T-SQL text: the statements uprun sends, and the builders of the ones it composes.
 
-use crate::config::site::check_sql_name;
+use crate::config::check_sql_name;
 use crate::db::AppliedMigration;
 
 /// The application's version table (schema `dbo`), as on SQLite.
