@@ -17,9 +17,10 @@ pub mod nodes;
 pub mod ops;
 pub mod phases;
 pub mod progress;
+pub mod rehearsal;
+pub mod run;
 pub mod sandbox;
 pub mod script;
-pub mod testing;
 
 pub use error::{Error, Result};
 

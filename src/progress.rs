@@ -599,6 +599,25 @@ impl Reporter {
         }
     }
 
+    /// Ask a yes/no question on the terminal (stderr), default no.
+    pub fn ask(&self, question: &str) -> bool {
+        use std::io::BufRead;
+        let mut err = std::io::stderr();
+        let _ = write!(err, "{question} [y/N] ");
+        let _ = err.flush();
+        let mut answer = String::new();
+        match std::io::stdin().lock().read_line(&mut answer) {
+            // Input closed (Ctrl-D) or unreadable: the answer is no, and the
+            // line the question left open is ended so that what follows
+            // starts at the left margin.
+            Ok(0) | Err(_) => {
+                let _ = writeln!(err);
+                false
+            }
+            Ok(_) => matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes"),
+        }
+    }
+
     /// A spinner for a step in progress on a terminal.
     pub fn spinner(&self, message: &str) -> Option<Bar> {
         let m = self.multi.as_ref()?;

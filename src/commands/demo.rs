@@ -21,17 +21,16 @@ pub fn exec(a: DemoArgs) -> Result<i32> {
         ));
         return Ok(0);
     }
-    let opts = super::run::RunOptions {
+    let opts = crate::run::RunOptions {
         yes: true,
         ..Default::default()
     };
-    let code = super::run::execute(
-        "in-place-upgrade",
-        &sb.site,
-        Some(&sb.release),
-        opts,
-        reporter.clone(),
-    )?;
+    let target = crate::run::Target {
+        script: "in-place-upgrade",
+        site: &sb.site,
+        release: Some(&sb.release),
+    };
+    let code = super::run::execute(&target, &opts, reporter.clone())?;
     reporter.event(Event::Log {
         level: "info".into(),
         message: format!(

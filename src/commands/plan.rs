@@ -2,7 +2,7 @@
 
 use crate::cli::PlanArgs;
 use crate::config::{Release, Site};
-use crate::ops::{Confirmation, Mode, RunSpec};
+use crate::ops::Outcome;
 use crate::progress::Event;
 use crate::script::Procedure;
 use crate::Result;
@@ -22,7 +22,7 @@ pub fn exec(p: PlanArgs) -> Result<i32> {
         script: proc.name.clone(),
         site: site.file.display().to_string(),
     });
-    if let Some(line) = super::recover_for_reading(&site)? {
+    if let Some(line) = crate::run::recover_for_reading(&site)? {
         reporter.event(Event::Log {
             level: "warn".into(),
             message: line,
@@ -31,7 +31,7 @@ pub fn exec(p: PlanArgs) -> Result<i32> {
     let replay = match &p.resume {
         Some(id) => {
             let inputs = crate::journal::digest_inputs(&proc, &site, &release)?;
-            let (replay, changed) = super::run::load_resume(&site, id, &inputs, true)?;
+            let (replay, changed) = crate::run::load_resume(&site, id, &inputs, true)?;
             for c in changed {
                 reporter.event(Event::Log {
                     level: "warn".into(),
@@ -42,20 +42,8 @@ pub fn exec(p: PlanArgs) -> Result<i32> {
         }
         None => Default::default(),
     };
-    let session = super::Session::open(
-        RunSpec {
-            replay,
-            ..RunSpec::new(
-                &site,
-                &release,
-                Mode::Plan,
-                &run_id,
-                Confirmation::UNATTENDED,
-            )
-        },
-        &proc,
-        reporter.clone(),
-    )?;
+    let session =
+        crate::run::Session::plan(&site, &release, &proc, &run_id, replay, reporter.clone())?;
     let outcome = session.run();
     let steps = session.ops.steps();
     // For procedures that use the database, through the session's connection
@@ -78,10 +66,11 @@ pub fn exec(p: PlanArgs) -> Result<i32> {
     }
     reporter.event(Event::RunFinished {
         outcome: if outcome.is_ok() {
-            "planned".into()
+            Outcome::Planned
         } else {
-            "plan failed".into()
-        },
+            Outcome::PlanFailed
+        }
+        .to_string(),
         summary,
     });
     outcome.map(|()| 0)

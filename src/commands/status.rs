@@ -41,7 +41,7 @@ struct RunToFinish {
 
 pub fn exec(a: StatusArgs) -> Result<i32> {
     let site = Site::load(&super::site_or_default(a.site, "uprun status")?)?;
-    let recovered = super::recover_for_reading(&site)?;
+    let recovered = crate::run::recover_for_reading(&site)?;
     let mut db = crate::db::open(&site, true)?;
     let version = db.version()?;
     let history = db.history()?;

@@ -3,8 +3,8 @@
 use crate::cli::TestArgs;
 use crate::config::{Release, Site};
 use crate::ops::CommandPolicy;
+use crate::rehearsal;
 use crate::script::Procedure;
-use crate::testing;
 use crate::Result;
 
 pub fn exec(a: TestArgs) -> Result<i32> {
@@ -18,10 +18,10 @@ pub fn exec(a: TestArgs) -> Result<i32> {
     };
     // The copy is of the database file alone: a transaction a killed process
     // left half-done in it is rolled back first.
-    if let Some(line) = super::recover_for_reading(&site)? {
+    if let Some(line) = crate::run::recover_for_reading(&site)? {
         eprintln!("{line}");
     }
-    let report = testing::test_procedure(&site, &release, &proc, policy)?;
+    let report = rehearsal::test_procedure(&site, &release, &proc, policy)?;
     if a.target.json {
         crate::outln!(
             "{}",

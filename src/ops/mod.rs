@@ -13,9 +13,9 @@ mod groups;
 mod instances;
 #[cfg(test)]
 mod rail_tests;
+mod step;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, Write};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -37,6 +37,7 @@ pub use commands::{CommandOptions, CommandResult};
 pub use database::{BackupOptions, UpgradeOptions, UpgradeReport};
 pub use instances::check_folder_name;
 pub use instances::{CreateOptions, RemoveOptions, StartOptions, StopOptions};
+pub use step::{count_changes, not_attempted, Outcome, StepKind, StepRecord, StepStatus};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -60,30 +61,6 @@ impl Confirmation {
         yes: true,
         interactive: false,
     };
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StepStatus {
-    Planned,
-    Started,
-    Done,
-    Failed,
-    /// Refused by a rail or the procedure: nothing was changed by it.
-    Refused,
-}
-
-/// One thing the procedure did (or would do), in order.
-#[derive(Debug, Clone, Serialize)]
-pub struct StepRecord {
-    pub index: usize,
-    pub kind: &'static str,
-    pub description: String,
-    /// False for reads (checks), true for anything that changes the site.
-    pub changes: bool,
-    pub irreversible: bool,
-    pub node: Option<String>,
-    pub status: StepStatus,
 }
 
 #[derive(Default)]
@@ -205,6 +182,19 @@ impl RunSpec {
             closures_in_order: false,
         }
     }
+
+    /// What an earlier attempt of this run did (`--resume`).
+    pub fn with_replay(self, replay: Replay) -> RunSpec {
+        RunSpec { replay, ..self }
+    }
+
+    /// Where changes are announced and recorded.
+    pub fn with_journal(self, journal: Arc<Journal>) -> RunSpec {
+        RunSpec {
+            journal: Some(journal),
+            ..self
+        }
+    }
 }
 
 /// The site, release and connections of one run, and what it has done so far.
@@ -242,7 +232,8 @@ impl Ops {
             .keys()
             .chain(r.in_flight.keys())
             .chain(r.failed.keys())
-            .any(|k| changes_site(k.split(':').next().unwrap_or_default()));
+            .filter_map(|k| StepKind::from_call(k.split(':').next().unwrap_or_default()))
+            .any(StepKind::changes_site);
         Ops {
             site: spec.site,
             release: spec.release,
@@ -353,7 +344,13 @@ impl Ops {
                 }
             ))
         })?;
-        let idx = self.begin_step("check", format!("check `{name}`"), None, false, false);
+        let idx = self.begin_step(
+            StepKind::Check,
+            format!("check `{name}`"),
+            None,
+            false,
+            false,
+        );
         let rows = lock(&self.db).query_readonly(sql);
         match &rows {
             Ok(r) => self.finish_step(idx, Ok(format!("check `{name}`: {} row(s)", r.len())), 0),
@@ -396,7 +393,13 @@ impl Ops {
     /// the whole run), or `--yes` answers yes; otherwise the answer is no.
     pub fn confirm(&self, question: &str) -> Result<bool> {
         if self.mode == Mode::Plan {
-            let idx = self.begin_step("confirm", format!("ask: {question}"), None, false, false);
+            let idx = self.begin_step(
+                StepKind::Confirm,
+                format!("ask: {question}"),
+                None,
+                false,
+                false,
+            );
             self.finish_step(idx, Ok(format!("ask: {question}")), 0);
             return Ok(true);
         }
@@ -442,7 +445,7 @@ impl Ops {
 
     fn begin_step(
         &self,
-        kind: &'static str,
+        kind: StepKind,
         description: String,
         node: Option<&str>,
         changes: bool,
@@ -477,7 +480,7 @@ impl Ops {
 
     /// A step that is over as soon as it is known (nothing to do, done in an
     /// earlier attempt): recorded and reported once, as done, with `text`.
-    fn noted_step(&self, kind: &'static str, node: Option<&str>, text: String) {
+    fn noted_step(&self, kind: StepKind, node: Option<&str>, text: String) {
         let mut st = lock(&self.state);
         let index = st.steps.len() + 1;
         st.steps.push(StepRecord {
@@ -550,7 +553,7 @@ impl Ops {
 
     /// The journal key of this call of a changing function: `call:node#n`,
     /// counted per call and node so that parallel closures cannot shuffle it.
-    fn call_key(&self, call: &str, node: Option<&str>) -> String {
+    fn call_key(&self, call: impl std::fmt::Display, node: Option<&str>) -> String {
         let base = format!("{call}:{}", node.unwrap_or("-"));
         let mut st = lock(&self.state);
         let n = st.occurrences.entry(base.clone()).or_insert(0);
@@ -563,7 +566,7 @@ impl Ops {
     fn replayed<T: DeserializeOwned>(
         &self,
         key: &str,
-        kind: &'static str,
+        kind: StepKind,
         node: Option<&str>,
     ) -> Result<Option<T>> {
         let Some(value) = self.replay.done.get(key) else {
@@ -577,7 +580,7 @@ impl Ops {
             .descriptions
             .get(key)
             .cloned()
-            .unwrap_or_else(|| kind.replace('_', " "));
+            .unwrap_or_else(|| kind.as_str().replace('_', " "));
         self.noted_step(kind, node, format!("done in an earlier attempt: {what}"));
         self.mark_site_changed(kind);
         Ok(Some(v))
@@ -679,7 +682,7 @@ impl Ops {
     fn step<T: Serialize>(
         &self,
         key: &str,
-        kind: &'static str,
+        kind: StepKind,
         description: String,
         node: Option<&str>,
         irreversible: bool,
@@ -687,7 +690,7 @@ impl Ops {
         work: impl FnOnce() -> Result<(T, String)>,
     ) -> Result<T> {
         self.check_interrupt()?;
-        if changes_site(kind) {
+        if kind.changes_site() {
             self.require_customizations_acknowledged(&description)?;
         }
         let idx = self.begin_step(kind, description.clone(), node, true, irreversible);
@@ -768,108 +771,5 @@ impl Ops {
             "{description}: the site does not say how its SDK customisations (workflows, custom web applications, service-bus integrations) are upgraded; they are not upgraded by this procedure. Add `customizations = \"none\"` or `customizations = \"upgraded-separately\"` under `[application]` in `{}`",
             self.site.file.display()
         )))
-    }
-
-    /// What this run changed, for the end-of-run summary.
-    pub fn summary(&self) -> Vec<String> {
-        let st = lock(&self.state);
-        let mut out = Vec::new();
-        let changes: Vec<&StepRecord> = st.steps.iter().filter(|s| s.changes).collect();
-        // At scale (200 nodes) the done steps are counted by kind, not listed
-        // one per line: what did not go well stays listed in full.
-        let done = changes
-            .iter()
-            .filter(|s| s.status == StepStatus::Done)
-            .count();
-        let count_done = done > SUMMARY_DONE_LINES;
-        if count_done {
-            let mut kinds: Vec<(&str, usize)> = Vec::new();
-            for s in changes.iter().filter(|s| s.status == StepStatus::Done) {
-                match kinds.iter_mut().find(|(k, _)| *k == s.kind) {
-                    Some((_, n)) => *n += 1,
-                    None => kinds.push((s.kind, 1)),
-                }
-            }
-            let listed: Vec<String> = kinds
-                .iter()
-                .map(|(k, n)| format!("{n} x {}", k.replace('_', " ")))
-                .collect();
-            out.push(format!(
-                "done: {done} steps ({}; each one is in the journal)",
-                listed.join(", ")
-            ));
-        }
-        for s in changes {
-            let status = match s.status {
-                StepStatus::Done if count_done => continue,
-                StepStatus::Done => "done",
-                StepStatus::Failed => "FAILED",
-                StepStatus::Refused => "refused",
-                StepStatus::Started => "interrupted",
-                StepStatus::Planned => "planned",
-            };
-            out.push(format!("{status}: {}", s.description));
-        }
-        let caught: Vec<String> = st
-            .refusals
-            .iter()
-            .filter(|r| !r.ended_run)
-            .map(|r| match r.by {
-                RefusedBy::Rail => r.message.clone(),
-                RefusedBy::Procedure => format!("{} (by the procedure)", r.message),
-            })
-            .collect();
-        if !caught.is_empty() {
-            out.push(format!(
-                "refusals caught by the procedure: {}",
-                caught.join("; ")
-            ));
-        }
-        out
-    }
-}
-
-/// Above this many done steps, the run summary counts them by kind.
-const SUMMARY_DONE_LINES: usize = 20;
-
-/// What `plan` and `run`'s question count: the steps that change something
-/// (backups included; replayed steps, done in an earlier attempt, are not),
-/// as "N change(s) (B backup(s), I irreversible)".
-pub fn count_changes(steps: &[StepRecord]) -> (usize, String) {
-    let changes = steps.iter().filter(|s| s.changes).count();
-    let backups = steps
-        .iter()
-        .filter(|s| s.changes && s.kind == "backup_db")
-        .count();
-    let irreversible = steps.iter().filter(|s| s.changes && s.irreversible).count();
-    (
-        changes,
-        format!("{changes} change(s) ({backups} backup(s), {irreversible} irreversible)"),
-    )
-}
-
-/// Steps of these kinds change the site (an instance or the database).
-pub(crate) fn changes_site(kind: &str) -> bool {
-    matches!(
-        kind,
-        "remove_instance" | "create_instance" | "start_instance" | "stop_instance" | "upgrade_db"
-    )
-}
-
-/// Ask a yes/no question on the terminal (stderr), default no.
-pub(crate) fn ask(question: &str) -> bool {
-    let mut err = std::io::stderr();
-    let _ = write!(err, "{question} [y/N] ");
-    let _ = err.flush();
-    let mut answer = String::new();
-    match std::io::stdin().lock().read_line(&mut answer) {
-        // Input closed (Ctrl-D) or unreadable: the answer is no, and the
-        // line the question left open is ended so that what follows starts
-        // at the left margin.
-        Ok(0) | Err(_) => {
-            let _ = writeln!(err);
-            false
-        }
-        Ok(_) => matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes"),
     }
 }

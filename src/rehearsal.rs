@@ -1,4 +1,4 @@
-//! `uprun test`: run a procedure on disposable copies of a site (SQLite copy of
+//! The rehearsal behind `uprun test`: run a procedure on disposable copies of a site (SQLite copy of
 //! the database, local copies of the node roots; never the real site), then
 //! for every changing step simulate a crash before and after its change,
 //! resume, and compare each end state with the clean run's. Owns the copies and
@@ -252,8 +252,6 @@ fn attempt(
 ) -> Result<Attempt> {
     let quiet = Arc::new(Reporter::new(OutputMode::Quiet));
     let spec = RunSpec {
-        journal: Some(journal),
-        replay,
         crash_at,
         commands,
         closures_in_order: true,
@@ -264,8 +262,10 @@ fn attempt(
             "uprun-test",
             Confirmation::UNATTENDED,
         )
+        .with_journal(journal)
+        .with_replay(replay)
     };
-    let session = crate::commands::Session::open(spec, proc, quiet)?;
+    let session = crate::run::Session::open(spec, proc, quiet)?;
     let outcome = session.run();
     Ok(Attempt {
         outcome,
