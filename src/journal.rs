@@ -200,8 +200,8 @@ impl Journal {
 
     /// Append one entry and make it durable before returning.
     pub fn append(&self, entry: &Entry) -> Result<()> {
-        let mut line =
-            serde_json::to_vec(entry).map_err(|e| Error::Config(format!("journal entry: {e}")))?;
+        let mut line = serde_json::to_vec(entry)
+            .map_err(|e| Error::Internal(format!("journal entry: {e}")))?;
         line.push(b'\n');
         let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
         f.write_all(&line)
@@ -267,7 +267,7 @@ pub fn read_full(path: &Path) -> Result<Content> {
                 out.missing_newline = false;
             }
             Err(e) => {
-                return Err(Error::Config(format!(
+                return Err(Error::Journal(format!(
                     "journal `{}` line {line_no}: {e}; the journal is damaged in the middle (not a torn last line). \
 Keep a copy of it for the record; `uprun runs abandon` sets it aside so new runs may start",
                     path.display(),

@@ -14,7 +14,7 @@ use crate::config::{DbKind, NodeAddress, Release, Site};
 use crate::journal::{self, Entry, Journal, Replay};
 use crate::nodes::{LocalTransport, NodeTransport};
 use crate::ops::{CommandPolicy, Confirmation, CrashPoint, Mode, RunSpec};
-use crate::progress::{OutputMode, Reporter};
+use crate::output::{Output, OutputMode};
 use crate::script::Procedure;
 use crate::{Error, Result};
 
@@ -250,7 +250,7 @@ fn attempt(
     crash_at: Option<CrashPoint>,
     commands: CommandPolicy,
 ) -> Result<Attempt> {
-    let quiet = Arc::new(Reporter::new(OutputMode::Quiet));
+    let quiet = Arc::new(Output::new(OutputMode::Quiet));
     let spec = RunSpec {
         crash_at,
         commands,
@@ -293,6 +293,9 @@ pub struct PathReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct TestReport {
     pub procedure: String,
+    /// The site file (of the real site; the report is about its copies).
+    #[serde(skip)]
+    pub site: String,
     pub steps: Vec<String>,
     pub end_state: EndState,
     pub paths: Vec<PathReport>,
@@ -470,6 +473,7 @@ pub fn test_procedure(
     }
     Ok(TestReport {
         procedure: proc.name.clone(),
+        site: site.file.display().to_string(),
         steps,
         end_state: want,
         paths,

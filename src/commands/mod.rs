@@ -18,12 +18,12 @@ pub mod test;
 use std::io::IsTerminal;
 use std::sync::Arc;
 
-use crate::progress::{OutputMode, Reporter};
+use crate::output::{Output, OutputMode};
 use crate::Result;
 
 /// Human output (bars when both stdout and stderr are terminals, so that
 /// `| tee run.log` keeps every line) or JSON lines.
-pub fn reporter(json: bool) -> Arc<Reporter> {
+pub fn output(json: bool) -> Arc<Output> {
     let mode = if json {
         OutputMode::Json
     } else {
@@ -31,7 +31,7 @@ pub fn reporter(json: bool) -> Arc<Reporter> {
             tty: std::io::stdout().is_terminal() && std::io::stderr().is_terminal(),
         }
     };
-    Arc::new(Reporter::new(mode))
+    Arc::new(Output::new(mode))
 }
 
 /// The site file given with `--site`, else `./site.toml` when it exists
@@ -39,13 +39,14 @@ pub fn reporter(json: bool) -> Arc<Reporter> {
 pub fn site_or_default(
     site: Option<std::path::PathBuf>,
     command: &str,
+    out: &Output,
 ) -> Result<std::path::PathBuf> {
     if let Some(site) = site {
         return Ok(site);
     }
     let default = std::path::PathBuf::from("site.toml");
     if default.is_file() {
-        eprintln!("(no --site given: using ./site.toml)");
+        out.notice("(no --site given: using ./site.toml)");
         return Ok(default);
     }
     Err(crate::Error::Config(format!(

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::cli::RunArgs;
-use crate::progress::{Event, Reporter};
+use crate::output::{Event, Output};
 use crate::run::{self, Consent, RunOptions, Target};
 use crate::Result;
 
@@ -19,12 +19,12 @@ pub fn exec(a: RunArgs) -> Result<i32> {
         resume: a.resume,
         accept_changed_inputs: a.accept_changed_inputs,
     };
-    execute(&target, &opts, super::reporter(a.target.json))
+    execute(&target, &opts, super::output(a.target.json))
 }
 
 /// Plan, ask once (listing every step), run, and show how it ended. Exit 3
 /// when the operator answers no.
-pub fn execute(target: &Target<'_>, opts: &RunOptions, reporter: Arc<Reporter>) -> Result<i32> {
+pub fn execute(target: &Target<'_>, opts: &RunOptions, reporter: Arc<Output>) -> Result<i32> {
     let prepared = run::prepare(target, opts, &reporter)?;
     let accepted = match prepared.consent()? {
         Consent::NotNeeded => false,

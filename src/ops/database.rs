@@ -411,7 +411,7 @@ pub(crate) fn describe_row(row: &crate::db::Row) -> String {
                 serde_json::Value::String(s) => s.clone(),
                 other => other.to_string(),
             };
-            let e = crate::progress::escape_controls;
+            let e = crate::output::escape_controls;
             format!("{}={}", e(k), e(&v))
         })
         .collect::<Vec<_>>()

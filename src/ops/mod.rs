@@ -29,7 +29,7 @@ use crate::config::{Release, Role, Site};
 use crate::db::{now_rfc3339, BackupReceipt, Database};
 use crate::journal::{Entry, Journal, Replay};
 use crate::nodes::{InstanceRecord, NodeInstances};
-use crate::progress::{Event, Reporter};
+use crate::output::{Event, Output};
 use crate::{Error, Result};
 
 pub use audit::Audit;
@@ -205,7 +205,7 @@ pub struct Ops {
     pub run_id: String,
     db: Mutex<Box<dyn Database>>,
     nodes: Vec<NodeInstances>,
-    reporter: Arc<Reporter>,
+    reporter: Arc<Output>,
     confirmation: Confirmation,
     journal: Option<Arc<Journal>>,
     replay: Replay,
@@ -224,7 +224,7 @@ impl Ops {
         spec: RunSpec,
         db: Box<dyn Database>,
         nodes: Vec<NodeInstances>,
-        reporter: Arc<Reporter>,
+        reporter: Arc<Output>,
     ) -> Self {
         let r = &spec.replay;
         let site_changed = r
@@ -257,7 +257,7 @@ impl Ops {
         }
     }
 
-    pub fn reporter(&self) -> &Reporter {
+    pub fn reporter(&self) -> &Output {
         &self.reporter
     }
 
@@ -573,7 +573,7 @@ impl Ops {
             return Ok(None);
         };
         let v: T = serde_json::from_value(value.clone()).map_err(|e| {
-            Error::Config(format!("journal entry `{key}` cannot be read back ({e}); the journal does not match this version of uprun"))
+            Error::Journal(format!("journal entry `{key}` cannot be read back ({e}); the journal does not match this version of uprun"))
         })?;
         let what = self
             .replay
@@ -707,7 +707,7 @@ impl Ops {
             description,
             intent,
             at: now_rfc3339(),
-            within: crate::progress::closure_node(),
+            within: crate::output::closure_node(),
         });
         if let Err(e) = announced {
             self.finish_step(idx, Err(&e), 0);

@@ -4,7 +4,12 @@
 //! [`Prepared::execute`] (the run, every change journaled), which ends in a
 //! [`RunReport`]. The CLI only asks the question and renders the report;
 //! `uprun test` (the rehearsal) drives [`Session`] on disposable copies.
+//! Beside the run: [`plan`], and the changes to a site's records that are
+//! not runs, [`abandon`] and [`check_adoption`].
 
+mod abandon;
+mod adopt;
+mod plan;
 mod resume;
 mod session;
 
@@ -15,10 +20,13 @@ use crate::config::{Release, Site};
 use crate::journal::{self, Entry, Journal, Replay};
 use crate::lock::SiteLock;
 use crate::ops::{Confirmation, Mode, Outcome, RunSpec, StepKind, StepRecord};
-use crate::progress::{Event, OutputMode, Reporter};
+use crate::output::{Event, Output, OutputMode};
 use crate::script::Procedure;
 use crate::{Error, Result};
 
+pub use abandon::abandon;
+pub use adopt::{check_adoption, AdoptRequest, Adoption};
+pub use plan::plan;
 pub use resume::{load_resume, resume_command};
 pub use session::{interactive, new_run_id, operator_name, recover_for_reading, Session};
 
@@ -66,7 +74,7 @@ pub enum Consent {
 
 /// Load the inputs, lock the site and plan the run. A refusal or failure
 /// here changes nothing.
-pub fn prepare(target: &Target<'_>, opts: &RunOptions, reporter: &Reporter) -> Result<Prepared> {
+pub fn prepare(target: &Target<'_>, opts: &RunOptions, reporter: &Output) -> Result<Prepared> {
     crate::phases::set_pass("start");
     let began = std::time::Instant::now();
     let site = Site::load(target.site)?;
@@ -94,7 +102,7 @@ pub fn prepare(target: &Target<'_>, opts: &RunOptions, reporter: &Reporter) -> R
         None => (Replay::default(), Vec::new()),
     };
     // Plan: reads are real, nothing changes. A refusal here changes nothing.
-    let quiet = Arc::new(Reporter::new(OutputMode::Quiet));
+    let quiet = Arc::new(Output::new(OutputMode::Quiet));
     crate::phases::set_pass("plan");
     let planning = Session::plan(&site, &release, &proc, &run_id, replay.clone(), quiet)?;
     let planned_ok = crate::phases::time("plan", || planning.run());
@@ -168,12 +176,12 @@ impl Prepared {
     /// [`Prepared::consent`]'s question. Errors before the first step (the
     /// journal, the connections) are returned as they are; how the procedure
     /// ended is in the report.
-    pub fn execute(self, accepted: bool, reporter: Arc<Reporter>) -> Result<RunReport> {
+    pub fn execute(self, accepted: bool, reporter: Arc<Output>) -> Result<RunReport> {
         crate::phases::set_pass("run");
         let began = std::time::Instant::now();
         let journal = Arc::new(self.open_journal(&reporter)?);
         crate::phases::record("journal", began);
-        crate::interrupt::install();
+        crate::interrupt::install(reporter.clone());
         let confirmation = Confirmation {
             yes: self.opts.yes,
             interactive: self.interactive,
@@ -262,7 +270,7 @@ impl Prepared {
     }
 
     /// A new run's journal with its header, or the resumed run's, reopened.
-    fn open_journal(&self, reporter: &Reporter) -> Result<Journal> {
+    fn open_journal(&self, reporter: &Output) -> Result<Journal> {
         let Some(id) = &self.opts.resume else {
             let j = Journal::create(&self.site, &self.run_id)?;
             j.append(&Entry::Run {

@@ -11,7 +11,7 @@ use crate::config::{Release, Site};
 use crate::journal::Replay;
 use crate::nodes::{ConnectMode, NodeInstances};
 use crate::ops::{CommandPolicy, Confirmation, Mode, Ops, RunSpec};
-use crate::progress::Reporter;
+use crate::output::Output;
 use crate::script::{self, Procedure, Sources};
 use crate::Result;
 
@@ -33,7 +33,7 @@ impl Session {
         proc: &Procedure,
         run_id: &str,
         replay: Replay,
-        reporter: Arc<Reporter>,
+        reporter: Arc<Output>,
     ) -> Result<Session> {
         let spec = RunSpec::new(site, release, Mode::Plan, run_id, Confirmation::UNATTENDED)
             .with_replay(replay);
@@ -42,7 +42,7 @@ impl Session {
 
     /// Connect to the site's database and nodes as `spec` says, and compile
     /// the procedure against the host API bound to them.
-    pub fn open(spec: RunSpec, proc: &Procedure, reporter: Arc<Reporter>) -> Result<Session> {
+    pub fn open(spec: RunSpec, proc: &Procedure, reporter: Arc<Output>) -> Result<Session> {
         let site = &spec.site;
         // Opened on first use: a procedure that never touches the database
         // runs without one (in run mode the opener also takes its run lock).
