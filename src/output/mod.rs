@@ -55,9 +55,6 @@ pub struct Output {
     nodes: Mutex<Option<bars::NodesBar>>,
 }
 
-/// The output object of `run` and friends, by its older name.
-pub type Reporter = Output;
-
 impl Output {
     /// Over the process's stdout, stderr and stdin.
     pub fn new(mode: OutputMode) -> Self {
