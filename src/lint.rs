@@ -151,14 +151,7 @@ fn lint_options(ast: &AST) -> Vec<(Position, String)> {
             if let Expr::Map(map, _) = arg {
                 for (ident, _) in map.0.iter() {
                     if !keys.contains(&ident.name.as_str()) {
-                        let valid = if keys.is_empty() {
-                            "none".to_string()
-                        } else {
-                            keys.iter()
-                                .map(|k| format!("`{k}`"))
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        };
+                        let valid = script::api::valid_options(name);
                         problems.push((
                             ident.pos,
                             format!(

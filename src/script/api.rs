@@ -102,22 +102,23 @@ fn to_dyn<T: Serialize>(v: &T, pos: Position) -> HostResult<Dynamic> {
     rhai::serde::to_dynamic(v).map_err(|e| host_error(Error::Script(e.to_string()), pos))
 }
 
+/// The options host function `f` accepts, as error messages list them:
+/// "`a`, `b`", or "none".
+pub fn valid_options(f: &str) -> String {
+    match OPTION_KEYS.iter().find(|(n, _)| *n == f) {
+        None => String::new(),
+        Some((_, [])) => "none".to_string(),
+        Some((_, keys)) => keys
+            .iter()
+            .map(|k| format!("`{k}`"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
 fn options<T: DeserializeOwned>(f: &str, map: Map, pos: Position) -> HostResult<T> {
     rhai::serde::from_dynamic::<T>(&map.into()).map_err(|e| {
-        let valid = OPTION_KEYS
-            .iter()
-            .find(|(n, _)| *n == f)
-            .map(|(_, k)| {
-                if k.is_empty() {
-                    "none".to_string()
-                } else {
-                    k.iter()
-                        .map(|k| format!("`{k}`"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                }
-            })
-            .unwrap_or_default();
+        let valid = valid_options(f);
         let msg = e.to_string();
         let msg = msg.split(" (line").next().unwrap_or(&msg);
         let msg = msg.trim_start_matches("Syntax error: ");
