@@ -15,23 +15,14 @@ pub mod scripts;
 pub mod status;
 pub mod test;
 
-use std::io::IsTerminal;
 use std::sync::Arc;
 
-use crate::output::{Output, OutputMode};
+use crate::output::Output;
 use crate::Result;
 
-/// Human output (bars when both stdout and stderr are terminals, so that
-/// `| tee run.log` keeps every line) or JSON lines.
+/// The output object of a command: human (bars on a terminal) or JSON lines.
 pub fn output(json: bool) -> Arc<Output> {
-    let mode = if json {
-        OutputMode::Json
-    } else {
-        OutputMode::Human {
-            tty: std::io::stdout().is_terminal() && std::io::stderr().is_terminal(),
-        }
-    };
-    Arc::new(Output::new(mode))
+    Arc::new(Output::for_terminal(json))
 }
 
 /// The site file given with `--site`, else `./site.toml` when it exists

@@ -12,7 +12,7 @@ mod event;
 mod text;
 
 use std::collections::HashMap;
-use std::io::{BufRead, Write};
+use std::io::{BufRead, IsTerminal, Write};
 use std::sync::{Arc, Mutex, Once};
 
 use indicatif::{MultiProgress, ProgressDrawTarget};
@@ -64,6 +64,19 @@ impl Output {
             Box::new(std::io::stderr()),
             Box::new(std::io::BufReader::new(std::io::stdin())),
         )
+    }
+
+    /// Human output (bars when both stdout and stderr are terminals, so
+    /// that `| tee run.log` keeps every line) or JSON lines.
+    pub fn for_terminal(json: bool) -> Self {
+        let mode = if json {
+            OutputMode::Json
+        } else {
+            OutputMode::Human {
+                tty: std::io::stdout().is_terminal() && std::io::stderr().is_terminal(),
+            }
+        };
+        Self::new(mode)
     }
 
     /// Over any writers and reader (tests: buffers).
@@ -135,6 +148,16 @@ impl Output {
         self.write_to(&self.out, &report.to_string(), false);
     }
 
+    /// Command output as bytes (a man page, a completion script), on
+    /// stdout. A closed pipe (`| head`) is not an error.
+    pub fn write_bytes(&self, bytes: &[u8]) -> std::io::Result<()> {
+        let mut w = lock(&self.out);
+        match w.write_all(bytes).and_then(|()| w.flush()) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            other => other,
+        }
+    }
+
     /// Command output as a JSON document (pretty), on stdout.
     pub fn json(&self, value: &impl Serialize) {
         self.say(&serde_json::to_string_pretty(value).unwrap_or_default());
@@ -160,6 +183,12 @@ impl Output {
             }
             Ok(_) => matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes"),
         }
+    }
+
+    /// Whether the operator can be asked: both stdin and stderr are
+    /// terminals.
+    pub fn interactive() -> bool {
+        std::io::stdin().is_terminal() && std::io::stderr().is_terminal()
     }
 
     /// An error, rendered once with its `error:` heading, on stderr.

@@ -2,7 +2,6 @@
 //! the few facts about this process a run records: its id, its operator,
 //! whether there is a terminal to ask on.
 
-use std::io::IsTerminal;
 use std::sync::Arc;
 
 use rhai::{Engine, AST};
@@ -152,7 +151,7 @@ pub fn recover_for_reading(site: &Site) -> Result<Option<String>> {
 
 /// Whether we may ask questions: both stdin and stderr are terminals.
 pub fn interactive() -> bool {
-    std::io::stdin().is_terminal() && std::io::stderr().is_terminal()
+    crate::output::Output::interactive()
 }
 
 /// Who runs uprun, for the journal: `$USER`, else the login name of the
