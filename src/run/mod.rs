@@ -362,3 +362,59 @@ impl RunReport {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(error: Option<Error>) -> RunReport {
+        RunReport {
+            run_id: "r1".into(),
+            outcome: error.as_ref().map_or(Outcome::Succeeded, Outcome::of_error),
+            error,
+            changes: vec!["done: backup".into()],
+            downtime: Some("downtime: 2 s".into()),
+            audited: Some("audit: every node at 2.0.0".into()),
+            not_done: vec!["upgrade the database".into()],
+            database_upgraded: false,
+            resume: "uprun run p --site s --resume r1 --yes".into(),
+            journal: PathBuf::from("/j/r1.jsonl"),
+        }
+    }
+
+    #[test]
+    fn a_successful_run_reports_its_changes_downtime_and_audit() {
+        let r = report(None);
+        assert_eq!(
+            r.summary(),
+            [
+                "done: backup",
+                "downtime: 2 s",
+                "audit: every node at 2.0.0"
+            ]
+        );
+        assert_eq!(r.into_result().expect("exit code"), 0);
+    }
+
+    #[test]
+    fn a_failed_run_reports_what_was_not_done_and_how_to_resume() {
+        let r = report(Some(Error::Interrupted("interrupted".into())));
+        assert_eq!(r.outcome, Outcome::Interrupted);
+        assert_eq!(
+            r.summary(),
+            [
+                "done: backup",
+                "downtime: 2 s",
+                "not done: upgrade the database",
+                "the database was NOT upgraded by this attempt",
+                "fix the cause, then resume: uprun run p --site s --resume r1 --yes",
+                "journal: /j/r1.jsonl",
+            ]
+        );
+        let Event::RunFinished { outcome, .. } = r.finished_event() else {
+            panic!("not a run_finished event");
+        };
+        assert_eq!(outcome, "interrupted");
+        assert_eq!(r.into_result().map_err(|e| e.exit_code()), Err(130));
+    }
+}
