@@ -27,7 +27,7 @@ use crate::{Error, Result};
 
 pub use inputs::{changed_inputs, digest_inputs};
 pub use read::{read, read_full, side_file, Replay};
-pub use runs::{damaged, list_runs, shell_word, summarize, RunInfo};
+pub use runs::{damaged, list_runs, resume_command, shell_word, summarize, RunInfo};
 
 /// Digests of a run's inputs; a resume with different inputs is refused unless
 /// the operator accepts it explicitly.
@@ -209,8 +209,8 @@ impl Journal {
 
     /// Append one entry and make it durable before returning.
     pub fn append(&self, entry: &Entry) -> Result<()> {
-        let mut line =
-            serde_json::to_vec(entry).map_err(|e| Error::Config(format!("journal entry: {e}")))?;
+        let mut line = serde_json::to_vec(entry)
+            .map_err(|e| Error::Internal(format!("journal entry: {e}")))?;
         line.push(b'\n');
         let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
         f.write_all(&line)

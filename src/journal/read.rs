@@ -66,7 +66,7 @@ pub fn read_full(path: &Path) -> Result<Content> {
                 out.missing_newline = false;
             }
             Err(e) => {
-                return Err(Error::Config(format!(
+                return Err(Error::Journal(format!(
                     "journal `{}` line {line_no}: {e}; the journal is damaged in the middle (not a torn last line). \
 Keep a copy of it for the record; `uprun runs abandon` sets it aside so new runs may start",
                     path.display(),

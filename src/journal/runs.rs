@@ -57,16 +57,11 @@ impl RunInfo {
             return None;
         }
         let site = self.site_arg(site_file);
-        let release = if self.release.is_empty() {
-            String::new()
-        } else {
-            format!(" --release {}", shell_word(&self.release))
-        };
-        Some(format!(
-            "uprun run {} --site {}{release} --resume {} --yes",
-            shell_word(&self.script),
-            shell_word(&site),
-            self.run_id
+        Some(resume_command(
+            &self.script,
+            &site,
+            &self.release,
+            &self.run_id,
         ))
     }
 
@@ -87,6 +82,21 @@ impl RunInfo {
             self.site.clone()
         }
     }
+}
+
+/// The command that resumes run `run_id` of `script` on `site` (with
+/// `release`, when not empty).
+pub fn resume_command(script: &str, site: &str, release: &str, run_id: &str) -> String {
+    let release = if release.is_empty() {
+        String::new()
+    } else {
+        format!(" --release {}", shell_word(release))
+    };
+    format!(
+        "uprun run {} --site {}{release} --resume {run_id} --yes",
+        shell_word(script),
+        shell_word(site)
+    )
 }
 
 /// A word as a POSIX shell reads it: quoted when it holds anything but

@@ -3,7 +3,7 @@
 use semver::Version;
 use serde::{Deserialize, Serialize};
 
-use super::{lock, Mode, Ops};
+use super::{lock, Mode, Ops, StepKind};
 use crate::config::Migration;
 use crate::db::BackupReceipt;
 use crate::{Error, Result};
@@ -50,8 +50,8 @@ pub struct UpgradeReport {
 impl Ops {
     /// Take a full backup of the site's database into its backup folder, and verify it.
     pub fn backup_db(&self, opts: BackupOptions) -> Result<BackupReceipt> {
-        let key = self.call_key("backup_db", None);
-        if let Some(r) = self.replayed::<BackupReceipt>(&key, "backup_db", None)? {
+        let key = self.call_key(StepKind::BackupDb, None);
+        if let Some(r) = self.replayed::<BackupReceipt>(&key, StepKind::BackupDb, None)? {
             // A backup taken by an earlier attempt of this run counts for the
             // upgrade rail only once proved unchanged, through the database
             // (a SQL Server backup is on the server, not on this machine).
@@ -93,7 +93,7 @@ impl Ops {
         let intent = serde_json::json!({ "backup_dir": dir.display().to_string(), "version": version.to_string() });
         self.step(
             &key,
-            "backup_db",
+            StepKind::BackupDb,
             description.clone(),
             None,
             false,
@@ -149,8 +149,8 @@ impl Ops {
     /// pending migrations, after checking the rails.
     pub fn upgrade_db(&self, _opts: UpgradeOptions) -> Result<UpgradeReport> {
         self.release.require("upgrade_db")?;
-        let key = self.call_key("upgrade_db", None);
-        if let Some(r) = self.replayed::<UpgradeReport>(&key, "upgrade_db", None)? {
+        let key = self.call_key(StepKind::UpgradeDb, None);
+        if let Some(r) = self.replayed::<UpgradeReport>(&key, StepKind::UpgradeDb, None)? {
             return Ok(r);
         }
         let name = self.site.database.name.clone();
@@ -168,7 +168,7 @@ impl Ops {
                 );
                 return self.step(
                     &key,
-                    "upgrade_db",
+                    StepKind::UpgradeDb,
                     text.clone(),
                     None,
                     false,
@@ -188,7 +188,7 @@ impl Ops {
         }
         if from == to {
             self.noted_step(
-                "upgrade_db",
+                StepKind::UpgradeDb,
                 None,
                 format!("database `{name}` is already at {to}: nothing to upgrade"),
             );
@@ -239,7 +239,7 @@ impl Ops {
         let intent = serde_json::to_value(&report).unwrap_or_default();
         self.step(
             &key,
-            "upgrade_db",
+            StepKind::UpgradeDb,
             description.clone(),
             None,
             true,
@@ -413,7 +413,7 @@ pub(crate) fn describe_row(row: &crate::db::Row) -> String {
                 serde_json::Value::String(s) => s.clone(),
                 other => other.to_string(),
             };
-            let e = crate::progress::escape_controls;
+            let e = crate::output::escape_controls;
             format!("{}={}", e(k), e(&v))
         })
         .collect::<Vec<_>>()

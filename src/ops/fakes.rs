@@ -17,7 +17,7 @@ use crate::db::{AppliedMigration, BackupReceipt, Database, Progress, Row};
 use crate::nodes::{
     DirState, ExecOutput, InstanceRecord, Manifest, NodeInstances, NodeTransport, PathIdentity,
 };
-use crate::progress::{OutputMode, Reporter};
+use crate::output::{Output, OutputMode};
 use crate::{Error, Result};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -667,7 +667,7 @@ impl World {
             spec,
             Box::new(self.db.handle()),
             nodes,
-            Arc::new(Reporter::new(OutputMode::Quiet)),
+            Arc::new(Output::new(OutputMode::Quiet)),
         )
     }
 }

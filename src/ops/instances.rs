@@ -8,7 +8,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::{lock, Mode, Ops};
+use super::{lock, Mode, Ops, StepKind};
 use crate::config::Role;
 use crate::config::{overlap, path_components, Overlap};
 use crate::db::now_rfc3339;
@@ -245,10 +245,10 @@ impl Ops {
     ) -> Result<Option<InstanceRecord>> {
         let n = self.node(node)?;
         self.require_recorded(node)?;
-        self.record_group_change("remove_instance", node);
-        let key = self.call_key("remove_instance", Some(node));
+        self.record_group_change(StepKind::RemoveInstance, node);
+        let key = self.call_key(StepKind::RemoveInstance, Some(node));
         if let Some(r) =
-            self.replayed::<Option<InstanceRecord>>(&key, "remove_instance", Some(node))?
+            self.replayed::<Option<InstanceRecord>>(&key, StepKind::RemoveInstance, Some(node))?
         {
             return Ok(r);
         }
@@ -276,7 +276,7 @@ impl Ops {
                 );
                 return self.step(
                     &key,
-                    "remove_instance",
+                    StepKind::RemoveInstance,
                     text.clone(),
                     Some(node),
                     false,
@@ -287,7 +287,7 @@ impl Ops {
         }
         let Some(current) = self.instance(node)? else {
             self.noted_step(
-                "remove_instance",
+                StepKind::RemoveInstance,
                 Some(node),
                 format!("no instance on `{node}`: nothing to remove"),
             );
@@ -315,7 +315,7 @@ impl Ops {
         let intent = serde_json::to_value(&current).unwrap_or_default();
         self.step(
             &key,
-            "remove_instance",
+            StepKind::RemoveInstance,
             description.clone(),
             Some(node),
             false,
@@ -347,8 +347,8 @@ impl Ops {
         self.release.require("create_instance")?;
         let n = self.node(node)?;
         self.require_recorded(node)?;
-        self.record_group_change("create_instance", node);
-        let key = self.call_key("create_instance", Some(node));
+        self.record_group_change(StepKind::CreateInstance, node);
+        let key = self.call_key(StepKind::CreateInstance, Some(node));
         let start = opts.start.unwrap_or(true);
         if let Some(a) = &opts.app_name {
             if a.is_empty() || a.contains(['/', '\\', '\0']) {
@@ -360,7 +360,7 @@ impl Ops {
         if let Some(f) = &opts.folder {
             check_folder_name(node, f)?;
         }
-        if let Some(r) = self.replay_if_observed(&key, "create_instance", node, start)? {
+        if let Some(r) = self.replay_if_observed(&key, StepKind::CreateInstance, node, start)? {
             return Ok(r);
         }
         let found = self.found_names(node)?;
@@ -383,10 +383,10 @@ impl Ops {
         if let Some(current) = self.instance(node)? {
             if current.app_name == app_name && current.version == version {
                 if start {
-                    return self.ensure_running(&key, "create_instance", node, current);
+                    return self.ensure_running(&key, StepKind::CreateInstance, node, current);
                 }
                 self.noted_step(
-                    "create_instance",
+                    StepKind::CreateInstance,
                     Some(node),
                     format!(
                         "`{node}` already has {app_name} {version} in `{}` ({}): nothing to stage",
@@ -456,7 +456,7 @@ impl Ops {
         let intent = serde_json::to_value(&rec).unwrap_or_default();
         self.step(
             &key,
-            "create_instance",
+            StepKind::CreateInstance,
             description.clone(),
             Some(node),
             false,
@@ -493,9 +493,9 @@ impl Ops {
     /// failed or unhealthy instance is started; a healthy one is left alone).
     pub fn start_instance(&self, node: &str, _opts: StartOptions) -> Result<InstanceRecord> {
         self.node(node)?;
-        self.record_group_change("start_instance", node);
-        let key = self.call_key("start_instance", Some(node));
-        if let Some(r) = self.replay_if_observed(&key, "start_instance", node, true)? {
+        self.record_group_change(StepKind::StartInstance, node);
+        let key = self.call_key(StepKind::StartInstance, Some(node));
+        if let Some(r) = self.replay_if_observed(&key, StepKind::StartInstance, node, true)? {
             return Ok(r);
         }
         let Some(current) = self.instance(node)? else {
@@ -503,7 +503,7 @@ impl Ops {
                 "start_instance on `{node}`: the node has no instance to start; stage one first with `create_instance(node, #{{ start: false }})`"
             )));
         };
-        self.ensure_running(&key, "start_instance", node, current)
+        self.ensure_running(&key, StepKind::StartInstance, node, current)
     }
 
     /// Stop the current instance on `node` with the site's stop command,
@@ -512,9 +512,11 @@ impl Ops {
     pub fn stop_instance(&self, node: &str, _opts: StopOptions) -> Result<InstanceRecord> {
         let n = self.node(node)?;
         self.require_recorded(node)?;
-        self.record_group_change("stop_instance", node);
-        let key = self.call_key("stop_instance", Some(node));
-        if let Some(r) = self.replayed::<InstanceRecord>(&key, "stop_instance", Some(node))? {
+        self.record_group_change(StepKind::StopInstance, node);
+        let key = self.call_key(StepKind::StopInstance, Some(node));
+        if let Some(r) =
+            self.replayed::<InstanceRecord>(&key, StepKind::StopInstance, Some(node))?
+        {
             return Ok(r);
         }
         let Some(current) = self.instance(node)? else {
@@ -530,7 +532,7 @@ impl Ops {
         let intent = serde_json::to_value(&current).unwrap_or_default();
         self.step(
             &key,
-            "stop_instance",
+            StepKind::StopInstance,
             description.clone(),
             Some(node),
             false,
@@ -614,7 +616,7 @@ impl Ops {
     fn replay_if_observed(
         &self,
         key: &str,
-        kind: &'static str,
+        kind: StepKind,
         node: &str,
         must_run: bool,
     ) -> Result<Option<InstanceRecord>> {
@@ -645,7 +647,7 @@ impl Ops {
     fn ensure_running(
         &self,
         key: &str,
-        kind: &'static str,
+        kind: StepKind,
         node: &str,
         rec: InstanceRecord,
     ) -> Result<InstanceRecord> {

@@ -61,7 +61,7 @@ pub fn render_error(err: &EvalAltResult, main: &str, sources: &Sources) -> Strin
         }
     }
     // The message may quote a database or a node: one inert line.
-    let mut out = format!("error: {}\n", crate::progress::escape_controls(&message(e)));
+    let mut out = format!("error: {}\n", crate::output::escape_controls(&message(e)));
     out.push_str(&location(&source, e.position(), sources));
     for n in notes.iter().rev() {
         out.push_str(&format!("   = {n}\n"));

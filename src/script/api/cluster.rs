@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::super::error::{is_uncatchable, plain_message, root_kind, FOR_NODE_PREFIX};
 use super::{fail, host_error, invoke, node_name, ops, options, reg, HostResult, Registrar};
 use crate::ops::{CommandOptions, Mode, Ops};
-use crate::progress::Event;
+use crate::output::Event;
 use crate::Error;
 
 /// Options of `for_each_node`.

@@ -1,4 +1,4 @@
-//! `uprun test`: run a procedure on disposable copies of a site (SQLite copy of
+//! The rehearsal behind `uprun test`: run a procedure on disposable copies of a site (SQLite copy of
 //! the database, local copies of the node roots; never the real site), then
 //! for every changing step simulate a crash before and after its change,
 //! resume, and compare each end state with the clean run's. Owns the copies and
@@ -14,7 +14,7 @@ use crate::config::{DatabaseBackend, DbKind, NodeAddress, Release, Site, SqliteC
 use crate::journal::{self, Entry, Journal, Replay};
 use crate::nodes::{LocalTransport, NodeTransport};
 use crate::ops::{CommandPolicy, Confirmation, CrashPoint, Mode, RunSpec};
-use crate::progress::{OutputMode, Reporter};
+use crate::output::{Output, OutputMode};
 use crate::script::Procedure;
 use crate::{Error, Result};
 
@@ -250,10 +250,8 @@ fn attempt(
     crash_at: Option<CrashPoint>,
     commands: CommandPolicy,
 ) -> Result<Attempt> {
-    let quiet = Arc::new(Reporter::new(OutputMode::Quiet));
+    let quiet = Arc::new(Output::new(OutputMode::Quiet));
     let spec = RunSpec {
-        journal: Some(journal),
-        replay,
         crash_at,
         commands,
         closures_in_order: true,
@@ -264,8 +262,10 @@ fn attempt(
             "uprun-test",
             Confirmation::UNATTENDED,
         )
+        .with_journal(journal)
+        .with_replay(replay)
     };
-    let session = crate::commands::Session::open(spec, proc, quiet)?;
+    let session = crate::run::Session::open(spec, proc, quiet)?;
     let outcome = session.run();
     Ok(Attempt {
         outcome,
@@ -293,6 +293,9 @@ pub struct PathReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct TestReport {
     pub procedure: String,
+    /// The site file (of the real site; the report is about its copies).
+    #[serde(skip)]
+    pub site: String,
     pub steps: Vec<String>,
     pub end_state: EndState,
     pub paths: Vec<PathReport>,
@@ -470,6 +473,7 @@ pub fn test_procedure(
     }
     Ok(TestReport {
         procedure: proc.name.clone(),
+        site: site.file.display().to_string(),
         steps,
         end_state: want,
         paths,
