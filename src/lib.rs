@@ -27,6 +27,7 @@ pub mod sandbox;
 pub mod script;
 
 pub use error::{Error, Result};
+
 /// Run one command and render its error, if any, on stderr; returns the
 /// process exit code.
 pub fn main(cli: cli::Cli) -> i32 {
