@@ -155,18 +155,18 @@ impl Window {
         let mut parts: Vec<String> = self
             .parts
             .iter()
-            .map(|(k, ms)| format!("{} {}", label(k), crate::progress::human_ms(*ms as u128)))
+            .map(|(k, ms)| format!("{} {}", label(k), crate::output::human_ms(*ms as u128)))
             .collect();
         if self.other_ms >= 1.0 {
             parts.push(format!(
                 "between steps {}",
-                crate::progress::human_ms(self.other_ms as u128)
+                crate::output::human_ms(self.other_ms as u128)
             ));
         }
         format!(
             "downtime window{}: {} from the first instance stopped to {}; {}",
             if self.open { " (still open)" } else { "" },
-            crate::progress::human_ms(self.ms as u128),
+            crate::output::human_ms(self.ms as u128),
             if self.open {
                 "the last step"
             } else {

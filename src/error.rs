@@ -12,6 +12,15 @@ pub enum Error {
     /// A site file, release or command-line input is wrong. Nothing was changed.
     #[error("{0}")]
     Config(String),
+    /// A run journal cannot be read (damaged in the middle, or an entry this
+    /// version of uprun cannot read back). Exit code 2, as bad input: the
+    /// operator sets it aside (`uprun runs abandon`).
+    #[error("{0}")]
+    Journal(String),
+    /// uprun itself could not work (the SSH runtime would not start, an
+    /// operation started where it cannot run). Not bad input: exit code 1.
+    #[error("{0}")]
+    Internal(String),
     /// A file-system operation on this machine failed.
     #[error("cannot {action} `{}`: {source}", path.display())]
     Io {
@@ -77,6 +86,9 @@ impl Error {
     pub fn kind(&self) -> &'static str {
         match self {
             Error::Config(_) => "config",
+            // As before they had their own variant: what a script sees.
+            Error::Journal(_) => "config",
+            Error::Internal(_) => "internal",
             Error::Io { .. } => "io",
             Error::Database { .. } => "database",
             Error::Node { .. } => "node",
@@ -89,18 +101,25 @@ impl Error {
         }
     }
 
-    /// Whether the message is already rendered with its own `error:` heading.
-    pub fn is_rendered(&self) -> bool {
+    /// Whether the message is several lines by design (a site file's parse
+    /// error with its snippet, a script error with its source line): its
+    /// line breaks are kept when it is shown.
+    pub fn keeps_lines(&self) -> bool {
         matches!(
             self,
-            Error::Script(_) | Error::ScriptRefused(_) | Error::ScriptConfig(_)
+            Error::Config(_)
+                | Error::Io { .. }
+                | Error::Journal(_)
+                | Error::Script(_)
+                | Error::ScriptRefused(_)
+                | Error::ScriptConfig(_)
         )
     }
 
     /// Documented exit codes: 2 bad input, 3 refused by a safety rail, 1 anything else.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Config(_) | Error::ScriptConfig(_) => 2,
+            Error::Config(_) | Error::ScriptConfig(_) | Error::Journal(_) => 2,
             Error::Refused(_) | Error::ScriptRefused(_) => 3,
             Error::Interrupted(_) => 130,
             _ => 1,

@@ -7,18 +7,22 @@
 //! stop (a backup between chunks, a node command while it waits).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::output::Output;
 
 static PRESSES: AtomicUsize = AtomicUsize::new(0);
 
-/// Install the handler (once per process; later calls are ignored).
-pub fn install() {
-    let _ = ctrlc::set_handler(|| {
+/// Install the handler (once per process; later calls are ignored). What
+/// each press does is said on `out`'s stderr.
+pub fn install(out: Arc<Output>) {
+    let _ = ctrlc::set_handler(move || {
         let n = PRESSES.fetch_add(1, Ordering::SeqCst) + 1;
         match n {
-            1 => eprintln!("\nuprun: stopping after the current step (Ctrl-C again to abort it where that is safe)"),
-            2 => eprintln!("\nuprun: aborting the current step where that is safe (a backup copy, a running node command); otherwise it finishes first (Ctrl-C again to exit at once)"),
+            1 => out.notice("\nuprun: stopping after the current step (Ctrl-C again to abort it where that is safe)"),
+            2 => out.notice("\nuprun: aborting the current step where that is safe (a backup copy, a running node command); otherwise it finishes first (Ctrl-C again to exit at once)"),
             _ => {
-                eprintln!("\nuprun: exiting now; the journal shows the step in flight, `--resume` reconciles it");
+                out.notice("\nuprun: exiting now; the journal shows the step in flight, `--resume` reconciles it");
                 std::process::exit(130);
             }
         }
@@ -33,9 +37,4 @@ pub fn stop_requested() -> bool {
 /// The operator asked to abort the current step.
 pub fn abort_requested() -> bool {
     PRESSES.load(Ordering::SeqCst) >= 2
-}
-
-/// For tests and embedders: ask to stop as a first Ctrl-C would.
-pub fn request_stop() {
-    PRESSES.fetch_max(1, Ordering::SeqCst);
 }

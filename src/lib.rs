@@ -10,18 +10,35 @@ pub mod db;
 pub mod downtime;
 mod error;
 pub mod failpoint;
+pub mod init;
 pub mod interrupt;
 pub mod journal;
+pub mod lint;
 pub mod lock;
 pub mod nodes;
 pub mod ops;
+pub mod output;
 pub mod phases;
-pub mod progress;
+pub mod reference;
+pub mod rehearsal;
+pub mod report;
+pub mod run;
 pub mod sandbox;
 pub mod script;
-pub mod testing;
 
 pub use error::{Error, Result};
+
+/// Run one command and render its error, if any, on stderr; returns the
+/// process exit code.
+pub fn main(cli: cli::Cli) -> i32 {
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            output::Output::new(output::OutputMode::Human { tty: false }).error(&e);
+            e.exit_code()
+        }
+    }
+}
 
 /// Run one command; returns the process exit code.
 pub fn run(cli: cli::Cli) -> Result<i32> {

@@ -189,7 +189,6 @@ fn killed_after_the_backup(sb: &Sandbox) -> String {
         .arg(sb.release())
         .arg("--yes")
         .env("UPRUN_FAILPOINT", "step2:before")
-        .env_remove("RUST_LOG")
         .output()
         .expect("run");
     assert_eq!(out.status.signal(), Some(9), "not killed: {out:?}");

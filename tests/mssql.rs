@@ -15,7 +15,8 @@ use uprun::db::{Database, MssqlDatabase};
 
 use crate::support::browser::{free_udp_port, instance, instance_request, Browser};
 use crate::support::tds::{
-    bit, guid, i, numeric, s, statements, Control, Ctx, Reply, Request, TdsServer, Value,
+    bit, guid, i, numeric, s, statements, Control, Ctx, Encryption, Reply, Request, TdsServer,
+    Value,
 };
 use crate::support::Sandbox;
 
@@ -40,6 +41,9 @@ enum BackupMode {
     Error3201,
     /// Never answer (for at most 30 s).
     Silent,
+    /// Stream "N percent processed." and run until cancelled (an attention),
+    /// then report error 3204 as SQL Server does for an aborted backup.
+    Long,
 }
 
 /// The backup set `RESTORE HEADERONLY` reports for a backup taken by the fake.
@@ -97,8 +101,20 @@ struct Fake {
     /// The login may not read msdb (error 229).
     msdb_denied: bool,
     /// Told the connection number when a request that runs until cancelled
-    /// (`WAITFOR`) arrives.
+    /// (`WAITFOR`, a `BackupMode::Long` BACKUP) arrives.
     hung: Option<std::sync::mpsc::Sender<usize>>,
+    /// The connection running a `BackupMode::Long` BACKUP.
+    backing_up: Option<usize>,
+    /// RESTORE VERIFYONLY requests answered so far, and which one (1: the
+    /// verification after the backup, 2: the proof before the upgrade) runs
+    /// until cancelled.
+    verifies: usize,
+    hang_verify: Option<usize>,
+    /// Data and log bytes in use (None: VIEW DATABASE STATE denied).
+    space_used: Option<(i64, i64)>,
+    /// `sys.dm_os_volume_stats` of the database files: mount point, free
+    /// bytes (None: VIEW SERVER STATE denied).
+    volumes: Option<Vec<(String, i64)>>,
     /// DATABASEPROPERTYEX(..., 'Updateability').
     updateability: String,
     /// Other sessions in the database: id, login, host, program.
@@ -125,6 +141,11 @@ impl Default for Fake {
             tamper: None,
             msdb_denied: false,
             hung: None,
+            backing_up: None,
+            verifies: 0,
+            hang_verify: None,
+            space_used: Some((5 << 20, 1 << 20)),
+            volumes: Some(vec![("/var/opt/mssql/".into(), 50 << 30)]),
             updateability: "READ_WRITE".into(),
             other_sessions: Vec::new(),
         }
@@ -203,15 +224,25 @@ impl Mock {
         Mock::spawn(fake, Some(name))
     }
 
+    /// A responder with a certificate (TLS as SQL Server does it).
+    fn start_tls(fake: Fake, cert: &TestCert) -> Mock {
+        Mock::spawn_with(fake, None, Some(cert.server_config()))
+    }
+
     fn spawn(fake: Fake, name: Option<&str>) -> Mock {
+        Mock::spawn_with(fake, name, None)
+    }
+
+    fn spawn_with(fake: Fake, name: Option<&str>, tls: Option<Arc<rustls::ServerConfig>>) -> Mock {
         let fake = Arc::new(Mutex::new(fake));
         // Set once the progress monitor has asked after the last queued value.
         let progress_read = Arc::new((Mutex::new(false), Condvar::new()));
         let (f, p) = (fake.clone(), progress_read.clone());
         let handler = Arc::new(move |ctx: &Ctx, req: &Request| answer(&f, &p, ctx, req));
-        let server = match name {
-            Some(name) => TdsServer::start_instance(handler, name),
-            None => TdsServer::start(handler),
+        let server = match (name, tls) {
+            (Some(name), _) => TdsServer::start_instance(handler, name),
+            (None, Some(tls)) => TdsServer::start_tls(handler, tls),
+            (None, None) => TdsServer::start(handler),
         };
         Mock { server, fake }
     }
@@ -220,7 +251,8 @@ impl Mock {
         lock(&self.fake)
     }
 
-    /// A connection string for the responder (no TLS: it cannot do any).
+    /// A connection string for the responder (no TLS: this one has no
+    /// certificate; see `start_tls`).
     fn connection(&self, password: &str) -> String {
         connection_to(&format!("127.0.0.1,{}", self.server.port()), password)
     }
@@ -241,8 +273,7 @@ impl Mock {
     }
 }
 
-/// A connection string for `Server=tcp:{server}` (no TLS: the responder
-/// cannot do any).
+/// A connection string for `Server=tcp:{server}`, without TLS.
 fn connection_to(server: &str, password: &str) -> String {
     format!(
         "Server=tcp:{server};Database=FastApp;User Id=uprun;Password='{password}';Encrypt=DANGER_PLAINTEXT"
@@ -307,6 +338,14 @@ fn answer(
             // What the session had open is gone if the attention ended it.
             if lock(&ctx.session).trancount == 0 {
                 lock(fake).settle(ctx.conn, &Control::RolledBack);
+            }
+            let mut f = lock(fake);
+            if f.backing_up == Some(ctx.conn) {
+                f.backing_up = None;
+                return vec![
+                    Reply::error(3204, 16, "The backup or restore was aborted."),
+                    Reply::error(3013, 16, "BACKUP DATABASE is terminating abnormally."),
+                ];
             }
             return Vec::new();
         }
@@ -395,6 +434,37 @@ fn answer(
             r,
         );
     }
+    if sql == q::SPACE_USED_SQL {
+        return match f.space_used {
+            Some((data, log)) => rows(&["data_bytes", "log_bytes"], vec![vec![i(data), i(log)]]),
+            None => vec![Reply::error(
+                297,
+                16,
+                "The user does not have permission to perform this action.",
+            )],
+        };
+    }
+    if sql == q::VOLUMES_SQL {
+        return match &f.volumes {
+            Some(v) => rows(
+                &["mount_point", "available_bytes"],
+                v.iter().map(|(m, free)| vec![s(m), i(*free)]).collect(),
+            ),
+            None => vec![Reply::error(
+                300,
+                14,
+                "VIEW SERVER STATE permission was denied on object 'server', database 'master'.",
+            )],
+        };
+    }
+    if sql == q::FIXED_DRIVES_SQL {
+        // SQL Server on Linux has no fixed drives.
+        return vec![Reply::error(
+            208,
+            16,
+            "Invalid object name 'sys.dm_os_enumerate_fixed_drives'.",
+        )];
+    }
     if sql == q::SPID_SQL {
         return rows(&["spid"], vec![vec![i(50 + ctx.conn as i64)]]);
     }
@@ -441,6 +511,17 @@ fn answer(
                 let guard = lock(&never.0);
                 let _ = never.1.wait_timeout(guard, Duration::from_secs(30));
                 return vec![Reply::error(50000, 16, "mock: too late")];
+            }
+            BackupMode::Long => {
+                f.backing_up = Some(ctx.conn);
+                if let Some(tx) = &f.hung {
+                    let _ = tx.send(ctx.conn);
+                }
+                return vec![
+                    Reply::info(3211, "5 percent processed."),
+                    Reply::info(3211, "10 percent processed."),
+                    Reply::Hang,
+                ];
             }
             BackupMode::Ok => {}
         }
@@ -507,6 +588,13 @@ fn answer(
         );
     }
     if sql == q::VERIFY_SQL {
+        f.verifies += 1;
+        if f.hang_verify == Some(f.verifies) {
+            if let Some(tx) = &f.hung {
+                let _ = tx.send(ctx.conn);
+            }
+            return vec![Reply::Hang];
+        }
         if f.tampered() == Some(&Tamper::Damaged) {
             return vec![
                 Reply::error(3241, 16, "The media family on device is incorrectly formed. SQL Server cannot process this media family."),
@@ -2143,7 +2231,6 @@ fn a_migration_past_its_deadline_is_cancelled_on_the_server_and_the_rollback_con
 
 #[test]
 fn a_second_ctrl_c_cancels_the_migration_on_the_server_and_confirms_the_rollback() {
-    use std::io::BufRead;
     let (hung_tx, hung) = std::sync::mpsc::channel();
     let mock = Mock::start(Fake {
         hung: Some(hung_tx),
@@ -2156,11 +2243,31 @@ fn a_second_ctrl_c_cancels_the_migration_on_the_server_and_confirms_the_rollback
     )
     .expect("write migration");
     std::env::set_var("UPRUN_TEST_MSSQL_PASSWORD", PASSWORD);
-    let mut run = sb.spawn_run(&sb.site(), "in-place-upgrade", &[]);
+    let run = sb.spawn_run(&sb.site(), "in-place-upgrade", &[]);
     let conn = hung
         .recv_timeout(Duration::from_secs(60))
         .expect("the migration reached the server");
-    // Read stderr as it comes, to send the second Ctrl-C once the first is seen.
+    let (code, all) = interrupt_twice(run);
+    assert_eq!(code, Some(130), "{all}");
+    assert_contains(
+        &all,
+        &[
+            "migration `2.0.0_04_slow.sql` failed in batch 2 of 2",
+            "aborted by the operator (second Ctrl-C): uprun cancelled the request (TDS attention) and the server acknowledged that it stopped",
+            "it was rolled back and is not recorded in the history (the server confirmed: no transaction open)",
+        ],
+    );
+    assert_eq!(mock.server.session(conn).map(|s| s.attentions), Some(1));
+    assert_eq!(history_names(&mock), THREE);
+    let fake = mock.fake();
+    assert_eq!(fake.version, "1.0.0");
+    assert!(!fake.changes.iter().any(|c| c.contains("city = city")));
+}
+
+/// Send SIGINT to `run` once, wait for uprun to say it stops after the
+/// current step, then send the second; the exit status and all of stderr.
+fn interrupt_twice(mut run: std::process::Child) -> (Option<i32>, String) {
+    use std::io::BufRead;
     let stderr = run.stderr.take().expect("stderr");
     let (line_tx, lines) = std::sync::mpsc::channel::<String>();
     let reader = std::thread::spawn(move || {
@@ -2194,21 +2301,82 @@ fn a_second_ctrl_c_cancels_the_migration_on_the_server_and_confirms_the_rollback
     let status = run.wait().expect("run");
     seen.extend(lines.iter());
     let _ = reader.join();
-    let all = seen.join("\n");
-    assert_eq!(status.code(), Some(130), "{all}");
+    (status.code(), seen.join("\n"))
+}
+
+#[test]
+fn a_second_ctrl_c_cancels_a_running_backup_on_the_server() {
+    let (hung_tx, hung) = std::sync::mpsc::channel();
+    let mock = Mock::start(Fake {
+        backup: BackupMode::Long,
+        progress: VecDeque::from([5, 10]),
+        hung: Some(hung_tx),
+        ..Fake::default()
+    });
+    let sb = mock.sandbox();
+    std::env::set_var("UPRUN_TEST_MSSQL_PASSWORD", PASSWORD);
+    let run = sb.spawn_run(&sb.site(), "in-place-upgrade", &[]);
+    let conn = hung
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the BACKUP reached the server");
+    let (code, all) = interrupt_twice(run);
+    assert_eq!(code, Some(130), "{all}");
     assert_contains(
         &all,
         &[
-            "migration `2.0.0_04_slow.sql` failed in batch 2 of 2",
+            "database `FastApp`: backup to `/var/opt/mssql/backup/FastApp-1.0.0-",
             "aborted by the operator (second Ctrl-C): uprun cancelled the request (TDS attention) and the server acknowledged that it stopped",
-            "it was rolled back and is not recorded in the history (the server confirmed: no transaction open)",
+            "uprun records no backup from this step",
         ],
     );
+    // The attention went to the session running the BACKUP, which answered it.
     assert_eq!(mock.server.session(conn).map(|s| s.attentions), Some(1));
-    assert_eq!(history_names(&mock), THREE);
+    let after: Vec<Request> = mock
+        .server
+        .log()
+        .into_iter()
+        .filter(|l| l.conn == conn)
+        .map(|l| l.request)
+        .skip_while(|r| !r.sql().is_some_and(|q| q.starts_with("BACKUP")))
+        .collect();
+    assert!(
+        matches!(after.get(1), Some(Request::Attention)),
+        "{after:#?}"
+    );
+    // Nothing was verified, proved or upgraded.
+    let sql = mock.sql();
+    assert!(!sql.iter().any(|q| q.starts_with("RESTORE")), "{sql:#?}");
+    assert!(migration_sql(&sql).is_empty(), "{sql:#?}");
     let fake = mock.fake();
     assert_eq!(fake.version, "1.0.0");
-    assert!(!fake.changes.iter().any(|c| c.contains("city = city")));
+    assert!(fake.backups.is_empty());
+    // The journal: the backup step started and failed, nothing after it.
+    let runs: Vec<_> = std::fs::read_dir(sb.dir.join(".uprun/runs"))
+        .expect("runs")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let entries: Vec<serde_json::Value> = std::fs::read_to_string(&runs[0])
+        .expect("journal")
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let failed = entries
+        .iter()
+        .find(|e| e["type"] == "failed")
+        .unwrap_or_else(|| panic!("no failed step: {entries:#?}"));
+    assert!(
+        failed["key"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("backup_db")),
+        "{failed:#?}"
+    );
+    assert!(
+        !entries
+            .iter()
+            .any(|e| e["type"] == "started" && e["call"] == "upgrade_db"),
+        "{entries:#?}"
+    );
 }
 
 #[test]
@@ -2377,4 +2545,308 @@ fn the_database_contract_holds_over_the_protocol() {
         },
     );
     assert_eq!(mock.fake().version, "2.0.0");
+}
+
+/// A server certificate made for a test, with the CA that signed it (None:
+/// self-signed).
+struct TestCert {
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: Vec<u8>,
+    /// PEM of what a client is to trust: the CA, or the certificate itself.
+    trust_pem: String,
+}
+
+impl TestCert {
+    /// Like SQL Server's self-generated certificate: a name in the subject CN
+    /// only, no subjectAltName, self-signed.
+    fn self_signed_cn_only(cn: &str) -> TestCert {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        let cert = params.self_signed(&key).expect("self-signed");
+        TestCert {
+            trust_pem: cert.pem(),
+            chain: vec![cert.der().clone()],
+            key: key.serialize_der(),
+        }
+    }
+
+    /// Signed by a test CA, for the DNS name `san`.
+    fn ca_signed(san: &str) -> TestCert {
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name = rcgen::DistinguishedName::new();
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "uprun test CA");
+        let ca_cert = ca.self_signed(&ca_key).expect("CA");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut leaf = rcgen::CertificateParams::new(vec![san.to_string()]).expect("params");
+        leaf.distinguished_name = rcgen::DistinguishedName::new();
+        leaf.distinguished_name.push(rcgen::DnType::CommonName, san);
+        let cert = leaf.signed_by(&key, &ca_cert, &ca_key).expect("signed");
+        TestCert {
+            trust_pem: ca_cert.pem(),
+            chain: vec![cert.der().clone()],
+            key: key.serialize_der(),
+        }
+    }
+
+    fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(self.key.clone().into());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(self.chain.clone(), key)
+            .expect("server config");
+        // No tickets: nothing but the handshake before the login.
+        config.send_tls13_tickets = 0;
+        Arc::new(config)
+    }
+
+    /// Write what the client is to trust to `dir/name`; its path.
+    fn write_trust(&self, dir: &Path, name: &str) -> std::path::PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, &self.trust_pem).expect("write CA file");
+        path
+    }
+}
+
+/// A connection string to the TLS responder at 127.0.0.1 (`Encrypt=` and
+/// more keys in `extra`).
+fn tls_connection(mock: &Mock, extra: &str) -> String {
+    format!(
+        "Server=tcp:127.0.0.1,{};Database=FastApp;User Id=uprun;Password=${{env:UPRUN_TEST_MSSQL_PASSWORD}}{extra}",
+        mock.server.port()
+    )
+}
+
+/// Plan, then run, the stock procedure; both must succeed, the run
+/// upgrades, and every connection that logged in was encrypted `how`.
+fn plan_and_run_succeed(mock: &Mock, sb: &Sandbox, how: Encryption) {
+    for (cmd, extra) in [("plan", &[][..]), ("run", &["--yes"][..])] {
+        let (code, all) = uprun_on(sb, cmd, extra);
+        assert_eq!(code, Some(0), "{cmd}: {all}");
+    }
+    assert_eq!(mock.fake().version, "2.0.0");
+    assert_eq!(history_names(mock), THREE);
+    let logged_in: Vec<usize> = mock
+        .server
+        .log()
+        .iter()
+        .filter(|l| matches!(l.request, Request::Login { .. }))
+        .map(|l| l.conn)
+        .collect();
+    let encrypted = mock.server.encrypted();
+    assert!(logged_in.len() >= 3, "{logged_in:?}");
+    for conn in logged_in {
+        assert!(encrypted.contains(&(conn, how)), "{conn}: {encrypted:?}");
+    }
+}
+
+#[test]
+fn tls_with_a_self_signed_certificate_works_when_the_site_trusts_the_server() {
+    let cert = TestCert::self_signed_cn_only("SQLSRV01");
+    let mock = Mock::start_tls(Fake::default(), &cert);
+    let sb = sandbox_at(
+        &tls_connection(&mock, ""),
+        "trust_server_certificate = true\n",
+    );
+    plan_and_run_succeed(&mock, &sb, Encryption::All);
+    // The login went through TLS: the responder read the password from it.
+    assert!(logins(&mock).iter().all(|(_, _, pw)| pw == PASSWORD));
+}
+
+#[test]
+fn tls_with_a_ca_signed_certificate_for_another_name_works_with_ca_file_and_host_name() {
+    let cert = TestCert::ca_signed("db01.corp.example");
+    let mock = Mock::start_tls(Fake::default(), &cert);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = cert.write_trust(dir.path(), "corp-ca.pem");
+    let ca_key = format!("ca_file = \"{}\"\n", ca.display());
+    // The CA alone: the certificate does not name 127.0.0.1.
+    let sb = sandbox_at(&tls_connection(&mock, ""), &ca_key);
+    let (code, all) = uprun_on(&sb, "plan", &[]);
+    assert_ne!(code, Some(0), "{all}");
+    assert_contains(
+        &all,
+        &[
+            "subject alternative names: DNS:db01.corp.example",
+            "`HostNameInCertificate=<a DNS name above>`",
+        ],
+    );
+    assert!(logins(&mock).is_empty());
+    let sb = sandbox_at(
+        &tls_connection(&mock, ";HostNameInCertificate=db01.corp.example"),
+        &ca_key,
+    );
+    plan_and_run_succeed(&mock, &sb, Encryption::All);
+}
+
+#[test]
+fn tls_failure_describes_the_certificate_the_server_offered_and_what_trusts_it() {
+    let cert = TestCert::self_signed_cn_only("SQLSRV01");
+    let mock = Mock::start_tls(Fake::default(), &cert);
+    let sb = sandbox_at(&tls_connection(&mock, ""), "");
+    for cmd in ["plan", "run"] {
+        let extra: &[&str] = if cmd == "run" { &["--yes"] } else { &[] };
+        let (code, all) = uprun_on(&sb, cmd, extra);
+        assert_ne!(code, Some(0), "{cmd}: {all}");
+        assert_contains(
+            &all,
+            &[
+                "TLS with 127.0.0.1:",
+                "the server's certificate was rejected",
+                "The server offered subject `CN=SQLSRV01`, subject alternative names: none, issuer `CN=SQLSRV01` (self-signed), valid from ",
+                "uprun checks the server's certificate whatever `Encrypt` says (the login carries the password)",
+                "no subject alternative name",
+                "`database.ca_file`",
+                "`HostNameInCertificate=",
+                "`database.trust_server_certificate = true`",
+            ],
+        );
+        // The driver's own advice (its API) is not passed on.
+        assert!(!all.contains("Config::trust_cert"), "{all}");
+    }
+    // No login reached the server: the password never left under TLS that
+    // failed, and the probe sends none.
+    assert!(logins(&mock).is_empty());
+    assert_eq!(mock.fake().version, "1.0.0");
+}
+
+#[test]
+fn encrypt_optional_still_checks_the_certificate_and_says_so() {
+    // A CA-signed certificate for another name, the CA not given.
+    let cert = TestCert::ca_signed("db01.corp.example");
+    let mock = Mock::start_tls(Fake::default(), &cert);
+    let sb = sandbox_at(&tls_connection(&mock, ";Encrypt=Optional"), "");
+    let (code, all) = uprun_on(&sb, "plan", &[]);
+    assert_ne!(code, Some(0), "{all}");
+    assert_contains(
+        &all,
+        &[
+            "The server offered subject `CN=db01.corp.example`, subject alternative names: DNS:db01.corp.example, issuer `CN=uprun test CA` (issued by `CN=uprun test CA`)",
+            "uprun checks the server's certificate with `Encrypt=Optional` too, unlike SqlClient",
+            "give the CA that signed it in `database.ca_file`",
+            "`HostNameInCertificate=<a DNS name above>`",
+        ],
+    );
+    assert!(logins(&mock).is_empty());
+    // With the CA and the name, the same Encrypt=Optional connection works
+    // (the responder then encrypts the login only, as SQL Server does).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = cert.write_trust(dir.path(), "corp-ca.pem");
+    let sb = sandbox_at(
+        &tls_connection(
+            &mock,
+            ";Encrypt=Optional;HostNameInCertificate=db01.corp.example",
+        ),
+        &format!("ca_file = \"{}\"\n", ca.display()),
+    );
+    plan_and_run_succeed(&mock, &sb, Encryption::LoginOnly);
+}
+
+#[test]
+fn a_backup_that_clearly_does_not_fit_is_refused_at_plan_time() {
+    // Express: no compression, so the estimate is the backup's size.
+    let mock = Mock::start(Fake {
+        engine_edition: 4,
+        edition: "Express Edition (64-bit)".into(),
+        space_used: Some((3 << 30, 1 << 30)),
+        volumes: Some(vec![
+            ("/".into(), 100 << 30),
+            ("/var/opt/mssql/".into(), 2 << 30),
+        ]),
+        ..Fake::default()
+    });
+    let sb = mock.sandbox();
+    for (cmd, extra) in [("plan", &[][..]), ("run", &["--yes"][..])] {
+        let (code, all) = uprun_on(&sb, cmd, extra);
+        assert_eq!(code, Some(3), "{cmd}: {all}");
+        assert_contains(
+            &all,
+            &[
+                "the backup of database `FastApp` does not fit in `/var/opt/mssql/backup`",
+                "it needs about 4294967296 bytes (4.0 GiB)",
+                "volume `/var/opt/mssql/` holding that folder has 2147483648 bytes (2.0 GiB) free",
+                "`database.backup_dir`",
+            ],
+        );
+    }
+    let sql = mock.sql();
+    assert!(!sql.iter().any(|q| q.starts_with("BACKUP")), "{sql:#?}");
+    assert!(migration_sql(&sql).is_empty());
+    assert_eq!(mock.fake().version, "1.0.0");
+}
+
+#[test]
+fn when_the_server_cannot_tell_the_free_space_the_plan_says_so() {
+    let mock = Mock::start(Fake {
+        volumes: None,
+        ..Fake::default()
+    });
+    let sb = mock.sandbox();
+    let (code, all) = uprun_on(&sb, "plan", &[]);
+    assert_eq!(code, Some(0), "{all}");
+    assert_contains(
+        &all,
+        &[
+            "uprun cannot tell whether the backup of database `FastApp` (up to 6291456 bytes (6.0 MiB)) fits in `/var/opt/mssql/backup`",
+            "check the free space there",
+        ],
+    );
+    // A compressed backup that may not fit is a note too, not a refusal.
+    let mock = Mock::start(Fake {
+        space_used: Some((3 << 30, 1 << 30)),
+        volumes: Some(vec![("/var/opt/mssql/".into(), 2 << 30)]),
+        ..Fake::default()
+    });
+    let sb = mock.sandbox();
+    let (code, all) = uprun_on(&sb, "plan", &[]);
+    assert_eq!(code, Some(0), "{all}");
+    assert_contains(
+        &all,
+        &["may not fit in `/var/opt/mssql/backup`", "compressed"],
+    );
+}
+
+#[test]
+fn a_second_ctrl_c_cancels_the_verification_and_the_proof_on_the_server() {
+    for (nth, what) in [
+        (
+            1,
+            "verification of backup `/var/opt/mssql/backup/FastApp-1.0.0-",
+        ),
+        (2, "prove backup `/var/opt/mssql/backup/FastApp-1.0.0-"),
+    ] {
+        let (hung_tx, hung) = std::sync::mpsc::channel();
+        let mock = Mock::start(Fake {
+            hang_verify: Some(nth),
+            hung: Some(hung_tx),
+            ..Fake::default()
+        });
+        let sb = mock.sandbox();
+        std::env::set_var("UPRUN_TEST_MSSQL_PASSWORD", PASSWORD);
+        let run = sb.spawn_run(&sb.site(), "in-place-upgrade", &[]);
+        let conn = hung
+            .recv_timeout(Duration::from_secs(60))
+            .expect("RESTORE VERIFYONLY reached the server");
+        let (code, all) = interrupt_twice(run);
+        assert_eq!(code, Some(130), "{nth}: {all}");
+        assert_contains(
+            &all,
+            &[
+                what,
+                "aborted by the operator (second Ctrl-C): uprun cancelled the request (TDS attention) and the server acknowledged that it stopped",
+            ],
+        );
+        assert_eq!(mock.server.session(conn).map(|s| s.attentions), Some(1));
+        assert!(migration_sql(&mock.sql()).is_empty());
+        assert_eq!(mock.fake().version, "1.0.0");
+    }
 }

@@ -11,11 +11,14 @@
 //! `cargo test --test main mssql_real -- --ignored`. Asked to run without
 //! the variable, they fail and say what to set.
 //!
-//! The test creates a throwaway database at 1.0.0 from the sandbox's SQL Server
-//! schema, runs the stock procedure on a one-node local site, checks the
-//! database is at 2.0.0 with a verified copy-only backup and the right history,
-//! and drops the database (and its msdb backup history) again, also on failure.
-//! The backup file itself stays in the backup folder on the server.
+//! Each test creates a throwaway database at 1.0.0 from the sandbox's SQL
+//! Server schema and a one-node local site on it, and drops the database (and
+//! its msdb backup history) again, also on failure. The backup files stay in
+//! the backup folder on the server. The stock procedure: 2.0.0 with a
+//! verified copy-only backup and the right history; a migration leaving a
+//! transaction open: rolled back, not recorded; uprun killed while a migration
+//! runs a WAITFOR: the server rolls it back, and the resumed run proves the
+//! first backup (no second one), applies the rest once and ends at 2.0.0.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -257,6 +260,109 @@ fn stock_procedure_upgrades_a_real_server_database() {
         file.replace('\'', "''")
     ));
     assert!(text.contains("verified"), "{text}");
+}
+
+#[test]
+#[ignore = "needs a SQL Server: set UPRUN_MSSQL_TEST_CONNECTION and run with --ignored"]
+fn killed_during_a_migration_then_resumed_ends_upgraded_on_a_real_server() {
+    use std::time::{Duration, Instant};
+    let mut site = real_site();
+    // A fourth migration that changes a row, then waits: uprun is killed
+    // while the server runs the WAITFOR inside the migration's transaction.
+    std::fs::write(
+        site.sb.release().join("migrations/mssql/2.0.0_04_slow.sql"),
+        "UPDATE dbo.strategies SET priority = priority + 100 WHERE name = N'customer-match';\nGO\nWAITFOR DELAY '00:00:20';\n",
+    )
+    .expect("write migration");
+    let sb = &site.sb;
+    let mut run = sb.spawn_run(&sb.site(), "in-place-upgrade", &[]);
+    let waiting = format!(
+        "SELECT COUNT(*) FROM sys.dm_exec_requests WHERE database_id = DB_ID(N'{}') AND command = N'WAITFOR'",
+        site.name
+    );
+    // Observe the server until the migration is in its WAITFOR.
+    let until = Instant::now() + Duration::from_secs(120);
+    loop {
+        if site.admin.batch(&waiting)[0].get::<i32, _>(0).unwrap_or(0) > 0 {
+            break;
+        }
+        if let Some(status) = run.try_wait().expect("wait") {
+            let out = run.wait_with_output().expect("output");
+            panic!("uprun ended ({status}) before the migration waited: {out:?}");
+        }
+        assert!(
+            Instant::now() < until,
+            "the migration never reached its WAITFOR"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    run.kill().expect("kill uprun");
+    let _ = run.wait();
+    // The server ends the killed process's sessions and rolls back the open
+    // migration: wait (bounded) until none is left in the database.
+    let sessions = format!(
+        "SELECT COUNT(*) FROM sys.dm_exec_sessions WHERE database_id = DB_ID(N'{}') AND program_name LIKE N'uprun%'",
+        site.name
+    );
+    let until = Instant::now() + Duration::from_secs(60);
+    while site.admin.batch(&sessions)[0].get::<i32, _>(0).unwrap_or(0) > 0 {
+        assert!(
+            Instant::now() < until,
+            "uprun's sessions outlived the process"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let history = "SELECT name FROM dbo.uprun_migration_history ORDER BY id";
+    assert_eq!(site.db.batch(history).len(), 3, "01 to 03 recorded, 04 not");
+    let priority = "SELECT priority FROM dbo.strategies WHERE name = N'customer-match'";
+    assert_eq!(
+        site.db.batch(priority)[0].get::<i32, _>(0),
+        Some(10),
+        "the killed migration's change was rolled back"
+    );
+    let version = "SELECT value FROM dbo.app_meta WHERE [key] = N'schema_version'";
+    assert_eq!(site.db.batch(version)[0].get::<&str, _>(0), Some("1.0.0"));
+
+    // Resume: the backup is proved (not taken again), 04 runs once.
+    let runs: Vec<_> = std::fs::read_dir(sb.dir.join(".uprun/runs"))
+        .expect("runs")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let id = runs[0]
+        .file_stem()
+        .expect("stem")
+        .to_string_lossy()
+        .into_owned();
+    let out = sb
+        .cmd("run", "in-place-upgrade", &["--yes", "--resume", &id])
+        .output()
+        .expect("resume");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(site.db.batch(version)[0].get::<&str, _>(0), Some("2.0.0"));
+    let names: Vec<String> = site
+        .db
+        .batch(history)
+        .iter()
+        .filter_map(|r| r.get::<&str, _>(0).map(str::to_string))
+        .collect();
+    assert_eq!(names.len(), 4, "{names:?}");
+    assert_eq!(names[3], "2.0.0_04_slow.sql");
+    assert_eq!(site.db.batch(priority)[0].get::<i32, _>(0), Some(110));
+    let backups = site.admin.batch(&format!(
+        "SELECT COUNT(*) FROM msdb.dbo.backupset WHERE database_name = N'{}' AND type = 'D'",
+        site.name
+    ));
+    assert_eq!(
+        backups[0].get::<i32, _>(0),
+        Some(1),
+        "the resumed run proved the first backup instead of taking another"
+    );
 }
 
 fn toml_string(s: &str) -> String {

@@ -601,7 +601,6 @@ fn on_terminal(mut cmd: std::process::Command, answers: &[&str]) -> (Option<i32>
     cmd.stdin(slave.try_clone().expect("dup"))
         .stdout(slave.try_clone().expect("dup"))
         .stderr(slave.try_clone().expect("dup"))
-        .env_remove("RUST_LOG")
         .env("TERM", "xterm");
     let mut child = cmd.spawn().expect("spawn on a terminal");
     // Only the child may hold the terminal: the master reads EIO once it ends.

@@ -1,160 +1,34 @@
 //! `uprun adopt`: record the instances that already run on a site's nodes
-//! (installed by hand or by another tool) in each node's manifest, so that
-//! uprun's rules see them: the next removal stops them, and no new instance is
-//! ever created in their folders. What the operator states is checked against
-//! the node first: the folder must exist, be a real folder directly under the
-//! node's root and hold files; the site's health command runs in it. A node
-//! that already has a manifest is never overwritten.
+//! (see `crate::run::adopt`). Without --yes, says what it would record.
 
 use crate::cli::AdoptArgs;
 use crate::config::Site;
-use crate::db::now_rfc3339;
-use crate::nodes::instances::InstanceState;
-use crate::nodes::{ConnectMode, DirState, InstanceRecord, Manifest, NodeInstances};
-use crate::ops::check_folder_name;
-use crate::{Error, Result};
+use crate::run::{check_adoption, AdoptRequest};
+use crate::Result;
 
 pub fn exec(a: AdoptArgs) -> Result<i32> {
-    let site = Site::load(&super::site_or_default(a.site.clone(), "uprun adopt")?)?;
-    let version = semver::Version::parse(a.version.trim()).map_err(|e| {
-        Error::Config(format!(
-            "--version {:?} is not a version ({e}); give the version the instances run, e.g. 1.0.0",
-            a.version
-        ))
-    })?;
-    let app = a.app.clone().unwrap_or_else(|| site.app_name.clone());
-    if app.trim().is_empty() || app.contains(['\0', '\n', '\r']) {
-        return Err(Error::Config(
-            "--app must be a non-empty name on one line".into(),
-        ));
-    }
-    let chosen: Vec<_> = if a.node.is_empty() {
-        site.nodes.iter().collect()
-    } else {
-        let mut out = Vec::new();
-        for name in &a.node {
-            out.push(site.node(name).ok_or_else(|| {
-                Error::Config(format!(
-                    "--node `{name}`: the site `{}` has no such node; it has {}",
-                    site.file.display(),
-                    site.nodes
-                        .iter()
-                        .map(|n| format!("`{}`", n.name))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            })?);
-        }
-        out
+    let out = super::output(false);
+    let site = Site::load(&super::site_or_default(
+        a.site.clone(),
+        "uprun adopt",
+        &out,
+    )?)?;
+    let request = AdoptRequest {
+        nodes: &a.node,
+        version: &a.version,
+        folder: &a.folder,
+        app: a.app.as_deref(),
+        yes: a.yes,
     };
-    for n in &chosen {
-        check_folder_name(&n.name, &a.folder)?;
-    }
-    // Adopting changes what runs decide: nobody else may run meanwhile.
-    let _lock = crate::lock::SiteLock::acquire(&site, "adopt", None)?;
-    let owned: Vec<_> = chosen.iter().map(|n| (*n).clone()).collect();
-    let mode = if a.yes {
-        ConnectMode::ReadWrite
-    } else {
-        ConnectMode::ReadOnly
-    };
-    let transports = crate::nodes::connect_all(&owned, &site.ssh, mode)?;
-    let mut plan = Vec::new();
-    for (n, transport) in owned.iter().zip(transports) {
-        let inst = NodeInstances {
-            transport,
-            root: n.root.clone(),
-            shell: n.shell,
-            run_service_commands: true,
-        };
-        if inst.has_manifest()? {
-            let m = inst.manifest()?;
-            return Err(Error::Refused(format!(
-                "node `{}` already has a manifest{}: uprun records its instances already, so nothing is adopted on any node (a manifest is never overwritten)",
-                n.name,
-                m.current
-                    .map(|c| format!(" (current instance {} {} in `{}`)", c.app_name, c.version, c.folder))
-                    .unwrap_or_default()
-            )));
-        }
-        let path = inst.folder_path(&a.folder);
-        let id = inst.transport.identity(&path)?;
-        match (inst.folder_state(&a.folder)?, id) {
-            (DirState::NotEmpty, Some(id)) if !id.link => {}
-            (DirState::NotEmpty, Some(_)) => {
-                return Err(Error::Refused(format!(
-                    "node `{}`: `{path}` is a link; adopt the real folder under the node's root",
-                    n.name
-                )))
-            }
-            (state, _) => {
-                return Err(Error::Config(format!(
-                    "node `{}`: `{path}` {}; give --folder the instance's folder, directly under the node's root `{}`",
-                    n.name,
-                    if state == DirState::Missing { "does not exist" } else { "is empty" },
-                    n.root
-                )))
-            }
-        }
-        let rec = InstanceRecord {
-            node: n.name.clone(),
-            app_name: app.clone(),
-            version: version.to_string(),
-            folder: a.folder.clone(),
-            created: now_rfc3339(),
-            removed: None,
-            state: None,
-        };
-        // The health command tells whether the stated instance is the one
-        // that runs there; a failing one is said, not hidden, and recorded.
-        let health = inst
-            .service_command(
-                "health",
-                site.service.health.as_deref(),
-                &rec,
-                &site.service,
-            )
-            .err();
-        let rec = InstanceRecord {
-            state: Some(if health.is_none() {
-                InstanceState::Healthy
-            } else {
-                InstanceState::Failed
-            }),
-            ..rec
-        };
-        plan.push((inst, rec, health));
-    }
-    for (_, rec, health) in &plan {
-        let line = format!(
-            "{} `{}`: {} {} in `{}`{}",
-            if a.yes { "adopting" } else { "would adopt" },
-            rec.node,
-            rec.app_name,
-            rec.version,
-            rec.folder,
-            match health {
-                None => String::new(),
-                Some(e) => format!(" (WARNING: its health command fails: {e})"),
-            }
-        );
-        crate::outln!("{}", crate::progress::escape_controls(&line));
+    let adoption = check_adoption(&site, &request)?;
+    for line in adoption.lines() {
+        out.say(&line);
     }
     if !a.yes {
-        crate::outln!("Nothing was written: re-run with --yes to record these instances.");
+        out.say("Nothing was written: re-run with --yes to record these instances.");
         return Ok(3);
     }
-    for (inst, rec, _) in plan {
-        let m = Manifest {
-            used_folders: vec![rec.folder.clone()],
-            current: Some(rec),
-            removed: Vec::new(),
-            pending: None,
-        };
-        inst.write_manifest(&m)?;
-    }
-    crate::outln!(
-        "Recorded. `uprun status` shows them; runs now treat them as the current instances."
-    );
+    adoption.record()?;
+    out.say("Recorded. `uprun status` shows them; runs now treat them as the current instances.");
     Ok(0)
 }

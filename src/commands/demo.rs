@@ -1,12 +1,12 @@
 //! `uprun demo`: lay out the sandbox and run the stock procedure on it.
 
 use crate::cli::DemoArgs;
-use crate::progress::Event;
+use crate::output::Event;
 use crate::sandbox;
 use crate::Result;
 
 pub fn exec(a: DemoArgs) -> Result<i32> {
-    let reporter = super::reporter(a.json);
+    let reporter = super::output(a.json);
     let sb = sandbox::lay_out(&a.dir, a.recreate)?;
     reporter.line(&format!(
         "Sandbox laid out in `{}`: SQLite database at 1.0.0, nodes app01 (primary), app02, app03 running FastApp 1.0.0, release 2.0.0 in `{}`.",
@@ -21,17 +21,16 @@ pub fn exec(a: DemoArgs) -> Result<i32> {
         ));
         return Ok(0);
     }
-    let opts = super::run::RunOptions {
+    let opts = crate::run::RunOptions {
         yes: true,
         ..Default::default()
     };
-    let code = super::run::execute(
-        "in-place-upgrade",
-        &sb.site,
-        Some(&sb.release),
-        opts,
-        reporter.clone(),
-    )?;
+    let target = crate::run::Target {
+        script: "in-place-upgrade",
+        site: &sb.site,
+        release: Some(&sb.release),
+    };
+    let code = super::run::execute(&target, &opts, reporter.clone())?;
     reporter.event(Event::Log {
         level: "info".into(),
         message: format!(

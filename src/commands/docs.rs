@@ -1,7 +1,5 @@
 //! `uprun completions` and `uprun man`: generated from the CLI definition.
 
-use std::io::Write;
-
 use clap::CommandFactory;
 
 use crate::cli::Cli;
@@ -9,11 +7,10 @@ use crate::{Error, Result};
 
 /// Write to stdout; a closed pipe (`| head`) is not an error.
 fn emit(bytes: &[u8]) -> Result<i32> {
-    match std::io::stdout().write_all(bytes) {
-        Ok(()) => Ok(0),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
-        Err(e) => Err(Error::io("write to", "stdout", e)),
-    }
+    super::output(false)
+        .write_bytes(bytes)
+        .map_err(|e| Error::io("write to", "stdout", e))?;
+    Ok(0)
 }
 
 pub fn completions(shell: clap_complete::Shell) -> Result<i32> {

@@ -5,10 +5,11 @@ use crate::script::{Procedure, BUNDLED};
 use crate::{Error, Result};
 
 pub fn exec(a: ScriptsArgs) -> Result<i32> {
+    let out = super::output(false);
     match a.command {
         None => {
             for (name, text) in BUNDLED {
-                crate::outln!("{name:<20} {}", Procedure::description(text));
+                out.say(&format!("{name:<20} {}", Procedure::description(text)));
             }
         }
         Some(ScriptsCommand::Show { name }) => {
@@ -19,7 +20,7 @@ pub fn exec(a: ScriptsArgs) -> Result<i32> {
                     names.join(", ")
                 )));
             };
-            crate::out!("{text}");
+            out.show(text);
         }
     }
     Ok(0)

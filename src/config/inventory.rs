@@ -7,36 +7,10 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
-use serde::Deserialize;
 use serde_norway::{Mapping, Value};
 
-use super::site::{NodeSection, Role, Shell};
+use super::raw::{InventorySection, NodeSection, Role, Shell};
 use crate::{Error, Result};
-
-/// `[inventory]` in the site file.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct InventorySection {
-    /// The inventory file, relative to the site file.
-    pub file: String,
-    /// Group whose (single) host is the primary node.
-    #[serde(default = "default_primary")]
-    pub primary_group: String,
-    /// Group whose hosts are the secondary nodes.
-    #[serde(default = "default_secondaries")]
-    pub secondary_group: String,
-    /// Root folder on every node, unless a host sets `uprun_root`.
-    pub root: Option<String>,
-    /// SSH user for hosts without `ansible_user`.
-    pub user: Option<String>,
-}
-
-fn default_primary() -> String {
-    "primary".into()
-}
-fn default_secondaries() -> String {
-    "secondaries".into()
-}
 
 /// What the inventory says about groups and hosts, in file order.
 #[derive(Default)]
@@ -360,6 +334,7 @@ fn nodes_from(file: &Path, text: &str, section: &InventorySection) -> Result<Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::raw::{default_primary, default_secondaries};
 
     fn section() -> InventorySection {
         InventorySection {

@@ -83,8 +83,8 @@ impl Database for LazyDatabase {
     fn check_migration(&self, migration: &Migration) -> Result<()> {
         self.with(|db| db.check_migration(migration))
     }
-    fn check_backup_possible(&mut self) -> Result<()> {
-        self.with(|db| db.check_backup_possible())
+    fn check_backup_possible(&mut self, dir: &Path) -> Result<Vec<String>> {
+        self.with(|db| db.check_backup_possible(dir))
     }
     fn preflight_upgrade(&mut self) -> Result<Vec<String>> {
         self.with(|db| db.preflight_upgrade())

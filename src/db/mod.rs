@@ -12,7 +12,7 @@ use std::path::Path;
 use semver::Version;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{DbKind, Migration, Site};
+use crate::config::{DatabaseBackend, Migration, Site};
 use crate::Result;
 
 pub use lazy::{LazyDatabase, Opener};
@@ -99,11 +99,13 @@ pub trait Database: Send {
     /// Parse a migration the way `apply` will, without running it, so that a
     /// bad file is found before the first migration of an upgrade is applied.
     fn check_migration(&self, migration: &Migration) -> Result<()>;
-    /// Refuse (`Error::Refused`), before anything changes, a backup this
-    /// backend cannot take on this server (plan and run alike). Backends that
-    /// can always back up say nothing.
-    fn check_backup_possible(&mut self) -> Result<()> {
-        Ok(())
+    /// Refuse (`Error::Refused`), before anything changes, a backup into
+    /// `dir` this backend cannot take on this server (plan and run alike):
+    /// not possible on this edition, or clearly no room. Returns notes for the
+    /// operator (what could not be checked). Backends that can always back up
+    /// say nothing.
+    fn check_backup_possible(&mut self, _dir: &Path) -> Result<Vec<String>> {
+        Ok(Vec::new())
     }
     /// Before an upgrade is planned or run: refuse (`Error::Refused`) a
     /// database that cannot take it (read-only, a replica), and return notes
@@ -130,9 +132,13 @@ pub trait Database: Send {
 
 /// Open the site's database. `read_only` is used by `plan` and `status`.
 pub fn open(site: &Site, read_only: bool) -> Result<Box<dyn Database>> {
-    match site.database.kind {
-        DbKind::Sqlite => Ok(Box::new(SqliteDatabase::open(&site.database, read_only)?)),
-        DbKind::Mssql => Ok(Box::new(MssqlDatabase::open(&site.database, read_only)?)),
+    match &site.database.backend {
+        DatabaseBackend::Sqlite(s) => Ok(Box::new(SqliteDatabase::open_path(
+            &site.database.name,
+            &s.path,
+            read_only,
+        )?)),
+        DatabaseBackend::Mssql(_) => Ok(Box::new(MssqlDatabase::open(&site.database, read_only)?)),
     }
 }
 
@@ -140,28 +146,30 @@ pub fn open(site: &Site, read_only: bool) -> Result<Box<dyn Database>> {
 /// process (a SQLite hot journal), so that read-only connections can read it.
 /// Call with the site lock held. Returns the line to show when it did.
 pub fn recover(site: &Site) -> Result<Option<String>> {
-    match (site.database.kind, &site.database.path) {
-        (DbKind::Sqlite, Some(path)) => {
+    match site.database.sqlite_path() {
+        Some(path) => {
             if SqliteDatabase::roll_back_hot_journal(&site.database.name, path)? {
                 Ok(Some(format!(
                     "database `{}`: a transaction left unfinished by a killed process (hot journal `{}-journal`) was rolled back; the database is as it was before that transaction",
                     site.database.name,
-                    crate::journal::absolute(path).display()
+                    // Absolute: the line is read from any working folder.
+                    std::path::absolute(path)
+                        .unwrap_or_else(|_| path.to_path_buf())
+                        .display()
                 )))
             } else {
                 Ok(None)
             }
         }
-        _ => Ok(None),
+        None => Ok(None),
     }
 }
 
 /// Whether `recover` may have something to do (checked before taking a lock).
 pub fn may_need_recovery(site: &Site) -> bool {
-    match (site.database.kind, &site.database.path) {
-        (DbKind::Sqlite, Some(path)) => SqliteDatabase::journal_left(path),
-        _ => false,
-    }
+    site.database
+        .sqlite_path()
+        .is_some_and(SqliteDatabase::journal_left)
 }
 
 pub(crate) fn now_rfc3339() -> String {

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::staging::PayloadDigest;
 use super::{DirState, NodeTransport};
-use crate::config::site::ServiceConfig;
+use crate::config::ServiceConfig;
 use crate::config::Shell;
 use crate::{Error, Result};
 

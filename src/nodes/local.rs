@@ -186,7 +186,7 @@ impl NodeTransport for LocalTransport {
                     let mut f = std::fs::File::open(&path)
                         .map_err(|e| t.err(format!("cannot read `{}`", path.display()), e))?;
                     let mut h = Sha256::new();
-                    std::io::copy(&mut f, &mut h)
+                    std::io::copy(&mut f, &mut super::HashWriter(&mut h))
                         .map_err(|e| t.err(format!("cannot read `{}`", path.display()), e))?;
                     out.insert(r, TreeEntry::File(hex(&h.finalize())));
                 } else {

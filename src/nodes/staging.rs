@@ -68,7 +68,7 @@ pub fn payload_digest(node: &str, src: &Path) -> Result<Arc<PayloadDigest>> {
             let mut f = std::fs::File::open(&e.source)
                 .map_err(|err| Error::io("read payload file", &e.source, err))?;
             let mut h = Sha256::new();
-            bytes += std::io::copy(&mut f, &mut h)
+            bytes += std::io::copy(&mut f, &mut super::HashWriter(&mut h))
                 .map_err(|err| Error::io("read payload file", &e.source, err))?;
             files += 1;
             let sum = hex(&h.finalize());

@@ -33,8 +33,8 @@ impl Audit {
 impl Ops {
     /// Record that a step changed the site (an instance or the database), in
     /// this attempt or, replayed, in an earlier one.
-    pub(super) fn mark_site_changed(&self, kind: &str) {
-        if super::changes_site(kind) {
+    pub(super) fn mark_site_changed(&self, kind: super::StepKind) {
+        if kind.changes_site() {
             lock(&self.state).site_changed = true;
         }
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{lock, CommandPolicy, Mode, Ops};
+use super::{lock, CommandPolicy, Mode, Ops, StepKind};
 use crate::{Error, Result};
 
 /// Options of `node_command`.
@@ -74,7 +74,7 @@ impl Ops {
         let plan_skip = self.mode == Mode::Plan && !self.site.service.read_commands_in_plan;
         let description = format!("read: run `{command}` on `{node}`");
         let idx = self.begin_step(
-            "node_command",
+            StepKind::NodeCommand,
             description.clone(),
             Some(node),
             false,
@@ -190,10 +190,10 @@ impl Ops {
         // what it observes (a node kept on resume) may skip a command, and the
         // next one must not take its recorded result.
         let key = self.call_key(
-            &format!("node_command[{}]", short_digest(command)),
+            format!("node_command[{}]", short_digest(command)),
             Some(node),
         );
-        if let Some(r) = self.replayed::<CommandResult>(&key, "node_command", Some(node))? {
+        if let Some(r) = self.replayed::<CommandResult>(&key, StepKind::NodeCommand, Some(node))? {
             return Ok(r);
         }
         let description = format!("run `{command}` on `{node}`");
@@ -201,7 +201,7 @@ impl Ops {
         let intent = serde_json::json!({ "command": command, "cwd": cwd });
         self.step(
             &key,
-            "node_command",
+            StepKind::NodeCommand,
             description.clone(),
             Some(node),
             false,

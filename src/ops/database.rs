@@ -3,7 +3,7 @@
 use semver::Version;
 use serde::{Deserialize, Serialize};
 
-use super::{lock, Mode, Ops};
+use super::{lock, Mode, Ops, StepKind};
 use crate::config::Migration;
 use crate::db::BackupReceipt;
 use crate::{Error, Result};
@@ -50,8 +50,8 @@ pub struct UpgradeReport {
 impl Ops {
     /// Take a full backup of the site's database into its backup folder, and verify it.
     pub fn backup_db(&self, opts: BackupOptions) -> Result<BackupReceipt> {
-        let key = self.call_key("backup_db", None);
-        if let Some(r) = self.replayed::<BackupReceipt>(&key, "backup_db", None)? {
+        let key = self.call_key(StepKind::BackupDb, None);
+        if let Some(r) = self.replayed::<BackupReceipt>(&key, StepKind::BackupDb, None)? {
             // A backup taken by an earlier attempt of this run counts for the
             // upgrade rail only once proved unchanged, through the database
             // (a SQL Server backup is on the server, not on this machine).
@@ -77,7 +77,9 @@ impl Ops {
         let name = self.site.database.name.clone();
         let dir = self.site.database.backup_dir.clone();
         let version = self.db_version()?;
-        lock(&self.db).check_backup_possible()?;
+        for note in lock(&self.db).check_backup_possible(&dir)? {
+            self.log("warn", &note);
+        }
         let verify = if opts.verify {
             " and verify it"
         } else {
@@ -85,13 +87,13 @@ impl Ops {
         };
         let description = format!(
             "back up database `{name}` ({} {version}) into `{}`{verify}",
-            self.site.database.kind.as_str(),
+            self.site.database.kind().as_str(),
             dir.display()
         );
         let intent = serde_json::json!({ "backup_dir": dir.display().to_string(), "version": version.to_string() });
         self.step(
             &key,
-            "backup_db",
+            StepKind::BackupDb,
             description.clone(),
             None,
             false,
@@ -147,8 +149,8 @@ impl Ops {
     /// pending migrations, after checking the rails.
     pub fn upgrade_db(&self, _opts: UpgradeOptions) -> Result<UpgradeReport> {
         self.release.require("upgrade_db")?;
-        let key = self.call_key("upgrade_db", None);
-        if let Some(r) = self.replayed::<UpgradeReport>(&key, "upgrade_db", None)? {
+        let key = self.call_key(StepKind::UpgradeDb, None);
+        if let Some(r) = self.replayed::<UpgradeReport>(&key, StepKind::UpgradeDb, None)? {
             return Ok(r);
         }
         let name = self.site.database.name.clone();
@@ -166,7 +168,7 @@ impl Ops {
                 );
                 return self.step(
                     &key,
-                    "upgrade_db",
+                    StepKind::UpgradeDb,
                     text.clone(),
                     None,
                     false,
@@ -186,7 +188,7 @@ impl Ops {
         }
         if from == to {
             self.noted_step(
-                "upgrade_db",
+                StepKind::UpgradeDb,
                 None,
                 format!("database `{name}` is already at {to}: nothing to upgrade"),
             );
@@ -237,7 +239,7 @@ impl Ops {
         let intent = serde_json::to_value(&report).unwrap_or_default();
         self.step(
             &key,
-            "upgrade_db",
+            StepKind::UpgradeDb,
             description.clone(),
             None,
             true,
@@ -364,7 +366,7 @@ impl Ops {
     /// must bring at least one migration for it, unless it declares
     /// `schema_change = false`.
     fn pending_migrations(&self, from: &Version, to: &Version) -> Result<Vec<Migration>> {
-        let kind = self.site.database.kind;
+        let kind = self.site.database.kind();
         let all = self.release.migrations(kind)?;
         let declared = all.iter().any(|m| &m.version > from && &m.version <= to);
         if !declared && self.release.schema_change && from < to {
@@ -411,7 +413,7 @@ pub(crate) fn describe_row(row: &crate::db::Row) -> String {
                 serde_json::Value::String(s) => s.clone(),
                 other => other.to_string(),
             };
-            let e = crate::progress::escape_controls;
+            let e = crate::output::escape_controls;
             format!("{}={}", e(k), e(&v))
         })
         .collect::<Vec<_>>()

@@ -18,7 +18,7 @@ use crate::nodes::{
     DirState, ExecOutput, InstanceRecord, Manifest, NodeInstances, NodeTransport, PathIdentity,
     PayloadEntry,
 };
-use crate::progress::{OutputMode, Reporter};
+use crate::output::{Output, OutputMode};
 use crate::{Error, Result};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -720,7 +720,7 @@ impl World {
             spec,
             Box::new(self.db.handle()),
             nodes,
-            Arc::new(Reporter::new(OutputMode::Quiet)),
+            Arc::new(Output::new(OutputMode::Quiet)),
         )
     }
 }

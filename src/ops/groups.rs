@@ -9,7 +9,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
-use super::{lock, Ops};
+use super::{lock, Ops, StepKind};
 use crate::config::Role;
 use crate::{Error, Result};
 
@@ -25,7 +25,7 @@ thread_local! {
 #[derive(Debug, Clone)]
 pub(super) struct GroupChange {
     pub member: usize,
-    pub kind: &'static str,
+    pub kind: StepKind,
     pub node: String,
 }
 
@@ -86,7 +86,7 @@ impl Ops {
     /// is in. Recorded when the call is made, before any rail decides on it:
     /// whether another closure's rail refused first must not change what the
     /// call is judged on.
-    pub(super) fn record_group_change(&self, kind: &'static str, node: &str) {
+    pub(super) fn record_group_change(&self, kind: StepKind, node: &str) {
         let members = MEMBERS.with(|m| m.borrow().clone());
         if members.is_empty() {
             return;
@@ -137,7 +137,7 @@ pub(super) fn order_conflict(
                     a.node, a.kind, b.kind
                 ));
             }
-            if a.kind == "remove_instance"
+            if a.kind == StepKind::RemoveInstance
                 && a.node == primary
                 && role(&b.node) == Some(Role::Secondary)
             {
@@ -155,7 +155,7 @@ pub(super) fn order_conflict(
 mod tests {
     use super::*;
 
-    fn ch(member: usize, kind: &'static str, node: &str) -> GroupChange {
+    fn ch(member: usize, kind: StepKind, node: &str) -> GroupChange {
         GroupChange {
             member,
             kind,
@@ -174,18 +174,18 @@ mod tests {
     #[test]
     fn primary_removed_beside_secondaries_conflicts_in_any_order() {
         let a = [
-            ch(0, "remove_instance", "p"),
-            ch(1, "remove_instance", "s1"),
+            ch(0, StepKind::RemoveInstance, "p"),
+            ch(1, StepKind::RemoveInstance, "s1"),
         ];
         let b = [
-            ch(1, "remove_instance", "s1"),
-            ch(0, "remove_instance", "p"),
+            ch(1, StepKind::RemoveInstance, "s1"),
+            ch(0, StepKind::RemoveInstance, "p"),
         ];
         assert!(order_conflict(&a, "p", role).is_some());
         assert!(order_conflict(&b, "p", role).is_some());
         let c = [
-            ch(0, "remove_instance", "p"),
-            ch(1, "create_instance", "s1"),
+            ch(0, StepKind::RemoveInstance, "p"),
+            ch(1, StepKind::CreateInstance, "s1"),
         ];
         assert!(order_conflict(&c, "p", role).is_some());
     }
@@ -193,8 +193,8 @@ mod tests {
     #[test]
     fn one_node_changed_by_two_closures_conflicts() {
         let a = [
-            ch(0, "remove_instance", "s1"),
-            ch(1, "create_instance", "s1"),
+            ch(0, StepKind::RemoveInstance, "s1"),
+            ch(1, StepKind::CreateInstance, "s1"),
         ];
         assert!(order_conflict(&a, "p", role).is_some());
     }
@@ -202,16 +202,16 @@ mod tests {
     #[test]
     fn disjoint_secondaries_and_own_sequences_do_not_conflict() {
         let a = [
-            ch(0, "remove_instance", "s1"),
-            ch(0, "create_instance", "s1"),
-            ch(1, "remove_instance", "s2"),
-            ch(1, "create_instance", "s2"),
+            ch(0, StepKind::RemoveInstance, "s1"),
+            ch(0, StepKind::CreateInstance, "s1"),
+            ch(1, StepKind::RemoveInstance, "s2"),
+            ch(1, StepKind::CreateInstance, "s2"),
         ];
         assert!(order_conflict(&a, "p", role).is_none());
         // One closure doing the secondaries then the primary, in order, is fine.
         let b = [
-            ch(0, "remove_instance", "s1"),
-            ch(0, "remove_instance", "p"),
+            ch(0, StepKind::RemoveInstance, "s1"),
+            ch(0, StepKind::RemoveInstance, "p"),
         ];
         assert!(order_conflict(&b, "p", role).is_none());
     }

@@ -11,25 +11,22 @@ mod database;
 mod fakes;
 mod groups;
 mod instances;
+mod journaled;
 #[cfg(test)]
 mod rail_tests;
+mod step;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, Write};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
 
 use semver::Version;
 use serde::Serialize;
 
-use serde::de::DeserializeOwned;
-use serde_json::Value;
-
 use crate::config::{Release, Role, Site};
-use crate::db::{now_rfc3339, BackupReceipt, Database};
-use crate::journal::{Entry, Journal, Replay};
+use crate::db::{BackupReceipt, Database};
+use crate::journal::{Journal, Replay};
 use crate::nodes::{InstanceRecord, NodeInstances};
-use crate::progress::{Event, Reporter};
+use crate::output::{Event, Output};
 use crate::{Error, Result};
 
 pub use audit::Audit;
@@ -37,6 +34,7 @@ pub use commands::{CommandOptions, CommandResult};
 pub use database::{BackupOptions, UpgradeOptions, UpgradeReport};
 pub use instances::check_folder_name;
 pub use instances::{CreateOptions, RemoveOptions, StageOptions, StartOptions, StopOptions};
+pub use step::{count_changes, not_attempted, Outcome, StepKind, StepRecord, StepStatus};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -60,30 +58,6 @@ impl Confirmation {
         yes: true,
         interactive: false,
     };
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StepStatus {
-    Planned,
-    Started,
-    Done,
-    Failed,
-    /// Refused by a rail or the procedure: nothing was changed by it.
-    Refused,
-}
-
-/// One thing the procedure did (or would do), in order.
-#[derive(Debug, Clone, Serialize)]
-pub struct StepRecord {
-    pub index: usize,
-    pub kind: &'static str,
-    pub description: String,
-    /// False for reads (checks), true for anything that changes the site.
-    pub changes: bool,
-    pub irreversible: bool,
-    pub node: Option<String>,
-    pub status: StepStatus,
 }
 
 #[derive(Default)]
@@ -205,6 +179,19 @@ impl RunSpec {
             closures_in_order: false,
         }
     }
+
+    /// What an earlier attempt of this run did (`--resume`).
+    pub fn with_replay(self, replay: Replay) -> RunSpec {
+        RunSpec { replay, ..self }
+    }
+
+    /// Where changes are announced and recorded.
+    pub fn with_journal(self, journal: Arc<Journal>) -> RunSpec {
+        RunSpec {
+            journal: Some(journal),
+            ..self
+        }
+    }
 }
 
 /// The site, release and connections of one run, and what it has done so far.
@@ -215,7 +202,7 @@ pub struct Ops {
     pub run_id: String,
     db: Mutex<Box<dyn Database>>,
     nodes: Vec<NodeInstances>,
-    reporter: Arc<Reporter>,
+    reporter: Arc<Output>,
     confirmation: Confirmation,
     journal: Option<Arc<Journal>>,
     replay: Replay,
@@ -234,7 +221,7 @@ impl Ops {
         spec: RunSpec,
         db: Box<dyn Database>,
         nodes: Vec<NodeInstances>,
-        reporter: Arc<Reporter>,
+        reporter: Arc<Output>,
     ) -> Self {
         let r = &spec.replay;
         let site_changed = r
@@ -242,7 +229,8 @@ impl Ops {
             .keys()
             .chain(r.in_flight.keys())
             .chain(r.failed.keys())
-            .any(|k| changes_site(k.split(':').next().unwrap_or_default()));
+            .filter_map(|k| StepKind::from_call(k.split(':').next().unwrap_or_default()))
+            .any(StepKind::changes_site);
         Ops {
             site: spec.site,
             release: spec.release,
@@ -266,7 +254,7 @@ impl Ops {
         }
     }
 
-    pub fn reporter(&self) -> &Reporter {
+    pub fn reporter(&self) -> &Output {
         &self.reporter
     }
 
@@ -352,7 +340,13 @@ impl Ops {
                 }
             ))
         })?;
-        let idx = self.begin_step("check", format!("check `{name}`"), None, false, false);
+        let idx = self.begin_step(
+            StepKind::Check,
+            format!("check `{name}`"),
+            None,
+            false,
+            false,
+        );
         let rows = lock(&self.db).query_readonly(sql);
         match &rows {
             Ok(r) => self.finish_step(idx, Ok(format!("check `{name}`: {} row(s)", r.len())), 0),
@@ -395,7 +389,13 @@ impl Ops {
     /// the whole run), or `--yes` answers yes; otherwise the answer is no.
     pub fn confirm(&self, question: &str) -> Result<bool> {
         if self.mode == Mode::Plan {
-            let idx = self.begin_step("confirm", format!("ask: {question}"), None, false, false);
+            let idx = self.begin_step(
+                StepKind::Confirm,
+                format!("ask: {question}"),
+                None,
+                false,
+                false,
+            );
             self.finish_step(idx, Ok(format!("ask: {question}")), 0);
             return Ok(true);
         }
@@ -439,324 +439,6 @@ impl Ops {
         )))
     }
 
-    fn begin_step(
-        &self,
-        kind: &'static str,
-        description: String,
-        node: Option<&str>,
-        changes: bool,
-        irreversible: bool,
-    ) -> usize {
-        let mut st = lock(&self.state);
-        let index = st.steps.len() + 1;
-        let status = if self.mode == Mode::Plan {
-            StepStatus::Planned
-        } else {
-            StepStatus::Started
-        };
-        st.steps.push(StepRecord {
-            index,
-            kind,
-            description: description.clone(),
-            changes,
-            irreversible,
-            node: node.map(str::to_string),
-            status,
-        });
-        drop(st);
-        if self.mode == Mode::Run {
-            self.reporter.event(Event::StepStarted {
-                index,
-                kind: kind.to_string(),
-                description,
-            });
-        }
-        index
-    }
-
-    /// A step that is over as soon as it is known (nothing to do, done in an
-    /// earlier attempt): recorded and reported once, as done, with `text`.
-    fn noted_step(&self, kind: &'static str, node: Option<&str>, text: String) {
-        let mut st = lock(&self.state);
-        let index = st.steps.len() + 1;
-        st.steps.push(StepRecord {
-            index,
-            kind,
-            description: String::new(),
-            changes: false,
-            irreversible: false,
-            node: node.map(str::to_string),
-            status: if self.mode == Mode::Plan {
-                StepStatus::Planned
-            } else {
-                StepStatus::Started
-            },
-        });
-        drop(st);
-        self.finish_step(index, Ok(text), 0);
-    }
-
-    /// Close a step; `Ok(text)` replaces its description with what happened.
-    fn finish_step(&self, index: usize, outcome: std::result::Result<String, &Error>, ms: u128) {
-        let mut st = lock(&self.state);
-        let Some(step) = st.steps.get_mut(index - 1) else {
-            return;
-        };
-        let kind = step.kind.to_string();
-        match outcome {
-            Ok(text) => {
-                step.description = text.clone();
-                if self.mode == Mode::Plan {
-                    let changes = step.changes;
-                    let irreversible = step.irreversible;
-                    drop(st);
-                    self.reporter.event(Event::Planned {
-                        index,
-                        kind,
-                        description: text,
-                        changes,
-                        irreversible,
-                    });
-                } else {
-                    step.status = StepStatus::Done;
-                    drop(st);
-                    self.reporter.event(Event::StepDone {
-                        index,
-                        kind,
-                        description: text,
-                        ms,
-                    });
-                }
-            }
-            Err(e) => {
-                step.status = match e {
-                    Error::Refused(_) | Error::ScriptRefused(_) => StepStatus::Refused,
-                    _ => StepStatus::Failed,
-                };
-                let description = step.description.clone();
-                drop(st);
-                if self.mode == Mode::Run {
-                    self.reporter.event(Event::StepFailed {
-                        index,
-                        kind,
-                        description,
-                        error: e.to_string(),
-                    });
-                }
-            }
-        }
-    }
-
-    /// The journal key of this call of a changing function: `call:node#n`,
-    /// counted per call and node so that parallel closures cannot shuffle it.
-    fn call_key(&self, call: &str, node: Option<&str>) -> String {
-        let base = format!("{call}:{}", node.unwrap_or("-"));
-        let mut st = lock(&self.state);
-        let n = st.occurrences.entry(base.clone()).or_insert(0);
-        *n += 1;
-        format!("{base}#{n}")
-    }
-
-    /// A call the journal shows done in an earlier attempt: its recorded
-    /// result, listed as done, without acting.
-    fn replayed<T: DeserializeOwned>(
-        &self,
-        key: &str,
-        kind: &'static str,
-        node: Option<&str>,
-    ) -> Result<Option<T>> {
-        let Some(value) = self.replay.done.get(key) else {
-            return Ok(None);
-        };
-        let v: T = serde_json::from_value(value.clone()).map_err(|e| {
-            Error::Config(format!("journal entry `{key}` cannot be read back ({e}); the journal does not match this version of uprun"))
-        })?;
-        let what = self
-            .replay
-            .descriptions
-            .get(key)
-            .cloned()
-            .unwrap_or_else(|| kind.replace('_', " "));
-        self.noted_step(kind, node, format!("done in an earlier attempt: {what}"));
-        self.mark_site_changed(kind);
-        Ok(Some(v))
-    }
-
-    /// What the earlier attempt announced for a call it never closed.
-    fn in_flight(&self, key: &str) -> Option<&Value> {
-        self.replay.in_flight.get(key)
-    }
-
-    /// Interrupted by the operator: stop before starting another change.
-    fn check_interrupt(&self) -> Result<()> {
-        if lock(&self.state).crashed {
-            return Err(Error::Interrupted(
-                "interrupted: simulated crash (uprun test)".into(),
-            ));
-        }
-        if self.mode == Mode::Run && crate::interrupt::stop_requested() {
-            return Err(Error::Interrupted(
-                "interrupted: stopped by the operator (Ctrl-C) before the next step".into(),
-            ));
-        }
-        Ok(())
-    }
-
-    /// `uprun test`: at the chosen point, stop as a dead process would: the
-    /// journal keeps the step in flight and no further step starts.
-    fn simulated_crash(&self, seq: usize, after_change: bool) -> Result<()> {
-        if self.mode != Mode::Run
-            || self.crash_at
-                != Some(CrashPoint {
-                    step: seq,
-                    after_change,
-                })
-        {
-            return Ok(());
-        }
-        lock(&self.state).crashed = true;
-        Err(Error::Interrupted(format!(
-            "interrupted: simulated crash {} step {seq} (uprun test)",
-            if after_change { "after" } else { "before" }
-        )))
-    }
-
-    /// Record a refusal about to be raised in the script, journaled in run
-    /// mode; returns its number. Recorded before the script can catch it, so
-    /// a caught refusal still shows in the journal and the summary.
-    pub fn record_refusal(&self, by: RefusedBy, message: &str) -> usize {
-        let n = {
-            let mut st = lock(&self.state);
-            st.refusals.push(Refusal {
-                by,
-                message: message.to_string(),
-                ended_run: false,
-            });
-            st.refusals.len() - 1
-        };
-        // The refusal itself is what the script sees; a journal that cannot
-        // be written fails the next step's announcement.
-        let _ = self.announce(Entry::Refusal {
-            by: by.as_str().to_string(),
-            message: message.to_string(),
-            at: now_rfc3339(),
-        });
-        n
-    }
-
-    /// The refusal numbered `n` ended the run: the run's error reports it.
-    pub fn refusal_ended_run(&self, n: usize) {
-        if let Some(r) = lock(&self.state).refusals.get_mut(n) {
-            r.ended_run = true;
-        }
-    }
-
-    /// Whether `for_each_node` runs its closures one after the other: always
-    /// in plan mode (what the plan reports must not depend on timing; the order
-    /// rails hold for any interleaving), and in `uprun test`'s attempts.
-    pub fn closures_in_order(&self) -> bool {
-        self.mode == Mode::Plan || self.closures_in_order
-    }
-
-    /// Changing commands run (or simulated) by `node_command` so far.
-    pub fn commands_run(&self) -> Vec<(String, String)> {
-        lock(&self.state).commands_run.clone()
-    }
-
-    fn announce(&self, entry: Entry) -> Result<()> {
-        match &self.journal {
-            Some(j) if self.mode == Mode::Run => j.append(&entry),
-            _ => Ok(()),
-        }
-    }
-
-    /// Run `work` as a changing step: announce it in the journal (durably)
-    /// before acting, record its result after. Failpoints `step<n>:before`,
-    /// `step<n>:inner` (inside `work`, see `inner_failpoint`) and
-    /// `step<n>:after` bracket the change.
-    #[allow(clippy::too_many_arguments)]
-    fn step<T: Serialize>(
-        &self,
-        key: &str,
-        kind: &'static str,
-        description: String,
-        node: Option<&str>,
-        irreversible: bool,
-        intent: Value,
-        work: impl FnOnce() -> Result<(T, String)>,
-    ) -> Result<T> {
-        self.check_interrupt()?;
-        if changes_site(kind) {
-            self.require_customizations_acknowledged(&description)?;
-        }
-        let idx = self.begin_step(kind, description.clone(), node, true, irreversible);
-        let start = Instant::now();
-        let seq = {
-            let mut st = lock(&self.state);
-            st.announced += 1;
-            st.announced
-        };
-        let announced = self.announce(Entry::Started {
-            key: key.to_string(),
-            call: kind.to_string(),
-            node: node.map(str::to_string),
-            description,
-            intent,
-            at: now_rfc3339(),
-            within: crate::progress::closure_node(),
-        });
-        if let Err(e) = announced {
-            self.finish_step(idx, Err(&e), 0);
-            return Err(e);
-        }
-        if self.mode == Mode::Run {
-            crate::failpoint::hit(&format!("step{seq}:before"));
-        }
-        if let Err(e) = self.simulated_crash(seq, false) {
-            self.finish_step(idx, Err(&e), 0);
-            return Err(e);
-        }
-        crate::failpoint::set_step(seq);
-        let outcome = work();
-        if self.mode == Mode::Run {
-            crate::failpoint::hit(&format!("step{seq}:after"));
-        }
-        if outcome.is_ok() {
-            if let Err(e) = self.simulated_crash(seq, true) {
-                self.finish_step(idx, Err(&e), 0);
-                return Err(e);
-            }
-        }
-        let ms = start.elapsed().as_millis();
-        match outcome {
-            Ok((value, text)) => {
-                self.mark_site_changed(kind);
-                let result = serde_json::to_value(&value).unwrap_or(Value::Null);
-                let recorded = self.announce(Entry::Done {
-                    key: key.to_string(),
-                    result,
-                    ms: ms as u64,
-                    at: now_rfc3339(),
-                });
-                if let Err(e) = recorded {
-                    self.finish_step(idx, Err(&e), ms);
-                    return Err(e);
-                }
-                self.finish_step(idx, Ok(text), ms);
-                Ok(value)
-            }
-            Err(e) => {
-                let _ = self.announce(Entry::Failed {
-                    key: key.to_string(),
-                    error: e.to_string(),
-                    at: now_rfc3339(),
-                });
-                self.finish_step(idx, Err(&e), ms);
-                Err(e)
-            }
-        }
-    }
-
     /// Rail (vendor step 7): SDK customisations are upgraded separately, and
     /// the site says so before any instance or the database changes.
     fn require_customizations_acknowledged(&self, description: &str) -> Result<()> {
@@ -767,108 +449,5 @@ impl Ops {
             "{description}: the site does not say how its SDK customisations (workflows, custom web applications, service-bus integrations) are upgraded; they are not upgraded by this procedure. Add `customizations = \"none\"` or `customizations = \"upgraded-separately\"` under `[application]` in `{}`",
             self.site.file.display()
         )))
-    }
-
-    /// What this run changed, for the end-of-run summary.
-    pub fn summary(&self) -> Vec<String> {
-        let st = lock(&self.state);
-        let mut out = Vec::new();
-        let changes: Vec<&StepRecord> = st.steps.iter().filter(|s| s.changes).collect();
-        // At scale (200 nodes) the done steps are counted by kind, not listed
-        // one per line: what did not go well stays listed in full.
-        let done = changes
-            .iter()
-            .filter(|s| s.status == StepStatus::Done)
-            .count();
-        let count_done = done > SUMMARY_DONE_LINES;
-        if count_done {
-            let mut kinds: Vec<(&str, usize)> = Vec::new();
-            for s in changes.iter().filter(|s| s.status == StepStatus::Done) {
-                match kinds.iter_mut().find(|(k, _)| *k == s.kind) {
-                    Some((_, n)) => *n += 1,
-                    None => kinds.push((s.kind, 1)),
-                }
-            }
-            let listed: Vec<String> = kinds
-                .iter()
-                .map(|(k, n)| format!("{n} x {}", k.replace('_', " ")))
-                .collect();
-            out.push(format!(
-                "done: {done} steps ({}; each one is in the journal)",
-                listed.join(", ")
-            ));
-        }
-        for s in changes {
-            let status = match s.status {
-                StepStatus::Done if count_done => continue,
-                StepStatus::Done => "done",
-                StepStatus::Failed => "FAILED",
-                StepStatus::Refused => "refused",
-                StepStatus::Started => "interrupted",
-                StepStatus::Planned => "planned",
-            };
-            out.push(format!("{status}: {}", s.description));
-        }
-        let caught: Vec<String> = st
-            .refusals
-            .iter()
-            .filter(|r| !r.ended_run)
-            .map(|r| match r.by {
-                RefusedBy::Rail => r.message.clone(),
-                RefusedBy::Procedure => format!("{} (by the procedure)", r.message),
-            })
-            .collect();
-        if !caught.is_empty() {
-            out.push(format!(
-                "refusals caught by the procedure: {}",
-                caught.join("; ")
-            ));
-        }
-        out
-    }
-}
-
-/// Above this many done steps, the run summary counts them by kind.
-const SUMMARY_DONE_LINES: usize = 20;
-
-/// What `plan` and `run`'s question count: the steps that change something
-/// (backups included; replayed steps, done in an earlier attempt, are not),
-/// as "N change(s) (B backup(s), I irreversible)".
-pub fn count_changes(steps: &[StepRecord]) -> (usize, String) {
-    let changes = steps.iter().filter(|s| s.changes).count();
-    let backups = steps
-        .iter()
-        .filter(|s| s.changes && s.kind == "backup_db")
-        .count();
-    let irreversible = steps.iter().filter(|s| s.changes && s.irreversible).count();
-    (
-        changes,
-        format!("{changes} change(s) ({backups} backup(s), {irreversible} irreversible)"),
-    )
-}
-
-/// Steps of these kinds change the site (an instance or the database).
-pub(crate) fn changes_site(kind: &str) -> bool {
-    matches!(
-        kind,
-        "remove_instance" | "create_instance" | "start_instance" | "stop_instance" | "upgrade_db"
-    )
-}
-
-/// Ask a yes/no question on the terminal (stderr), default no.
-pub(crate) fn ask(question: &str) -> bool {
-    let mut err = std::io::stderr();
-    let _ = write!(err, "{question} [y/N] ");
-    let _ = err.flush();
-    let mut answer = String::new();
-    match std::io::stdin().lock().read_line(&mut answer) {
-        // Input closed (Ctrl-D) or unreadable: the answer is no, and the
-        // line the question left open is ended so that what follows starts
-        // at the left margin.
-        Ok(0) | Err(_) => {
-            let _ = writeln!(err);
-            false
-        }
-        Ok(_) => matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes"),
     }
 }

@@ -282,7 +282,7 @@ fn unacknowledged_customisations_refuse_every_change_before_it_starts() {
         assert!(ops
             .steps()
             .iter()
-            .all(|s| !s.changes || s.kind == "backup_db"));
+            .all(|s| !s.changes || s.kind == super::StepKind::BackupDb));
     }
 }
 

@@ -4,7 +4,7 @@
 //! here.
 
 pub mod api;
-pub mod host_error;
+pub mod error;
 mod render;
 mod resolver;
 
@@ -17,7 +17,7 @@ use rhai::{Dynamic, Engine, Scope, AST};
 use crate::ops::Ops;
 use crate::{Error, Result};
 
-pub use host_error::HostError;
+pub use error::HostError;
 pub use render::render_error;
 pub use resolver::{Sources, STDLIB};
 
@@ -117,7 +117,7 @@ pub fn engine(proc_base: Option<PathBuf>, ops: Option<Arc<Ops>>, sources: &Sourc
     engine.set_fail_on_invalid_map_property(true);
     engine.disable_symbol("eval");
     engine.set_module_resolver(resolver::SandboxResolver::new(proc_base, sources.clone()));
-    host_error::register(&mut engine);
+    error::register(&mut engine);
     if let Some(ops) = &ops {
         let o = ops.clone();
         engine.on_print(move |s| o.log("info", s));
@@ -139,7 +139,7 @@ pub fn engine(proc_base: Option<PathBuf>, ops: Option<Arc<Ops>>, sources: &Sourc
             }
             if n % CLOCK_EVERY == 0 && started.elapsed() > limit {
                 return Some(Dynamic::from(HostError::new(
-                    host_error::TIME_LIMIT,
+                    error::TIME_LIMIT,
                     time_limit_message(limit),
                 )));
             }
@@ -200,7 +200,7 @@ pub fn run(
         return Ok(());
     };
     let text = render_error(&e, &proc.name, sources);
-    let Some(host) = render::root_host_error(&e) else {
+    let Some(host) = error::root_host_error(&e) else {
         return Err(Error::Script(text));
     };
     match host.kind() {

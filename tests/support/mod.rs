@@ -139,7 +139,6 @@ impl Sandbox {
             .arg(self.release())
             .arg("--yes")
             .args(extra)
-            .env_remove("RUST_LOG")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -173,9 +172,7 @@ fn collect(dir: &Path, base: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
 }
 
 pub fn uprun() -> Command {
-    let mut c = Command::cargo_bin("uprun").expect("uprun binary");
-    c.env_remove("RUST_LOG");
-    c
+    Command::cargo_bin("uprun").expect("uprun binary")
 }
 
 /// The `planned` events of JSON-lines output, in order.

@@ -1,7 +1,11 @@
 //! A scripted TDS responder on 127.0.0.1: just enough of SQL Server's wire
-//! protocol for uprun's driver (tiberius) to log in without TLS (prelogin
-//! answers "encryption not supported"), send SQL batches and `sp_executesql`
-//! calls, and read back rows, INFO and ERROR messages and DONE tokens.
+//! protocol for uprun's driver (tiberius) to log in, send SQL batches and
+//! `sp_executesql` calls, and read back rows, INFO and ERROR messages and
+//! DONE tokens. Without a certificate the prelogin answers "encryption not
+//! supported"; with one (`start_tls`) it encrypts as SQL Server 2016-2022
+//! does with TDS 7.x: the TLS handshake travels in PRELOGIN packets, then TLS
+//! runs directly on the connection, for all of it, or for the login only when
+//! the client asks for encryption off (`Encrypt=Optional`).
 //!
 //! Started with an instance name (`start_instance`), it answers the prelogin's
 //! instance option as SQL Server does: valid when the client names no
@@ -157,8 +161,13 @@ pub enum Reply {
     Count(u64),
     /// Close the connection without answering (a dropped connection).
     Disconnect,
-    /// Answer nothing: the request runs until the client cancels it (an
-    /// attention, answered with DONE_ATTN) or goes away.
+    /// Answer nothing more: the request runs until the client cancels it (an
+    /// attention, answered with DONE_ATTN) or goes away. What comes before it
+    /// in the reply is sent at once in a packet that does not end the message
+    /// (as SQL Server streams a long BACKUP's "N percent processed." INFO
+    /// messages); to an attention, the handler's INFO and ERROR replies go
+    /// before the DONE_ATTN (as the server reports error 3204 "The backup or
+    /// restore was aborted.").
     Hang,
 }
 
@@ -202,23 +211,44 @@ pub struct TdsServer {
     pub addr: SocketAddr,
     log: Arc<Mutex<Vec<Logged>>>,
     prelogins: Arc<Mutex<Vec<String>>>,
+    encrypted: Encrypted,
     sessions: Sessions,
 }
+
+/// How each connection that completed a TLS handshake was encrypted.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Encryption {
+    /// TLS for the whole connection.
+    All,
+    /// TLS for the login only, then plain TCP (`Encrypt=Optional`).
+    LoginOnly,
+}
+
+type Encrypted = Arc<Mutex<Vec<(usize, Encryption)>>>;
 
 /// Every connection's session, by connection number.
 type Sessions = Arc<Mutex<Vec<(usize, Arc<Mutex<Session>>)>>>;
 
 impl TdsServer {
     pub fn start(handler: Handler) -> TdsServer {
-        TdsServer::spawn(handler, None)
+        TdsServer::spawn(handler, None, None)
     }
 
     /// A server that is the named instance `instance`.
     pub fn start_instance(handler: Handler, instance: &str) -> TdsServer {
-        TdsServer::spawn(handler, Some(instance.to_string()))
+        TdsServer::spawn(handler, Some(instance.to_string()), None)
     }
 
-    fn spawn(handler: Handler, instance: Option<String>) -> TdsServer {
+    /// A server with a certificate (see `Served::tls`).
+    pub fn start_tls(handler: Handler, tls: Arc<rustls::ServerConfig>) -> TdsServer {
+        TdsServer::spawn(handler, None, Some(tls))
+    }
+
+    fn spawn(
+        handler: Handler,
+        instance: Option<String>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> TdsServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
         let addr = listener.local_addr().expect("local addr");
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -227,6 +257,8 @@ impl TdsServer {
         let sessions: Sessions = Arc::new(Mutex::new(Vec::new()));
         let sessions2 = sessions.clone();
         let (log2, prelogins2) = (log.clone(), prelogins.clone());
+        let encrypted: Encrypted = Arc::new(Mutex::new(Vec::new()));
+        let encrypted2 = encrypted.clone();
         let instance = Arc::new(instance);
         std::thread::spawn(move || {
             for stream in listener.incoming() {
@@ -234,6 +266,8 @@ impl TdsServer {
                 let conn = counter.fetch_add(1, Ordering::SeqCst) + 1;
                 let (log, handler) = (log2.clone(), handler.clone());
                 let (prelogins, instance) = (prelogins2.clone(), instance.clone());
+                let tls = tls.clone();
+                let encrypted = encrypted2.clone();
                 let session = Arc::new(Mutex::new(Session::default()));
                 sessions2
                     .lock()
@@ -245,6 +279,8 @@ impl TdsServer {
                         prelogins: &prelogins,
                         instance: instance.as_deref(),
                         handler: &handler,
+                        tls: tls.as_ref(),
+                        encrypted: &encrypted,
                     };
                     let _ = serve(stream, conn, &server, &session);
                     // As SQL Server does when a session ends: what is open is
@@ -261,6 +297,7 @@ impl TdsServer {
             addr,
             log,
             prelogins,
+            encrypted,
             sessions,
         }
     }
@@ -276,6 +313,14 @@ impl TdsServer {
     /// The instance name of every prelogin received ("" when none was sent).
     pub fn prelogin_instances(&self) -> Vec<String> {
         self.prelogins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The connections that completed a TLS handshake, and how.
+    pub fn encrypted(&self) -> Vec<(usize, Encryption)> {
+        self.encrypted
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
@@ -299,7 +344,7 @@ impl TdsServer {
     }
 }
 
-fn read_packet(stream: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
+fn read_packet(stream: &mut impl Read) -> std::io::Result<(u8, Vec<u8>)> {
     let mut payload = Vec::new();
     loop {
         let mut header = [0u8; 8];
@@ -314,7 +359,7 @@ fn read_packet(stream: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
     }
 }
 
-fn write_message(stream: &mut TcpStream, ty: u8, payload: &[u8]) -> std::io::Result<()> {
+fn write_message(stream: &mut impl Write, ty: u8, payload: &[u8]) -> std::io::Result<()> {
     const MAX: usize = 4096 - 8;
     let chunks: Vec<&[u8]> = if payload.is_empty() {
         vec![&[][..]]
@@ -332,6 +377,37 @@ fn write_message(stream: &mut TcpStream, ty: u8, payload: &[u8]) -> std::io::Res
         stream.write_all(&packet)?;
     }
     stream.flush()
+}
+
+/// Packets that do not end the message (status 0x00): the client reads
+/// what is in them and waits for more.
+fn write_partial(stream: &mut impl Write, ty: u8, payload: &[u8]) -> std::io::Result<()> {
+    for (n, chunk) in payload.chunks(4096 - 8).enumerate() {
+        let mut packet = Vec::with_capacity(chunk.len() + 8);
+        packet.push(ty);
+        packet.push(0x00);
+        packet.extend_from_slice(&((chunk.len() + 8) as u16).to_be_bytes());
+        packet.extend_from_slice(&[0, 0, (n + 1) as u8, 0]);
+        packet.extend_from_slice(chunk);
+        stream.write_all(&packet)?;
+    }
+    stream.flush()
+}
+
+/// The INFO and ERROR tokens of `replies` (the rest is left out).
+fn messages(out: &mut Vec<u8>, replies: &[Reply]) {
+    for r in replies {
+        match r {
+            Reply::Info { number, message: m } => message(out, 0xAB, *number, 0, m, 1),
+            Reply::Error {
+                number,
+                class,
+                message: m,
+                line,
+            } => message(out, 0xAA, *number, *class, m, *line),
+            _ => {}
+        }
+    }
 }
 
 fn utf16(bytes: &[u8]) -> String {
@@ -380,8 +456,8 @@ fn login_password(p: &[u8]) -> String {
 
 const PRELOGIN_INSTOPT: u8 = 0x02;
 
-/// The instance name of a client prelogin ("" when none).
-fn prelogin_instance(p: &[u8]) -> String {
+/// The bytes of option `option` of a client prelogin (empty when absent).
+fn prelogin_option(p: &[u8], option: u8) -> &[u8] {
     let mut at = 0;
     while let Some(&token) = p.get(at) {
         if token == 0xff || at + 5 > p.len() {
@@ -389,28 +465,103 @@ fn prelogin_instance(p: &[u8]) -> String {
         }
         let offset = u16::from_be_bytes([p[at + 1], p[at + 2]]) as usize;
         let len = u16::from_be_bytes([p[at + 3], p[at + 4]]) as usize;
-        if token == PRELOGIN_INSTOPT {
-            let bytes = p.get(offset..offset + len).unwrap_or_default();
-            let name = bytes.split(|b| *b == 0).next().unwrap_or_default();
-            return String::from_utf8_lossy(name).into_owned();
+        if token == option {
+            return p.get(offset..offset + len).unwrap_or_default();
         }
         at += 5;
     }
-    String::new()
+    &[]
 }
 
-/// Version and encryption ("not supported"); for a named instance also the
+/// The instance name of a client prelogin ("" when none).
+fn prelogin_instance(p: &[u8]) -> String {
+    let bytes = prelogin_option(p, PRELOGIN_INSTOPT);
+    let name = bytes.split(|b| *b == 0).next().unwrap_or_default();
+    String::from_utf8_lossy(name).into_owned()
+}
+
+const ENCRYPT_OFF: u8 = 0x00;
+const ENCRYPT_ON: u8 = 0x01;
+const ENCRYPT_NOT_SUP: u8 = 0x02;
+
+/// The connection as it stands: plain TCP, or TLS (after the handshake that
+/// travelled in PRELOGIN packets).
+enum Wire {
+    Raw(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>),
+}
+
+impl Wire {
+    /// Back to plain TCP (after the login, when only the login was to be
+    /// encrypted).
+    fn into_raw(self) -> Wire {
+        match self {
+            Wire::Tls(s) => Wire::Raw(s.sock),
+            raw => raw,
+        }
+    }
+}
+
+impl Read for Wire {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Wire::Raw(s) => s.read(buf),
+            Wire::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Wire {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Wire::Raw(s) => s.write(buf),
+            Wire::Tls(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Wire::Raw(s) => s.flush(),
+            Wire::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// The server side of the TLS handshake as SQL Server (TDS 7.x) runs it: the
+/// TLS records travel inside PRELOGIN packets until the handshake is done.
+/// Fails when the client gives up (it rejected the certificate).
+fn tls_handshake(mut tcp: TcpStream, config: &Arc<rustls::ServerConfig>) -> std::io::Result<Wire> {
+    let other = |e: rustls::Error| std::io::Error::other(e.to_string());
+    let mut conn = rustls::ServerConnection::new(config.clone()).map_err(other)?;
+    while conn.is_handshaking() {
+        let (_, payload) = read_packet(&mut tcp)?;
+        let mut at = &payload[..];
+        while !at.is_empty() {
+            conn.read_tls(&mut at)?;
+        }
+        let processed = conn.process_new_packets();
+        let mut out = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut out)?;
+        }
+        if !out.is_empty() {
+            write_message(&mut tcp, PACKET_PRELOGIN, &out)?;
+        }
+        processed.map_err(other)?;
+    }
+    Ok(Wire::Tls(Box::new(rustls::StreamOwned::new(conn, tcp))))
+}
+
+/// Version and encryption (`ENCRYPT_NOT_SUP` without TLS); for a named instance also the
 /// instance check (0x00 valid, 0x01 not this instance), the thread id and
 /// MARS, in the order and layout SQL Server uses.
-fn prelogin_reply(instance_check: Option<bool>) -> Vec<u8> {
+fn prelogin_reply(instance_check: Option<bool>, encryption: u8) -> Vec<u8> {
     let version = [16, 0, 0x10, 0x00, 0, 0]; // 16.0.4096
-    const ENCRYPT_NOT_SUP: u8 = 0x02;
     match instance_check {
         None => {
             // Two options + terminator = 11 bytes of table.
             let mut p = vec![0x00, 0, 11, 0, 6, 0x01, 0, 17, 0, 1, 0xff];
             p.extend_from_slice(&version);
-            p.push(ENCRYPT_NOT_SUP);
+            p.push(encryption);
             p
         }
         Some(valid) => {
@@ -444,7 +595,7 @@ fn prelogin_reply(instance_check: Option<bool>) -> Vec<u8> {
                 0xff,
             ];
             p.extend_from_slice(&version);
-            p.push(ENCRYPT_NOT_SUP);
+            p.push(encryption);
             p.push(if valid { 0x00 } else { 0x01 });
             p.push(0x00); // MARS off
             p
@@ -458,6 +609,11 @@ struct Served<'a> {
     prelogins: &'a Mutex<Vec<String>>,
     instance: Option<&'a str>,
     handler: &'a Handler,
+    /// Present: the server has a certificate and encrypts as SQL Server does
+    /// (the whole connection, or only the login when the client asks for
+    /// encryption off).
+    tls: Option<&'a Arc<rustls::ServerConfig>>,
+    encrypted: &'a Mutex<Vec<(usize, Encryption)>>,
 }
 
 fn done(out: &mut Vec<u8>, status: u16, rows: u64) {
@@ -773,13 +929,16 @@ fn decode_rpc(p: &[u8]) -> Request {
 }
 
 fn serve(
-    mut stream: TcpStream,
+    tcp: TcpStream,
     conn: usize,
     server: &Served,
     session: &Arc<Mutex<Session>>,
 ) -> std::io::Result<()> {
     let (log, handler) = (server.log, server.handler);
     let mut app = String::new();
+    let mut stream = Wire::Raw(tcp);
+    // Encryption for the login only: back to plain TCP once it is read.
+    let mut login_only = false;
     loop {
         let (ty, payload) = read_packet(&mut stream)?;
         let request = match ty {
@@ -793,10 +952,44 @@ fn serve(
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .push(asked);
-                write_message(&mut stream, PACKET_REPLY, &prelogin_reply(check))?;
+                let wanted = prelogin_option(&payload, 0x01).first().copied();
+                let encryption = match (server.tls, wanted) {
+                    (None, _) | (Some(_), Some(ENCRYPT_NOT_SUP)) => ENCRYPT_NOT_SUP,
+                    // As SQL Server without "Force Encryption": the client
+                    // that asks for encryption off gets the login encrypted.
+                    (Some(_), Some(ENCRYPT_OFF)) => ENCRYPT_OFF,
+                    (Some(_), _) => ENCRYPT_ON,
+                };
+                write_message(
+                    &mut stream,
+                    PACKET_REPLY,
+                    &prelogin_reply(check, encryption),
+                )?;
+                if let (Some(config), true) = (server.tls, encryption != ENCRYPT_NOT_SUP) {
+                    let Wire::Raw(tcp) = stream else {
+                        return Ok(()); // a second prelogin: not SQL Server's way
+                    };
+                    stream = tls_handshake(tcp, config)?;
+                    login_only = encryption == ENCRYPT_OFF;
+                    server
+                        .encrypted
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((
+                            conn,
+                            if login_only {
+                                Encryption::LoginOnly
+                            } else {
+                                Encryption::All
+                            },
+                        ));
+                }
                 continue;
             }
             PACKET_LOGIN7 => {
+                if login_only {
+                    stream = stream.into_raw();
+                }
                 app = login_field(&payload, 48);
                 let database = login_field(&payload, 68);
                 session
@@ -838,17 +1031,26 @@ fn serve(
                         s.doomed = false;
                     }
                 }
-                // The handler hears of it too (to drop what was rolled back).
-                let _ = handler(&ctx, &request);
+                // The handler hears of it too (to drop what was rolled back),
+                // and may say what the server reports of the stopped request.
+                let said = handler(&ctx, &request);
                 let mut out = Vec::new();
+                messages(&mut out, &said);
                 done(&mut out, DONE_ATTENTION, 0);
                 write_message(&mut stream, PACKET_REPLY, &out)?;
                 continue;
             }
             _ => handler(&ctx, &request),
         };
-        if replies.iter().any(|r| matches!(r, Reply::Hang)) {
-            continue; // still "running": the next packet may cancel it
+        if let Some(at) = replies.iter().position(|r| matches!(r, Reply::Hang)) {
+            // Still "running": what came so far goes out, the message stays
+            // open, and the next packet may cancel it.
+            let mut so_far = Vec::new();
+            messages(&mut so_far, &replies[..at]);
+            if !so_far.is_empty() {
+                write_partial(&mut stream, PACKET_REPLY, &so_far)?;
+            }
+            continue;
         }
         let nocount = session.lock().unwrap_or_else(|e| e.into_inner()).nocount;
         let Some(mut body) = encode(&replies, nocount) else {

@@ -34,14 +34,14 @@ pub(super) fn runtime() -> Result<&'static Runtime> {
             .map_err(|e| e.to_string())
     })
     .as_ref()
-    .map_err(|e| Error::Config(format!("cannot start the SSH runtime: {e}")))
+    .map_err(|e| Error::Internal(format!("cannot start the SSH runtime: {e}")))
 }
 
 /// Run a future to completion from sync code.
 pub(super) fn block_on<F: Future>(f: F) -> Result<F::Output> {
     if tokio::runtime::Handle::try_current().is_ok() {
         // Blocking a runtime thread on itself would deadlock or panic.
-        return Err(Error::Config(
+        return Err(Error::Internal(
             "internal error: an SSH operation was started from inside the async runtime".into(),
         ));
     }

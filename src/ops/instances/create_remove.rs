@@ -2,7 +2,7 @@
 //! kept) and creating one in a new folder (staged, then, unless told
 //! otherwise, started and health-checked).
 
-use super::super::{lock, Mode, Ops};
+use super::super::{lock, Mode, Ops, StepKind};
 use super::app_name::decide_app_name;
 use super::folders::check_folder_name;
 use super::{state_name, CreateOptions, RemoveOptions};
@@ -21,10 +21,10 @@ impl Ops {
     ) -> Result<Option<InstanceRecord>> {
         let n = self.node(node)?;
         self.require_recorded(node)?;
-        self.record_group_change("remove_instance", node);
-        let key = self.call_key("remove_instance", Some(node));
+        self.record_group_change(StepKind::RemoveInstance, node);
+        let key = self.call_key(StepKind::RemoveInstance, Some(node));
         if let Some(r) =
-            self.replayed::<Option<InstanceRecord>>(&key, "remove_instance", Some(node))?
+            self.replayed::<Option<InstanceRecord>>(&key, StepKind::RemoveInstance, Some(node))?
         {
             return Ok(r);
         }
@@ -52,7 +52,7 @@ impl Ops {
                 );
                 return self.step(
                     &key,
-                    "remove_instance",
+                    StepKind::RemoveInstance,
                     text.clone(),
                     Some(node),
                     false,
@@ -63,7 +63,7 @@ impl Ops {
         }
         let Some(current) = self.instance(node)? else {
             self.noted_step(
-                "remove_instance",
+                StepKind::RemoveInstance,
                 Some(node),
                 format!("no instance on `{node}`: nothing to remove"),
             );
@@ -91,7 +91,7 @@ impl Ops {
         let intent = serde_json::to_value(&current).unwrap_or_default();
         self.step(
             &key,
-            "remove_instance",
+            StepKind::RemoveInstance,
             description.clone(),
             Some(node),
             false,
@@ -123,8 +123,8 @@ impl Ops {
         self.release.require("create_instance")?;
         let n = self.node(node)?;
         self.require_recorded(node)?;
-        self.record_group_change("create_instance", node);
-        let key = self.call_key("create_instance", Some(node));
+        self.record_group_change(StepKind::CreateInstance, node);
+        let key = self.call_key(StepKind::CreateInstance, Some(node));
         let start = opts.start.unwrap_or(true);
         if let Some(a) = &opts.app_name {
             if a.is_empty() || a.contains(['/', '\\', '\0']) {
@@ -136,7 +136,7 @@ impl Ops {
         if let Some(f) = &opts.folder {
             check_folder_name(node, f)?;
         }
-        if let Some(r) = self.replay_if_observed(&key, "create_instance", node, start)? {
+        if let Some(r) = self.replay_if_observed(&key, StepKind::CreateInstance, node, start)? {
             return Ok(r);
         }
         let found = self.found_names(node)?;
@@ -159,10 +159,10 @@ impl Ops {
         if let Some(current) = self.instance(node)? {
             if current.app_name == app_name && current.version == version {
                 if start {
-                    return self.ensure_running(&key, "create_instance", node, current);
+                    return self.ensure_running(&key, StepKind::CreateInstance, node, current);
                 }
                 self.noted_step(
-                    "create_instance",
+                    StepKind::CreateInstance,
                     Some(node),
                     format!(
                         "`{node}` already has {app_name} {version} in `{}` ({}): nothing to stage",
@@ -232,7 +232,7 @@ impl Ops {
         let intent = serde_json::to_value(&rec).unwrap_or_default();
         self.step(
             &key,
-            "create_instance",
+            StepKind::CreateInstance,
             description.clone(),
             Some(node),
             false,

@@ -3,7 +3,7 @@
 //! one that is, holds or sits in a folder an instance used, never a link).
 
 use super::super::{lock, Ops};
-use crate::config::site::{overlap, path_components, Overlap};
+use crate::config::{overlap, path_components, Overlap};
 use crate::nodes::staging::STAGING_DIR;
 use crate::nodes::{DirState, NodeInstances};
 use crate::{Error, Result};

@@ -2,7 +2,7 @@
 //! database at its version), stop, health now, and replaying a journaled
 //! step only when the node still says it is done.
 
-use super::super::{lock, Mode, Ops};
+use super::super::{lock, Mode, Ops, StepKind};
 use super::{state_name, StartOptions, StopOptions};
 use crate::nodes::{InstanceRecord, InstanceState, NodeInstances};
 use crate::{Error, Result};
@@ -12,9 +12,9 @@ impl Ops {
     /// failed or unhealthy instance is started; a healthy one is left alone).
     pub fn start_instance(&self, node: &str, _opts: StartOptions) -> Result<InstanceRecord> {
         self.node(node)?;
-        self.record_group_change("start_instance", node);
-        let key = self.call_key("start_instance", Some(node));
-        if let Some(r) = self.replay_if_observed(&key, "start_instance", node, true)? {
+        self.record_group_change(StepKind::StartInstance, node);
+        let key = self.call_key(StepKind::StartInstance, Some(node));
+        if let Some(r) = self.replay_if_observed(&key, StepKind::StartInstance, node, true)? {
             return Ok(r);
         }
         let Some(current) = self.instance(node)? else {
@@ -22,7 +22,7 @@ impl Ops {
                 "start_instance on `{node}`: the node has no instance to start; stage one first with `create_instance(node, #{{ start: false }})`"
             )));
         };
-        self.ensure_running(&key, "start_instance", node, current)
+        self.ensure_running(&key, StepKind::StartInstance, node, current)
     }
 
     /// Stop the current instance on `node` with the site's stop command,
@@ -31,9 +31,11 @@ impl Ops {
     pub fn stop_instance(&self, node: &str, _opts: StopOptions) -> Result<InstanceRecord> {
         let n = self.node(node)?;
         self.require_recorded(node)?;
-        self.record_group_change("stop_instance", node);
-        let key = self.call_key("stop_instance", Some(node));
-        if let Some(r) = self.replayed::<InstanceRecord>(&key, "stop_instance", Some(node))? {
+        self.record_group_change(StepKind::StopInstance, node);
+        let key = self.call_key(StepKind::StopInstance, Some(node));
+        if let Some(r) =
+            self.replayed::<InstanceRecord>(&key, StepKind::StopInstance, Some(node))?
+        {
             return Ok(r);
         }
         let Some(current) = self.instance(node)? else {
@@ -49,7 +51,7 @@ impl Ops {
         let intent = serde_json::to_value(&current).unwrap_or_default();
         self.step(
             &key,
-            "stop_instance",
+            StepKind::StopInstance,
             description.clone(),
             Some(node),
             false,
@@ -133,7 +135,7 @@ impl Ops {
     pub(super) fn replay_if_observed(
         &self,
         key: &str,
-        kind: &'static str,
+        kind: StepKind,
         node: &str,
         must_run: bool,
     ) -> Result<Option<InstanceRecord>> {
@@ -164,7 +166,7 @@ impl Ops {
     pub(super) fn ensure_running(
         &self,
         key: &str,
-        kind: &'static str,
+        kind: StepKind,
         node: &str,
         rec: InstanceRecord,
     ) -> Result<InstanceRecord> {

@@ -133,7 +133,7 @@ impl Ops {
         t.insert("role".into(), role.into());
         t.insert(
             "database_kind".into(),
-            self.site.database.kind.as_str().into(),
+            self.site.database.kind().as_str().into(),
         );
         t.insert("database".into(), self.site.database.name.clone().into());
         t.insert("created".into(), rec.created.clone().into());

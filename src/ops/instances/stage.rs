@@ -5,7 +5,7 @@
 
 use serde::Deserialize;
 
-use super::super::{Mode, Ops};
+use super::super::{Mode, Ops, StepKind};
 use crate::nodes::staging::{payload_digest, StageReport, STAGING_DIR};
 use crate::Result;
 
@@ -25,8 +25,8 @@ impl Ops {
         self.release.require("stage_release")?;
         let n = self.node(node)?;
         self.require_recorded(node)?;
-        let key = self.call_key("stage_release", Some(node));
-        if let Some(r) = self.replayed::<StageReport>(&key, "stage_release", Some(node))? {
+        let key = self.call_key(StepKind::StageRelease, Some(node));
+        if let Some(r) = self.replayed::<StageReport>(&key, StepKind::StageRelease, Some(node))? {
             return Ok(r);
         }
         let pd = payload_digest(node, &self.release.payload)?;
@@ -49,7 +49,7 @@ impl Ops {
                     "`{node}` already has {} {version}: nothing to stage",
                     current.app_name
                 );
-                self.noted_step("stage_release", Some(node), why.clone());
+                self.noted_step(StepKind::StageRelease, Some(node), why.clone());
                 return Ok(nothing(why));
             }
         }
@@ -62,7 +62,7 @@ impl Ops {
         let intent = serde_json::json!({ "folder": folder });
         self.step(
             &key,
-            "stage_release",
+            StepKind::StageRelease,
             description.clone(),
             Some(node),
             false,

@@ -1,4 +1,4 @@
-//! `uprun test`: run a procedure on disposable copies of a site (SQLite copy of
+//! The rehearsal behind `uprun test`: run a procedure on disposable copies of a site (SQLite copy of
 //! the database, local copies of the node roots; never the real site), then
 //! for every changing step simulate a crash before and after its change,
 //! resume, and compare each end state with the clean run's. Owns the copies and
@@ -10,11 +10,11 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::config::{DbKind, NodeAddress, Release, Site};
+use crate::config::{DatabaseBackend, DbKind, NodeAddress, Release, Site, SqliteConfig};
 use crate::journal::{self, Entry, Journal, Replay};
 use crate::nodes::{LocalTransport, NodeTransport};
 use crate::ops::{CommandPolicy, Confirmation, CrashPoint, Mode, RunSpec};
-use crate::progress::{OutputMode, Reporter};
+use crate::output::{Output, OutputMode};
 use crate::script::Procedure;
 use crate::{Error, Result};
 
@@ -27,11 +27,11 @@ pub struct Disposable {
 /// Copy `site` into a temporary folder: its SQLite database, every node's root
 /// folder; backups and journals go into the copy too.
 pub fn disposable(site: &Site) -> Result<Disposable> {
-    if site.database.kind != DbKind::Sqlite {
+    if site.database.kind() != DbKind::Sqlite {
         return Err(Error::Config(format!(
             "uprun test works on a disposable copy and can copy SQLite databases only; `{}` uses {}: test the procedure on a sandbox site (`uprun demo --setup-only`) with the same nodes and checks",
             site.file.display(),
-            site.database.kind.as_str()
+            site.database.kind().as_str()
         )));
     }
     if let Some(n) = site.nodes.iter().find(|n| n.address != NodeAddress::Local) {
@@ -49,12 +49,12 @@ pub fn disposable(site: &Site) -> Result<Disposable> {
         .map_err(|e| Error::io("copy site file", &site.file, e))?;
     copy.file = site_file;
     copy.dir = base.to_path_buf();
-    if let Some(db) = &site.database.path {
+    if let Some(db) = site.database.sqlite_path() {
         let dest = base.join("db").join(db.file_name().unwrap_or_default());
         std::fs::create_dir_all(base.join("db"))
             .map_err(|e| Error::io("create", base.join("db"), e))?;
         std::fs::copy(db, &dest).map_err(|e| Error::io("copy database", db, e))?;
-        copy.database.path = Some(dest);
+        copy.database.backend = DatabaseBackend::Sqlite(SqliteConfig { path: dest });
     }
     copy.database.backup_dir = base.join("backups");
     copy.state_dir = base.join("state");
@@ -250,10 +250,8 @@ fn attempt(
     crash_at: Option<CrashPoint>,
     commands: CommandPolicy,
 ) -> Result<Attempt> {
-    let quiet = Arc::new(Reporter::new(OutputMode::Quiet));
+    let quiet = Arc::new(Output::new(OutputMode::Quiet));
     let spec = RunSpec {
-        journal: Some(journal),
-        replay,
         crash_at,
         commands,
         closures_in_order: true,
@@ -264,8 +262,10 @@ fn attempt(
             "uprun-test",
             Confirmation::UNATTENDED,
         )
+        .with_journal(journal)
+        .with_replay(replay)
     };
-    let session = crate::commands::Session::open(spec, proc, quiet)?;
+    let session = crate::run::Session::open(spec, proc, quiet)?;
     let outcome = session.run();
     Ok(Attempt {
         outcome,
@@ -293,6 +293,9 @@ pub struct PathReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct TestReport {
     pub procedure: String,
+    /// The site file (of the real site; the report is about its copies).
+    #[serde(skip)]
+    pub site: String,
     pub steps: Vec<String>,
     pub end_state: EndState,
     pub paths: Vec<PathReport>,
@@ -470,6 +473,7 @@ pub fn test_procedure(
     }
     Ok(TestReport {
         procedure: proc.name.clone(),
+        site: site.file.display().to_string(),
         steps,
         end_state: want,
         paths,
