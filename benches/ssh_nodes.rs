@@ -929,7 +929,7 @@ fn window(sshd: &Sshd) {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/in-place-upgrade.rhai"),
     )
     .expect("stock procedure");
-    let line = "for_each_node(nodes(), #{ parallel: 4 }, |node| stage_release(node));\n";
+    let line = "stage_release(primary());\nfor_each_node(secondaries(), #{ parallel: 4 }, |node| stage_release(node));\n";
     assert!(stock.contains(line), "the stock procedure stages");
     let unstaged = dir.path().join("unstaged.rhai");
     std::fs::write(&unstaged, stock.replace(line, "")).expect("script");
