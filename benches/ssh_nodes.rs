@@ -139,10 +139,13 @@ fn lay_out(dir: &Path, nodes: usize, sshd: &Sshd, payload: &Path, start: &str) -
     std::fs::write(&rel, text).expect("release.toml");
     let demo = std::fs::read_to_string(sb.join("site.toml")).expect("site");
     let head = &demo[..demo.find("[[node]]").expect("nodes")];
-    let mut site = head.replace(
-        "start = \"echo running {app} {version} on {node} > service.state\"",
-        &format!("start = {start:?}"),
-    );
+    // The demo's start command asks the uprun binary to read the sandbox's
+    // database; the benchmark's is `start` (a plain `echo`, or a sleep).
+    let demo_start = head
+        .lines()
+        .find(|l| l.starts_with("start = "))
+        .expect("the demo's start command");
+    let mut site = head.replace(demo_start, &format!("start = {start:?}"));
     for i in 1..=nodes {
         let name = format!("app{i:02}");
         site.push_str(&format!(
@@ -929,7 +932,7 @@ fn window(sshd: &Sshd) {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/in-place-upgrade.rhai"),
     )
     .expect("stock procedure");
-    let line = "for_each_node(nodes(), #{ parallel: 4 }, |node| stage_release(node));\n";
+    let line = "stage_release(primary());\nfor_each_node(secondaries(), #{ parallel: 4 }, |node| stage_release(node));\n";
     assert!(stock.contains(line), "the stock procedure stages");
     let unstaged = dir.path().join("unstaged.rhai");
     std::fs::write(&unstaged, stock.replace(line, "")).expect("script");

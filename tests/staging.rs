@@ -216,20 +216,20 @@ fn a_tampered_staging_is_found_and_only_what_differs_is_sent_again() {
     );
     assert_eq!(files(&staged_tree(&sb, "app02")), payload);
 
-    // Tampered after staging, before the create: the create does not take
-    // it (it copies the release), the other nodes' stagings are renamed, and
-    // every staging goes. The procedure: the stock one, without its staging.
-    let all = sb.script("stage-all.rhai", "for n in nodes() { stage_release(n); }\n");
-    let (out, _, _) = run_journaled(&sb, &sb.site(), all.to_str().expect("path"), &[], &[]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    std::fs::write(staged_tree(&sb, "app02").join(victim), b"tampered").expect("tamper");
+    // Tampered inside the run, after its staging was verified and before
+    // the create: the create does not take it (it copies the release), the
+    // other nodes' stagings are renamed, and every staging goes. The
+    // procedure: the stock one, with the tampering right after its staging.
     let stock = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/in-place-upgrade.rhai"),
     )
     .expect("stock procedure");
-    let line = "for_each_node(nodes(), #{ parallel: 4 }, |node| stage_release(node));\n";
+    let line = "stage_release(primary());\nfor_each_node(secondaries(), #{ parallel: 4 }, |node| stage_release(node));\n";
     assert!(stock.contains(line));
-    let unstaged = sb.script("unstaged.rhai", &stock.replace(line, ""));
+    let tamper = format!(
+        "{line}node_command(\"app02\", \"for f in .uprun-staging/*/payload/{victim}; do printf x >> \\\"$f\\\"; done\");\n"
+    );
+    let unstaged = sb.script("tampered.rhai", &stock.replace(line, &tamper));
     let (out, _, _) = run_journaled(&sb, &sb.site(), unstaged.to_str().expect("path"), &[], &[]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));

@@ -152,6 +152,48 @@ impl NodeTransport for LocalTransport {
         Ok(Some(names))
     }
 
+    #[cfg(unix)]
+    fn tree_fingerprint(&self, dir: &str) -> Result<Option<String>> {
+        use std::os::unix::fs::MetadataExt;
+        fn walk(base: &Path, rel: &str, out: &mut Vec<String>) -> std::io::Result<()> {
+            let here = if rel.is_empty() {
+                base.to_path_buf()
+            } else {
+                base.join(rel)
+            };
+            for entry in std::fs::read_dir(&here)? {
+                let entry = entry?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let r = if rel.is_empty() {
+                    name
+                } else {
+                    format!("{rel}/{name}")
+                };
+                let m = std::fs::symlink_metadata(entry.path())?;
+                out.push(format!(
+                    "{r} {:o} {} {}.{} {}.{} {}",
+                    m.mode(),
+                    m.size(),
+                    m.mtime(),
+                    m.mtime_nsec(),
+                    m.ctime(),
+                    m.ctime_nsec(),
+                    m.ino()
+                ));
+                if m.is_dir() {
+                    walk(base, &r, out)?;
+                }
+            }
+            Ok(())
+        }
+        let mut lines = Vec::new();
+        if walk(Path::new(dir), "", &mut lines).is_err() {
+            return Ok(None);
+        }
+        lines.sort();
+        Ok(Some(hex(&Sha256::digest(lines.join("\n").as_bytes()))))
+    }
+
     fn tree_hashes(&self, dir: &str) -> Result<TreeHashes> {
         fn walk(
             t: &LocalTransport,

@@ -87,6 +87,14 @@ pub trait NodeTransport: Send + Sync {
     fn list_dir(&self, path: &str) -> Result<Option<Vec<String>>>;
     /// Every entry under `dir` with the SHA-256 of each plain file, computed
     /// on the node (not read back).
+    /// A digest of what `stat` says about every entry under `dir` (name,
+    /// type, size, modification and change times to the nanosecond, inode):
+    /// any write, rename or mode change alters it. `None` when the node
+    /// cannot tell (then only `tree_hashes` proves a tree unchanged).
+    fn tree_fingerprint(&self, dir: &str) -> Result<Option<String>> {
+        let _ = dir;
+        Ok(None)
+    }
     fn tree_hashes(&self, dir: &str) -> Result<TreeHashes> {
         let _ = dir;
         Ok(TreeHashes::Unsupported(

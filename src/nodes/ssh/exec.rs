@@ -261,4 +261,21 @@ impl SshTransport {
         }
         Ok(TreeHashes::Entries(entries))
     }
+
+    /// `tree_fingerprint` on POSIX nodes with GNU find (`-printf`, times to
+    /// the nanosecond); `None` elsewhere.
+    pub(super) fn fingerprint_tree(&self, dir: &str) -> Result<Option<String>> {
+        if self.shell != Shell::Posix {
+            return Ok(None);
+        }
+        let d = sh_quote(dir);
+        let script = format!(
+            "cd -- {d} || exit 3\n\
+             out=$(find . ! -name . -printf '%p %y %m %s %T@ %C@ %i\\n' 2>/dev/null) || exit 3\n\
+             printf '%s' \"$out\" | LC_ALL=C sort | sha256sum\n"
+        );
+        let out = self.exec_command(&script, "/", self.file_timeout)?;
+        let sum = out.stdout.split_whitespace().next().unwrap_or("");
+        Ok((out.success() && sum.len() == 64).then(|| sum.to_string()))
+    }
 }

@@ -98,6 +98,10 @@ impl NodeTransport for SshTransport {
         self.hash_tree(dir)
     }
 
+    fn tree_fingerprint(&self, dir: &str) -> Result<Option<String>> {
+        self.fingerprint_tree(dir)
+    }
+
     fn identity(&self, path: &str) -> Result<Option<PathIdentity>> {
         self.sftp_identity(path)
     }
