@@ -291,6 +291,12 @@ fn nodes_from(file: &Path, text: &str, section: &InventorySection) -> Result<Vec
         .chain(secondaries.iter().map(|h| (h, Role::Secondary)))
     {
         let vars = inv.vars_of(host);
+        // A host variable, else the `[inventory]` default, else an error.
+        let required = |var: &str, default: &Option<String>, missing: &str| {
+            var_string(&vars, var)
+                .or_else(|| default.clone())
+                .ok_or_else(|| Error::Config(format!("{f}: host `{host}` has {missing}")))
+        };
         let shell = match var_string(&vars, "ansible_shell_type").as_deref() {
             Some("powershell") => Some(Shell::Powershell),
             _ => None,
@@ -298,13 +304,11 @@ fn nodes_from(file: &Path, text: &str, section: &InventorySection) -> Result<Vec
         let address = if var_string(&vars, "ansible_connection").as_deref() == Some("local") {
             "local".to_string()
         } else {
-            let user = var_string(&vars, "ansible_user")
-                .or_else(|| section.user.clone())
-                .ok_or_else(|| {
-                    Error::Config(format!(
-                        "{f}: host `{host}` has no `ansible_user`; set it in the inventory or `[inventory] user` in the site file"
-                    ))
-                })?;
+            let user = required(
+                "ansible_user",
+                &section.user,
+                "no `ansible_user`; set it in the inventory or `[inventory] user` in the site file",
+            )?;
             let addr = var_string(&vars, "ansible_host").unwrap_or_else(|| host.clone());
             let port = var_string(&vars, "ansible_port").unwrap_or_else(|| "22".into());
             if addr.contains(':') {
@@ -313,13 +317,11 @@ fn nodes_from(file: &Path, text: &str, section: &InventorySection) -> Result<Vec
                 format!("ssh://{user}@{addr}:{port}")
             }
         };
-        let root = var_string(&vars, "uprun_root")
-            .or_else(|| section.root.clone())
-            .ok_or_else(|| {
-                Error::Config(format!(
-                    "{f}: host `{host}` has no root folder; set `[inventory] root` in the site file or the host variable `uprun_root`"
-                ))
-            })?;
+        let root = required(
+            "uprun_root",
+            &section.root,
+            "no root folder; set `[inventory] root` in the site file or the host variable `uprun_root`",
+        )?;
         out.push(NodeSection {
             name: host.clone(),
             role,

@@ -37,3 +37,27 @@ pub(crate) fn toml_error(path: &std::path::Path, err: toml::de::Error) -> crate:
         err.to_string().trim_end()
     ))
 }
+
+/// The entries of `dir` whose name ends with `suffix`, as (name, path), in
+/// the order the file system lists them; a folder that does not exist holds
+/// none. `what` says what is being listed, for the error.
+pub(crate) fn files_ending(
+    dir: &std::path::Path,
+    suffix: &str,
+    what: &'static str,
+) -> crate::Result<Vec<(String, std::path::PathBuf)>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(crate::Error::io(what, dir, e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| crate::Error::io(what, dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(suffix) {
+            out.push((name, entry.path()));
+        }
+    }
+    Ok(out)
+}

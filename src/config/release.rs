@@ -204,19 +204,8 @@ impl Release {
         let Some(dir) = self.migrations_dir(kind) else {
             return Ok(Vec::new());
         };
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Error::io("list migrations in", &dir, e)),
-        };
         let mut out = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|e| Error::io("list migrations in", &dir, e))?;
-            let path = entry.path();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !name.ends_with(".sql") {
-                continue;
-            }
+        for (name, path) in super::files_ending(&dir, ".sql", "list migrations in")? {
             let version = name
                 .split_once('_')
                 .and_then(|(v, _)| Version::parse(v).ok())

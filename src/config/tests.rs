@@ -14,6 +14,17 @@ fn site(database: &str) -> Result<Site> {
     Site::parse(&dir.path().join("site.toml"), &text)
 }
 
+/// `site` is refused with an error that says `why`.
+fn refuses(site: Result<Site>, why: &str) {
+    match site {
+        Ok(_) => panic!("accepted; expected an error saying {why:?}"),
+        Err(e) => {
+            let e = e.to_string();
+            assert!(e.contains(why), "{e}");
+        }
+    }
+}
+
 #[test]
 fn mssql_section_is_read_and_the_password_stays_secret() {
     std::env::set_var("UPRUN_TEST_SITE_PW", "Sup3r;Secret");
@@ -37,32 +48,20 @@ fn mssql_database_override_and_errors() {
     let s = site("kind = \"mssql\"\nconnection = \"Server=db01\"\ndatabase = \"Other]DB\"\nbackup_dir = \"/b\"")
         .expect("site");
     assert_eq!(s.database.name, "Other]DB");
-    let e = site("kind = \"mssql\"\nconnection = \"Server=db01\"\nbackup_dir = \"/b\"")
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("no database named"), "{e}");
-    let e = site(&format!(
+    let long_name = format!(
         "kind = \"mssql\"\nconnection = \"Server=db01\"\ndatabase = \"{}\"\nbackup_dir = \"/b\"",
         "x".repeat(129)
-    ))
-    .unwrap_err()
-    .to_string();
-    assert!(e.contains("longer than 128"), "{e}");
-    let e = site("kind = \"mssql\"\nconnection = \"Server=db01;Database=A;TrustServerCertificate=true\"\ntrust_server_certificate = false\nbackup_dir = \"/b\"")
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("one place"), "{e}");
-    let e = site("kind = \"sqlite\"\npath = \"a.sqlite\"\nconnection = \"x\"\nbackup_dir = \"b\"")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("`database.connection` is a SQL Server setting"),
-        "{e}"
     );
-    let e = site("kind = \"mssql\"\nbackup_dir = \"/b\"")
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("`database.connection` is required"), "{e}");
+    let refused = [
+        ("kind = \"mssql\"\nconnection = \"Server=db01\"\nbackup_dir = \"/b\"", "no database named"),
+        (long_name.as_str(), "longer than 128"),
+        ("kind = \"mssql\"\nconnection = \"Server=db01;Database=A;TrustServerCertificate=true\"\ntrust_server_certificate = false\nbackup_dir = \"/b\"", "one place"),
+        ("kind = \"sqlite\"\npath = \"a.sqlite\"\nconnection = \"x\"\nbackup_dir = \"b\"", "`database.connection` is a SQL Server setting"),
+        ("kind = \"mssql\"\nbackup_dir = \"/b\"", "`database.connection` is required"),
+    ];
+    for (database, why) in refused {
+        refuses(site(database), why);
+    }
 }
 
 fn site_with(dir: &Path, extra: &str, nodes: &str) -> Result<Site> {
@@ -197,16 +196,21 @@ fn renamed_from_is_read_and_checked() {
     let s = parse("name = \"NewApp\"\nrenamed_from = \"FastApp\"").unwrap();
     assert_eq!(s.renamed_from.as_deref(), Some("FastApp"));
     assert_eq!(parse("name = \"FastApp\"").unwrap().renamed_from, None);
-    let e = parse("name = \"FastApp\"\nrenamed_from = \"FastApp\"")
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("nothing is renamed"), "{e}");
-    let e = parse("name = \"NewApp\"\nrenamed_from = \"a/b\"")
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("application.renamed_from"), "{e}");
-    let e = parse("name = \"NewApp\"\nrenamed_form = \"FastApp\"")
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("renamed_form"), "{e}");
+    let refused = [
+        (
+            "name = \"FastApp\"\nrenamed_from = \"FastApp\"",
+            "nothing is renamed",
+        ),
+        (
+            "name = \"NewApp\"\nrenamed_from = \"a/b\"",
+            "application.renamed_from",
+        ),
+        (
+            "name = \"NewApp\"\nrenamed_form = \"FastApp\"",
+            "renamed_form",
+        ),
+    ];
+    for (app, why) in refused {
+        refuses(parse(app), why);
+    }
 }

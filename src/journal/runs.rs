@@ -181,19 +181,10 @@ pub fn damaged(run_id: &str, error: &Error) -> RunInfo {
 /// as damaged (with no entries); the others are listed as usual.
 pub fn list_runs(site: &Site) -> Result<Vec<(RunInfo, Vec<Entry>)>> {
     let dir = runs_dir(site);
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io("list runs in", &dir, e)),
-    };
     let mut runs = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| Error::io("list runs in", &dir, e))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(id) = name.strip_suffix(".jsonl") else {
-            continue;
-        };
-        match read(&entry.path()) {
+    for (name, path) in crate::config::files_ending(&dir, ".jsonl", "list runs in")? {
+        let id = name.strip_suffix(".jsonl").unwrap_or(&name);
+        match read(&path) {
             Ok(entries) => runs.push((summarize(id, &entries), entries)),
             Err(e) => runs.push((damaged(id, &e), Vec::new())),
         }

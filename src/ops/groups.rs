@@ -155,64 +155,50 @@ pub(super) fn order_conflict(
 mod tests {
     use super::*;
 
-    fn ch(member: usize, kind: StepKind, node: &str) -> GroupChange {
-        GroupChange {
-            member,
-            kind,
-            node: node.into(),
-        }
-    }
+    use StepKind::{CreateInstance as Create, RemoveInstance as Remove};
 
-    fn role(n: &str) -> Option<Role> {
-        Some(if n == "p" {
-            Role::Primary
-        } else {
-            Role::Secondary
-        })
+    /// Whether closures making these changes (member, kind, node), in this
+    /// order, conflict on a site whose primary is `p`.
+    fn conflicts(changes: &[(usize, StepKind, &str)]) -> bool {
+        let changes: Vec<GroupChange> = changes
+            .iter()
+            .map(|&(member, kind, node)| GroupChange {
+                member,
+                kind,
+                node: node.into(),
+            })
+            .collect();
+        let role = |n: &str| {
+            Some(if n == "p" {
+                Role::Primary
+            } else {
+                Role::Secondary
+            })
+        };
+        order_conflict(&changes, "p", role).is_some()
     }
 
     #[test]
     fn primary_removed_beside_secondaries_conflicts_in_any_order() {
-        let a = [
-            ch(0, StepKind::RemoveInstance, "p"),
-            ch(1, StepKind::RemoveInstance, "s1"),
-        ];
-        let b = [
-            ch(1, StepKind::RemoveInstance, "s1"),
-            ch(0, StepKind::RemoveInstance, "p"),
-        ];
-        assert!(order_conflict(&a, "p", role).is_some());
-        assert!(order_conflict(&b, "p", role).is_some());
-        let c = [
-            ch(0, StepKind::RemoveInstance, "p"),
-            ch(1, StepKind::CreateInstance, "s1"),
-        ];
-        assert!(order_conflict(&c, "p", role).is_some());
+        assert!(conflicts(&[(0, Remove, "p"), (1, Remove, "s1")]));
+        assert!(conflicts(&[(1, Remove, "s1"), (0, Remove, "p")]));
+        assert!(conflicts(&[(0, Remove, "p"), (1, Create, "s1")]));
     }
 
     #[test]
     fn one_node_changed_by_two_closures_conflicts() {
-        let a = [
-            ch(0, StepKind::RemoveInstance, "s1"),
-            ch(1, StepKind::CreateInstance, "s1"),
-        ];
-        assert!(order_conflict(&a, "p", role).is_some());
+        assert!(conflicts(&[(0, Remove, "s1"), (1, Create, "s1")]));
     }
 
     #[test]
     fn disjoint_secondaries_and_own_sequences_do_not_conflict() {
-        let a = [
-            ch(0, StepKind::RemoveInstance, "s1"),
-            ch(0, StepKind::CreateInstance, "s1"),
-            ch(1, StepKind::RemoveInstance, "s2"),
-            ch(1, StepKind::CreateInstance, "s2"),
-        ];
-        assert!(order_conflict(&a, "p", role).is_none());
+        assert!(!conflicts(&[
+            (0, Remove, "s1"),
+            (0, Create, "s1"),
+            (1, Remove, "s2"),
+            (1, Create, "s2"),
+        ]));
         // One closure doing the secondaries then the primary, in order, is fine.
-        let b = [
-            ch(0, StepKind::RemoveInstance, "s1"),
-            ch(0, StepKind::RemoveInstance, "p"),
-        ];
-        assert!(order_conflict(&b, "p", role).is_none());
+        assert!(!conflicts(&[(0, Remove, "s1"), (0, Remove, "p")]));
     }
 }

@@ -98,36 +98,30 @@ fn unterminated_literals_are_reported() {
         .contains("bracketed"));
 }
 
+/// A migration that must run outside a transaction.
+const NO_TX: &str = "-- uprun: no-transaction\nALTER DATABASE CURRENT SET RECOVERY FULL;\n";
+
 #[test]
 fn no_transaction_header() {
-    let s = split(
-        "-- uprun: no-transaction\nALTER DATABASE CURRENT SET RECOVERY FULL;\n",
-        "m.sql",
-    )
-    .expect("split");
-    assert!(!s.transactional);
-    assert_eq!(s.batches.len(), 1);
-    let s = split("-- a note\n--uprun:no-transaction\nSELECT 1", "m.sql").expect("split");
-    assert!(!s.transactional);
-    // After the first code it is an ordinary comment.
-    let s = split("SELECT 1\n-- uprun: no-transaction\n", "m.sql").expect("split");
-    assert!(s.transactional);
+    assert_eq!(split(NO_TX, "m.sql").expect("split").batches.len(), 1);
+    for (text, transactional) in [
+        (NO_TX, false),
+        ("-- a note\n--uprun:no-transaction\nSELECT 1", false),
+        // After the first code it is an ordinary comment.
+        ("SELECT 1\n-- uprun: no-transaction\n", true),
+    ] {
+        let s = split(text, "m.sql").expect("split");
+        assert_eq!(s.transactional, transactional, "{text}");
+    }
     let e = split("-- uprun: no-transactions\nSELECT 1", "m.sql").unwrap_err();
     assert!(e.contains("line 1") && e.contains("no-transactions"), "{e}");
 }
 
 #[test]
 fn a_byte_order_mark_hides_neither_the_header_nor_the_first_line() {
-    let s = split(
-        "\u{feff}-- uprun: no-transaction\nALTER DATABASE CURRENT SET RECOVERY FULL;\n",
-        "m.sql",
-    )
-    .expect("split");
+    let s = split(&format!("\u{feff}{NO_TX}"), "m.sql").expect("split");
     assert!(!s.transactional);
-    assert_eq!(
-        s.batches[0].sql,
-        "-- uprun: no-transaction\nALTER DATABASE CURRENT SET RECOVERY FULL;\n"
-    );
+    assert_eq!(s.batches[0].sql, NO_TX);
     assert_eq!(
         sqls("\u{feff}SELECT 1\nGO\nSELECT 2"),
         ["SELECT 1", "SELECT 2"]

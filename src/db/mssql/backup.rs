@@ -4,7 +4,7 @@ use std::path::Path;
 
 use tiberius::ToSql;
 
-use super::connection::{aborted_text, operator_abort, server_text, Failure, ATTENTION_WAIT};
+use super::connection::{aborted_text, operator_abort, server_text, Failure};
 use super::sql::*;
 use super::values::*;
 use super::MssqlDatabase;
@@ -121,14 +121,8 @@ impl MssqlDatabase {
         });
         let what = format!("backup to `{file}` on the server");
         let Some(outcome) = outcome else {
-            // Stop the BACKUP on the server and wait for its word (see `call_with`).
-            let ack = self.rt.block_on(async {
-                tokio::time::timeout(ATTENTION_WAIT, conn.cancel_query()).await
-            });
-            let acknowledged = matches!(ack, Ok(Ok(())));
-            if acknowledged {
-                self.conn = Some(conn);
-            }
+            // Stop the BACKUP on the server and wait for its word.
+            let acknowledged = self.cancel(conn);
             return Err(Error::Interrupted(self.scrub(&format!(
                 "database `{}`: {what}: {}; uprun records no backup from this step (what the server wrote of the file before it stopped is not a backup to rely on)",
                 self.name,
@@ -153,16 +147,11 @@ impl MssqlDatabase {
             }
             Ok(Err(e)) => return Err(self.fail(&what, Failure::Broken(e))),
             Err(_) => {
-                // Stop the BACKUP on the server (see `call`).
-                let ack = self.rt.block_on(async {
-                    tokio::time::timeout(ATTENTION_WAIT, conn.cancel_query()).await
-                });
-                let failure = match ack {
-                    Ok(Ok(())) => {
-                        self.conn = Some(conn);
-                        Failure::Cancelled(deadline)
-                    }
-                    _ => Failure::Deadline(deadline),
+                // Stop the BACKUP on the server.
+                let failure = if self.cancel(conn) {
+                    Failure::Cancelled(deadline)
+                } else {
+                    Failure::Deadline(deadline)
                 };
                 return Err(self.fail(&what, failure));
             }
@@ -215,14 +204,19 @@ impl MssqlDatabase {
         })
     }
 
+    /// `RESTORE VERIFYONLY WITH CHECKSUM` of `file` on the server, within the
+    /// operation timeout; a second Ctrl-C stops it.
+    fn verify_only(&mut self, file: &str) -> Result<std::result::Result<(), Failure>> {
+        let deadline = self.cfg.operation_timeout;
+        let f = file.to_string();
+        self.call_with(deadline, true, move |c| {
+            Box::pin(async move { c.execute(VERIFY_SQL, &[&f]).await.map(|_| ()) })
+        })
+    }
+
     pub(super) fn verify_backup_file(&mut self, receipt: &mut BackupReceipt) -> Result<()> {
         let file = receipt.file.clone();
-        let deadline = self.cfg.operation_timeout;
-        let f = file.clone();
-        let outcome = self.call_with(deadline, true, move |c| {
-            Box::pin(async move { c.execute(VERIFY_SQL, &[&f]).await.map(|_| ()) })
-        })?;
-        match outcome {
+        match self.verify_only(&file)? {
             Ok(()) => {}
             Err(Failure::Server(t)) => {
                 let hint = if t.code() == 3032 || t.code() == 262 {
@@ -283,12 +277,7 @@ impl MssqlDatabase {
         if let Some(diff) = header.differs_from(receipt) {
             return Err(refuse(diff));
         }
-        let deadline = self.cfg.operation_timeout;
-        let f = file.clone();
-        let verified = self.call_with(deadline, true, move |c| {
-            Box::pin(async move { c.execute(VERIFY_SQL, &[&f]).await.map(|_| ()) })
-        })?;
-        match verified {
+        match self.verify_only(&file)? {
             Ok(()) => Ok(()),
             Err(Failure::Server(t)) => Err(refuse(format!(
                 "failed RESTORE VERIFYONLY WITH CHECKSUM: {}",

@@ -309,13 +309,7 @@ impl MssqlDatabase {
             }
         });
         let Some(outcome) = outcome else {
-            let ack = self.rt.block_on(async {
-                tokio::time::timeout(ATTENTION_WAIT, conn.cancel_query()).await
-            });
-            let acknowledged = matches!(ack, Ok(Ok(())));
-            if acknowledged {
-                self.conn = Some(conn);
-            }
+            let acknowledged = self.cancel(conn);
             return Ok(Err(Failure::Aborted { acknowledged }));
         };
         Ok(match outcome {
@@ -332,21 +326,28 @@ impl MssqlDatabase {
             }
             Ok(Err(e)) => Err(Failure::Broken(e)),
             Err(_) => {
-                // Stop the work on the server: dropping the request does not.
-                // The server answers the attention with DONE_ATTN once the
-                // request has stopped; only then is the connection reusable.
-                let ack = self.rt.block_on(async {
-                    tokio::time::timeout(ATTENTION_WAIT, conn.cancel_query()).await
-                });
-                match ack {
-                    Ok(Ok(())) => {
-                        self.conn = Some(conn);
-                        Err(Failure::Cancelled(deadline))
-                    }
-                    _ => Err(Failure::Deadline(deadline)),
+                if self.cancel(conn) {
+                    Err(Failure::Cancelled(deadline))
+                } else {
+                    Err(Failure::Deadline(deadline))
                 }
             }
         })
+    }
+
+    /// Stop the work in flight on `conn`: dropping the request does not. The
+    /// server answers the attention with DONE_ATTN once the request has
+    /// stopped; only then is the connection reusable, and it is kept. Whether
+    /// the server acknowledged within `ATTENTION_WAIT`.
+    pub(super) fn cancel(&mut self, mut conn: Conn) -> bool {
+        let ack = self
+            .rt
+            .block_on(async { tokio::time::timeout(ATTENTION_WAIT, conn.cancel_query()).await });
+        let acknowledged = matches!(ack, Ok(Ok(())));
+        if acknowledged {
+            self.conn = Some(conn);
+        }
+        acknowledged
     }
 
     /// `call`, with failures turned into errors that say what was being done.

@@ -139,6 +139,20 @@ fn prelogin_option(p: &[u8], option: u8) -> &[u8] {
     &[]
 }
 
+/// `ServerCertVerifier` signature checks that refuse every signature.
+macro_rules! unverified_signatures {
+    ($($name:ident),+) => {$(
+        fn $name(
+            &self,
+            _message: &[u8],
+            _cert: &CertificateDer<'_>,
+            _dss: &DigitallySignedStruct,
+        ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+            Err(rustls::Error::General("not verified".into()))
+        }
+    )+};
+}
+
 /// Records the chain and stops the handshake there.
 #[derive(Debug)]
 struct Recorder {
@@ -163,23 +177,8 @@ impl ServerCertVerifier for Recorder {
         ))
     }
 
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("not verified".into()))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("not verified".into()))
-    }
+    // The handshake ends at the certificate: no signature is ever verified.
+    unverified_signatures!(verify_tls12_signature, verify_tls13_signature);
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.schemes.clone()

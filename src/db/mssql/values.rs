@@ -153,24 +153,11 @@ pub(super) fn value_to_json(v: &ColumnData<'static>) -> serde_json::Value {
             None => Value::Null,
         },
         ColumnData::Xml(v) => text(v.as_ref().map(|x| x.to_string())),
-        ColumnData::DateTime(_) | ColumnData::SmallDateTime(_) | ColumnData::DateTime2(_) => text(
-            time::PrimitiveDateTime::from_sql(v)
-                .ok()
-                .flatten()
-                .map(|d| d.to_string()),
-        ),
-        ColumnData::Date(_) => text(
-            time::Date::from_sql(v)
-                .ok()
-                .flatten()
-                .map(|d| d.to_string()),
-        ),
-        ColumnData::Time(_) => text(
-            time::Time::from_sql(v)
-                .ok()
-                .flatten()
-                .map(|d| d.to_string()),
-        ),
+        ColumnData::DateTime(_) | ColumnData::SmallDateTime(_) | ColumnData::DateTime2(_) => {
+            shown::<time::PrimitiveDateTime>(v)
+        }
+        ColumnData::Date(_) => shown::<time::Date>(v),
+        ColumnData::Time(_) => shown::<time::Time>(v),
         ColumnData::DateTimeOffset(_) => text(
             time::OffsetDateTime::from_sql(v)
                 .ok()
@@ -181,6 +168,15 @@ pub(super) fn value_to_json(v: &ColumnData<'static>) -> serde_json::Value {
                 }),
         ),
     }
+}
+
+/// A column read as `T` and shown as its text, or null.
+fn shown<'a, T: FromSql<'a> + std::fmt::Display>(v: &'a ColumnData<'static>) -> serde_json::Value {
+    T::from_sql(v)
+        .ok()
+        .flatten()
+        .map(|d| serde_json::Value::from(d.to_string()))
+        .unwrap_or(serde_json::Value::Null)
 }
 
 /// A file name part made of safe characters only.

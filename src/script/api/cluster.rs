@@ -49,25 +49,24 @@ pub(super) fn register(r: &mut Registrar, o: &Option<Arc<Ops>>) {
     r.options::<CommandOptions>("node_command");
     r.options::<ForEachOptions>("for_each_node");
     let cmd_doc = "Run a shell command on `node` (a site-specific step: drain from a load balancer, warm a cache).\nOptions: `cwd` (relative to the node's root), `in_instance` (default false; true: run in the folder of the node's\ncurrent instance), `timeout_secs` (default: the site's service timeout),\n`changes` (default true: a journaled step, only described in plan mode; false: a read, listed in plan mode and run\nthere only where the site sets `service.read_commands_in_plan = true`, else it returns status () and empty output),\n`allow_failure` (default false: a non-zero exit fails the call).\nReturns `#{ node, command, status, stdout, stderr }`. A changing command that was in flight when a run died\nruns again on resume: keep such commands idempotent (`uprun test` finds those that are not).";
+    let name = "node_command";
     let x = o.clone();
+    let params = ["node: Dynamic", "command: &str", "Map"];
     reg(
         r,
-        "node_command",
-        &["node: Dynamic", "command: &str", "Map"],
+        name,
+        &params,
         cmd_doc,
-        move |ctx: NativeCallContext, node: Dynamic, cmd: &str| -> HostResult<Dynamic> {
-            command(&x, &ctx, node, cmd, Map::new())
-        },
+        move |cx: NativeCallContext, n: Dynamic, c: &str| command(&x, &cx, n, c, Map::new()),
     );
     let x = o.clone();
+    let params = ["node: Dynamic", "command: &str", "options: Map", "Map"];
     reg(
         r,
-        "node_command",
-        &["node: Dynamic", "command: &str", "options: Map", "Map"],
+        name,
+        &params,
         cmd_doc,
-        move |ctx: NativeCallContext, node: Dynamic, cmd: &str, opts: Map| -> HostResult<Dynamic> {
-            command(&x, &ctx, node, cmd, opts)
-        },
+        move |cx: NativeCallContext, n: Dynamic, c: &str, m: Map| command(&x, &cx, n, c, m),
     );
     let doc = "Run `f(node)` for every node in `nodes`. Returns one result per node, in input order:\n`#{ node, ok: true, value }` or `#{ node, ok: false, error, kind }`.\nOptions: `parallel` (how many nodes at once, default 1), `continue_on_error` (default false: the first\nfailure stops starting new nodes and the call fails once the running ones finish; true: every node runs and\nthe results say which failed). Closures should return values rather than assign captured variables.\nErrors: the first closure error (with its node named) unless `continue_on_error`; `config` (bad options or node).";
     let x = o.clone();

@@ -3,31 +3,21 @@
 
 use std::sync::Arc;
 
-use rhai::{Dynamic, NativeCallContext};
+use rhai::ImmutableString;
 
-use super::{fail, ops, reg, reg_ops, reg_opts, to_dyn, HostResult, Registrar};
+use super::{fail, reg_ops, reg_ops_arg, reg_opts, to_dyn, Registrar};
 use crate::ops::{BackupOptions, Ops, UpgradeOptions};
 
 pub(super) fn register(r: &mut Registrar, o: &Option<Arc<Ops>>) {
     reg_ops(r, o, "db_version", "String",
         "The application's schema version as the database records it (after planned upgrades, in plan mode).",
         |ops, pos| ops.db_version().map(|v| v.to_string()).map_err(|e| fail(ops, e, pos)));
-    let x = o.clone();
-    reg(r, "run_check", &["name: &str", "Array"],
+    reg_ops_arg(r, o, "run_check", &["name: &str", "Array"],
         "Run the read-only check query `name` from the site's `[checks]`; returns its rows as maps.\nRows are problems: an empty array means the check passed. Listed as a step in `plan`.",
-        move |ctx: NativeCallContext, name: &str| -> HostResult<Dynamic> {
-            let ops = ops(&x, &ctx)?;
-            let rows = ops.run_check(name).map_err(|e| fail(ops, e, ctx.call_position()))?;
-            to_dyn(&rows, ctx.call_position())
-        });
-    let x = o.clone();
-    reg(r, "query", &["sql: &str", "Array"],
+        |ops, name: ImmutableString, pos| to_dyn(&ops.run_check(&name).map_err(|e| fail(ops, e, pos))?, pos));
+    reg_ops_arg(r, o, "query", &["sql: &str", "Array"],
         "Run a read-only SQL query and return its rows as maps. A statement that would change the database is refused.",
-        move |ctx: NativeCallContext, sql: &str| -> HostResult<Dynamic> {
-            let ops = ops(&x, &ctx)?;
-            let rows = ops.query(sql).map_err(|e| fail(ops, e, ctx.call_position()))?;
-            to_dyn(&rows, ctx.call_position())
-        });
+        |ops, sql: ImmutableString, pos| to_dyn(&ops.query(&sql).map_err(|e| fail(ops, e, pos))?, pos));
     let backup_doc = "Take a full backup of the site's database into its backup folder and verify it.\nOptions: `verify` (bool, default true).\nReturns `#{ database, file, size, version, started, finished, verified, verification, checksum, sha256, backup_set_guid, first_lsn, last_lsn }`\n(`checksum`: the backup carries page checksums, SQL Server `WITH CHECKSUM`; the backup's identity, proved again before\n`upgrade_db`: `sha256` of the file for SQLite, whose `file` is an absolute path; `backup_set_guid`, `first_lsn`, `last_lsn`\nfrom `RESTORE HEADERONLY` for SQL Server, whose `file` is on the server).\nOnly a verified backup taken in the same run allows `upgrade_db`.\nErrors: `database` (the backup or its verification failed: the server's message), `refused` (on resume: the backup taken\nby the earlier attempt is missing or changed), `config` (a bad option).";
     reg_opts(r, o, "backup_db", backup_doc, |ops, opts: BackupOptions| {
         ops.backup_db(opts)

@@ -4,22 +4,17 @@
 
 use std::sync::Arc;
 
-use rhai::{Dynamic, NativeCallContext};
+use rhai::Dynamic;
 
-use super::{fail, node_name, ops, reg, reg_node_opts, to_dyn, HostResult, Registrar};
+use super::{fail, node_name, reg_node_opts, reg_ops_arg, to_dyn, Registrar};
 use crate::ops::{CreateOptions, Ops, RemoveOptions, StageOptions, StartOptions, StopOptions};
 
 pub(super) fn register(r: &mut Registrar, o: &Option<Arc<Ops>>) {
-    let x = o.clone();
-    reg(r, "instance", &["node: Dynamic", "Map"],
+    reg_ops_arg(r, o, "instance", &["node: Dynamic", "Map"],
         "The current instance on `node` (a node map or name): `#{ node, app_name, version, folder, created, state }`, or () when there is none.\n`state` is what was last done to it: \"staged\" (files and config laid out, never started), \"started\", \"healthy\"\n(start and health commands passed) or \"failed\"; absent for instances recorded by older versions. Use `healthy(node)`\nto know whether it runs now.",
-        move |ctx: NativeCallContext, node: Dynamic| -> HostResult<Dynamic> {
-            let ops = ops(&x, &ctx)?;
-            let name = node_name(&node, ctx.call_position())?;
-            match ops.instance(&name).map_err(|e| fail(ops, e, ctx.call_position()))? {
-                Some(r) => to_dyn(&r, ctx.call_position()),
-                None => Ok(Dynamic::UNIT),
-            }
+        |ops, node: Dynamic, pos| match ops.instance(&node_name(&node, pos)?).map_err(|e| fail(ops, e, pos))? {
+            Some(r) => to_dyn(&r, pos),
+            None => Ok(Dynamic::UNIT),
         });
     let remove_doc = "Remove the current instance on `node`: run the site's stop command, unregister it, keep its folder.\nRefused on the primary while any secondary still has an instance (secondaries first).\nReturns the removed instance's record, or () when the node had none. Options: none.\nErrors: `refused` (primary before secondaries, not confirmed), `node` (the stop command failed, the node is unreachable).";
     reg_node_opts(
@@ -66,12 +61,7 @@ recorded `stopped` and a later `start_instance` starts it).";
         stage_doc,
         |ops, node, opts: StageOptions| ops.stage_release(node, opts),
     );
-    let x = o.clone();
-    reg(r, "healthy", &["node: Dynamic", "bool"],
+    reg_ops_arg(r, o, "healthy", &["node: Dynamic", "bool"],
         "Whether `node`'s current instance runs now: it has one, its lifecycle reached healthy (not left staged,\nfailed, or started with its health check cut off), and the site's health command passes now (it runs in plan mode too: it is the site's own read-only check; an instance\nthe plan changes is as planned). Changes nothing. A site without a health command counts a started\ninstance as healthy.",
-        move |ctx: NativeCallContext, node: Dynamic| -> HostResult<bool> {
-            let ops = ops(&x, &ctx)?;
-            let name = node_name(&node, ctx.call_position())?;
-            ops.healthy(&name).map_err(|e| fail(ops, e, ctx.call_position()))
-        });
+        |ops, node: Dynamic, pos| ops.healthy(&node_name(&node, pos)?).map_err(|e| fail(ops, e, pos)));
 }

@@ -291,6 +291,23 @@ pub(super) fn reg_ops<R: rhai::Variant + Clone>(
     );
 }
 
+/// Register `name(arg)`, a function of the run with one argument (a node,
+/// a name) that `f` reads.
+pub(super) fn reg_ops_arg<A: rhai::Variant + Clone, R: rhai::Variant + Clone>(
+    r: &mut Registrar,
+    o: &Option<Arc<Ops>>,
+    name: &'static str,
+    params: &[&str],
+    doc: &str,
+    f: fn(&Ops, A, Position) -> HostResult<R>,
+) {
+    let x = o.clone();
+    let call = move |ctx: NativeCallContext, arg: A| -> HostResult<R> {
+        f(ops(&x, &ctx)?, arg, ctx.call_position())
+    };
+    reg(r, name, params, doc, call);
+}
+
 /// Register `name()` and `name(options)`.
 pub(super) fn reg_opts<O: DeserializeOwned + 'static, R: Serialize + 'static>(
     r: &mut Registrar,
@@ -301,24 +318,18 @@ pub(super) fn reg_opts<O: DeserializeOwned + 'static, R: Serialize + 'static>(
 ) {
     r.options::<O>(name);
     let x = o.clone();
+    let call = move |cx: &NativeCallContext, m: Map| invoke(&x, cx, name, m, f);
+    let bare = call.clone();
+    reg(r, name, &["Map"], doc, move |cx: NativeCallContext| {
+        bare(&cx, Map::new())
+    });
+    let params = ["options: Map", "Map"];
     reg(
         r,
         name,
-        &["Map"],
+        &params,
         doc,
-        move |ctx: NativeCallContext| -> HostResult<Dynamic> {
-            invoke(&x, &ctx, name, Map::new(), f)
-        },
-    );
-    let x = o.clone();
-    reg(
-        r,
-        name,
-        &["options: Map", "Map"],
-        doc,
-        move |ctx: NativeCallContext, opts: Map| -> HostResult<Dynamic> {
-            invoke(&x, &ctx, name, opts, f)
-        },
+        move |cx: NativeCallContext, m: Map| call(&cx, m),
     );
 }
 
@@ -331,29 +342,27 @@ pub(super) fn reg_node_opts<O: DeserializeOwned + 'static, R: Serialize + 'stati
     f: fn(&Ops, &str, O) -> crate::Result<R>,
 ) {
     r.options::<O>(name);
-    let call = move |x: &Option<Arc<Ops>>, ctx: &NativeCallContext, node: Dynamic, opts: Map| {
-        let node = node_name(&node, ctx.call_position())?;
-        invoke(x, ctx, name, opts, |ops, o: O| f(ops, &node, o))
+    let x = o.clone();
+    let call = move |cx: &NativeCallContext, node: Dynamic, m: Map| {
+        let node = node_name(&node, cx.call_position())?;
+        invoke(&x, cx, name, m, |ops, o: O| f(ops, &node, o))
     };
-    let x = o.clone();
+    let bare = call.clone();
+    let params = ["node: Dynamic", "Map"];
     reg(
         r,
         name,
-        &["node: Dynamic", "Map"],
+        &params,
         doc,
-        move |ctx: NativeCallContext, node: Dynamic| -> HostResult<Dynamic> {
-            call(&x, &ctx, node, Map::new())
-        },
+        move |cx: NativeCallContext, n: Dynamic| bare(&cx, n, Map::new()),
     );
-    let x = o.clone();
+    let params = ["node: Dynamic", "options: Map", "Map"];
     reg(
         r,
         name,
-        &["node: Dynamic", "options: Map", "Map"],
+        &params,
         doc,
-        move |ctx: NativeCallContext, node: Dynamic, opts: Map| -> HostResult<Dynamic> {
-            call(&x, &ctx, node, opts)
-        },
+        move |cx: NativeCallContext, n: Dynamic, m: Map| call(&cx, n, m),
     );
 }
 
