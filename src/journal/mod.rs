@@ -10,6 +10,7 @@
 //! `uprun runs`, `inputs` digests what a run read.
 
 mod inputs;
+mod outcome;
 mod read;
 mod runs;
 
@@ -26,6 +27,7 @@ use crate::db::now_rfc3339;
 use crate::{Error, Result};
 
 pub use inputs::{changed_inputs, digest_inputs};
+pub use outcome::{Outcome, RunOutcome};
 pub use read::{read, read_full, side_file, Replay};
 pub use runs::{damaged, list_runs, resume_command, shell_word, summarize, RunInfo};
 

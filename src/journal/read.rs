@@ -225,7 +225,10 @@ mod tests {
         let entries = read(&path).expect("readable");
         assert!(matches!(&entries[0], Entry::Refusal { by, .. } if by == "rail"));
         assert!(matches!(entries[1], Entry::Unknown));
-        assert_eq!(summarize("r", &entries).outcome, "succeeded");
+        assert_eq!(
+            summarize("r", &entries).outcome,
+            crate::journal::RunOutcome::Ended(crate::journal::Outcome::Succeeded)
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::{absolute, read, runs_dir, Entry};
+use super::{absolute, read, runs_dir, Entry, Outcome, RunOutcome};
 use crate::config::Site;
 use crate::{Error, Result};
 
@@ -22,12 +22,9 @@ pub struct RunInfo {
     pub release: String,
     pub started: String,
     pub ended: Option<String>,
-    /// succeeded, failed, interrupted, incomplete, abandoned; `unfinished`
-    /// when the process died (killed, power loss) without closing the journal;
-    /// `never started` when the journal has no header (the process died
-    /// before its first entry: nothing was changed); `damaged` when the
-    /// journal cannot be read (see `damage`).
-    pub outcome: String,
+    /// How the run ended, or that it is unfinished, never started or
+    /// damaged (see `damage`).
+    pub outcome: RunOutcome,
     pub last_step: Option<String>,
     pub steps_done: usize,
     /// Why the journal cannot be read, for a damaged one.
@@ -40,15 +37,17 @@ impl RunInfo {
     /// the operator resumes or abandons it.
     pub fn needs_attention(&self) -> bool {
         matches!(
-            self.outcome.as_str(),
-            "unfinished" | "failed" | "interrupted" | "incomplete" | "damaged"
+            self.outcome,
+            RunOutcome::Unfinished
+                | RunOutcome::Damaged
+                | RunOutcome::Ended(Outcome::Failed | Outcome::Interrupted | Outcome::Incomplete)
         )
     }
 
     /// A run whose process died without closing its journal (or whose journal
     /// cannot be read): it keeps the site until resumed or abandoned.
     pub fn holds_site(&self) -> bool {
-        matches!(self.outcome.as_str(), "unfinished" | "damaged")
+        matches!(self.outcome, RunOutcome::Unfinished | RunOutcome::Damaged)
     }
 
     /// The exact command that resumes this run (None without a header).
@@ -120,7 +119,7 @@ pub fn summarize(run_id: &str, entries: &[Entry]) -> RunInfo {
         release: String::new(),
         started: String::new(),
         ended: None,
-        outcome: "never started".into(),
+        outcome: RunOutcome::NeverStarted,
         last_step: None,
         steps_done: 0,
         damage: None,
@@ -133,11 +132,11 @@ pub fn summarize(run_id: &str, entries: &[Entry]) -> RunInfo {
                 info.script = inputs.script.clone();
                 info.site = inputs.site.clone();
                 info.release = inputs.release.clone();
-                info.outcome = "unfinished".into();
+                info.outcome = RunOutcome::Unfinished;
             }
             Entry::Resume { .. } => {
                 info.ended = None;
-                info.outcome = "unfinished".into();
+                info.outcome = RunOutcome::Unfinished;
             }
             Entry::Started {
                 key, description, ..
@@ -160,7 +159,7 @@ pub fn summarize(run_id: &str, entries: &[Entry]) -> RunInfo {
             }
             Entry::End { outcome, at, .. } => {
                 info.ended = Some(at.clone());
-                info.outcome = outcome.clone();
+                info.outcome = RunOutcome::ended(outcome);
             }
             Entry::Note { .. } | Entry::Refusal { .. } | Entry::Unknown => {}
         }
@@ -172,7 +171,7 @@ pub fn summarize(run_id: &str, entries: &[Entry]) -> RunInfo {
 pub fn damaged(run_id: &str, error: &Error) -> RunInfo {
     RunInfo {
         damage: Some(error.to_string()),
-        outcome: "damaged".into(),
+        outcome: RunOutcome::Damaged,
         ..summarize(run_id, &[])
     }
 }
@@ -200,7 +199,7 @@ mod tests {
     #[test]
     fn a_journal_without_header_never_started_and_holds_nothing() {
         let info = summarize("r", &[]);
-        assert_eq!(info.outcome, "never started");
+        assert_eq!(info.outcome, RunOutcome::NeverStarted);
         assert!(!info.holds_site() && !info.needs_attention());
         assert!(info.resume_command(Path::new("/s/site.toml")).is_none());
     }

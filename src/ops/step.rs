@@ -1,5 +1,5 @@
 //! What a run is made of: its steps (kind, status, record), how a run ends
-//! (`Outcome`), and the counts `plan` and `run` show. The kinds and outcomes
+//! (`Outcome`, kept by the journal), and the counts `plan` and `run` show. The kinds and outcomes
 //! are types here; the journal keeps them as the same strings it always had.
 
 use std::fmt;
@@ -7,6 +7,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::{lock, Ops, RefusedBy};
+pub use crate::journal::Outcome;
 
 /// What a step does. Serialised (in events and the journal's `call`) as the
 /// name of the host function that makes it.
@@ -76,58 +77,6 @@ impl StepKind {
 }
 
 impl fmt::Display for StepKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// How a run (or a plan) ended. The journal's `end` entry and the
-/// `run_finished` event carry [`Outcome::as_str`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Outcome {
-    #[serde(rename = "succeeded")]
-    Succeeded,
-    #[serde(rename = "failed")]
-    Failed,
-    #[serde(rename = "interrupted")]
-    Interrupted,
-    /// The procedure ended but the run-end audit found the site unfinished.
-    #[serde(rename = "incomplete")]
-    Incomplete,
-    /// Set aside by the operator (`uprun runs abandon`).
-    #[serde(rename = "abandoned")]
-    Abandoned,
-    /// `uprun plan` went to its end.
-    #[serde(rename = "planned")]
-    Planned,
-    #[serde(rename = "plan failed")]
-    PlanFailed,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Succeeded => "succeeded",
-            Outcome::Failed => "failed",
-            Outcome::Interrupted => "interrupted",
-            Outcome::Incomplete => "incomplete",
-            Outcome::Abandoned => "abandoned",
-            Outcome::Planned => "planned",
-            Outcome::PlanFailed => "plan failed",
-        }
-    }
-
-    /// How a run that ended with `e` ended.
-    pub fn of_error(e: &crate::Error) -> Outcome {
-        match e {
-            crate::Error::Interrupted(_) => Outcome::Interrupted,
-            crate::Error::Incomplete(_) => Outcome::Incomplete,
-            _ => Outcome::Failed,
-        }
-    }
-}
-
-impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }

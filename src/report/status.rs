@@ -5,7 +5,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::config::Site;
-use crate::journal::RunInfo;
+use crate::journal::{RunInfo, RunOutcome};
 use crate::nodes::{InstanceRecord, NodeInstances};
 use crate::output::escape_controls as e;
 use crate::Result;
@@ -81,10 +81,10 @@ impl Status {
             unfinished_runs: crate::journal::list_runs(site)?
                 .into_iter()
                 .map(|(info, _)| info)
-                .filter(|info| info.needs_attention() || info.outcome == "never started")
+                .filter(|info| info.needs_attention() || info.outcome == RunOutcome::NeverStarted)
                 .map(|info| RunToFinish {
-                    resume: match info.outcome.as_str() {
-                        "damaged" | "never started" => None,
+                    resume: match info.outcome {
+                        RunOutcome::Damaged | RunOutcome::NeverStarted => None,
                         _ => info.resume_command(&site.file),
                     },
                     abandon: info.abandon_command(&site.file),
@@ -136,8 +136,10 @@ impl fmt::Display for Status {
 impl fmt::Display for RunToFinish {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let i = &self.info;
-        let what = match i.outcome.as_str() {
-            "unfinished" => "killed (its process died without closing the journal)".to_string(),
+        let what = match &i.outcome {
+            RunOutcome::Unfinished => {
+                "killed (its process died without closing the journal)".to_string()
+            }
             o => o.to_string(),
         };
         let started = if i.started.is_empty() {
@@ -155,7 +157,7 @@ impl fmt::Display for RunToFinish {
         if let Some(d) = &i.damage {
             writeln!(f, "  its journal cannot be read: {}", e(d))?;
         }
-        if i.outcome == "never started" {
+        if i.outcome == RunOutcome::NeverStarted {
             writeln!(f, "  nothing was changed by it (its journal has no header); start a new run, or set it aside")?;
         }
         if let Some(cmd) = &self.resume {

@@ -2,7 +2,7 @@
 //! inputs of this attempt.
 
 use crate::config::Site;
-use crate::journal::{self, Entry, Replay};
+use crate::journal::{self, Entry, Replay, RunOutcome};
 use crate::ops::Outcome;
 use crate::{Error, Result};
 
@@ -27,7 +27,10 @@ pub fn load_resume(
     }
     let entries = journal::read(&path)?;
     let info = journal::summarize(id, &entries);
-    if info.outcome == Outcome::Succeeded.as_str() || info.outcome == Outcome::Abandoned.as_str() {
+    if matches!(
+        info.outcome,
+        RunOutcome::Ended(Outcome::Succeeded | Outcome::Abandoned)
+    ) {
         return Err(Error::Config(format!(
             "run `{id}` {}: there is nothing to resume",
             info.outcome
