@@ -488,3 +488,101 @@ fn first_line(s: &str) -> String {
         .trim_start_matches("error: ")
         .to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::{differences, EndState, NodeState};
+
+    fn node(current: &str, files: &[(&str, &str)]) -> NodeState {
+        NodeState {
+            current: Some(current.into()),
+            removed: vec!["FastApp 1.0.0 FastApp-1.0.0".into()],
+            used_folders: vec!["FastApp-1.0.0".into(), "FastApp-2.0.0".into()],
+            files: files
+                .iter()
+                .map(|(f, d)| (f.to_string(), d.to_string()))
+                .collect(),
+        }
+    }
+
+    /// The end state of a clean run: database at 2.0.0, two tables, two nodes.
+    fn clean() -> EndState {
+        let files = [("FastApp-2.0.0/bin/app", "aa11"), ("manifest.json", "-")];
+        EndState {
+            database_version: "2.0.0".into(),
+            migrations: vec!["2.0.0_01_priority.sql".into()],
+            tables: BTreeMap::from([("strategies".into(), 3), ("users".into(), 2)]),
+            nodes: BTreeMap::from([
+                ("app01".into(), node("FastApp 2.0.0 FastApp-2.0.0", &files)),
+                ("app02".into(), node("FastApp 2.0.0 FastApp-2.0.0", &files)),
+            ]),
+        }
+    }
+
+    #[test]
+    fn the_same_end_state_has_no_differences() {
+        assert_eq!(differences(&clean(), &clean()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn database_differences_are_named() {
+        let mut got = clean();
+        got.database_version = "1.0.0".into();
+        got.migrations.clear();
+        got.tables.insert("strategies".into(), 4);
+        got.tables.remove("users");
+        got.tables.insert("tmp".into(), 0);
+        assert_eq!(
+            differences(&clean(), &got),
+            [
+                "database at 1.0.0 (clean run: 2.0.0)",
+                "migration history [] (clean run: [\"2.0.0_01_priority.sql\"])",
+                "table `strategies` has 4 rows (clean run: 3)",
+                "table `users` is missing",
+                "table `tmp` exists only here",
+            ]
+        );
+    }
+
+    #[test]
+    fn node_differences_are_named_per_node() {
+        let mut got = clean();
+        let app02 = got.nodes.get_mut("app02").expect("app02");
+        app02.current = None;
+        app02.used_folders.push("FastApp-2.0.0-2".into());
+        app02
+            .files
+            .insert("FastApp-2.0.0/bin/app".into(), "bb22".into());
+        app02.files.remove("manifest.json");
+        app02
+            .files
+            .insert("FastApp-2.0.0/stray".into(), "cc33".into());
+        assert_eq!(
+            differences(&clean(), &got),
+            [
+                "node `app02` runs None (clean run: Some(\"FastApp 2.0.0 FastApp-2.0.0\"))",
+                "node `app02` instance history [\"FastApp 1.0.0 FastApp-1.0.0\"] / folders [\"FastApp-1.0.0\", \"FastApp-2.0.0\", \"FastApp-2.0.0-2\"] (clean run: [\"FastApp 1.0.0 FastApp-1.0.0\"] / [\"FastApp-1.0.0\", \"FastApp-2.0.0\"])",
+                "node `app02`: `FastApp-2.0.0/bin/app` differs",
+                "node `app02`: `FastApp-2.0.0/stray` exists only here",
+                "node `app02`: `manifest.json` is missing",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_file_digest_of_dash_is_compared_like_any_other() {
+        // The manifest's digest is `-` on both sides: equal, whatever its
+        // contents; a real digest against `-` differs.
+        let mut got = clean();
+        let app01 = got.nodes.get_mut("app01").expect("app01");
+        app01
+            .files
+            .insert("FastApp-2.0.0/bin/app".into(), "-".into());
+        assert_eq!(
+            differences(&clean(), &got),
+            ["node `app01`: `FastApp-2.0.0/bin/app` differs"]
+        );
+    }
+}

@@ -426,3 +426,119 @@ fn applied_by(run_id: &str) -> String {
         .unwrap_or_else(|_| "unknown".into());
     format!("{user} (uprun {} run {run_id})", env!("CARGO_PKG_VERSION"))
 }
+
+#[cfg(test)]
+mod tests {
+    use semver::Version;
+
+    use super::super::fakes::{World, SITE};
+    use super::super::Mode;
+    use crate::db::AppliedMigration;
+    use crate::Error;
+
+    const MIGRATIONS: [(&str, &str); 4] = [
+        ("1.0.0_01_base.sql", "CREATE TABLE t (a INTEGER);\n"),
+        ("1.5.0_01_mid.sql", "ALTER TABLE t ADD b INTEGER;\n"),
+        ("2.0.0_02_index.sql", "CREATE INDEX t_b ON t (b);\n"),
+        ("2.0.0_01_priority.sql", "ALTER TABLE t ADD c INTEGER;\n"),
+    ];
+    const RELEASE_2: &str = "version = \"2.0.0\"\nmin_upgrade_from = \"1.0.0\"\n";
+
+    fn v(s: &str) -> Version {
+        Version::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    /// The names `pending_migrations(from, to)` returns, or its error.
+    fn pending(world: &World, from: &str, to: &str) -> crate::Result<Vec<String>> {
+        let ops = world.ops(Mode::Run);
+        let pending = ops.pending_migrations(&v(from), &v(to))?;
+        Ok(pending.into_iter().map(|m| m.name).collect())
+    }
+
+    /// Record `name` as applied, with the release file's checksum or `checksum`.
+    fn applied(world: &World, name: &str, checksum: Option<&str>) {
+        let kind = world.site.database.kind();
+        let all = world.release.migrations(kind).expect("migrations");
+        let m = all.iter().find(|m| m.name == name).expect("migration");
+        world.db().history.push(AppliedMigration {
+            name: name.into(),
+            version: m.version.to_string(),
+            checksum: checksum.map_or_else(|| m.checksum.clone(), String::from),
+            applied_at: "2026-01-01T00:00:00Z".into(),
+            duration_ms: 1,
+            applied_by: "test".into(),
+        });
+    }
+
+    #[test]
+    fn pending_are_those_after_from_up_to_to_in_version_then_name_order() {
+        let w = World::build(SITE, RELEASE_2, &MIGRATIONS);
+        let all = ["1.5.0_01_mid", "2.0.0_01_priority", "2.0.0_02_index"];
+        let all: Vec<String> = all.iter().map(|n| format!("{n}.sql")).collect();
+        assert_eq!(pending(&w, "1.0.0", "2.0.0").expect("pending"), all);
+        assert_eq!(pending(&w, "1.5.0", "2.0.0").expect("pending"), all[1..]);
+        assert_eq!(pending(&w, "1.0.0", "1.5.0").expect("pending"), all[..1]);
+        // Nothing is pending at the target, nor above it (a downgrade is
+        // refused by `upgrade_db` before it asks).
+        assert!(pending(&w, "2.0.0", "2.0.0").expect("same").is_empty());
+        assert!(pending(&w, "2.1.0", "2.0.0").expect("above").is_empty());
+    }
+
+    #[test]
+    fn applied_migrations_are_not_pending_again() {
+        let w = World::build(SITE, RELEASE_2, &MIGRATIONS);
+        applied(&w, "2.0.0_01_priority.sql", None);
+        assert_eq!(
+            pending(&w, "1.5.0", "2.0.0").expect("pending"),
+            ["2.0.0_02_index.sql"]
+        );
+    }
+
+    #[test]
+    fn an_applied_migration_whose_file_changed_is_an_error_even_out_of_range() {
+        let w = World::build(SITE, RELEASE_2, &MIGRATIONS);
+        applied(&w, "1.0.0_01_base.sql", Some("0badc0de"));
+        let e = pending(&w, "1.5.0", "2.0.0").expect_err("changed file");
+        let text = e.to_string();
+        assert!(
+            text.contains("`1.0.0_01_base.sql` was applied")
+                && text.contains("0badc0de")
+                && text.contains("restore the original file"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_version_change_without_a_migration_for_it_is_refused() {
+        // Only a migration at or below the database's version: none declared
+        // for 1.5.0..2.0.0.
+        let w = World::build(SITE, RELEASE_2, &MIGRATIONS[..2]);
+        match pending(&w, "1.5.0", "2.0.0") {
+            Err(Error::Refused(why)) => assert!(
+                why.contains("release 2.0.0 has no sqlite migration newer than 1.5.0")
+                    && why.contains("schema_change = false"),
+                "{why}"
+            ),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        // No folder at all.
+        let w = World::build(SITE, RELEASE_2, &[]);
+        assert!(matches!(
+            pending(&w, "1.0.0", "2.0.0"),
+            Err(Error::Refused(_))
+        ));
+        // The same range with a migration in it is fine.
+        let w = World::build(SITE, RELEASE_2, &MIGRATIONS);
+        assert!(pending(&w, "1.5.0", "2.0.0").is_ok());
+    }
+
+    #[test]
+    fn schema_change_false_allows_a_version_change_without_migrations() {
+        let release = format!("{RELEASE_2}schema_change = false\n");
+        let w = World::build(SITE, &release, &[]);
+        assert!(pending(&w, "1.0.0", "2.0.0").expect("allowed").is_empty());
+        // It does not hide the migrations a release does bring.
+        let w = World::build(SITE, &release, &MIGRATIONS);
+        assert_eq!(pending(&w, "1.5.0", "2.0.0").expect("pending").len(), 2);
+    }
+}
