@@ -521,6 +521,20 @@ mod tests {
         }
     }
 
+    /// What `differences` says of the clean end state changed by `change`.
+    fn after(change: impl FnOnce(&mut EndState)) -> Vec<String> {
+        let mut got = clean();
+        change(&mut got);
+        differences(&clean(), &got)
+    }
+
+    /// The state of node `name`.
+    fn at<'a>(s: &'a mut EndState, name: &str) -> &'a mut NodeState {
+        s.nodes
+            .get_mut(name)
+            .unwrap_or_else(|| panic!("no node {name}"))
+    }
+
     #[test]
     fn the_same_end_state_has_no_differences() {
         assert_eq!(differences(&clean(), &clean()), Vec::<String>::new());
@@ -528,61 +542,63 @@ mod tests {
 
     #[test]
     fn database_differences_are_named() {
-        let mut got = clean();
-        got.database_version = "1.0.0".into();
-        got.migrations.clear();
-        got.tables.insert("strategies".into(), 4);
-        got.tables.remove("users");
-        got.tables.insert("tmp".into(), 0);
-        assert_eq!(
-            differences(&clean(), &got),
-            [
-                "database at 1.0.0 (clean run: 2.0.0)",
-                "migration history [] (clean run: [\"2.0.0_01_priority.sql\"])",
-                "table `strategies` has 4 rows (clean run: 3)",
-                "table `users` is missing",
-                "table `tmp` exists only here",
-            ]
-        );
+        let said = after(|s| s.database_version = "1.0.0".into());
+        assert_eq!(said, ["database at 1.0.0 (clean run: 2.0.0)"]);
+        let said = after(|s| s.migrations.clear());
+        let want = "migration history [] (clean run: [\"2.0.0_01_priority.sql\"])";
+        assert_eq!(said, [want]);
+        let said = after(|s| _ = s.tables.insert("strategies".into(), 4));
+        assert_eq!(said, ["table `strategies` has 4 rows (clean run: 3)"]);
+        let said = after(|s| _ = s.tables.remove("users"));
+        assert_eq!(said, ["table `users` is missing"]);
+        let said = after(|s| _ = s.tables.insert("tmp".into(), 0));
+        assert_eq!(said, ["table `tmp` exists only here"]);
     }
 
     #[test]
-    fn node_differences_are_named_per_node() {
-        let mut got = clean();
-        let app02 = got.nodes.get_mut("app02").expect("app02");
-        app02.current = None;
-        app02.used_folders.push("FastApp-2.0.0-2".into());
-        app02
-            .files
-            .insert("FastApp-2.0.0/bin/app".into(), "bb22".into());
-        app02.files.remove("manifest.json");
-        app02
-            .files
-            .insert("FastApp-2.0.0/stray".into(), "cc33".into());
-        assert_eq!(
-            differences(&clean(), &got),
-            [
-                "node `app02` runs None (clean run: Some(\"FastApp 2.0.0 FastApp-2.0.0\"))",
-                "node `app02` instance history [\"FastApp 1.0.0 FastApp-1.0.0\"] / folders [\"FastApp-1.0.0\", \"FastApp-2.0.0\", \"FastApp-2.0.0-2\"] (clean run: [\"FastApp 1.0.0 FastApp-1.0.0\"] / [\"FastApp-1.0.0\", \"FastApp-2.0.0\"])",
-                "node `app02`: `FastApp-2.0.0/bin/app` differs",
-                "node `app02`: `FastApp-2.0.0/stray` exists only here",
-                "node `app02`: `manifest.json` is missing",
-            ]
+    fn node_differences_are_named_with_their_node() {
+        let said = after(|s| at(s, "app02").current = None);
+        let want = "node `app02` runs None (clean run: Some(\"FastApp 2.0.0 FastApp-2.0.0\"))";
+        assert_eq!(said, [want]);
+        let said = after(|s| at(s, "app01").used_folders.push("x".into()));
+        assert!(
+            said.len() == 1 && said[0].starts_with("node `app01` instance history"),
+            "{said:?}"
         );
+        let said = after(|s| at(s, "app02").removed.clear());
+        assert!(
+            said.len() == 1 && said[0].starts_with("node `app02` instance history"),
+            "{said:?}"
+        );
+        let app = "FastApp-2.0.0/bin/app";
+        let said = after(|s| _ = at(s, "app02").files.insert(app.into(), "bb22".into()));
+        assert_eq!(said, ["node `app02`: `FastApp-2.0.0/bin/app` differs"]);
+        let said = after(|s| _ = at(s, "app01").files.insert("stray".into(), "cc".into()));
+        assert_eq!(said, ["node `app01`: `stray` exists only here"]);
+        let said = after(|s| _ = at(s, "app01").files.remove("manifest.json"));
+        assert_eq!(said, ["node `app01`: `manifest.json` is missing"]);
+        // A digest of `-` (contents that hold times) is compared like any
+        // other: equal to `-`, different from a real digest.
+        let said = after(|s| _ = at(s, "app01").files.insert(app.into(), "-".into()));
+        assert_eq!(said, ["node `app01`: `FastApp-2.0.0/bin/app` differs"]);
     }
 
     #[test]
-    fn a_file_digest_of_dash_is_compared_like_any_other() {
-        // The manifest's digest is `-` on both sides: equal, whatever its
-        // contents; a real digest against `-` differs.
-        let mut got = clean();
-        let app01 = got.nodes.get_mut("app01").expect("app01");
-        app01
-            .files
-            .insert("FastApp-2.0.0/bin/app".into(), "-".into());
-        assert_eq!(
-            differences(&clean(), &got),
-            ["node `app01`: `FastApp-2.0.0/bin/app` differs"]
-        );
+    fn every_difference_is_listed_database_first_then_node_by_node() {
+        let said = after(|s| {
+            s.database_version = "1.0.0".into();
+            at(s, "app02").current = None;
+            at(s, "app01").files.clear();
+        });
+        let starts = [
+            "database at 1.0.0",
+            "node `app01`: ",
+            "node `app01`: ",
+            "node `app02` runs",
+        ];
+        assert_eq!(said.len(), starts.len(), "{said:?}");
+        for (line, start) in said.iter().zip(starts) {
+            assert!(line.starts_with(start), "{said:?}");
+        }
     }
 }
