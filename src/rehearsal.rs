@@ -265,7 +265,7 @@ fn attempt(
         .with_journal(journal)
         .with_replay(replay)
     };
-    let session = crate::run::Session::open(spec, proc, quiet)?;
+    let session = crate::script::Session::open(spec, proc, quiet)?;
     let outcome = session.run();
     Ok(Attempt {
         outcome,

@@ -1,5 +1,5 @@
 //! One module per subcommand, each a few lines over the library: `run` (the
-//! run, and the `Session` wiring a procedure to a site), `rehearsal`,
+//! run), `script` (the `Session` wiring a procedure to a site), `rehearsal`,
 //! `journal`, `ops`.
 
 pub mod adopt;

@@ -8,7 +8,6 @@ use sha2::{Digest, Sha256};
 use super::{absolute, Inputs};
 use crate::config::release::sha256_hex;
 use crate::config::{DbKind, Release, Site};
-use crate::script::Procedure;
 use crate::{Error, Result};
 
 fn hash_tree(h: &mut Sha256, root: &Path, dir: &Path) -> Result<()> {
@@ -43,8 +42,10 @@ fn hash_tree(h: &mut Sha256, root: &Path, dir: &Path) -> Result<()> {
 /// Digests of the script, the site file and everything a run reads from the
 /// release: the release file, the payload folder wherever it lives, and the
 /// migrations folder of each database kind (names and contents). Paths are
-/// recorded absolute.
-pub fn digest_inputs(proc: &Procedure, site: &Site, release: &Release) -> Result<Inputs> {
+/// recorded absolute. `script` is the procedure as the journal records it (a
+/// bundled name or the file's absolute path, `Procedure::recorded_name`),
+/// `text` its source.
+pub fn digest_inputs(script: &str, text: &str, site: &Site, release: &Release) -> Result<Inputs> {
     let site_bytes =
         std::fs::read(&site.file).map_err(|e| Error::io("read site file", &site.file, e))?;
     let mut h = Sha256::new();
@@ -62,13 +63,9 @@ pub fn digest_inputs(proc: &Procedure, site: &Site, release: &Release) -> Result
             }
         }
     }
-    let script = match &proc.base {
-        Some(_) => absolute(Path::new(&proc.name)).display().to_string(),
-        None => proc.name.clone(),
-    };
     Ok(Inputs {
-        script,
-        script_sha256: sha256_hex(proc.text.as_bytes()),
+        script: script.to_string(),
+        script_sha256: sha256_hex(text.as_bytes()),
         site: absolute(&site.file).display().to_string(),
         site_sha256: sha256_hex(&site_bytes),
         release: if release.present {

@@ -10,8 +10,8 @@
 mod abandon;
 mod adopt;
 mod plan;
+mod process;
 mod resume;
-mod session;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,11 +24,12 @@ use crate::output::{Event, Output, OutputMode};
 use crate::script::Procedure;
 use crate::{Error, Result};
 
+pub use crate::script::Session;
 pub use abandon::abandon;
 pub use adopt::{check_adoption, AdoptRequest, Adoption};
 pub use plan::plan;
+pub use process::{interactive, new_run_id, operator_name, recover_for_reading};
 pub use resume::{load_resume, resume_command};
-pub use session::{interactive, new_run_id, operator_name, recover_for_reading, Session};
 
 /// What to run: a procedure, a site file, a release folder.
 #[derive(Debug, Clone)]
@@ -84,7 +85,9 @@ pub fn prepare(target: &Target<'_>, opts: &RunOptions, reporter: &Output) -> Res
     let release = Release::load_opt(target.release)?;
     let proc = Procedure::load(target.script)?;
     crate::phases::record("load", began);
-    let inputs = crate::phases::time("digest", || journal::digest_inputs(&proc, &site, &release))?;
+    let inputs = crate::phases::time("digest", || {
+        journal::digest_inputs(&proc.recorded_name(), &proc.text, &site, &release)
+    })?;
     let run_id = opts.resume.clone().unwrap_or_else(new_run_id);
     let lock = crate::phases::time("lock", || {
         SiteLock::acquire(&site, &run_id, opts.resume.as_deref())

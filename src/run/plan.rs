@@ -33,7 +33,8 @@ pub fn plan(target: &Target<'_>, resume: Option<&str>, out: Arc<Output>) -> Resu
     }
     let replay = match resume {
         Some(id) => {
-            let inputs = crate::journal::digest_inputs(&proc, &site, &release)?;
+            let inputs =
+                crate::journal::digest_inputs(&proc.recorded_name(), &proc.text, &site, &release)?;
             let (replay, changed) = load_resume(&site, id, &inputs, true)?;
             for c in changed {
                 out.event(Event::Log {

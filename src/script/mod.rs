@@ -7,6 +7,7 @@ pub mod api;
 pub mod error;
 mod render;
 mod resolver;
+mod session;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use crate::{Error, Result};
 pub use error::HostError;
 pub use render::render_error;
 pub use resolver::{Sources, STDLIB};
+pub use session::Session;
 
 /// The bundled procedures: name and source.
 pub const BUNDLED: &[(&str, &str)] = &[
@@ -44,6 +46,17 @@ pub struct Procedure {
 }
 
 impl Procedure {
+    /// The procedure as a run's journal records it: its bundled name, or the
+    /// absolute path of its file.
+    pub fn recorded_name(&self) -> String {
+        match &self.base {
+            Some(_) => crate::journal::absolute(Path::new(&self.name))
+                .display()
+                .to_string(),
+            None => self.name.clone(),
+        }
+    }
+
     /// A bundled name, or a path to a `.rhai` file.
     pub fn load(spec: &str) -> Result<Procedure> {
         if let Some((name, text)) = BUNDLED.iter().find(|(n, _)| *n == spec) {
