@@ -23,3 +23,4 @@ mod rails;
 mod recovery;
 mod ssh;
 mod staging;
+mod structure;
