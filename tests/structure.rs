@@ -25,6 +25,13 @@ const LAYERS: &[&[&str]] = &[
 
 const TEST_FILES: &[&str] = &["tests.rs", "fakes.rs", "rail_tests.rs"];
 
+/// Parents whose children still import each other in a cycle, known and to
+/// be fixed by whoever works there (listed so that no new cycle comes in
+/// meanwhile; the test fails once a listed cycle is gone, to drop it here).
+/// `nodes::ssh`: `connect` uses `pool::Connection` and `sftp::is_status`,
+/// `pool` uses `connect`, `sftp` uses `pool::Op`.
+const KNOWN_CYCLES: &[&str] = &["nodes::ssh"];
+
 fn rs_files(dir: &Path, out: &mut Vec<PathBuf>) {
     let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     for entry in entries {
@@ -327,12 +334,22 @@ fn no_import_cycle_between_sibling_modules() {
         }
         false
     };
-    let cycles: Vec<String> = edges
+    let in_cycle: Vec<_> = edges.iter().filter(|((a, b), _)| reaches(b, a)).collect();
+    let known = |m: &Module| KNOWN_CYCLES.contains(&show(&m[..m.len() - 1]).as_str());
+    let cycles: Vec<String> = in_cycle
         .iter()
-        .filter(|((a, b), _)| reaches(b, a))
+        .filter(|((a, _), _)| !known(a))
         .map(|((a, b), why)| format!("{} -> {}: {why}", show(a), show(b)))
         .collect();
     assert!(cycles.is_empty(), "import cycles:\n{}", cycles.join("\n"));
+    for parent in KNOWN_CYCLES {
+        assert!(
+            in_cycle
+                .iter()
+                .any(|((a, _), _)| show(&a[..a.len() - 1]) == *parent),
+            "the cycle under `{parent}` is gone: remove it from KNOWN_CYCLES"
+        );
+    }
     // The reader sees what it checks: the crate's modules use one another.
     assert!(edges.contains_key(&(vec!["script".into()], vec!["ops".into()])));
 }
