@@ -3,7 +3,7 @@
 //! default key files), the SFTP session, and the root's existence.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,8 +12,8 @@ use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicK
 use russh_sftp::client::RawSftpSession;
 use russh_sftp::protocol::StatusCode;
 
-use super::pool::Connection;
-use super::sftp::{is_status, sftp_path};
+use super::is_status;
+use super::shell::sftp_path;
 use crate::config::{NodeAddress, Shell, SshSettings};
 use crate::{Error, Result};
 
@@ -457,5 +457,29 @@ impl Connection {
             })?;
         }
         Ok(())
+    }
+}
+
+/// One authenticated connection to a node, with its SFTP session.
+pub(super) struct Connection {
+    /// `ssh://user@host:port`, for messages.
+    pub(super) target: String,
+    pub(super) host: String,
+    pub(super) port: u16,
+    pub(super) known_hosts: PathBuf,
+    pub(super) handle: Handle<HostKeyCheck>,
+    pub(super) sftp: Arc<RawSftpSession>,
+    pub(super) posix_rename: bool,
+    pub(super) fsync: bool,
+    /// A new host key accepted while connecting read-only, not yet recorded.
+    pub(super) unrecorded_key: Mutex<Option<PublicKey>>,
+    /// The SFTP session ended (its channel or the connection closed).
+    pub(super) sftp_lost: AtomicBool,
+}
+
+impl Connection {
+    /// Closed: nothing more can be sent on it.
+    pub(super) fn is_closed(&self) -> bool {
+        self.handle.is_closed() || self.sftp_lost.load(Ordering::SeqCst)
     }
 }

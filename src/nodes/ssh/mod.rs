@@ -28,7 +28,7 @@ use crate::{Error, Result};
 
 use pool::Link;
 pub(crate) use pool::{close_all, connect_many, prefetch};
-use sftp::sftp_path;
+use shell::sftp_path;
 
 /// A node reached over SSH.
 pub struct SshTransport {
@@ -113,4 +113,12 @@ impl NodeTransport for SshTransport {
     fn exec(&self, command: &str, cwd: &str, timeout: Duration) -> Result<ExecOutput> {
         self.exec_command(command, cwd, timeout)
     }
+}
+
+/// Whether an SFTP error is the status `code`.
+pub(super) fn is_status(
+    e: &russh_sftp::client::error::Error,
+    code: russh_sftp::protocol::StatusCode,
+) -> bool {
+    matches!(e, russh_sftp::client::error::Error::Status(s) if s.status_code == code)
 }

@@ -6,17 +6,15 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use russh::client::Handle;
-use russh::keys::PublicKey;
 use russh_sftp::client::RawSftpSession;
 use tokio::runtime::Runtime;
 
-use super::connect::{known_hosts_file, ConnectSpec, HostKeyCheck};
+use super::connect::{known_hosts_file, ConnectSpec, Connection};
 use super::SshTransport;
 use crate::config::{NodeAddress, NodeConfig, SshSettings};
 use crate::nodes::ConnectMode;
@@ -46,30 +44,6 @@ pub(super) fn block_on<F: Future>(f: F) -> Result<F::Output> {
         ));
     }
     Ok(runtime()?.block_on(f))
-}
-
-/// One authenticated connection to a node, with its SFTP session.
-pub(super) struct Connection {
-    /// `ssh://user@host:port`, for messages.
-    pub(super) target: String,
-    pub(super) host: String,
-    pub(super) port: u16,
-    pub(super) known_hosts: PathBuf,
-    pub(super) handle: Handle<HostKeyCheck>,
-    pub(super) sftp: Arc<RawSftpSession>,
-    pub(super) posix_rename: bool,
-    pub(super) fsync: bool,
-    /// A new host key accepted while connecting read-only, not yet recorded.
-    pub(super) unrecorded_key: Mutex<Option<PublicKey>>,
-    /// The SFTP session ended (its channel or the connection closed).
-    pub(super) sftp_lost: AtomicBool,
-}
-
-impl Connection {
-    /// Closed: nothing more can be sent on it.
-    pub(super) fn is_closed(&self) -> bool {
-        self.handle.is_closed() || self.sftp_lost.load(Ordering::SeqCst)
-    }
 }
 
 /// A node's connection and how to open it again: every transport of the node

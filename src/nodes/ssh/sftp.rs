@@ -8,9 +8,9 @@ use futures_util::stream::{self, StreamExt, TryStreamExt};
 use russh_sftp::client::error::Error as SftpError;
 use russh_sftp::protocol::{FileAttributes, OpenFlags, Packet, StatusCode};
 
+use super::is_status;
 use super::pool::Op;
 use super::SshTransport;
-use crate::config::Shell;
 use crate::nodes::{DirState, PathIdentity, PayloadEntry};
 use crate::{Error, Result};
 
@@ -21,27 +21,6 @@ pub(super) const CHUNK: usize = 32 * 1024;
 pub(super) const IN_FLIGHT: usize = 16;
 /// Payload files copied at once.
 pub(super) const FILES_IN_FLIGHT: usize = 8;
-
-pub(super) fn is_status(e: &SftpError, code: StatusCode) -> bool {
-    matches!(e, SftpError::Status(s) if s.status_code == code)
-}
-
-/// A node path as the node's SFTP server wants it: `/`-separated, and on
-/// Windows `/C:/x` for `C:\x`.
-pub(super) fn sftp_path(shell: Shell, path: &str) -> String {
-    match shell {
-        Shell::Posix => path.to_string(),
-        Shell::Powershell => {
-            let p = path.replace('\\', "/");
-            let b = p.as_bytes();
-            if b.len() >= 2 && b[0].is_ascii_alphabetic() && b[1] == b':' {
-                format!("/{p}")
-            } else {
-                p
-            }
-        }
-    }
-}
 
 /// SSH wire string: length then bytes.
 pub(super) fn ssh_string(out: &mut Vec<u8>, s: &str) {
@@ -485,17 +464,5 @@ impl SshTransport {
             names.sort();
             Ok(Some(names))
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Shell;
-
-    #[test]
-    fn windows_paths_for_sftp() {
-        assert_eq!(sftp_path(Shell::Powershell, "C:\\Apps\\x"), "/C:/Apps/x");
-        assert_eq!(sftp_path(Shell::Posix, "/opt/x"), "/opt/x");
     }
 }

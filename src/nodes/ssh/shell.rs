@@ -84,9 +84,32 @@ pub(super) fn base64(data: &[u8]) -> String {
     out
 }
 
+/// A node path as the node's SFTP server wants it: `/`-separated, and on
+/// Windows `/C:/x` for `C:\x`.
+pub(super) fn sftp_path(shell: Shell, path: &str) -> String {
+    match shell {
+        Shell::Posix => path.to_string(),
+        Shell::Powershell => {
+            let p = path.replace('\\', "/");
+            let b = p.as_bytes();
+            if b.len() >= 2 && b[0].is_ascii_alphabetic() && b[1] == b':' {
+                format!("/{p}")
+            } else {
+                p
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn windows_paths_for_sftp() {
+        assert_eq!(sftp_path(Shell::Powershell, "C:\\Apps\\x"), "/C:/Apps/x");
+        assert_eq!(sftp_path(Shell::Posix, "/opt/x"), "/opt/x");
+    }
 
     #[test]
     fn base64_matches_the_standard() {
