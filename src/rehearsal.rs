@@ -150,7 +150,7 @@ pub fn end_state(site: &Site) -> Result<EndState> {
     let mut nodes = BTreeMap::new();
     for n in &site.nodes {
         let inst = crate::nodes::NodeInstances {
-            transport: crate::nodes::connect(n, &site.ssh, crate::nodes::ConnectMode::ReadOnly)?,
+            transport: crate::nodes::connect(site, n, crate::nodes::ConnectMode::ReadOnly)?,
             root: n.root.clone(),
             shell: n.shell,
             run_service_commands: false,

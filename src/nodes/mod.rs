@@ -11,7 +11,7 @@ pub mod staging;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::{NodeAddress, NodeConfig, SshSettings};
+use crate::config::{NodeAddress, NodeConfig, Site};
 use crate::{Error, Result};
 
 pub use instances::{InstanceRecord, InstanceState, Manifest, NodeInstances};
@@ -155,38 +155,44 @@ pub fn close_all() {
 /// Start connecting to the site's SSH nodes in the background, so that the
 /// handshakes overlap with the command's other start-up work; `connect_all`
 /// takes these connections (or their errors) later. Read-only.
-pub fn prefetch(nodes: &[NodeConfig], ssh: &SshSettings) {
-    let remote: Vec<&NodeConfig> = nodes
+pub fn prefetch(site: &Site) {
+    let remote: Vec<&NodeConfig> = site
+        .nodes
         .iter()
         .filter(|n| matches!(n.address, NodeAddress::Ssh { .. }))
         .collect();
-    ssh::prefetch(&remote, ssh);
+    ssh::prefetch(&remote, &site.ssh);
 }
 
-/// Connect to a node as its address says.
+/// Connect to one of the site's nodes as its address says.
 pub fn connect(
+    site: &Site,
     node: &NodeConfig,
-    ssh: &SshSettings,
     mode: ConnectMode,
 ) -> Result<Box<dyn NodeTransport>> {
-    let mut all = connect_all(std::slice::from_ref(node), ssh, mode)?;
+    let mut all = connect_nodes(site, std::slice::from_ref(node), mode)?;
     all.pop()
         .ok_or_else(|| Error::node(&node.name, "no connection was made"))
 }
 
-/// Connect to every node, SSH nodes concurrently, in input order. Fails with
-/// the first node (in input order) that cannot be reached or verified, before
-/// anything is done on any node.
-pub fn connect_all(
+/// Connect to every node of the site, SSH nodes concurrently, in site
+/// order. Fails with the first node (in site order) that cannot be reached or
+/// verified, before anything is done on any node.
+pub fn connect_all(site: &Site, mode: ConnectMode) -> Result<Vec<Box<dyn NodeTransport>>> {
+    connect_nodes(site, &site.nodes, mode)
+}
+
+/// [`connect_all`] for some of the site's nodes, in the order given.
+pub fn connect_nodes(
+    site: &Site,
     nodes: &[NodeConfig],
-    ssh: &SshSettings,
     mode: ConnectMode,
 ) -> Result<Vec<Box<dyn NodeTransport>>> {
     let remote: Vec<&NodeConfig> = nodes
         .iter()
         .filter(|n| matches!(n.address, NodeAddress::Ssh { .. }))
         .collect();
-    let mut connected = ssh::connect_many(&remote, ssh, mode)?.into_iter();
+    let mut connected = ssh::connect_many(&remote, &site.ssh, mode)?.into_iter();
     let mut out: Vec<Box<dyn NodeTransport>> = Vec::with_capacity(nodes.len());
     for n in nodes {
         match n.address {

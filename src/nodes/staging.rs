@@ -352,8 +352,7 @@ impl NodeInstances {
 /// for the operator. Unreachable nodes are reported, not fatal: the next
 /// run that stages removes what is left.
 pub fn clean_site(site: &crate::config::Site) -> Vec<String> {
-    let transports = match super::connect_all(&site.nodes, &site.ssh, super::ConnectMode::ReadWrite)
-    {
+    let transports = match super::connect_all(site, super::ConnectMode::ReadWrite) {
         Ok(t) => t,
         Err(e) => {
             return vec![format!(

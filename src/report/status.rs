@@ -53,8 +53,7 @@ impl Status {
             Ok(b) => b,
             Err(e) => Some(format!("unknown ({e})")),
         };
-        let transports =
-            crate::nodes::connect_all(&site.nodes, &site.ssh, crate::nodes::ConnectMode::ReadOnly)?;
+        let transports = crate::nodes::connect_all(site, crate::nodes::ConnectMode::ReadOnly)?;
         let mut nodes = Vec::new();
         for (n, transport) in site.nodes.iter().zip(transports) {
             let inst = NodeInstances {

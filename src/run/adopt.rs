@@ -78,7 +78,7 @@ pub fn check_adoption(site: &Site, a: &AdoptRequest<'_>) -> Result<Adoption> {
     } else {
         ConnectMode::ReadOnly
     };
-    let transports = crate::nodes::connect_all(&owned, &site.ssh, mode)?;
+    let transports = crate::nodes::connect_nodes(site, &owned, mode)?;
     let mut plan = Vec::new();
     for (n, transport) in owned.iter().zip(transports) {
         let inst = NodeInstances {

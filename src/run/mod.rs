@@ -81,7 +81,7 @@ pub fn prepare(target: &Target<'_>, opts: &RunOptions, reporter: &Output) -> Res
     let site = Site::load(target.site)?;
     // Handshakes overlap with loading and hashing the release, the lock and
     // compiling; the planning pass takes the connections (or their errors).
-    crate::nodes::prefetch(&site.nodes, &site.ssh);
+    crate::nodes::prefetch(&site);
     let release = Release::load_opt(target.release)?;
     let proc = Procedure::load(target.script)?;
     crate::phases::record("load", began);

@@ -15,7 +15,7 @@ use super::{load_resume, recover_for_reading, Session, Target};
 /// `out` as it is planned and the count of changes at the end.
 pub fn plan(target: &Target<'_>, resume: Option<&str>, out: Arc<Output>) -> Result<()> {
     let site = Site::load(target.site)?;
-    crate::nodes::prefetch(&site.nodes, &site.ssh);
+    crate::nodes::prefetch(&site);
     let release = Release::load_opt(target.release)?;
     let proc = Procedure::load(target.script)?;
     let run_id = "plan";

@@ -69,9 +69,8 @@ impl Session {
             Mode::Plan => ConnectMode::ReadOnly,
             Mode::Run => ConnectMode::ReadWrite,
         };
-        let transports = crate::phases::time("connect", || {
-            crate::nodes::connect_all(&site.nodes, &site.ssh, connect_mode)
-        })?;
+        let transports =
+            crate::phases::time("connect", || crate::nodes::connect_all(site, connect_mode))?;
         let nodes = site
             .nodes
             .iter()
