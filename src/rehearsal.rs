@@ -149,12 +149,8 @@ pub fn end_state(site: &Site) -> Result<EndState> {
     }
     let mut nodes = BTreeMap::new();
     for n in &site.nodes {
-        let inst = crate::nodes::NodeInstances {
-            transport: crate::nodes::connect(site, n, crate::nodes::ConnectMode::ReadOnly)?,
-            root: n.root.clone(),
-            shell: n.shell,
-            run_service_commands: false,
-        };
+        let transport = crate::nodes::connect(site, n, crate::nodes::ConnectMode::ReadOnly)?;
+        let inst = crate::nodes::NodeInstances::new(n, transport, false);
         let m = inst.manifest()?;
         let show =
             |r: &crate::nodes::InstanceRecord| format!("{} {} {}", r.app_name, r.version, r.folder);

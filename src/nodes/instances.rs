@@ -200,6 +200,21 @@ pub fn expand_template(
 }
 
 impl NodeInstances {
+    /// The instances on `node`, reached through `transport`; service commands
+    /// run only when `run_service_commands` (false for reading a site).
+    pub fn new(
+        node: &crate::config::NodeConfig,
+        transport: Box<dyn NodeTransport>,
+        run_service_commands: bool,
+    ) -> NodeInstances {
+        NodeInstances {
+            transport,
+            root: node.root.clone(),
+            shell: node.shell,
+            run_service_commands,
+        }
+    }
+
     pub fn node(&self) -> &str {
         self.transport.node()
     }

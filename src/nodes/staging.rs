@@ -137,6 +137,24 @@ pub struct StageReport {
     pub reason: Option<String>,
 }
 
+impl StageReport {
+    /// Nothing staged yet (or nothing to stage: `reason` says why) of the
+    /// payload `pd` on `node`.
+    pub fn nothing(node: &str, pd: &PayloadDigest, reason: Option<String>) -> StageReport {
+        StageReport {
+            node: node.to_string(),
+            folder: format!("{STAGING_DIR}/{}", pd.digest),
+            staged: false,
+            files: pd.files,
+            bytes: pd.bytes,
+            sent_files: 0,
+            sent_bytes: 0,
+            kept_files: 0,
+            reason,
+        }
+    }
+}
+
 /// The first difference between what a staging holds and what it must.
 fn first_difference(
     expected: &BTreeMap<String, TreeEntry>,
@@ -222,17 +240,7 @@ impl NodeInstances {
     /// node and must be exactly the payload. Another release's staging is
     /// removed first.
     pub fn stage_release(&self, pd: &PayloadDigest) -> Result<StageReport> {
-        let mut report = StageReport {
-            node: self.node().to_string(),
-            folder: format!("{STAGING_DIR}/{}", pd.digest),
-            staged: false,
-            files: pd.files,
-            bytes: pd.bytes,
-            sent_files: 0,
-            sent_bytes: 0,
-            kept_files: 0,
-            reason: None,
-        };
+        let mut report = StageReport::nothing(self.node(), pd, None);
         if let Some(why) = &pd.unstageable {
             report.reason = Some(why.clone());
             return Ok(report);
@@ -362,12 +370,7 @@ pub fn clean_site(site: &crate::config::Site) -> Vec<String> {
     };
     let mut out = Vec::new();
     for (n, transport) in site.nodes.iter().zip(transports) {
-        let inst = NodeInstances {
-            transport,
-            root: n.root.clone(),
-            shell: n.shell,
-            run_service_commands: false,
-        };
+        let inst = NodeInstances::new(n, transport, false);
         match inst.clean_staging(None) {
             Ok(0) => {}
             Ok(k) => out.push(format!(

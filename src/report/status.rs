@@ -56,12 +56,7 @@ impl Status {
         let transports = crate::nodes::connect_all(site, crate::nodes::ConnectMode::ReadOnly)?;
         let mut nodes = Vec::new();
         for (n, transport) in site.nodes.iter().zip(transports) {
-            let inst = NodeInstances {
-                transport,
-                root: n.root.clone(),
-                shell: n.shell,
-                run_service_commands: false,
-            };
+            let inst = NodeInstances::new(n, transport, false);
             let m = inst.manifest()?;
             nodes.push(NodeStatus {
                 name: n.name.clone(),

@@ -81,12 +81,7 @@ pub fn check_adoption(site: &Site, a: &AdoptRequest<'_>) -> Result<Adoption> {
     let transports = crate::nodes::connect_nodes(site, &owned, mode)?;
     let mut plan = Vec::new();
     for (n, transport) in owned.iter().zip(transports) {
-        let inst = NodeInstances {
-            transport,
-            root: n.root.clone(),
-            shell: n.shell,
-            run_service_commands: true,
-        };
+        let inst = NodeInstances::new(n, transport, true);
         if inst.has_manifest()? {
             let m = inst.manifest()?;
             return Err(Error::Refused(format!(

@@ -75,11 +75,8 @@ impl Session {
             .nodes
             .iter()
             .zip(transports)
-            .map(|(n, transport)| NodeInstances {
-                transport,
-                root: n.root.clone(),
-                shell: n.shell,
-                run_service_commands: spec.commands == CommandPolicy::Run,
+            .map(|(n, transport)| {
+                NodeInstances::new(n, transport, spec.commands == CommandPolicy::Run)
             })
             .collect();
         let ops = Arc::new(Ops::new(spec, db, nodes, reporter));

@@ -32,17 +32,7 @@ impl Ops {
         let pd = payload_digest(node, &self.release.payload)?;
         let version = self.release.version.to_string();
         let folder = format!("{STAGING_DIR}/{}", pd.digest);
-        let nothing = |reason: String| StageReport {
-            node: node.to_string(),
-            folder: folder.clone(),
-            staged: false,
-            files: pd.files,
-            bytes: pd.bytes,
-            sent_files: 0,
-            sent_bytes: 0,
-            kept_files: 0,
-            reason: Some(reason),
-        };
+        let nothing = |reason: Option<String>| StageReport::nothing(node, &pd, reason);
         if let Some(current) = self.instance(node)? {
             if current.version == version {
                 let why = format!(
@@ -50,7 +40,7 @@ impl Ops {
                     current.app_name
                 );
                 self.noted_step(StepKind::StageRelease, Some(node), why.clone());
-                return Ok(nothing(why));
+                return Ok(nothing(Some(why)));
             }
         }
         let description = format!(
@@ -69,9 +59,7 @@ impl Ops {
             intent,
             || {
                 if self.mode == Mode::Plan {
-                    let mut r = nothing("planned".into());
-                    r.reason = None;
-                    return Ok((r, description.clone()));
+                    return Ok((nothing(None), description.clone()));
                 }
                 let r = n.stage_release(&pd)?;
                 let text = match &r.reason {
