@@ -8,7 +8,7 @@ mod audit;
 mod commands;
 mod database;
 #[cfg(test)]
-mod fakes;
+pub(crate) mod fakes;
 mod groups;
 mod instances;
 mod journaled;
@@ -73,6 +73,10 @@ struct RunState {
     planned_used: HashMap<String, Vec<String>>,
     /// Plan overlay: node name -> instance planned to be removed last.
     planned_removed: HashMap<String, InstanceRecord>,
+    /// Each node's current and last removed instance as this run last read
+    /// them from its manifest (the application-name rail's view of the
+    /// other nodes; a node's own manifest is always read again).
+    names_seen: HashMap<String, (Option<InstanceRecord>, Option<InstanceRecord>)>,
     /// The operator accepted the run's changes (once, up front).
     changes_confirmed: bool,
     /// Calls of changing functions so far, by `call:node` (journal keys).

@@ -106,7 +106,10 @@ impl Ops {
                         .insert(node.to_string(), r.clone());
                     Some(r)
                 } else {
-                    n.remove(&self.site.service, &now_rfc3339())?
+                    let r = n.remove(&self.site.service, &now_rfc3339());
+                    // Its manifest changed: the name rail reads it again.
+                    lock(&self.state).names_seen.remove(node);
+                    r?
                 };
                 Ok((removed, description.clone()))
             },
@@ -249,13 +252,16 @@ impl Ops {
                     return Ok((planned, description.clone()));
                 }
                 let staged = crate::nodes::staging::payload_digest(node, &self.release.payload)?;
-                let (bytes, renamed) = n.stage(
+                let staged_into = n.stage(
                     &rec,
                     &self.release.payload,
                     &self.instance_config(&rec),
                     fresh,
                     Some(&staged),
-                )?;
+                );
+                // Its manifest changed: the name rail reads it again.
+                lock(&self.state).names_seen.remove(node);
+                let (bytes, renamed) = staged_into?;
                 if start {
                     self.start_on(node, &rec)?;
                 }
