@@ -139,9 +139,23 @@ fn lay_out(dir: &Path, nodes: usize, sshd: &Sshd, payload: &Path, start: &str) -
     std::fs::write(&rel, text).expect("release.toml");
     let demo = std::fs::read_to_string(sb.join("site.toml")).expect("site");
     let head = &demo[..demo.find("[[node]]").expect("nodes")];
-    let mut site = head.replace(
-        "start = \"echo running {app} {version} on {node} > service.state\"",
-        &format!("start = {start:?}"),
+    // The demo's start command (whatever it is now: it also runs the demo
+    // application's database check) becomes the bench's.
+    let mut site = head
+        .lines()
+        .map(|l| {
+            if l.starts_with("start = ") {
+                format!("start = {start:?}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    site.push('\n');
+    assert!(
+        site.contains(&format!("start = {start:?}")),
+        "no start command in the demo's site file"
     );
     for i in 1..=nodes {
         let name = format!("app{i:02}");
