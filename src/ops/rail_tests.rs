@@ -622,6 +622,42 @@ fn the_name_rail_reads_other_nodes_once_per_run_and_again_after_a_change() {
     refused(ops.create_instance("app03", staged()), "OtherApp");
 }
 
+/// One host call reads the node's manifest once for its decision (the
+/// rails used to read it once each: 3 times per removal, 6 per create), and
+/// the change reads it again (what it changes is observed then).
+#[test]
+fn one_call_reads_the_node_manifest_once_to_decide() {
+    let w = World::new();
+    let manifest = format!("{}/{}", root("app02"), crate::nodes::instances::MANIFEST);
+    let reads = || {
+        w.node("app02")
+            .reads
+            .iter()
+            .filter(|r| **r == manifest)
+            .count()
+    };
+    let ops = w.ops(Mode::Run);
+    let before = reads();
+    ok(ops.remove_instance("app02", Default::default()));
+    assert_eq!(
+        reads() - before,
+        2,
+        "one to decide, one by the removal itself"
+    );
+    ok(ops.remove_instance("app03", Default::default()));
+    let before = reads();
+    ok(ops.create_instance("app02", staged()));
+    assert_eq!(
+        reads() - before,
+        2,
+        "one to decide, one by the layout itself"
+    );
+    // After the call, the node is read again: the new instance is seen.
+    let rec = ok(ops.instance("app02")).expect("an instance");
+    assert_eq!(rec.version, "2.0.0");
+    assert_eq!(reads() - before, 3);
+}
+
 #[test]
 fn a_renamed_site_is_refused_unless_the_rename_is_declared() {
     let renamed = site_with(|s| s.replace("name = \"FastApp\"", "name = \"NewApp\""));

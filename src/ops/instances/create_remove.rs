@@ -20,6 +20,7 @@ impl Ops {
         _opts: RemoveOptions,
     ) -> Result<Option<InstanceRecord>> {
         let n = self.node(node)?;
+        let _deciding = self.observe(node);
         self.require_recorded(node)?;
         self.record_group_change(StepKind::RemoveInstance, node);
         let key = self.call_key(StepKind::RemoveInstance, Some(node));
@@ -32,7 +33,7 @@ impl Ops {
             let intended: InstanceRecord = serde_json::from_value(intent.clone()).map_err(|e| {
                 Error::Config(format!("journal entry `{key}` cannot be read back: {e}"))
             })?;
-            let m = n.manifest()?;
+            let m = self.manifest_now(node)?;
             if !m
                 .current
                 .as_ref()
@@ -125,6 +126,7 @@ impl Ops {
     pub fn create_instance(&self, node: &str, opts: CreateOptions) -> Result<InstanceRecord> {
         self.release.require("create_instance")?;
         let n = self.node(node)?;
+        let _deciding = self.observe(node);
         self.require_recorded(node)?;
         self.record_group_change(StepKind::CreateInstance, node);
         let key = self.call_key(StepKind::CreateInstance, Some(node));

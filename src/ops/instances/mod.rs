@@ -94,7 +94,7 @@ impl Ops {
         if let (Some(c), Some(r)) = (&current, &removed) {
             return Ok((c.clone(), Some(r.clone())));
         }
-        let m = self.node(node)?.manifest()?;
+        let m = self.manifest_now(node)?;
         lock(&self.state).names_seen.insert(
             node.to_string(),
             (m.current.clone(), m.removed.last().cloned()),
@@ -134,7 +134,7 @@ impl Ops {
 
     /// Whether an instance registered on `node` (current or removed) used `folder`.
     pub(super) fn registered_folder(&self, node: &str, folder: &str) -> Result<bool> {
-        let m = self.node(node)?.manifest()?;
+        let m = self.manifest_now(node)?;
         Ok(m.current
             .iter()
             .chain(&m.removed)
@@ -147,7 +147,7 @@ impl Ops {
         if lock(&self.state).planned_current.contains_key(node) {
             return Ok(None);
         }
-        Ok(self.node(node)?.manifest()?.pending)
+        Ok(self.manifest_now(node)?.pending)
     }
 
     /// The instance's own configuration file: what it is and which database it
