@@ -139,13 +139,24 @@ fn lay_out(dir: &Path, nodes: usize, sshd: &Sshd, payload: &Path, start: &str) -
     std::fs::write(&rel, text).expect("release.toml");
     let demo = std::fs::read_to_string(sb.join("site.toml")).expect("site");
     let head = &demo[..demo.find("[[node]]").expect("nodes")];
-    // The demo's start command asks the uprun binary to read the sandbox's
-    // database; the benchmark's is `start` (a plain `echo`, or a sleep).
-    let demo_start = head
+    // The demo's start command (whatever it is now: it also runs the demo
+    // application's database check) becomes the bench's.
+    let mut site = head
         .lines()
-        .find(|l| l.starts_with("start = "))
-        .expect("the demo's start command");
-    let mut site = head.replace(demo_start, &format!("start = {start:?}"));
+        .map(|l| {
+            if l.starts_with("start = ") {
+                format!("start = {start:?}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    site.push('\n');
+    assert!(
+        site.contains(&format!("start = {start:?}")),
+        "no start command in the demo's site file"
+    );
     for i in 1..=nodes {
         let name = format!("app{i:02}");
         site.push_str(&format!(
@@ -195,6 +206,8 @@ struct UprunRun {
     phases: Phases,
     events: Vec<serde_json::Value>,
     max_rss_kib: i64,
+    /// User + system CPU seconds of the uprun process (all its threads).
+    cpu_s: f64,
 }
 
 fn uprun_run(site: &Path, release: &Path, script: &Path) -> UprunRun {
@@ -228,7 +241,7 @@ fn uprun_run(site: &Path, release: &Path, script: &Path) -> UprunRun {
         }
         events.push(ev);
     }
-    let (status, max_rss_kib) = wait_rusage(&mut child);
+    let (status, max_rss_kib, cpu_s) = wait_rusage(&mut child);
     let wall_ms = t.elapsed().as_secs_f64() * 1000.0;
     let mut err = String::new();
     if let Some(mut e) = child.stderr.take() {
@@ -255,11 +268,13 @@ fn uprun_run(site: &Path, release: &Path, script: &Path) -> UprunRun {
         phases,
         events,
         max_rss_kib,
+        cpu_s,
     }
 }
 
-/// Wait for `child`, returning its exit status and peak RSS in KiB (wait4).
-fn wait_rusage(child: &mut std::process::Child) -> (i32, i64) {
+/// Wait for `child`, returning its exit status, peak RSS in KiB and user +
+/// system CPU seconds (wait4).
+fn wait_rusage(child: &mut std::process::Child) -> (i32, i64, f64) {
     let mut status = 0;
     // SAFETY: wait4 on our own child's pid, with a zeroed rusage to fill.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -271,7 +286,37 @@ fn wait_rusage(child: &mut std::process::Child) -> (i32, i64) {
     } else {
         -1
     };
-    (code, usage.ru_maxrss)
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    (
+        code,
+        usage.ru_maxrss,
+        secs(usage.ru_utime) + secs(usage.ru_stime),
+    )
+}
+
+/// CPU seconds the sshd listener and every per-connection process it reaped
+/// have used so far (`/proc/<pid>/stat`: utime + stime + cutime + cstime).
+/// Call it once the connections of a run are closed: a session's CPU is
+/// counted when its process is reaped.
+fn sshd_cpu_s(sshd: &Sshd) -> f64 {
+    let pid = sshd.pid();
+    // The sessions of the run end shortly after uprun exits: wait (bounded)
+    // until the listener has no child left, so their CPU is counted.
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while !sshd.descendants().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("sshd stat");
+    // Fields after the command name (which may hold spaces) start at `state`.
+    let rest = &stat[stat.rfind(')').expect("stat") + 2..];
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    // state=0 ... utime=11 stime=12 cutime=13 cstime=14 (0-based from state).
+    (f[11] + f[12] + f[13] + f[14]) / hz
 }
 
 /// Every node ended with a new 1.0.0 instance running and the whole payload.
@@ -791,6 +836,17 @@ fn scale(sshd: &Sshd) {
          for_each_node(secondaries(), #{{ parallel: {PARALLEL} }}, |n| create_instance(n));\n\
          log(`CREATED_MS ${{c.elapsed * 1000.0}}`);\n"
     );
+    struct Scale {
+        wall_ms: f64,
+        removed_ms: f64,
+        created_ms: f64,
+        rss_kib: i64,
+        dropped: usize,
+        accepted: usize,
+        first_change_ms: f64,
+        uprun_cpu_s: f64,
+        sshd_cpu_s: f64,
+    }
     let measure = |n: usize| {
         let tmp = tempfile::tempdir().expect("tmp");
         let site = lay_out(tmp.path(), n, sshd, &payload, &start);
@@ -798,7 +854,9 @@ fn scale(sshd: &Sshd) {
         let path = sb.join("scale.rhai");
         std::fs::write(&path, &script).expect("script");
         let before = sshd.log();
+        let sshd_before = sshd_cpu_s(sshd);
         let r = uprun_run(&site, &sb.join("release"), &path);
+        let sshd_after = sshd_cpu_s(sshd);
         assert_cycled(&sb, n, &payload, "FastApp-1.0.0-2");
         let log = sshd.log();
         let new_log = &log[before.len()..];
@@ -810,29 +868,34 @@ fn scale(sshd: &Sshd) {
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(f64::NAN)
         };
-        (
-            r.wall_ms,
-            get("REMOVED_MS "),
-            get("CREATED_MS "),
-            r.max_rss_kib,
-            new_log.matches("drop connection").count(),
-            new_log.matches("Accepted publickey").count(),
-            r.first_change_ms,
-        )
+        Scale {
+            wall_ms: r.wall_ms,
+            removed_ms: get("REMOVED_MS "),
+            created_ms: get("CREATED_MS "),
+            rss_kib: r.max_rss_kib,
+            dropped: new_log.matches("drop connection").count(),
+            accepted: new_log.matches("Accepted publickey").count(),
+            first_change_ms: r.first_change_ms,
+            uprun_cpu_s: r.cpu_s,
+            sshd_cpu_s: sshd_after - sshd_before,
+        }
     };
     println!(
-        "{nodes} nodes behind one sshd (default MaxStartups), parallel = {PARALLEL}, start command `sleep 0.2; ...`, payload {} file(s) of {} bytes; load {}",
+        "{nodes} nodes behind one sshd (default MaxStartups), parallel = {PARALLEL}, start command `sleep 0.2; ...`, payload {} file(s) of {} bytes; {}; load {}",
         files.max(1),
         if files == 0 { 100 } else { 100_000 },
+        uprun_bin(),
         load()
     );
     let one = measure(2);
     println!(
-        "  one secondary: create phase {:.0} ms, remove phase {:.0} ms, whole run {:.0} ms, peak RSS {:.1} MiB  (load {})",
-        one.2,
-        one.1,
-        one.0,
-        one.3 as f64 / 1024.0,
+        "  one secondary: create phase {:.0} ms, remove phase {:.0} ms, whole run {:.0} ms, peak RSS {:.1} MiB; CPU: uprun {:.2} s, sshd {:.2} s  (load {})",
+        one.created_ms,
+        one.removed_ms,
+        one.wall_ms,
+        one.rss_kib as f64 / 1024.0,
+        one.uprun_cpu_s,
+        one.sshd_cpu_s,
         load()
     );
     let big = measure(nodes);
@@ -840,21 +903,29 @@ fn scale(sshd: &Sshd) {
     println!(
         "  {} secondaries: create phase {:.0} ms = {:.2}x the ideal {batches} x {:.0} ms (target <= 1.3x); remove phase {:.0} ms ({:.2}x {batches} x {:.0} ms)",
         nodes - 1,
-        big.2,
-        big.2 / (batches * one.2),
-        one.2,
-        big.1,
-        big.1 / (batches * one.1),
-        one.1
+        big.created_ms,
+        big.created_ms / (batches * one.created_ms),
+        one.created_ms,
+        big.removed_ms,
+        big.removed_ms / (batches * one.removed_ms),
+        one.removed_ms
     );
     println!(
         "  whole run {:.0} ms, first change at {:.0} ms; peak RSS {:.1} MiB (target < 200); sshd: {} connections accepted, {} dropped  (load {})",
-        big.0,
-        big.6,
-        big.3 as f64 / 1024.0,
-        big.5,
-        big.4,
+        big.wall_ms,
+        big.first_change_ms,
+        big.rss_kib as f64 / 1024.0,
+        big.accepted,
+        big.dropped,
         load()
+    );
+    println!(
+        "  CPU: uprun {:.2} s ({:.1} ms per node), sshd {:.2} s ({:.1} ms per connection: fork/exec, key exchange, auth, SFTP, the shells of the commands); the machine has {} cores",
+        big.uprun_cpu_s,
+        big.uprun_cpu_s * 1000.0 / nodes as f64,
+        big.sshd_cpu_s,
+        big.sshd_cpu_s * 1000.0 / big.accepted.max(1) as f64,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
 }
 

@@ -228,9 +228,14 @@ impl NodeInstances {
     }
 
     pub fn manifest(&self) -> Result<Manifest> {
+        Ok(self.read_manifest()?.unwrap_or_default())
+    }
+
+    /// The manifest, or `None` when the node has none.
+    pub fn read_manifest(&self) -> Result<Option<Manifest>> {
         match self.transport.read_file(&self.manifest_path())? {
-            None => Ok(Manifest::default()),
-            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
                 Error::node(
                     self.node(),
                     format!(

@@ -5,6 +5,7 @@
 
 pub mod instances;
 mod local;
+pub mod plan_reads;
 mod ssh;
 pub mod staging;
 

@@ -232,6 +232,8 @@ pub struct NodeState {
     pub changes: Vec<String>,
     /// The node says its file names ignore case (a Windows node).
     pub ignore_case: bool,
+    /// Files read (`read_file`), resolved, in order.
+    pub reads: Vec<String>,
 }
 
 impl NodeState {
@@ -346,8 +348,10 @@ impl NodeTransport for FakeNode {
     }
 
     fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>> {
-        let st = lock(&self.state);
-        Ok(st.files.get(&st.resolve(path)).cloned())
+        let mut st = lock(&self.state);
+        let p = st.resolve(path);
+        st.reads.push(p.clone());
+        Ok(st.files.get(&p).cloned())
     }
 
     fn write_file(&self, path: &str, data: &[u8]) -> Result<()> {

@@ -271,6 +271,10 @@ impl Ops {
         if kind.changes_site() {
             self.require_customizations_acknowledged(&description)?;
         }
+        // The decision is made: what the change does is read again.
+        if let Some(n) = node {
+            self.end_observation(n);
+        }
         let idx = self.begin_step(kind, description.clone(), node, true, irreversible);
         let start = Instant::now();
         let seq = {

@@ -8,7 +8,7 @@ mod audit;
 mod commands;
 mod database;
 #[cfg(test)]
-mod fakes;
+pub(crate) mod fakes;
 mod groups;
 mod instances;
 mod journaled;
@@ -73,6 +73,14 @@ struct RunState {
     planned_used: HashMap<String, Vec<String>>,
     /// Plan overlay: node name -> instance planned to be removed last.
     planned_removed: HashMap<String, InstanceRecord>,
+    /// Each node's current and last removed instance as this run last read
+    /// them from its manifest (the application-name rail's view of the
+    /// other nodes; a node's own manifest is always read again).
+    names_seen: HashMap<String, (Option<InstanceRecord>, Option<InstanceRecord>)>,
+    /// Nodes whose host call is deciding now (see [`Ops::observe`]), with
+    /// the manifest read for that decision once read (inner `None`: the node
+    /// has none).
+    observing: HashMap<String, Option<Option<crate::nodes::instances::Manifest>>>,
     /// The operator accepted the run's changes (once, up front).
     changes_confirmed: bool,
     /// Calls of changing functions so far, by `call:node` (journal keys).
@@ -289,7 +297,7 @@ impl Ops {
     /// records it first (`uprun adopt`).
     fn require_recorded(&self, node: &str) -> Result<()> {
         let n = self.node(node)?;
-        if n.has_manifest()? || !n.root_holds_files()? {
+        if self.read_manifest(node)?.is_some() || !n.root_holds_files()? {
             return Ok(());
         }
         Err(Error::Refused(format!(
@@ -306,11 +314,50 @@ impl Ops {
 
     /// The current instance on a node (as planned, in plan mode).
     pub fn instance(&self, node: &str) -> Result<Option<InstanceRecord>> {
-        let n = self.node(node)?;
+        self.node(node)?;
         if let Some(planned) = lock(&self.state).planned_current.get(node) {
             return Ok(planned.clone());
         }
-        Ok(n.manifest()?.current)
+        Ok(self.manifest_now(node)?.current)
+    }
+
+    /// `node`'s manifest (`None`: it has none), read now; while a host call
+    /// decides about `node` ([`Ops::observe`]), read once for that decision.
+    pub(crate) fn read_manifest(
+        &self,
+        node: &str,
+    ) -> Result<Option<crate::nodes::instances::Manifest>> {
+        if let Some(Some(m)) = lock(&self.state).observing.get(node) {
+            return Ok(m.clone());
+        }
+        let m = self.node(node)?.read_manifest()?;
+        if let Some(slot) = lock(&self.state).observing.get_mut(node) {
+            *slot = Some(m.clone());
+        }
+        Ok(m)
+    }
+
+    /// [`Ops::read_manifest`], an empty manifest when the node has none.
+    pub(crate) fn manifest_now(&self, node: &str) -> Result<crate::nodes::instances::Manifest> {
+        Ok(self.read_manifest(node)?.unwrap_or_default())
+    }
+
+    /// A host call decides about `node` from now on: its manifest is read
+    /// once for that decision (not once per rail: one `create_instance` read
+    /// it 6 times). The observation ends when the call's change starts
+    /// ([`Ops::step`]) or the returned guard drops, whichever comes first;
+    /// reads after that go to the node again.
+    pub(crate) fn observe(&self, node: &str) -> Observation<'_> {
+        lock(&self.state).observing.insert(node.to_string(), None);
+        Observation {
+            ops: self,
+            node: node.to_string(),
+        }
+    }
+
+    /// The observation of `node` ends: the node is about to change.
+    pub(crate) fn end_observation(&self, node: &str) {
+        lock(&self.state).observing.remove(node);
     }
 
     /// The database's schema version (as planned, in plan mode).
@@ -449,5 +496,17 @@ impl Ops {
             "{description}: the site does not say how its SDK customisations (workflows, custom web applications, service-bus integrations) are upgraded; they are not upgraded by this procedure. Add `customizations = \"none\"` or `customizations = \"upgraded-separately\"` under `[application]` in `{}`",
             self.site.file.display()
         )))
+    }
+}
+
+/// See [`Ops::observe`].
+pub(crate) struct Observation<'a> {
+    ops: &'a Ops,
+    node: String,
+}
+
+impl Drop for Observation<'_> {
+    fn drop(&mut self) {
+        self.ops.end_observation(&self.node);
     }
 }

@@ -580,6 +580,84 @@ fn an_old_name_removed_long_ago_does_not_outvote_the_current_instance() {
     }
 }
 
+/// The application-name rail reads the node being created every time, and
+/// the other nodes once per run (again only after this run changed them):
+/// not every node's manifest at every create (N x N reads at 200 nodes).
+#[test]
+fn the_name_rail_reads_other_nodes_once_per_run_and_again_after_a_change() {
+    let w = World::new();
+    let manifest = |node: &str| format!("{}/{}", root(node), crate::nodes::instances::MANIFEST);
+    let reads = |node: &str| {
+        let m = manifest(node);
+        w.node(node).reads.iter().filter(|r| **r == m).count()
+    };
+    let ops = w.ops(Mode::Run);
+    ok(ops.remove_instance("app02", Default::default()));
+    ok(ops.remove_instance("app03", Default::default()));
+    let (app01, app02, app03) = (reads("app01"), reads("app02"), reads("app03"));
+    ok(ops.create_instance("app02", staged()));
+    // The node created is read; app01 and app03 were read (never by the rail before).
+    assert!(reads("app02") > app02);
+    assert_eq!(reads("app01"), app01 + 1, "app01 read once for the rail");
+    assert_eq!(reads("app03"), app03 + 1, "app03 read once for the rail");
+    let (app01, app02) = (reads("app01"), reads("app02"));
+    ok(ops.create_instance("app03", staged()));
+    // app01 unchanged since: not read again; app02 changed by this run: read again.
+    assert_eq!(reads("app01"), app01, "app01 is not read again");
+    assert_eq!(reads("app02"), app02 + 1, "app02 changed: read again");
+    // A stray name on the node being created is still seen now.
+    let w = World::new();
+    let ops = w.ops(Mode::Run);
+    ok(ops.remove_instance("app02", Default::default()));
+    ok(ops.remove_instance("app03", Default::default()));
+    ok(ops.create_instance("app02", staged()));
+    {
+        let mut st = w.node("app03");
+        let mut m = st.manifest(&root("app03"));
+        if let Some(last) = m.removed.last_mut() {
+            last.app_name = "OtherApp".into();
+        }
+        st.set_manifest(&root("app03"), &m);
+    }
+    refused(ops.create_instance("app03", staged()), "OtherApp");
+}
+
+/// One host call reads the node's manifest once for its decision (the
+/// rails used to read it once each: 3 times per removal, 6 per create), and
+/// the change reads it again (what it changes is observed then).
+#[test]
+fn one_call_reads_the_node_manifest_once_to_decide() {
+    let w = World::new();
+    let manifest = format!("{}/{}", root("app02"), crate::nodes::instances::MANIFEST);
+    let reads = || {
+        w.node("app02")
+            .reads
+            .iter()
+            .filter(|r| **r == manifest)
+            .count()
+    };
+    let ops = w.ops(Mode::Run);
+    let before = reads();
+    ok(ops.remove_instance("app02", Default::default()));
+    assert_eq!(
+        reads() - before,
+        2,
+        "one to decide, one by the removal itself"
+    );
+    ok(ops.remove_instance("app03", Default::default()));
+    let before = reads();
+    ok(ops.create_instance("app02", staged()));
+    assert_eq!(
+        reads() - before,
+        2,
+        "one to decide, one by the layout itself"
+    );
+    // After the call, the node is read again: the new instance is seen.
+    let rec = ok(ops.instance("app02")).expect("an instance");
+    assert_eq!(rec.version, "2.0.0");
+    assert_eq!(reads() - before, 3);
+}
+
 #[test]
 fn a_renamed_site_is_refused_unless_the_rename_is_declared() {
     let renamed = site_with(|s| s.replace("name = \"FastApp\"", "name = \"NewApp\""));

@@ -94,7 +94,7 @@ pub fn prepare(target: &Target<'_>, opts: &RunOptions, reporter: &Output) -> Res
     })?;
     // A transaction a killed process left half-done is rolled back before
     // anything reads the database (planning opens it read-only).
-    if let Some(line) = crate::db::recover(&site)? {
+    if let Some(line) = crate::phases::time("recover", || crate::db::recover(&site))? {
         reporter.event(Event::Log {
             level: "warn".into(),
             message: line,

@@ -8,6 +8,7 @@ use rhai::{Engine, AST};
 use super::{Procedure, Sources};
 use crate::config::{Release, Site};
 use crate::journal::Replay;
+use crate::nodes::plan_reads::PlanReads;
 use crate::nodes::{ConnectMode, NodeInstances};
 use crate::ops::{CommandPolicy, Confirmation, Mode, Ops, RunSpec};
 use crate::output::Output;
@@ -76,9 +77,19 @@ impl Session {
             .iter()
             .zip(transports)
             .map(|(n, transport)| {
+                // The planning pass remembers its reads (it changes nothing);
+                // the run reads every node again.
+                let transport: Box<dyn crate::nodes::NodeTransport> = match spec.mode {
+                    Mode::Plan => Box::new(PlanReads::new(transport)),
+                    Mode::Run => transport,
+                };
                 NodeInstances::new(n, transport, spec.commands == CommandPolicy::Run)
             })
-            .collect();
+            .collect::<Vec<_>>();
+        if spec.mode == Mode::Plan {
+            // The reads every plan makes, all nodes at once.
+            crate::phases::time("prefetch", || crate::nodes::plan_reads::warm(&nodes));
+        }
         let ops = Arc::new(Ops::new(spec, db, nodes, reporter));
         let sources = Sources::default();
         let began = std::time::Instant::now();

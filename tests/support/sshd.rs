@@ -201,6 +201,16 @@ impl Sshd {
     }
 
     /// `ssh://user@127.0.0.1:port`
+    /// The listening sshd's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The per-connection processes alive now (sessions, their shells).
+    pub fn descendants(&self) -> Vec<u32> {
+        descendants(self.child.id())
+    }
+
     pub fn address(&self) -> String {
         format!("ssh://{}@127.0.0.1:{}", self.user, self.port)
     }

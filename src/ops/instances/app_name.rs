@@ -21,7 +21,13 @@ impl Ops {
             // A node's current instance says what it runs; its last removed
             // one only counts when it has none (an old name removed long ago
             // must not outvote what runs now).
-            let (current, removed) = self.current_and_last_removed(name)?;
+            // The node being changed is read now; the others as this run
+            // last read them (see `other_node_names`).
+            let (current, removed) = if name == node {
+                self.current_and_last_removed(name)?
+            } else {
+                self.other_node_names(name)?
+            };
             let (rec, removed) = match current {
                 Some(c) => (Some(c), false),
                 None => (removed, true),

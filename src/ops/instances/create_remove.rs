@@ -20,6 +20,7 @@ impl Ops {
         _opts: RemoveOptions,
     ) -> Result<Option<InstanceRecord>> {
         let n = self.node(node)?;
+        let _deciding = self.observe(node);
         self.require_recorded(node)?;
         self.record_group_change(StepKind::RemoveInstance, node);
         let key = self.call_key(StepKind::RemoveInstance, Some(node));
@@ -32,7 +33,7 @@ impl Ops {
             let intended: InstanceRecord = serde_json::from_value(intent.clone()).map_err(|e| {
                 Error::Config(format!("journal entry `{key}` cannot be read back: {e}"))
             })?;
-            let m = n.manifest()?;
+            let m = self.manifest_now(node)?;
             if !m
                 .current
                 .as_ref()
@@ -106,7 +107,10 @@ impl Ops {
                         .insert(node.to_string(), r.clone());
                     Some(r)
                 } else {
-                    n.remove(&self.site.service, &now_rfc3339())?
+                    let r = n.remove(&self.site.service, &now_rfc3339());
+                    // Its manifest changed: the name rail reads it again.
+                    lock(&self.state).names_seen.remove(node);
+                    r?
                 };
                 Ok((removed, description.clone()))
             },
@@ -122,6 +126,7 @@ impl Ops {
     pub fn create_instance(&self, node: &str, opts: CreateOptions) -> Result<InstanceRecord> {
         self.release.require("create_instance")?;
         let n = self.node(node)?;
+        let _deciding = self.observe(node);
         self.require_recorded(node)?;
         self.record_group_change(StepKind::CreateInstance, node);
         let key = self.call_key(StepKind::CreateInstance, Some(node));
@@ -249,13 +254,16 @@ impl Ops {
                     return Ok((planned, description.clone()));
                 }
                 let staged = crate::nodes::staging::payload_digest(node, &self.release.payload)?;
-                let (bytes, renamed) = n.stage(
+                let staged_into = n.stage(
                     &rec,
                     &self.release.payload,
                     &self.instance_config(&rec),
                     fresh,
                     Some(&staged),
-                )?;
+                );
+                // Its manifest changed: the name rail reads it again.
+                lock(&self.state).names_seen.remove(node);
+                let (bytes, renamed) = staged_into?;
                 if start {
                     self.start_on(node, &rec)?;
                 }

@@ -13,7 +13,7 @@ impl Ops {
     /// record of used folders and the folders of its current and removed
     /// instances.
     pub(super) fn used_folders(&self, node: &str) -> Result<Vec<String>> {
-        let m = self.node(node)?.manifest()?;
+        let m = self.manifest_now(node)?;
         let mut used = m.used_folders;
         used.extend(m.current.iter().chain(&m.removed).map(|r| r.folder.clone()));
         {

@@ -94,16 +94,47 @@ impl Ops {
         if let (Some(c), Some(r)) = (&current, &removed) {
             return Ok((c.clone(), Some(r.clone())));
         }
-        let m = self.node(node)?.manifest()?;
+        let m = self.manifest_now(node)?;
+        lock(&self.state).names_seen.insert(
+            node.to_string(),
+            (m.current.clone(), m.removed.last().cloned()),
+        );
         Ok((
             current.unwrap_or(m.current),
             removed.or_else(|| m.removed.last().cloned()),
         ))
     }
 
+    /// [`Ops::current_and_last_removed`] of another node than the one being
+    /// changed, for the application-name rail: what this run last read from
+    /// that node's manifest, else read now. Under the site lock a manifest
+    /// changes only through this run, and what this run writes never changes
+    /// that rail's verdict (a created instance takes the decided name; a
+    /// removal keeps the record as the last removed one), so reading every
+    /// other node's manifest again at each create (N x N reads at scale)
+    /// would observe nothing new.
+    pub(super) fn other_node_names(
+        &self,
+        node: &str,
+    ) -> Result<(Option<InstanceRecord>, Option<InstanceRecord>)> {
+        let seen = {
+            let st = lock(&self.state);
+            let planned =
+                st.planned_current.contains_key(node) || st.planned_removed.contains_key(node);
+            match st.names_seen.get(node) {
+                Some(v) if !planned => Some(v.clone()),
+                _ => None,
+            }
+        };
+        match seen {
+            Some(v) => Ok(v),
+            None => self.current_and_last_removed(node),
+        }
+    }
+
     /// Whether an instance registered on `node` (current or removed) used `folder`.
     pub(super) fn registered_folder(&self, node: &str, folder: &str) -> Result<bool> {
-        let m = self.node(node)?.manifest()?;
+        let m = self.manifest_now(node)?;
         Ok(m.current
             .iter()
             .chain(&m.removed)
@@ -116,7 +147,7 @@ impl Ops {
         if lock(&self.state).planned_current.contains_key(node) {
             return Ok(None);
         }
-        Ok(self.node(node)?.manifest()?.pending)
+        Ok(self.manifest_now(node)?.pending)
     }
 
     /// The instance's own configuration file: what it is and which database it
