@@ -45,9 +45,13 @@ impl Ops {
     }
 
     /// A command that may change any node ran: no earlier health check in
-    /// this attempt speaks for now, so the audit runs every node's again.
-    pub(super) fn forget_health(&self) {
-        lock(&self.state).healthy.clear();
+    /// this attempt speaks for now, so the audit runs every node's again;
+    /// and the application-name rail reads every node's manifest again (the
+    /// command may have changed one).
+    pub(super) fn forget_observations(&self) {
+        let mut st = lock(&self.state);
+        st.healthy.clear();
+        st.names_seen.clear();
     }
 
     /// Observe the site as it is now (as planned, in plan mode). In run mode a

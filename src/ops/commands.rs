@@ -219,7 +219,7 @@ impl Ops {
                 }
                 // Whatever the command does, the nodes' health is observed
                 // again at the end of the run.
-                self.forget_health();
+                self.forget_observations();
                 let r = execute()?;
                 Ok((r, description.clone()))
             },

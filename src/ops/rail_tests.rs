@@ -620,6 +620,23 @@ fn the_name_rail_reads_other_nodes_once_per_run_and_again_after_a_change() {
         st.set_manifest(&root("app03"), &m);
     }
     refused(ops.create_instance("app03", staged()), "OtherApp");
+    // A procedure's command may change any node: after one, what the rail
+    // remembered of app01 no longer speaks for it.
+    let w = World::new();
+    let ops = w.ops(Mode::Run);
+    ok(ops.remove_instance("app02", Default::default()));
+    ok(ops.remove_instance("app03", Default::default()));
+    ok(ops.create_instance("app02", staged()));
+    {
+        let mut st = w.node("app01");
+        let mut m = st.manifest(&root("app01"));
+        if let Some(current) = m.current.as_mut() {
+            current.app_name = "OtherApp".into();
+        }
+        st.set_manifest(&root("app01"), &m);
+    }
+    ok(ops.node_command("app01", "edit-things", CommandOptions::default()));
+    refused(ops.create_instance("app03", staged()), "OtherApp");
 }
 
 /// One host call reads the node's manifest once for its decision (the

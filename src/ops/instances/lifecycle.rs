@@ -69,7 +69,7 @@ impl Ops {
                     let mut m = n.manifest()?;
                     m.current = Some(stopped.clone());
                     n.write_manifest(&m)?;
-                    self.forget_health();
+                    self.forget_observations();
                     n.service_command(
                         "stop",
                         self.site.service.stop.as_deref(),

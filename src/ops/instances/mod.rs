@@ -112,7 +112,8 @@ impl Ops {
     /// that rail's verdict (a created instance takes the decided name; a
     /// removal keeps the record as the last removed one), so reading every
     /// other node's manifest again at each create (N x N reads at scale)
-    /// would observe nothing new.
+    /// would observe nothing new. A procedure's command may change any node,
+    /// so one makes the rail read every node again (`forget_observations`).
     pub(super) fn other_node_names(
         &self,
         node: &str,
