@@ -33,7 +33,7 @@ use crate::support::tds::{
     bit, guid, i, numeric, s, statements, Control, Ctx, Encryption, Reply, Request, TdsServer,
     Value,
 };
-use crate::support::Sandbox;
+use crate::support::{output_text, Sandbox};
 
 const PASSWORD: &str = "Mock;Pa55-w0rd";
 const BACKUP_DIR: &str = "/var/opt/mssql/backup";
@@ -124,14 +124,6 @@ fn status(sb: &Sandbox, browser_port: u16) -> std::process::Output {
         .env(uprun::db::mssql::BROWSER_PORT_ENV, browser_port.to_string())
         .output()
         .expect("status")
-}
-
-fn output_text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn assert_contains(text: &str, needles: &[&str]) {

@@ -11,13 +11,13 @@ fn plan_and_the_question_count_the_same_changes() {
         .cmd("plan", "in-place-upgrade", &[])
         .output()
         .expect("plan");
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     let counted = "12 change(s) (1 backup(s), 1 irreversible)";
-    assert!(text(&out).contains(counted), "{}", text(&out));
+    assert!(output_text(&out).contains(counted), "{}", output_text(&out));
     assert!(
-        text(&out).contains("IRREVERSIBLE: upgrade database"),
+        output_text(&out).contains("IRREVERSIBLE: upgrade database"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
     // Without a terminal and without --yes: refused, with the same count.
     let before = sb.snapshot();
@@ -25,8 +25,8 @@ fn plan_and_the_question_count_the_same_changes() {
         .cmd("run", "in-place-upgrade", &[])
         .output()
         .expect("run");
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    assert!(text(&out).contains(counted), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", output_text(&out));
+    assert!(output_text(&out).contains(counted), "{}", output_text(&out));
     sb.assert_unchanged(&before, "the refused run changed something");
 }
 
@@ -128,7 +128,7 @@ fn no_up_front_changes_nothing() {
     assert_eq!(asked, 1, "{out}");
     assert!(out.contains("nothing was changed"), "{out}");
     sb.assert_unchanged(&before, "a refused run changed something");
-    assert!(journals(&sb).is_empty());
+    assert!(sb.journals().is_empty());
 }
 
 #[test]

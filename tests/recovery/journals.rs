@@ -7,7 +7,7 @@ use super::*;
 fn a_torn_last_journal_line_is_set_aside_and_the_run_resumes() {
     let sb = Sandbox::new();
     let id = killed_at(&sb, "step3:before");
-    let path = journals(&sb)[0].clone();
+    let path = sb.journals()[0].clone();
     let fragment = b"{\"type\":\"started\",\"key\":\"remove_instance:app01#1\",\"ca";
     std::fs::OpenOptions::new()
         .append(true)
@@ -22,14 +22,14 @@ fn a_torn_last_journal_line_is_set_aside_and_the_run_resumes() {
         .arg(sb.site())
         .output()
         .expect("runs");
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains(&id), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(output_text(&out).contains(&id), "{}", output_text(&out));
     let out = uprun()
         .args(["runs", "show", &id, "--site"])
         .arg(sb.site())
         .output()
         .expect("show");
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     let (_, v) = status(&sb);
     assert_eq!(v["unfinished_runs"][0]["run_id"], id.as_str());
 
@@ -38,23 +38,24 @@ fn a_torn_last_journal_line_is_set_aside_and_the_run_resumes() {
         .cmd("run", "in-place-upgrade", &["--yes"])
         .output()
         .expect("new run");
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", output_text(&out));
     assert!(
-        text(&out).contains(&format!("--resume {id}")),
+        output_text(&out).contains(&format!("--resume {id}")),
         "{}",
-        text(&out)
+        output_text(&out)
     );
 
     let out = sb
         .cmd("run", "in-place-upgrade", &["--yes", "--resume", &id])
         .output()
         .expect("resume");
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     let side = PathBuf::from(format!("{}.torn", path.display()));
     assert!(
-        text(&out).contains("torn") && text(&out).contains(&side.display().to_string()),
+        output_text(&out).contains("torn")
+            && output_text(&out).contains(&side.display().to_string()),
         "{}",
-        text(&out)
+        output_text(&out)
     );
     assert_eq!(std::fs::read(&side).expect("side file"), fragment);
     // Every line of the journal is a complete entry, and the repair is noted.
@@ -74,7 +75,7 @@ fn a_torn_last_journal_line_is_set_aside_and_the_run_resumes() {
 fn a_journal_damaged_in_the_middle_is_listed_as_damaged_and_can_be_set_aside() {
     let sb = Sandbox::new();
     let id = killed_at(&sb, "step2:after");
-    let path = journals(&sb)[0].clone();
+    let path = sb.journals()[0].clone();
     let body = std::fs::read_to_string(&path).expect("journal");
     let mut lines: Vec<&str> = body.lines().collect();
     assert!(lines.len() >= 3);
@@ -86,8 +87,12 @@ fn a_journal_damaged_in_the_middle_is_listed_as_damaged_and_can_be_set_aside() {
         .arg(sb.site())
         .output()
         .expect("runs");
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("damaged"), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("damaged"),
+        "{}",
+        output_text(&out)
+    );
     let (_, v) = status(&sb);
     assert_eq!(v["unfinished_runs"][0]["outcome"], "damaged");
     assert!(v["unfinished_runs"][0]["resume"].is_null());
@@ -96,28 +101,33 @@ fn a_journal_damaged_in_the_middle_is_listed_as_damaged_and_can_be_set_aside() {
         .arg(sb.site())
         .output()
         .expect("show");
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
     assert!(
-        text(&out).contains(&path.display().to_string()) && text(&out).contains("line 2"),
+        output_text(&out).contains(&path.display().to_string())
+            && output_text(&out).contains("line 2"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
     // Resume refuses with the same clear error; a new run is refused too.
     let out = sb
         .cmd("run", "in-place-upgrade", &["--yes", "--resume", &id])
         .output()
         .expect("resume");
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(text(&out).contains("line 2"), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("line 2"),
+        "{}",
+        output_text(&out)
+    );
     let out = sb
         .cmd("run", "in-place-upgrade", &["--yes"])
         .output()
         .expect("new run");
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", output_text(&out));
     assert!(
-        text(&out).contains("cannot be read") && text(&out).contains("runs abandon"),
+        output_text(&out).contains("cannot be read") && output_text(&out).contains("runs abandon"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
 
     let out = uprun()
@@ -125,9 +135,9 @@ fn a_journal_damaged_in_the_middle_is_listed_as_damaged_and_can_be_set_aside() {
         .arg(sb.site())
         .output()
         .expect("abandon");
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     let aside = PathBuf::from(format!("{}.damaged", path.display()));
-    assert!(aside.exists(), "{}", text(&out));
+    assert!(aside.exists(), "{}", output_text(&out));
     sb.cmd("run", "in-place-upgrade", &["--yes"])
         .assert()
         .success();
@@ -158,15 +168,19 @@ fn a_journal_without_header_is_a_run_that_never_started() {
         .arg(sb.site())
         .output()
         .expect("runs");
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("never started"), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("never started"),
+        "{}",
+        output_text(&out)
+    );
     let out = uprun()
         .args(["status", "--site"])
         .arg(sb.site())
         .output()
         .expect("status");
-    assert!(out.status.success(), "{}", text(&out));
-    let t = text(&out);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let t = output_text(&out);
     assert!(
         t.contains("never started") && t.contains("runs abandon"),
         "{t}"
@@ -181,11 +195,11 @@ fn a_journal_without_header_is_a_run_that_never_started() {
         .cmd("run", "in-place-upgrade", &["--yes", "--resume", id])
         .output()
         .expect("resume");
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
     assert!(
-        text(&out).contains("never started") && text(&out).contains("new run"),
+        output_text(&out).contains("never started") && output_text(&out).contains("new run"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
     sb.assert_unchanged(&before, "the refused resume changed something");
     // It does not hold the site: a new run goes ahead.
@@ -218,15 +232,15 @@ fn status_gives_the_exact_resume_command_and_it_works_from_another_folder() {
         .env("UPRUN_FAILPOINT", "step1:before")
         .output()
         .expect("run");
-    assert_eq!(out.status.signal(), Some(9), "{}", text(&out));
-    let id = run_id(&journals(&sb)[0]);
+    assert_eq!(out.status.signal(), Some(9), "{}", output_text(&out));
+    let id = run_id(&sb.journals()[0]);
 
     let out = uprun()
         .args(["status", "--site"])
         .arg(sb.site())
         .output()
         .expect("status");
-    let t = text(&out);
+    let t = output_text(&out);
     assert!(out.status.success(), "{t}");
     let dir = sb.dir.display().to_string();
     let resume = t
@@ -256,7 +270,7 @@ fn status_gives_the_exact_resume_command_and_it_works_from_another_folder() {
         .args(&args)
         .output()
         .expect("resume");
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     assert_eq!(sb.db_version(), "2.0.0");
 }
 
@@ -276,7 +290,7 @@ fn a_failed_run_is_listed_by_status_and_its_summary_names_each_step_once() {
         .cmd("run", "in-place-upgrade", &["--yes", "--json"])
         .output()
         .expect("run");
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
     let finished = events(&out.stdout)
         .into_iter()
         .find(|e| e["event"] == "run_finished")
@@ -310,7 +324,7 @@ fn a_failed_run_is_listed_by_status_and_its_summary_names_each_step_once() {
             .any(|l| l.starts_with("not done: create instance FastApp 2.0.0 on `app02`")),
         "{summary:#?}"
     );
-    let id = run_id(&journals(&sb)[0]);
+    let id = run_id(&sb.journals()[0]);
     let (_, v) = status(&sb);
     let run = &v["unfinished_runs"][0];
     assert_eq!(run["run_id"], id.as_str());
@@ -332,7 +346,7 @@ fn replayed_steps_say_what_was_done() {
         .cmd("run", "in-place-upgrade", &["--yes", "--resume", &id])
         .output()
         .expect("resume");
-    let t = text(&out);
+    let t = output_text(&out);
     assert!(out.status.success(), "{t}");
     assert!(
         t.contains("done in an earlier attempt: back up database `app`"),
@@ -363,11 +377,11 @@ fn a_new_version_of_the_payload_outside_the_release_folder_is_a_changed_input() 
         .cmd("run", "in-place-upgrade", &["--yes", "--resume", &id])
         .output()
         .expect("resume");
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", output_text(&out));
     assert!(
-        text(&out).contains("the release changed")
-            && text(&out).contains("--accept-changed-inputs"),
+        output_text(&out).contains("the release changed")
+            && output_text(&out).contains("--accept-changed-inputs"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
 }

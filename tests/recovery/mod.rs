@@ -10,36 +10,11 @@ mod sqlite;
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde_json::Value;
 
-use crate::support::{events, uprun, Sandbox};
-
-fn journals(sb: &Sandbox) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = match std::fs::read_dir(sb.dir.join(".uprun/runs")) {
-        Ok(it) => it.map(|e| e.expect("entry").path()).collect(),
-        Err(_) => Vec::new(),
-    };
-    out.sort();
-    out
-}
-
-fn run_id(path: &Path) -> String {
-    path.file_name()
-        .expect("name")
-        .to_string_lossy()
-        .trim_end_matches(".jsonl")
-        .to_string()
-}
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use crate::support::{events, output_text, run_id, uprun, Sandbox};
 
 /// Kill the stock procedure with a failpoint; returns the run id.
 fn killed_at(sb: &Sandbox, point: &str) -> String {
@@ -48,8 +23,13 @@ fn killed_at(sb: &Sandbox, point: &str) -> String {
         .env("UPRUN_FAILPOINT", point)
         .output()
         .expect("run");
-    assert_eq!(out.status.signal(), Some(9), "{point}: {}", text(&out));
-    let js = journals(sb);
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "{point}: {}",
+        output_text(&out)
+    );
+    let js = sb.journals();
     assert_eq!(js.len(), 1);
     run_id(&js[0])
 }
@@ -60,7 +40,7 @@ fn status(sb: &Sandbox) -> (std::process::Output, Value) {
         .arg(sb.site())
         .output()
         .expect("status");
-    assert!(out.status.success(), "status: {}", text(&out));
+    assert!(out.status.success(), "status: {}", output_text(&out));
     let v = serde_json::from_slice(&out.stdout).expect("status json");
     (out, v)
 }

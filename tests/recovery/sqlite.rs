@@ -43,8 +43,12 @@ fn a_hot_sqlite_journal_from_a_kill_in_a_migration_is_rolled_back_by_status_plan
         .cmd("plan", "in-place-upgrade", &["--resume", &id])
         .output()
         .expect("plan");
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("rolled back"), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("rolled back"),
+        "{}",
+        output_text(&out)
+    );
 
     // A new run after abandon.
     crashed.restore(&sb);
@@ -57,8 +61,12 @@ fn a_hot_sqlite_journal_from_a_kill_in_a_migration_is_rolled_back_by_status_plan
         .cmd("run", "in-place-upgrade", &["--yes"])
         .output()
         .expect("new run");
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("rolled back"), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("rolled back"),
+        "{}",
+        output_text(&out)
+    );
     assert_eq!(sb.db_version(), "2.0.0");
 }
 
@@ -72,8 +80,12 @@ fn a_run_killed_inside_a_migration_resumes_after_the_rollback() {
         .cmd("run", "in-place-upgrade", &["--yes", "--resume", &id])
         .output()
         .expect("resume");
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("rolled back"), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("rolled back"),
+        "{}",
+        output_text(&out)
+    );
     assert!(!db_journal(&sb).exists());
     assert_eq!(sb.db_version(), "2.0.0");
     let applied: i64 = sb

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::support::sshd::{self, Sshd};
-use crate::support::{fifo, uprun, Sandbox};
+use crate::support::{fifo, run_id, uprun, Sandbox};
 
 /// Write `site-ssh.toml` beside the sandbox's site: the same site, with every
 /// node at `address(node)` and its root as an absolute path, plus `extra`.
@@ -140,17 +140,7 @@ fn refused_before_any_change(sb: &Sandbox, site: &Path, needles: &[&str]) -> Str
 }
 
 fn run_ids(sb: &Sandbox) -> Vec<String> {
-    std::fs::read_dir(sb.dir.join(".uprun/runs"))
-        .expect("journal folder")
-        .map(|e| {
-            e.expect("entry")
-                .path()
-                .file_stem()
-                .expect("stem")
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect()
+    sb.journals().iter().map(|j| run_id(j)).collect()
 }
 
 /// The site with every node on `sshd` except app01, which stays on this
