@@ -1,7 +1,7 @@
 //! The `Database` contract that `ops` relies on, run against every backend
 //! (issue 13): the same test function over the real SQLite backend (a
 //! temporary file) and over the SQL Server backend talking to the scripted TDS
-//! responder of `mssql.rs` (its test at the end of that file calls `contract`).
+//! responder of `mssql/` (its test in `mssql/migrations.rs` calls `contract`).
 //!
 //! The contract: a read-only query refuses anything that writes, and the
 //! data is still there; each migration is one transaction: one that fails

@@ -146,6 +146,17 @@ impl Sandbox {
             .expect("spawn uprun")
     }
 
+    /// The run journals in `.uprun/runs`, sorted by name (none when the
+    /// folder does not exist).
+    pub fn journals(&self) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = match std::fs::read_dir(self.dir.join(".uprun/runs")) {
+            Ok(it) => it.map(|e| e.expect("entry").path()).collect(),
+            Err(_) => Vec::new(),
+        };
+        out.sort();
+        out
+    }
+
     pub fn backups(&self) -> Vec<PathBuf> {
         match std::fs::read_dir(self.dir.join("backups")) {
             Ok(it) => it.map(|e| e.expect("entry").path()).collect(),
@@ -173,6 +184,25 @@ fn collect(dir: &Path, base: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
 
 pub fn uprun() -> Command {
     Command::cargo_bin("uprun").expect("uprun binary")
+}
+
+/// The run id of a journal: its file name without `.jsonl`.
+pub fn run_id(journal: &Path) -> String {
+    journal
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .trim_end_matches(".jsonl")
+        .to_string()
+}
+
+/// A command's stdout then its stderr, as text.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// The `planned` events of JSON-lines output, in order.
