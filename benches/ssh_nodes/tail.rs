@@ -1,0 +1,117 @@
+//! The `tail` part: cold runs, time to the first change and where it went.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use crate::sshd::Sshd;
+use crate::{
+    assert_cycled, cycle_script, env_usize, lay_out, load, make_payload, median, percentile, range,
+    ssh_config, uprun_bin, uprun_run, Phases, START,
+};
+
+/// One cold `ssh true` to the server (handshake, authentication, one
+/// command), with the key exchange uprun negotiates: the floor for the time
+/// before a first change.
+fn one_handshake_ms(dir: &Path, sshd: &Sshd) -> f64 {
+    let cfg = ssh_config(dir, 1, sshd);
+    let t = Instant::now();
+    let st = Command::new("ssh")
+        .arg("-F")
+        .arg(&cfg)
+        .args(["app01", "true"])
+        .stdin(Stdio::null())
+        .status()
+        .expect("ssh");
+    assert!(st.success(), "ssh true failed");
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+#[derive(Default)]
+struct TailSide {
+    first: Vec<f64>,
+    walls: Vec<f64>,
+    slow: Vec<(f64, usize, String, Phases)>,
+    per_phase: std::collections::BTreeMap<String, Vec<f64>>,
+}
+
+/// Cold runs at N = 5: time to the first change, and where it went. With
+/// `UPRUN_BENCH_BEFORE=/path/to/old/uprun`, runs alternate between that
+/// binary and this one. A cold `ssh true` is measured between runs.
+pub(super) fn tail(sshd: &Sshd) {
+    let runs = env_usize("UPRUN_BENCH_RUNS", 100);
+    let n = env_usize("UPRUN_BENCH_TAIL_NODES", 5);
+    let base = tempfile::tempdir().expect("tmp");
+    let payload = make_payload(base.path(), 10, 100_000);
+    let mut sides: Vec<(String, TailSide)> = vec![(uprun_bin(), TailSide::default())];
+    if let Ok(before) = std::env::var("UPRUN_BENCH_BEFORE") {
+        sides.insert(0, (before, TailSide::default()));
+    }
+    let mut handshakes = Vec::new();
+    println!(
+        "{runs} cold runs of the cycle at N = {n} (1 MB) per binary, interleaved; load average at start: {}",
+        load()
+    );
+    for i in 0..runs {
+        handshakes.push(one_handshake_ms(base.path(), sshd));
+        for (bin, side) in sides.iter_mut() {
+            let tmp = tempfile::tempdir().expect("tmp");
+            let site = lay_out(tmp.path(), n, sshd, &payload, START);
+            let sb = tmp.path().join("sb");
+            let script = sb.join("cycle.rhai");
+            std::fs::write(&script, cycle_script(16)).expect("script");
+            std::env::set_var("UPRUN_BENCH_BIN", &*bin);
+            let r = uprun_run(&site, &sb.join("release"), &script);
+            assert_cycled(&sb, n, &payload, "FastApp-1.0.0-2");
+            for (pass, phase, ms) in &r.phases {
+                side.per_phase
+                    .entry(format!("{pass}/{phase}"))
+                    .or_default()
+                    .push(*ms);
+            }
+            side.first.push(r.first_change_ms);
+            side.walls.push(r.wall_ms);
+            side.slow.push((r.first_change_ms, i, load(), r.phases));
+        }
+    }
+    println!(
+        "cold `ssh true` (one handshake + one command): p50 {:.1} ms, p99 {:.1} ms; load at end {}",
+        percentile(&handshakes, 50.0),
+        percentile(&handshakes, 99.0),
+        load()
+    );
+    for (bin, side) in sides.iter_mut() {
+        println!("\n{bin}:");
+        println!(
+            "time to first change: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms; whole run p50 {:.1} ms, p99 {:.1} ms",
+            percentile(&side.first, 50.0),
+            percentile(&side.first, 90.0),
+            percentile(&side.first, 99.0),
+            range(&side.first).1,
+            percentile(&side.walls, 50.0),
+            percentile(&side.walls, 99.0),
+        );
+        if !side.per_phase.is_empty() {
+            println!("phases (median, p99, max ms):");
+        }
+        for (k, v) in &side.per_phase {
+            println!(
+                "  {k:<24} {:>7.2} {:>7.2} {:>7.2}",
+                median(v),
+                percentile(v, 99.0),
+                range(v).1
+            );
+        }
+        side.slow
+            .sort_by(|a, b| b.0.partial_cmp(&a.0).expect("not NaN"));
+        println!("slowest runs:");
+        for (ms, i, l, phases) in side.slow.iter().take(5) {
+            let p: Vec<String> = phases
+                .iter()
+                .filter(|(_, _, ms)| *ms >= 5.0)
+                .map(|(pass, ph, ms)| format!("{pass}/{ph} {ms:.0}"))
+                .collect();
+            println!("  run {i}: {ms:.1} ms (load {l}): {}", p.join(", "));
+        }
+    }
+}
