@@ -18,8 +18,11 @@
 //!   command per node: wall time against ceil(n/32) x one node's, peak RSS,
 //!   and the sshd log checked for dropped connections
 //!   (`UPRUN_BENCH_SCALE_FILES=10`: a 1 MB payload instead of 100 bytes).
+//! - `window`: the stock procedure on 16 nodes with a 20 MB payload, the
+//!   downtime window with the payload copied inside it, staged before it, and
+//!   the stop + start + health commands alone (`UPRUN_BENCH_NODES`).
 //!
-//!     cargo bench --bench ssh_nodes -- cycle|tail|scale
+//!     cargo bench --bench ssh_nodes -- cycle|tail|scale|window
 //!
 //! `UPRUN_BENCH_BIN` runs another uprun binary (a before/after comparison);
 //! `UPRUN_BENCH_ROUNDS` (cycle, default 5), `UPRUN_BENCH_RUNS` (tail, default
