@@ -6,9 +6,7 @@ use super::*;
 
 #[test]
 fn folder_spellings_other_than_one_plain_name_are_bad_input() {
-    for mode in MODES {
-        let w = World::new();
-        let ops = w.ops(mode);
+    for (mode, w, ops) in fresh_worlds() {
         ok(ops.remove_instance("app02", Default::default()));
         let before = node_marks(&w);
         for bad in [

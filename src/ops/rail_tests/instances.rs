@@ -7,9 +7,7 @@ use super::*;
 
 #[test]
 fn the_primary_is_removed_only_after_every_secondary() {
-    for mode in MODES {
-        let w = World::new();
-        let ops = w.ops(mode);
+    for (mode, w, ops) in fresh_worlds() {
         let text = refused(
             ops.remove_instance("app01", Default::default()),
             "cannot remove the instance on primary node `app01`",
@@ -41,9 +39,7 @@ fn the_primary_is_removed_only_after_every_secondary() {
 
 #[test]
 fn create_beside_an_existing_instance_is_refused() {
-    for mode in MODES {
-        let w = World::new();
-        let ops = w.ops(mode);
+    for (_, w, ops) in fresh_worlds() {
         refused(
             ops.create_instance("app02", CreateOptions::default()),
             "still has instance FastApp 1.0.0",
@@ -56,9 +52,7 @@ fn create_beside_an_existing_instance_is_refused() {
 
 #[test]
 fn another_application_name_is_refused() {
-    for mode in MODES {
-        let w = World::new();
-        let ops = w.ops(mode);
+    for (_, w, ops) in fresh_worlds() {
         ok(ops.remove_instance("app02", Default::default()));
         let before = node_marks(&w);
         let opts = CreateOptions {

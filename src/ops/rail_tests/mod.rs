@@ -68,6 +68,15 @@ fn world_with_site(site: &str) -> World {
     )
 }
 
+/// In each mode, a fresh world and its `Ops`.
+fn fresh_worlds() -> impl Iterator<Item = (Mode, World, Ops)> {
+    MODES.into_iter().map(|mode| {
+        let w = World::new();
+        let ops = w.ops(mode);
+        (mode, w, ops)
+    })
+}
+
 fn backup(ops: &Ops) {
     ok(ops.backup_db(BackupOptions::default()));
 }

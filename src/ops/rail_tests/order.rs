@@ -110,9 +110,7 @@ fn one_node_changed_by_two_closures_is_refused_whichever_runs_first() {
 
 #[test]
 fn a_conflict_inside_a_nested_parallel_call_refuses_the_outer_call() {
-    for mode in MODES {
-        let w = World::new();
-        let ops = w.ops(mode);
+    for (_, _w, ops) in fresh_worlds() {
         ok(ops.remove_instance("app03", Default::default()));
         let outer = ops.begin_parallel();
         {
