@@ -197,15 +197,13 @@ impl Ops {
             return Ok(r);
         }
         let description = format!("run `{command}` on `{node}`");
-        self.ensure_confirmed(&description, false)?;
         let intent = serde_json::json!({ "command": command, "cwd": cwd });
-        self.step(
+        self.node_step(
             &key,
             StepKind::NodeCommand,
-            description.clone(),
-            Some(node),
-            false,
-            intent,
+            &description,
+            node,
+            &intent,
             || {
                 if self.mode == Mode::Plan {
                     let r = CommandResult {

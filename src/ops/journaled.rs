@@ -252,6 +252,24 @@ impl Ops {
         }
     }
 
+    /// A change on `node` that can be undone: refused without the operator's
+    /// consent (`ensure_confirmed`), then run as a `step` shown as `description`,
+    /// announcing `intent`.
+    pub(super) fn node_step<T: Serialize>(
+        &self,
+        key: &str,
+        kind: StepKind,
+        description: &str,
+        node: &str,
+        intent: &impl Serialize,
+        work: impl FnOnce() -> Result<(T, String)>,
+    ) -> Result<T> {
+        self.ensure_confirmed(description, false)?;
+        let description = description.to_string();
+        let intent = serde_json::to_value(intent).unwrap_or_default();
+        self.step(key, kind, description, Some(node), false, intent, work)
+    }
+
     /// Run `work` as a changing step: announce it in the journal (durably)
     /// before acting, record its result after. Failpoints `step<n>:before`,
     /// `step<n>:inner` (inside `work`, see `inner_failpoint`) and

@@ -88,15 +88,12 @@ impl Ops {
             "remove instance {} {} (folder `{}`) on `{node}`",
             current.app_name, current.version, current.folder
         );
-        self.ensure_confirmed(&description, false)?;
-        let intent = serde_json::to_value(&current).unwrap_or_default();
-        self.step(
+        self.node_step(
             &key,
             StepKind::RemoveInstance,
-            description.clone(),
-            Some(node),
-            false,
-            intent,
+            &description,
+            node,
+            &current,
             || {
                 let removed = if self.mode == Mode::Plan {
                     self.plan_current(node, None);
@@ -233,16 +230,7 @@ impl Ops {
                 if start { "" } else { " (not started)" }
             )
         };
-        self.ensure_confirmed(&description, false)?;
-        let intent = serde_json::to_value(&rec).unwrap_or_default();
-        self.step(
-            &key,
-            StepKind::CreateInstance,
-            description.clone(),
-            Some(node),
-            false,
-            intent,
-            || {
+        self.node_step(&key, StepKind::CreateInstance, &description, node, &rec, || {
                 let end = if start {
                     InstanceState::Healthy
                 } else {

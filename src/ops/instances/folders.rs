@@ -273,28 +273,38 @@ mod tests {
         )];
         let judge = |c: &Resolved| judge_folder("x", c, &root, &used);
         assert!(judge(&at("/n/app01/FastApp-2.0.0", None, false)).is_ok());
-        // Same canonical path, or same inode under another path (a mount).
-        assert!(judge(&at("/n/app01/FastApp-1.0.0", None, false))
-            .unwrap_err()
-            .contains(") is `FastApp-1.0.0`"));
-        assert!(judge(&at("/n/app01/mnt", Some((1, 2)), false))
-            .unwrap_err()
-            .contains("which was used by an earlier instance"));
-        // A link to the old folder, inside it, or to its parent.
-        assert!(judge(&at("/n/app01/FastApp-1.0.0", Some((1, 2)), true)).is_err());
-        assert!(judge(&at("/n/app01/FastApp-1.0.0/next", None, false))
-            .unwrap_err()
-            .contains("is inside"));
-        assert!(judge(&at("/n/app01", Some((1, 1)), true))
-            .unwrap_err()
-            .contains("outside the node's root"));
-        // Outside the root, or a link at all.
-        assert!(judge(&at("/elsewhere/x", Some((2, 2)), true))
-            .unwrap_err()
-            .contains("outside the node's root"));
-        assert!(judge(&at("/n/app01/fresh", Some((1, 9)), true))
-            .unwrap_err()
-            .contains("symbolic link"));
+        // Each candidate (path, file id, link) is refused saying the text.
+        let refused = [
+            // Same canonical path, or same inode under another path (a mount).
+            (
+                "/n/app01/FastApp-1.0.0",
+                None,
+                false,
+                ") is `FastApp-1.0.0`",
+            ),
+            (
+                "/n/app01/mnt",
+                Some((1, 2)),
+                false,
+                "which was used by an earlier instance",
+            ),
+            // A link to the old folder, inside it, or to its parent.
+            ("/n/app01/FastApp-1.0.0", Some((1, 2)), true, ""),
+            ("/n/app01/FastApp-1.0.0/next", None, false, "is inside"),
+            ("/n/app01", Some((1, 1)), true, "outside the node's root"),
+            // Outside the root, or a link at all.
+            (
+                "/elsewhere/x",
+                Some((2, 2)),
+                true,
+                "outside the node's root",
+            ),
+            ("/n/app01/fresh", Some((1, 9)), true, "symbolic link"),
+        ];
+        for (path, id, link, needle) in refused {
+            let e = judge(&at(path, id, link)).expect_err(path);
+            assert!(e.contains(needle), "{path}: {e}");
+        }
         // An old nested folder is held by the candidate.
         let nested = vec![("a/b".to_string(), at("/n/app01/a/b", None, false))];
         assert!(

@@ -47,15 +47,12 @@ impl Ops {
             "stop instance {} {} on `{node}` (in `{}`); it stays the node's instance",
             current.app_name, current.version, current.folder
         );
-        self.ensure_confirmed(&description, false)?;
-        let intent = serde_json::to_value(&current).unwrap_or_default();
-        self.step(
+        self.node_step(
             &key,
             StepKind::StopInstance,
-            description.clone(),
-            Some(node),
-            false,
-            intent,
+            &description,
+            node,
+            &current,
             || {
                 let stopped = InstanceRecord {
                     state: Some(InstanceState::Stopped),

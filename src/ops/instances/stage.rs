@@ -48,15 +48,13 @@ impl Ops {
             pd.files,
             human_bytes(pd.bytes)
         );
-        self.ensure_confirmed(&description, false)?;
         let intent = serde_json::json!({ "folder": folder });
-        self.step(
+        self.node_step(
             &key,
             StepKind::StageRelease,
-            description.clone(),
-            Some(node),
-            false,
-            intent,
+            &description,
+            node,
+            &intent,
             || {
                 if self.mode == Mode::Plan {
                     return Ok((nothing(None), description.clone()));

@@ -39,9 +39,7 @@ fn upgrade_site(ops: &Ops, touch: &[&str], upgrade_db: bool) {
 
 #[test]
 fn a_complete_upgrade_passes_the_audit() {
-    for mode in MODES {
-        let w = World::new();
-        let ops = w.ops(mode);
+    for (mode, _w, ops) in fresh_worlds() {
         assert!(ok(ops.audit()).complete(), "nothing changed yet");
         upgrade_site(&ops, &NODES, true);
         let audit = ok(ops.audit());
@@ -56,9 +54,7 @@ fn a_complete_upgrade_passes_the_audit() {
 
 #[test]
 fn the_audit_names_a_node_left_without_an_instance() {
-    for mode in MODES {
-        let w = World::new();
-        let ops = w.ops(mode);
+    for (mode, _w, ops) in fresh_worlds() {
         upgrade_site(&ops, &NODES, true);
         // The procedure removes app03's new instance again.
         ok(ops.remove_instance("app03", Default::default()));
@@ -86,9 +82,7 @@ fn the_audit_observes_the_nodes_rather_than_believing_the_run() {
 
 #[test]
 fn the_audit_names_a_node_on_another_version() {
-    for mode in MODES {
-        let w = World::new();
-        let ops = w.ops(mode);
+    for (mode, _w, ops) in fresh_worlds() {
         // Only app02 is upgraded by the procedure.
         upgrade_site(&ops, &["app02"], true);
         let audit = ok(ops.audit());
@@ -132,9 +126,7 @@ fn the_audit_runs_the_health_command_of_a_node_not_checked_in_this_run() {
 
 #[test]
 fn the_audit_names_a_database_left_behind() {
-    for mode in MODES {
-        let w = World::new();
-        let ops = w.ops(mode);
+    for (mode, _w, ops) in fresh_worlds() {
         upgrade_site(&ops, &NODES, false);
         let audit = ok(ops.audit());
         // The database first; each node's new instance can only be staged.

@@ -34,9 +34,7 @@ fn without_a_terminal_or_yes_every_change_is_refused_before_it_starts() {
 #[test]
 fn unacknowledged_customisations_refuse_every_change_before_it_starts() {
     let site = site_with(|s| s.replace("customizations = \"none\"\n", ""));
-    for mode in MODES {
-        let w = world_with_site(&site);
-        let ops = w.ops(mode);
+    for (mode, w, ops) in worlds(|| world_with_site(&site)) {
         refused(
             ops.remove_instance("app02", Default::default()),
             "customizations = \"none\"",

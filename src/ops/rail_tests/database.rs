@@ -7,9 +7,7 @@ use super::*;
 
 #[test]
 fn upgrade_without_a_backup_is_refused_and_applies_nothing() {
-    for mode in MODES {
-        let w = World::new();
-        let ops = w.ops(mode);
+    for (mode, w, ops) in fresh_worlds() {
         refused(upgrade(&ops), "needs a verified backup taken in this run");
         assert!(w.db().changes().is_empty(), "{mode:?}");
         assert_eq!(ok(ops.db_version()).to_string(), "1.0.0");
@@ -19,9 +17,7 @@ fn upgrade_without_a_backup_is_refused_and_applies_nothing() {
 
 #[test]
 fn an_unverified_backup_does_not_allow_the_upgrade() {
-    for mode in MODES {
-        let w = World::new();
-        let ops = w.ops(mode);
+    for (mode, w, ops) in fresh_worlds() {
         let receipt = ok(ops.backup_db(BackupOptions { verify: false }));
         assert!(!receipt.verified);
         refused(upgrade(&ops), "needs a verified backup");
@@ -35,9 +31,7 @@ fn an_unverified_backup_does_not_allow_the_upgrade() {
 
 #[test]
 fn a_verified_backup_allows_the_upgrade_and_only_run_applies_it() {
-    for mode in MODES {
-        let w = World::new();
-        let ops = w.ops(mode);
+    for (mode, w, ops) in fresh_worlds() {
         backup(&ops);
         let report = ok(upgrade(&ops));
         assert!(report.upgraded);
@@ -84,25 +78,44 @@ fn a_backup_of_another_version_does_not_count() {
 
 // ---- Rule: no downgrades; an upgrade to the installed version is a no-op ----
 
+/// A fresh world whose database is at `version`, and its `Ops` in `mode`.
+fn db_at(mode: Mode, version: semver::Version) -> (World, Ops) {
+    let w = World::new();
+    w.db().version = version;
+    let ops = w.ops(mode);
+    (w, ops)
+}
+
+/// In every mode, an upgrade from a database at `from`, after a verified
+/// backup, is refused saying `needle` and changes nothing; the refusals' texts.
+#[track_caller]
+fn upgrade_from_is_refused(from: semver::Version, needle: &str) -> Vec<String> {
+    MODES
+        .iter()
+        .map(|&mode| {
+            let (w, ops) = db_at(mode, from.clone());
+            backup(&ops);
+            let text = refused(upgrade(&ops), needle);
+            assert!(w.db().changes().is_empty(), "{mode:?}");
+            text
+        })
+        .collect()
+}
+
 #[test]
 fn a_downgrade_is_refused() {
-    for mode in MODES {
-        let w = World::new();
-        w.db().version = semver::Version::new(3, 0, 0);
-        let ops = w.ops(mode);
-        backup(&ops);
-        let text = refused(upgrade(&ops), "downgrades are not supported");
+    for text in upgrade_from_is_refused(
+        semver::Version::new(3, 0, 0),
+        "downgrades are not supported",
+    ) {
         assert!(text.contains("3.0.0") && text.contains("2.0.0"), "{text}");
-        assert!(w.db().changes().is_empty());
     }
 }
 
 #[test]
 fn the_same_version_is_left_alone_without_a_backup() {
     for mode in MODES {
-        let w = World::new();
-        w.db().version = semver::Version::new(2, 0, 0);
-        let ops = w.ops(mode);
+        let (w, ops) = db_at(mode, semver::Version::new(2, 0, 0));
         let report = ok(upgrade(&ops));
         assert!(!report.upgraded);
         assert!(w.db().changes().is_empty());
@@ -112,14 +125,10 @@ fn the_same_version_is_left_alone_without_a_backup() {
 
 #[test]
 fn a_database_below_min_upgrade_from_is_refused() {
-    for mode in MODES {
-        let w = World::new();
-        w.db().version = semver::Version::new(0, 9, 0);
-        let ops = w.ops(mode);
-        backup(&ops);
-        refused(upgrade(&ops), "install an intermediate release first");
-        assert!(w.db().changes().is_empty());
-    }
+    upgrade_from_is_refused(
+        semver::Version::new(0, 9, 0),
+        "install an intermediate release first",
+    );
 }
 
 // ---- Rule: no invalid strategies (the site's checks, run by upgrade_db) ----

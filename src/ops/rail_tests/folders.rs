@@ -6,28 +6,16 @@ use super::*;
 
 #[test]
 fn folder_spellings_other_than_one_plain_name_are_bad_input() {
-    for mode in MODES {
-        let w = World::new();
-        let ops = w.ops(mode);
-        ok(ops.remove_instance("app02", Default::default()));
-        let before = node_marks(&w);
-        for bad in [
-            "./FastApp-1.0.0",
-            "FastApp-1.0.0/",
-            "FastApp-1.0.0/next",
-            "..",
-            ".",
-            "/srv/app02/FastApp-9",
-            "",
-        ] {
-            let opts = CreateOptions {
-                folder: Some(bad.into()),
-                ..Default::default()
-            };
-            bad_input(ops.create_instance("app02", opts), "is not allowed");
-        }
-        assert_eq!(node_marks(&w), before, "{mode:?}");
-    }
+    let bad = [
+        "./FastApp-1.0.0",
+        "FastApp-1.0.0/",
+        "FastApp-1.0.0/next",
+        "..",
+        ".",
+        "/srv/app02/FastApp-9",
+        "",
+    ];
+    creates_on_app02_fail(World::new, &bad.map(in_folder), bad_input, "is not allowed");
 }
 
 #[test]
@@ -94,24 +82,14 @@ fn used_folders_and_folders_inside_containing_or_linking_to_them_are_refused() {
 
 #[test]
 fn on_a_node_that_ignores_case_another_spelling_of_a_used_folder_is_refused() {
-    for mode in MODES {
+    let ignoring_case = || {
         let w = World::new();
         w.node("app02").ignore_case = true;
-        let ops = w.ops(mode);
-        ok(ops.remove_instance("app02", Default::default()));
-        let before = node_marks(&w);
-        for folder in ["fastapp-1.0.0", "FASTAPP-1.0.0"] {
-            let opts = CreateOptions {
-                folder: Some(folder.into()),
-                ..Default::default()
-            };
-            refused(
-                ops.create_instance("app02", opts),
-                "which was used by an earlier instance",
-            );
-        }
-        assert_eq!(node_marks(&w), before);
-    }
+        w
+    };
+    let folders = ["fastapp-1.0.0", "FASTAPP-1.0.0"].map(in_folder);
+    let needle = "which was used by an earlier instance";
+    creates_on_app02_fail(ignoring_case, &folders, refused, needle);
 }
 
 #[test]

@@ -7,9 +7,7 @@ use super::*;
 
 #[test]
 fn the_primary_is_removed_only_after_every_secondary() {
-    for mode in MODES {
-        let w = World::new();
-        let ops = w.ops(mode);
+    for (mode, w, ops) in fresh_worlds() {
         let text = refused(
             ops.remove_instance("app01", Default::default()),
             "cannot remove the instance on primary node `app01`",
@@ -41,9 +39,7 @@ fn the_primary_is_removed_only_after_every_secondary() {
 
 #[test]
 fn create_beside_an_existing_instance_is_refused() {
-    for mode in MODES {
-        let w = World::new();
-        let ops = w.ops(mode);
+    for (_, w, ops) in fresh_worlds() {
         refused(
             ops.create_instance("app02", CreateOptions::default()),
             "still has instance FastApp 1.0.0",
@@ -54,38 +50,45 @@ fn create_beside_an_existing_instance_is_refused() {
 
 // ---- Rule: the application name is the prior instance's ----
 
+/// A fresh world in run mode where app02 and app03 were removed and app02
+/// created again (staged) by this run.
+fn app02_created_again() -> (World, Ops) {
+    let w = World::new();
+    let ops = w.ops(Mode::Run);
+    ok(ops.remove_instance("app02", Default::default()));
+    ok(ops.remove_instance("app03", Default::default()));
+    ok(ops.create_instance("app02", staged()));
+    (w, ops)
+}
+
+/// Change `node`'s manifest on the node itself (behind the rails' back).
+fn edit_manifest(w: &World, node: &str, edit: impl FnOnce(&mut crate::nodes::Manifest)) {
+    let mut st = w.node(node);
+    let mut m = st.manifest(&root(node));
+    edit(&mut m);
+    st.set_manifest(&root(node), &m);
+}
+
 #[test]
 fn another_application_name_is_refused() {
-    for mode in MODES {
-        let w = World::new();
-        let ops = w.ops(mode);
-        ok(ops.remove_instance("app02", Default::default()));
-        let before = node_marks(&w);
-        let opts = CreateOptions {
-            app_name: Some("OtherApp".into()),
-            ..Default::default()
-        };
-        refused(
-            ops.create_instance("app02", opts),
-            "differs from the prior application name \"FastApp\"",
-        );
-        assert_eq!(node_marks(&w), before);
-    }
+    let opts = CreateOptions {
+        app_name: Some("OtherApp".into()),
+        ..Default::default()
+    };
+    let needle = "differs from the prior application name \"FastApp\"";
+    creates_on_app02_fail(World::new, &[opts], refused, needle);
 }
 
 #[test]
 fn an_old_name_removed_long_ago_does_not_outvote_the_current_instance() {
     let w = World::new();
     // app02 once ran `OldApp`, removed long ago; it runs FastApp now.
-    {
-        let mut st = w.node("app02");
-        let mut m = st.manifest(&root("app02"));
+    edit_manifest(&w, "app02", |m| {
         let mut old = record("app02", "OldApp", "0.9.0", "OldApp-0.9.0");
         old.removed = Some("2020-01-01T00:00:00Z".into());
         m.removed.insert(0, old);
         m.used_folders.insert(0, "OldApp-0.9.0".into());
-        st.set_manifest(&root("app02"), &m);
-    }
+    });
     // app01 is a new, empty node: its name comes from the others'.
     w.node("app01")
         .set_manifest(&root("app01"), &Default::default());
@@ -122,35 +125,21 @@ fn the_name_rail_reads_other_nodes_once_per_run_and_again_after_a_change() {
     assert_eq!(reads("app01"), app01, "app01 is not read again");
     assert_eq!(reads("app02"), app02 + 1, "app02 changed: read again");
     // A stray name on the node being created is still seen now.
-    let w = World::new();
-    let ops = w.ops(Mode::Run);
-    ok(ops.remove_instance("app02", Default::default()));
-    ok(ops.remove_instance("app03", Default::default()));
-    ok(ops.create_instance("app02", staged()));
-    {
-        let mut st = w.node("app03");
-        let mut m = st.manifest(&root("app03"));
+    let (w, ops) = app02_created_again();
+    edit_manifest(&w, "app03", |m| {
         if let Some(last) = m.removed.last_mut() {
             last.app_name = "OtherApp".into();
         }
-        st.set_manifest(&root("app03"), &m);
-    }
+    });
     refused(ops.create_instance("app03", staged()), "OtherApp");
     // A procedure's command may change any node: after one, what the rail
     // remembered of app01 no longer speaks for it.
-    let w = World::new();
-    let ops = w.ops(Mode::Run);
-    ok(ops.remove_instance("app02", Default::default()));
-    ok(ops.remove_instance("app03", Default::default()));
-    ok(ops.create_instance("app02", staged()));
-    {
-        let mut st = w.node("app01");
-        let mut m = st.manifest(&root("app01"));
+    let (w, ops) = app02_created_again();
+    edit_manifest(&w, "app01", |m| {
         if let Some(current) = m.current.as_mut() {
             current.app_name = "OtherApp".into();
         }
-        st.set_manifest(&root("app01"), &m);
-    }
+    });
     ok(ops.node_command("app01", "edit-things", CommandOptions::default()));
     refused(ops.create_instance("app03", staged()), "OtherApp");
 }
@@ -194,17 +183,9 @@ fn one_call_reads_the_node_manifest_once_to_decide() {
 #[test]
 fn a_renamed_site_is_refused_unless_the_rename_is_declared() {
     let renamed = site_with(|s| s.replace("name = \"FastApp\"", "name = \"NewApp\""));
-    for mode in MODES {
-        let w = world_with_site(&renamed);
-        let ops = w.ops(mode);
-        ok(ops.remove_instance("app02", Default::default()));
-        let before = node_marks(&w);
-        refused(
-            ops.create_instance("app02", CreateOptions::default()),
-            "renamed_from = \"FastApp\"",
-        );
-        assert_eq!(node_marks(&w), before);
-    }
+    let make = || world_with_site(&renamed);
+    let needle = "renamed_from = \"FastApp\"";
+    creates_on_app02_fail(make, &[CreateOptions::default()], refused, needle);
     let declared = site_with(|s| {
         s.replace(
             "name = \"FastApp\"",

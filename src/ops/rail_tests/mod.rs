@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use super::fakes::{record, root, World, NODES, RELEASE, SITE};
 use super::{BackupOptions, CommandOptions, CreateOptions, Mode, Ops, UpgradeOptions};
+use crate::nodes::InstanceRecord;
 use crate::{Error, Result};
 
 const MODES: [Mode; 2] = [Mode::Plan, Mode::Run];
@@ -66,6 +67,48 @@ fn world_with_site(site: &str) -> World {
             "ALTER TABLE strategies ADD priority INTEGER;\n",
         )],
     )
+}
+
+/// In each mode, a fresh world and its `Ops`.
+fn fresh_worlds() -> impl Iterator<Item = (Mode, World, Ops)> {
+    worlds(World::new)
+}
+
+/// In each mode, a world `make` builds and its `Ops`.
+fn worlds(make: impl Fn() -> World) -> impl Iterator<Item = (Mode, World, Ops)> {
+    MODES.into_iter().map(move |mode| {
+        let w = make();
+        let ops = w.ops(mode);
+        (mode, w, ops)
+    })
+}
+
+/// Create options naming the instance's `folder`.
+fn in_folder(folder: &str) -> CreateOptions {
+    CreateOptions {
+        folder: Some(folder.into()),
+        ..Default::default()
+    }
+}
+
+/// In each mode, over a world `make` builds with app02's instance removed,
+/// creating one there with each of `opts` must fail as `fails` checks
+/// (`refused` or `bad_input`) saying `needle`, and change nothing on any node.
+#[track_caller]
+fn creates_on_app02_fail(
+    make: impl Fn() -> World,
+    opts: &[CreateOptions],
+    fails: fn(Result<InstanceRecord>, &str) -> String,
+    needle: &str,
+) {
+    for (mode, w, ops) in worlds(make) {
+        ok(ops.remove_instance("app02", Default::default()));
+        let before = node_marks(&w);
+        for opts in opts {
+            fails(ops.create_instance("app02", opts.clone()), needle);
+        }
+        assert_eq!(node_marks(&w), before, "{mode:?}");
+    }
 }
 
 fn backup(ops: &Ops) {

@@ -4,6 +4,17 @@ use super::*;
 
 // ---- Rule: order rails do not depend on timing ----
 
+/// Run `change` as closure `index` of the parallel call `group`.
+fn member<T>(
+    ops: &Ops,
+    group: usize,
+    index: usize,
+    change: impl FnOnce(&Ops) -> Result<T>,
+) -> Result<()> {
+    let _m = ops.enter_member(&[], group, index);
+    change(ops).map(|_| ())
+}
+
 /// Member 0 removes the primary's instance, member 1 changes a secondary's
 /// (`remove` or `create`), in the order given. Returns the closures' results
 /// and the call's.
@@ -20,17 +31,17 @@ fn parallel_primary_and_secondary(
     }
     let group = ops.begin_parallel();
     let primary = || {
-        let _m = ops.enter_member(&[], group, 0);
-        ops.remove_instance("app01", Default::default()).map(|_| ())
+        member(&ops, group, 0, |o| {
+            o.remove_instance("app01", Default::default())
+        })
     };
     let secondary = || {
-        let _m = ops.enter_member(&[], group, 1);
-        match secondary_change {
-            "create" => ops
+        member(&ops, group, 1, |o| match secondary_change {
+            "create" => o
                 .create_instance("app02", CreateOptions::default())
                 .map(|_| ()),
-            _ => ops.remove_instance("app02", Default::default()).map(|_| ()),
-        }
+            _ => o.remove_instance("app02", Default::default()).map(|_| ()),
+        })
     };
     let (p, s) = if primary_first {
         let p = primary();
@@ -80,13 +91,11 @@ fn one_node_changed_by_two_closures_is_refused_whichever_runs_first() {
             let ops = w.ops(mode);
             let group = ops.begin_parallel();
             let remove = || {
-                let _m = ops.enter_member(&[], group, 0);
-                ops.remove_instance("app02", Default::default()).map(|_| ())
+                member(&ops, group, 0, |o| {
+                    o.remove_instance("app02", Default::default())
+                })
             };
-            let create = || {
-                let _m = ops.enter_member(&[], group, 1);
-                ops.create_instance("app02", staged()).map(|_| ())
-            };
+            let create = || member(&ops, group, 1, |o| o.create_instance("app02", staged()));
             if remove_first {
                 ok(remove());
                 ok(create());
@@ -110,9 +119,7 @@ fn one_node_changed_by_two_closures_is_refused_whichever_runs_first() {
 
 #[test]
 fn a_conflict_inside_a_nested_parallel_call_refuses_the_outer_call() {
-    for mode in MODES {
-        let w = World::new();
-        let ops = w.ops(mode);
+    for (_, _w, ops) in fresh_worlds() {
         ok(ops.remove_instance("app03", Default::default()));
         let outer = ops.begin_parallel();
         {
