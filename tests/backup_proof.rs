@@ -165,15 +165,6 @@ fn an_untouched_backup_passes_its_proof_and_the_receipt_carries_its_identity() {
     );
 }
 
-fn journal(sb: &Sandbox) -> PathBuf {
-    let js: Vec<PathBuf> = std::fs::read_dir(sb.dir.join(".uprun/runs"))
-        .expect("runs")
-        .map(|e| e.expect("entry").path())
-        .collect();
-    assert_eq!(js.len(), 1, "{js:?}");
-    js.into_iter().next().expect("journal")
-}
-
 /// Start `backup_db(); upgrade_db();` from the sandbox folder with a relative
 /// `--site`, and kill it once the backup is done (before the upgrade starts).
 fn killed_after_the_backup(sb: &Sandbox) -> String {
@@ -194,7 +185,7 @@ fn killed_after_the_backup(sb: &Sandbox) -> String {
     assert_eq!(out.status.signal(), Some(9), "not killed: {out:?}");
     assert_eq!(sb.db_version(), "1.0.0");
     // The journal records the backup by its absolute path.
-    let text = std::fs::read_to_string(journal(sb)).expect("journal");
+    let text = std::fs::read_to_string(sb.only_journal()).expect("journal");
     let done = text
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -202,7 +193,7 @@ fn killed_after_the_backup(sb: &Sandbox) -> String {
         .expect("backup done");
     let file = done["result"]["file"].as_str().expect("file").to_string();
     assert!(Path::new(&file).is_absolute(), "{file}");
-    journal(sb)
+    sb.only_journal()
         .file_stem()
         .expect("stem")
         .to_string_lossy()

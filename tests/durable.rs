@@ -3,12 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Child;
 
 use serde_json::Value;
 
-use crate::support::{fifo, uprun, Sandbox};
+use crate::support::{fifo, journal_entries, run_id, uprun, Sandbox};
 
 /// The comparable end state: database version and history, and each node's
 /// manifest without timestamps.
@@ -52,28 +52,6 @@ pub(crate) fn end_state(sb: &Sandbox) -> BTreeMap<String, Value> {
     out
 }
 
-pub(crate) fn journals(sb: &Sandbox) -> Vec<PathBuf> {
-    match std::fs::read_dir(sb.dir.join(".uprun/runs")) {
-        Ok(it) => it.map(|e| e.expect("entry").path()).collect(),
-        Err(_) => Vec::new(),
-    }
-}
-
-pub(crate) fn journal_entries(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .expect("journal")
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
-pub(crate) fn run_id(path: &Path) -> String {
-    path.file_stem()
-        .expect("stem")
-        .to_string_lossy()
-        .into_owned()
-}
-
 /// The journal never shows an upgrade started before a verified backup was done.
 fn assert_backup_before_upgrade(entries: &[Value]) {
     let mut verified_backup = false;
@@ -98,7 +76,7 @@ fn killed_at_any_step_then_resumed_ends_like_a_clean_run() {
         .assert()
         .success();
     let expected = end_state(&clean);
-    let clean_journal = journal_entries(&journals(&clean)[0]);
+    let clean_journal = journal_entries(&clean.journals()[0]);
     let kinds: Vec<String> = clean_journal
         .iter()
         .filter(|e| e["type"] == "started")
@@ -133,7 +111,7 @@ fn killed_at_any_step_then_resumed_ends_like_a_clean_run() {
                 Some(9),
                 "{fp} ({kind}): not killed; {out:?}"
             );
-            let js = journals(&sb);
+            let js = sb.journals();
             assert_eq!(js.len(), 1);
             let id = run_id(&js[0]);
 
@@ -206,7 +184,7 @@ fn runs_lists_and_shows_the_journal() {
     );
     assert!(text.contains("succeeded"), "{text}");
     // Every change was announced before it was recorded done.
-    let entries = journal_entries(&journals(&sb)[0]);
+    let entries = journal_entries(&sb.journals()[0]);
     for e in entries.iter().filter(|e| e["type"] == "done") {
         let key = &e["key"];
         let started = entries
@@ -297,7 +275,7 @@ fn a_second_run_on_a_locked_site_is_refused_and_changes_nothing() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(sb.manifest("app02")["current"]["version"], "2.0.0");
-    assert_eq!(journals(&sb).len(), 1, "the refused run left no journal");
+    assert_eq!(sb.journals().len(), 1, "the refused run left no journal");
 }
 
 #[test]
@@ -326,7 +304,7 @@ fn ctrl_c_stops_after_the_current_step_and_the_run_resumes() {
     // The step in progress (removal on app02) finished; nothing after it started.
     assert!(sb.manifest("app02")["current"].is_null());
     assert_eq!(sb.db_version(), "1.0.0");
-    let js = journals(&sb);
+    let js = sb.journals();
     let entries = journal_entries(&js[0]);
     assert_eq!(entries.last().expect("end")["outcome"], "interrupted");
     let id = run_id(&js[0]);
@@ -351,7 +329,7 @@ fn resume_with_an_edited_script_is_refused_unless_accepted() {
     let p = path.to_str().expect("path");
     let out = sb.cmd("run", p, &["--yes"]).output().expect("run");
     assert_eq!(out.status.code(), Some(1));
-    let id = run_id(&journals(&sb)[0]);
+    let id = run_id(&sb.journals()[0]);
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("--resume {id}")));
 
     std::fs::write(
@@ -385,7 +363,7 @@ fn resume_with_an_edited_script_is_refused_unless_accepted() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let entries = journal_entries(&journals(&sb)[0]);
+    let entries = journal_entries(&sb.journals()[0]);
     let resume = entries
         .iter()
         .find(|e| e["type"] == "resume")
@@ -412,7 +390,7 @@ fn an_abandoned_run_frees_the_site() {
         .output()
         .expect("run");
     assert_eq!(out.status.signal(), Some(9));
-    let id = run_id(&journals(&sb)[0]);
+    let id = run_id(&sb.journals()[0]);
     let out = sb
         .cmd("run", "in-place-upgrade", &["--yes"])
         .output()
@@ -459,7 +437,7 @@ fn an_abandoned_run_frees_the_site() {
         .count();
     // The secondaries' removals run in parallel: the other one may have
     // finished before the kill too. The journal says which are done.
-    let done_in_journal = journal_entries(&journals(&sb)[0])
+    let done_in_journal = journal_entries(&sb.journals()[0])
         .iter()
         .filter(|e| e["type"] == "done")
         .count();

@@ -2,9 +2,7 @@
 //! alone, without the stock script or `stdlib/`: each way around a rule that
 //! worked before is refused (changing nothing) or audited as incomplete.
 
-use std::path::PathBuf;
-
-use crate::support::Sandbox;
+use crate::support::{run_id, Sandbox};
 
 /// A whole upgrade written without `stdlib/`: every vendor rule the stock
 /// script checks early must still hold for it. The primary's instance is
@@ -32,13 +30,6 @@ fn refused_whole(sb: &Sandbox, script: &str, code: i32, needle: &str) -> String 
     sb.assert_unchanged(&before, "a refused run changed something");
     assert!(sb.backups().is_empty(), "a refused run took a backup");
     err
-}
-
-fn journals(sb: &Sandbox) -> Vec<PathBuf> {
-    match std::fs::read_dir(sb.dir.join(".uprun/runs")) {
-        Ok(it) => it.map(|e| e.expect("entry").path()).collect(),
-        Err(_) => Vec::new(),
-    }
 }
 
 fn edit_site(sb: &Sandbox, from: &str, to: &str) {
@@ -113,7 +104,7 @@ start_instance(primary());
     let err = refused_whole(&sb, script, 3, "node `app02` has no instance");
     assert!(err.contains("node `app03` has no instance"), "{err}");
     assert!(err.contains("uprun run in-place-upgrade"), "{err}");
-    assert!(journals(&sb).is_empty(), "a refused plan left a journal");
+    assert!(sb.journals().is_empty(), "a refused plan left a journal");
 }
 
 #[test]
@@ -145,7 +136,7 @@ log(`results: ${r.len()}`);
     assert!(stdout.contains("run incomplete"), "{stdout}");
     assert!(err.contains("node `app03` is not healthy"), "{err}");
     assert!(!err.contains("node `app02`"), "app02 is fine: {err}");
-    let journal = std::fs::read_to_string(&journals(&sb)[0]).expect("journal");
+    let journal = std::fs::read_to_string(&sb.journals()[0]).expect("journal");
     let end: serde_json::Value =
         serde_json::from_str(journal.lines().last().expect("end")).expect("json");
     assert_eq!(end["outcome"], "incomplete", "{journal}");
@@ -164,11 +155,7 @@ fn a_persistently_unhealthy_node_is_never_a_success() {
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(1));
-    let id = journals(&sb)[0]
-        .file_stem()
-        .expect("stem")
-        .to_string_lossy()
-        .into_owned();
+    let id = run_id(&sb.only_journal());
     assert_eq!(sb.manifest("app03")["current"]["state"], "failed");
     // Resumed with nothing fixed: app03's instance is registered, but it
     // never passed its health command: it is started and checked again (in
@@ -187,7 +174,7 @@ fn a_persistently_unhealthy_node_is_never_a_success() {
         assert!(!err.contains("nothing to create"), "{err}");
         assert_eq!(sb.manifest("app03")["current"]["folder"], "FastApp-2.0.0");
     }
-    let journal = std::fs::read_to_string(&journals(&sb)[0]).expect("journal");
+    let journal = std::fs::read_to_string(&sb.journals()[0]).expect("journal");
     assert!(!journal.contains("\"succeeded\""), "{journal}");
 }
 

@@ -11,8 +11,8 @@ use std::process::Output;
 
 use serde_json::Value;
 
-use crate::durable::{end_state, journal_entries, journals, run_id};
-use crate::support::{fifo, uprun, Sandbox};
+use crate::durable::end_state;
+use crate::support::{fifo, journal_entries, run_id, uprun, Sandbox};
 
 fn edit_site(sb: &Sandbox, from: &str, to: &str) {
     let text = std::fs::read_to_string(sb.site()).expect("site");
@@ -172,7 +172,7 @@ fn a_primary_that_fails_to_start_leaves_a_clear_message_and_a_resume_converges()
     for n in ["app02", "app03"] {
         assert!(sb.manifest(n)["current"].is_null(), "{n}");
     }
-    let id = run_id(&journals(&sb)[0]);
+    let id = run_id(&sb.journals()[0]);
     // Nothing fixed: the start runs again, fails again, never `succeeded`.
     let out = resume(&sb, &id);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
@@ -182,7 +182,7 @@ fn a_primary_that_fails_to_start_leaves_a_clear_message_and_a_resume_converges()
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(end_state(&sb), expected);
     assert_eq!(sb.backups().len(), 1);
-    let entries = journal_entries(&journals(&sb)[0]);
+    let entries = journal_entries(&sb.journals()[0]);
     assert_eq!(entries.last().expect("end")["outcome"], "succeeded");
     // The upgrade ran once; the staged primary was never created again.
     let started = |call: &str| {
@@ -221,7 +221,7 @@ fn a_health_check_failing_once_is_rechecked_on_resume_without_recreating() {
         text(&out)
     );
     assert_eq!(sb.manifest("app02")["current"]["state"], "failed");
-    let id = run_id(&journals(&sb)[0]);
+    let id = run_id(&sb.journals()[0]);
     std::fs::remove_file(&broken).expect("fix");
     let out = resume(&sb, &id);
     assert!(out.status.success(), "{}", text(&out));
@@ -306,7 +306,7 @@ fn a_power_loss_while_the_secondaries_start_is_reconciled_on_resume() {
     let out = fifo::finish(run);
     assert_eq!(out.status.signal(), Some(9));
     assert_ne!(sb.manifest("app03")["current"]["state"], "healthy");
-    let id = run_id(&journals(&sb)[0]);
+    let id = run_id(&sb.journals()[0]);
     let out = resume(&sb, &id);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
@@ -341,7 +341,7 @@ fn abandon_then_a_new_run_from_each_partial_state_ends_like_a_clean_run() {
             .output()
             .expect("run");
         assert_eq!(out.status.signal(), Some(9), "{failpoint}: {}", text(&out));
-        let id = run_id(&journals(&sb)[0]);
+        let id = run_id(&sb.journals()[0]);
         abandon(&sb, &id);
         let out = stock(&sb, &["--yes"]);
         let all = text(&out);
@@ -435,7 +435,8 @@ fn killed_at_random_points_during_runs_and_resumes_converges() {
                 Some(9) => {
                     assert!(!last, "{ctx}");
                     // The killed run is the one journal without an end.
-                    let unfinished: Vec<PathBuf> = journals(&sb)
+                    let unfinished: Vec<PathBuf> = sb
+                        .journals()
                         .into_iter()
                         .filter(|j| journal_entries(j).last().is_none_or(|e| e["type"] != "end"))
                         .collect();

@@ -26,7 +26,7 @@ use tiberius::{Client, Config};
 use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 
-use crate::support::Sandbox;
+use crate::support::{run_id, Sandbox};
 
 const ENV: &str = "UPRUN_MSSQL_TEST_CONNECTION";
 const BACKUP_ENV: &str = "UPRUN_MSSQL_TEST_BACKUP_DIR";
@@ -324,16 +324,7 @@ fn killed_during_a_migration_then_resumed_ends_upgraded_on_a_real_server() {
     assert_eq!(site.db.batch(version)[0].get::<&str, _>(0), Some("1.0.0"));
 
     // Resume: the backup is proved (not taken again), 04 runs once.
-    let runs: Vec<_> = std::fs::read_dir(sb.dir.join(".uprun/runs"))
-        .expect("runs")
-        .map(|e| e.expect("entry").path())
-        .collect();
-    assert_eq!(runs.len(), 1, "{runs:?}");
-    let id = runs[0]
-        .file_stem()
-        .expect("stem")
-        .to_string_lossy()
-        .into_owned();
+    let id = run_id(&sb.only_journal());
     let out = sb
         .cmd("run", "in-place-upgrade", &["--yes", "--resume", &id])
         .output()

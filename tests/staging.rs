@@ -7,9 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::durable::{journal_entries, journals};
 use crate::support::sshd::Sshd;
-use crate::support::{uprun, Sandbox};
+use crate::support::{journal_entries, uprun, Sandbox};
 
 const NODES: [&str; 3] = ["app01", "app02", "app03"];
 
@@ -62,7 +61,7 @@ fn run_journaled(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> (std::process::Output, PathBuf, Vec<Value>) {
-    let before: BTreeSet<PathBuf> = journals(sb).into_iter().collect();
+    let before: BTreeSet<PathBuf> = sb.journals().into_iter().collect();
     let mut cmd = uprun();
     cmd.arg("run")
         .arg(script)
@@ -76,10 +75,11 @@ fn run_journaled(
         cmd.env(k, v);
     }
     let out = cmd.output().expect("run uprun");
-    let journal = journals(sb)
+    let journal = sb
+        .journals()
         .into_iter()
         .find(|j| !before.contains(j))
-        .or_else(|| journals(sb).into_iter().next())
+        .or_else(|| sb.journals().into_iter().next())
         .expect("a journal");
     let entries = journal_entries(&journal);
     (out, journal, entries)

@@ -212,16 +212,7 @@ fn a_second_ctrl_c_cancels_a_running_backup_on_the_server() {
     assert_eq!(fake.version, "1.0.0");
     assert!(fake.backups.is_empty());
     // The journal: the backup step started and failed, nothing after it.
-    let runs: Vec<_> = std::fs::read_dir(sb.dir.join(".uprun/runs"))
-        .expect("runs")
-        .map(|e| e.expect("entry").path())
-        .collect();
-    assert_eq!(runs.len(), 1, "{runs:?}");
-    let entries: Vec<serde_json::Value> = std::fs::read_to_string(&runs[0])
-        .expect("journal")
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    let entries = journal_entries(&sb.only_journal());
     let failed = entries
         .iter()
         .find(|e| e["type"] == "failed")

@@ -33,7 +33,7 @@ use crate::support::tds::{
     bit, guid, i, numeric, s, statements, Control, Ctx, Encryption, Reply, Request, TdsServer,
     Value,
 };
-use crate::support::{output_text, Sandbox};
+use crate::support::{journal_entries, output_text, run_id, Sandbox};
 
 const PASSWORD: &str = "Mock;Pa55-w0rd";
 const BACKUP_DIR: &str = "/var/opt/mssql/backup";

@@ -112,22 +112,7 @@ fn a_run_killed_mid_step_over_ssh_resumes_to_the_local_end_state() {
             "{point}: not killed: {}",
             text(&killed.stderr)
         );
-        let runs = std::fs::read_dir(remote.dir.join(".uprun/runs"))
-            .expect("journal")
-            .count();
-        assert_eq!(runs, 1);
-        let id = std::fs::read_dir(remote.dir.join(".uprun/runs"))
-            .expect("journal")
-            .map(|e| {
-                e.expect("entry")
-                    .path()
-                    .file_stem()
-                    .expect("stem")
-                    .to_string_lossy()
-                    .into_owned()
-            })
-            .next()
-            .expect("run id");
+        let id = run_id(&remote.only_journal());
         let out = uprun()
             .arg("run")
             .arg("in-place-upgrade")

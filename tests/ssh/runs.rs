@@ -414,12 +414,7 @@ fn json_phase_events_and_the_downtime_window() {
     ] {
         assert!(window.contains(part), "{window}");
     }
-    let journal = std::fs::read_dir(sb.dir.join(".uprun/runs"))
-        .expect("runs")
-        .map(|e| e.expect("entry").path())
-        .find(|p| p.extension().is_some_and(|x| x == "jsonl"))
-        .expect("journal");
-    let text = std::fs::read_to_string(journal).expect("journal");
+    let text = std::fs::read_to_string(sb.only_journal()).expect("journal");
     assert!(
         text.lines()
             .any(|l| l.contains("\"type\":\"note\"") && l.contains("downtime window: ")),

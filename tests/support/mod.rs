@@ -157,6 +157,13 @@ impl Sandbox {
         out
     }
 
+    /// The sandbox's one run journal (asserts there is exactly one).
+    pub fn only_journal(&self) -> PathBuf {
+        let mut js = self.journals();
+        assert_eq!(js.len(), 1, "one journal expected: {js:?}");
+        js.remove(0)
+    }
+
     pub fn backups(&self) -> Vec<PathBuf> {
         match std::fs::read_dir(self.dir.join("backups")) {
             Ok(it) => it.map(|e| e.expect("entry").path()).collect(),
@@ -194,6 +201,16 @@ pub fn run_id(journal: &Path) -> String {
         .to_string_lossy()
         .trim_end_matches(".jsonl")
         .to_string()
+}
+
+/// A journal's entries (lines that are not JSON, such as a torn last line,
+/// are passed over).
+pub fn journal_entries(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .expect("journal")
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }
 
 /// A command's stdout then its stderr, as text.
