@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use super::{
     DirState, ExecOutput, NodeTransport, PathIdentity, PayloadEntry, TreeEntry, TreeHashes,
 };
-use crate::config::release::hex;
+use crate::config::release::{hex, sha256_file};
 use crate::{Error, Result};
 
 pub struct LocalTransport {
@@ -225,12 +225,9 @@ impl NodeTransport for LocalTransport {
                     walk(t, base, &r, out)?;
                 } else if ft.is_file() {
                     let path = entry.path();
-                    let mut f = std::fs::File::open(&path)
+                    let (_, sum) = sha256_file(&path)
                         .map_err(|e| t.err(format!("cannot read `{}`", path.display()), e))?;
-                    let mut h = Sha256::new();
-                    std::io::copy(&mut f, &mut super::HashWriter(&mut h))
-                        .map_err(|e| t.err(format!("cannot read `{}`", path.display()), e))?;
-                    out.insert(r, TreeEntry::File(hex(&h.finalize())));
+                    out.insert(r, TreeEntry::File(sum));
                 } else {
                     out.insert(r, TreeEntry::Other);
                 }

@@ -297,17 +297,3 @@ fn mode_of(meta: &std::fs::Metadata) -> u32 {
         (false, false) => 0o644,
     }
 }
-
-/// Feeds what `std::io::copy` writes into a SHA-256 (sha2 0.11's hasher is
-/// not an `io::Write` itself).
-pub(crate) struct HashWriter<'a>(pub &'a mut sha2::Sha256);
-
-impl std::io::Write for HashWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        sha2::Digest::update(self.0, buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{payload_entries, DirState, NodeInstances, PayloadEntry, TreeEntry, TreeHashes};
-use crate::config::release::hex;
+use crate::config::release::{hex, sha256_file};
 use crate::{Error, Result};
 
 /// The staging area's folder in a node's root.
@@ -65,13 +65,10 @@ pub fn payload_digest(node: &str, src: &Path) -> Result<Arc<PayloadDigest>> {
             expected.insert(e.rel.clone(), TreeEntry::Dir);
             summary.push_str(&format!("d {:o} {}\n", e.mode, e.rel));
         } else {
-            let mut f = std::fs::File::open(&e.source)
+            let (size, sum) = sha256_file(&e.source)
                 .map_err(|err| Error::io("read payload file", &e.source, err))?;
-            let mut h = Sha256::new();
-            bytes += std::io::copy(&mut f, &mut super::HashWriter(&mut h))
-                .map_err(|err| Error::io("read payload file", &e.source, err))?;
+            bytes += size;
             files += 1;
-            let sum = hex(&h.finalize());
             summary.push_str(&format!("f {:o} {sum} {}\n", e.mode, e.rel));
             expected.insert(e.rel.clone(), TreeEntry::File(sum));
         }

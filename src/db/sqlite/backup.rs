@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use rusqlite::{backup, Connection, OpenFlags};
 
-use super::{read_version, SqliteDatabase, COPY_CHUNK, HASH_CHUNK, PAGES_PER_STEP};
+use super::{read_version, SqliteDatabase, COPY_CHUNK, PAGES_PER_STEP};
+use crate::config::release::sha256_file;
 use crate::db::{now_rfc3339, BackupReceipt, Database, Progress};
 use crate::{Error, Result};
 
@@ -95,7 +96,7 @@ impl SqliteDatabase {
         // alone (see BENCHMARKS.md).
         let path = Path::new(&receipt.file);
         let (checked, hashed) = std::thread::scope(|s| {
-            let hasher = s.spawn(|| hash_file(path));
+            let hasher = s.spawn(|| sha256_file(path));
             let checked = self.check_backup(receipt);
             (checked, hasher.join())
         });
@@ -143,7 +144,7 @@ impl SqliteDatabase {
                     .into(),
             );
         }
-        let (size, sha256) = match hash_file(Path::new(file)) {
+        let (size, sha256) = match sha256_file(Path::new(file)) {
             Ok(v) => v,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return refuse("is missing".into())
@@ -285,28 +286,6 @@ impl SqliteDatabase {
     }
 }
 
-/// Size and SHA-256 (hex) of a file, read once in large chunks (the backup's
-/// identity; SHA-256 uses the CPU's SHA extensions where it has them).
-pub(crate) fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
-    use sha2::{Digest, Sha256};
-    use std::io::Read;
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; HASH_CHUNK];
-    let mut size = 0u64;
-    loop {
-        let n = match f.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        h.update(&buf[..n]);
-        size += n as u64;
-    }
-    Ok((size, crate::config::release::hex(&h.finalize())))
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::tests::{make, open_sample};
@@ -374,7 +353,7 @@ mod tests {
         let (mut db, mut receipt) = backed_up(tmp.path());
         assert!(receipt.sha256.is_empty(), "taken by the verification");
         db.verify_backup(&mut receipt).expect("verify");
-        let (size, sha) = hash_file(Path::new(&receipt.file)).expect("hash");
+        let (size, sha) = sha256_file(Path::new(&receipt.file)).expect("hash");
         assert_eq!(
             (size, sha.as_str()),
             (receipt.size, receipt.sha256.as_str())

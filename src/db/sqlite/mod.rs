@@ -25,8 +25,6 @@ pub const HISTORY_TABLE: &str = "uprun_migration_history";
 const PAGES_PER_STEP: i32 = 4096;
 /// Buffer of the locked file copy.
 const COPY_CHUNK: u64 = 64 << 20;
-/// Read buffer of the backup's SHA-256.
-const HASH_CHUNK: usize = 1 << 20;
 
 pub struct SqliteDatabase {
     name: String,
