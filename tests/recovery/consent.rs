@@ -93,11 +93,7 @@ fn on_terminal(mut cmd: std::process::Command, answers: &[&str]) -> (Option<i32>
 #[test]
 fn one_yes_up_front_covers_the_whole_run() {
     let sb = Sandbox::new();
-    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("uprun"));
-    cmd.args(["run", "in-place-upgrade", "--site"])
-        .arg(sb.site())
-        .arg("--release")
-        .arg(sb.release());
+    let cmd = sb.process("run", "in-place-upgrade", &[]);
     let (code, asked, out) = on_terminal(cmd, &["y"]);
     assert_eq!(code, Some(0), "exit {code:?}: {out}");
     assert_eq!(asked, 1, "one question, up front: {out}");
@@ -118,11 +114,7 @@ fn one_yes_up_front_covers_the_whole_run() {
 fn no_up_front_changes_nothing() {
     let sb = Sandbox::new();
     let before = sb.snapshot();
-    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("uprun"));
-    cmd.args(["run", "in-place-upgrade", "--site"])
-        .arg(sb.site())
-        .arg("--release")
-        .arg(sb.release());
+    let cmd = sb.process("run", "in-place-upgrade", &[]);
     let (code, asked, out) = on_terminal(cmd, &["n"]);
     assert_eq!(code, Some(3), "{out}");
     assert_eq!(asked, 1, "{out}");
@@ -138,13 +130,7 @@ fn the_procedures_own_question_is_asked_up_front_with_the_plan() {
         "ask.rhai",
         "if confirm(\"Carry on with the site check?\") { log(\"carrying on\"); } else { log(\"stopping\"); }\n",
     );
-    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("uprun"));
-    cmd.arg("run")
-        .arg(&script)
-        .arg("--site")
-        .arg(sb.site())
-        .arg("--release")
-        .arg(sb.release());
+    let cmd = sb.process("run", &script, &[]);
     let (code, asked, out) = on_terminal(cmd, &["y"]);
     assert_eq!(code, Some(0), "exit {code:?}: {out}");
     assert_eq!(asked, 1, "asked once, before the run: {out}");
@@ -161,11 +147,7 @@ fn the_procedures_own_question_is_asked_up_front_with_the_plan() {
 fn input_closed_at_the_question_is_a_no_and_ends_the_line() {
     let sb = Sandbox::new();
     let before = sb.snapshot();
-    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("uprun"));
-    cmd.args(["run", "in-place-upgrade", "--site"])
-        .arg(sb.site())
-        .arg("--release")
-        .arg(sb.release());
+    let cmd = sb.process("run", "in-place-upgrade", &[]);
     // Ctrl-D at the start of the line: the terminal closes the input.
     let (code, asked, out) = on_terminal(cmd, &["\u{4}"]);
     assert_eq!(code, Some(3), "{out}");

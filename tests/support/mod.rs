@@ -59,7 +59,18 @@ impl Sandbox {
 
     /// `uprun <cmd> <script> --site S --release R`, plus `extra`.
     pub fn cmd(&self, cmd: &str, script: &str, extra: &[&str]) -> Command {
-        let mut c = uprun();
+        Command::from_std(self.process(cmd, script, extra))
+    }
+
+    /// [`Sandbox::cmd`] as a plain `std::process::Command` (to run it on a
+    /// terminal, say).
+    pub fn process(
+        &self,
+        cmd: &str,
+        script: impl AsRef<std::ffi::OsStr>,
+        extra: &[&str],
+    ) -> std::process::Command {
+        let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("uprun"));
         c.arg(cmd)
             .arg(script)
             .arg("--site")
