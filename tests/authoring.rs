@@ -98,11 +98,7 @@ fn init_writes_a_procedure_that_plans_against_the_demo_sandbox() {
 fn bundled_backup_and_verify_cluster_run_without_a_release() {
     let sb = Sandbox::new();
     // A backup changes nothing on the site: no --yes needed.
-    let out = uprun()
-        .args(["run", "backup", "--site"])
-        .arg(sb.site())
-        .output()
-        .expect("backup");
+    let out = sb.on_site(&["run", "backup"]).output().expect("backup");
     assert!(
         out.status.success(),
         "{}",
@@ -110,9 +106,8 @@ fn bundled_backup_and_verify_cluster_run_without_a_release() {
     );
     assert_eq!(sb.backups().len(), 1);
 
-    let out = uprun()
-        .args(["run", "verify-cluster", "--site"])
-        .arg(sb.site())
+    let out = sb
+        .on_site(&["run", "verify-cluster"])
         .output()
         .expect("verify");
     assert!(
@@ -127,9 +122,8 @@ fn bundled_backup_and_verify_cluster_run_without_a_release() {
         .expect("manifest")
         .replace("\"version\": \"1.0.0\"", "\"version\": \"0.9.0\"");
     std::fs::write(&path, text).expect("write");
-    let out = uprun()
-        .args(["run", "verify-cluster", "--site"])
-        .arg(sb.site())
+    let out = sb
+        .on_site(&["run", "verify-cluster"])
         .output()
         .expect("verify");
     assert_eq!(out.status.code(), Some(1));
@@ -137,9 +131,8 @@ fn bundled_backup_and_verify_cluster_run_without_a_release() {
     assert!(err.contains("app03 runs FastApp 0.9.0"), "{err}");
 
     // Procedures that install something say they need a release.
-    let out = uprun()
-        .args(["plan", "in-place-upgrade", "--site"])
-        .arg(sb.site())
+    let out = sb
+        .on_site(&["plan", "in-place-upgrade"])
         .output()
         .expect("plan");
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs a release: pass --release"));

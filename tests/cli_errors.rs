@@ -196,9 +196,8 @@ fn missing_site_or_release_is_bad_input_with_a_hint() {
         .expect("status");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("uprun init"));
-    let out = uprun()
-        .args(["plan", "in-place-upgrade", "--site"])
-        .arg(sb.site())
+    let out = sb
+        .on_site(&["plan", "in-place-upgrade"])
         .args(["--release", "/no/such/release"])
         .output()
         .expect("plan");

@@ -206,11 +206,7 @@ fn second_run_on_an_upgraded_site_is_a_noop() {
 #[test]
 fn status_shows_database_and_instances() {
     let sb = Sandbox::new();
-    let out = uprun()
-        .args(["status", "--json", "--site"])
-        .arg(sb.site())
-        .output()
-        .expect("status");
+    let out = sb.on_site(&["status", "--json"]).output().expect("status");
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v["database_version"], "1.0.0");

@@ -8,7 +8,7 @@ use std::process::Child;
 
 use serde_json::Value;
 
-use crate::support::{fifo, journal_entries, run_id, uprun, Sandbox};
+use crate::support::{fifo, journal_entries, run_id, Sandbox};
 
 /// The comparable end state: database version and history, and each node's
 /// manifest without timestamps.
@@ -160,11 +160,7 @@ fn runs_lists_and_shows_the_journal() {
     sb.cmd("run", "in-place-upgrade", &["--yes"])
         .assert()
         .success();
-    let out = uprun()
-        .args(["runs", "--json", "--site"])
-        .arg(sb.site())
-        .output()
-        .expect("runs");
+    let out = sb.on_site(&["runs", "--json"]).output().expect("runs");
     assert!(out.status.success());
     let runs: Value = serde_json::from_slice(&out.stdout).expect("json");
     let runs = runs.as_array().expect("array");
@@ -172,11 +168,7 @@ fn runs_lists_and_shows_the_journal() {
     assert_eq!(runs[0]["outcome"], "succeeded");
     assert_eq!(runs[0]["steps_done"], 12);
     let id = runs[0]["run_id"].as_str().expect("id");
-    let out = uprun()
-        .args(["runs", "show", id, "--site"])
-        .arg(sb.site())
-        .output()
-        .expect("show");
+    let out = sb.on_site(&["runs", "show", id]).output().expect("show");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("started  upgrade database `app` from 1.0.0 to 2.0.0"),
@@ -402,11 +394,7 @@ fn an_abandoned_run_frees_the_site() {
     );
     // `status` shows the unfinished run; `plan --resume` what resuming would do.
     let unfinished = |sb: &Sandbox| -> Vec<String> {
-        let out = uprun()
-            .args(["status", "--json", "--site"])
-            .arg(sb.site())
-            .output()
-            .expect("status");
+        let out = sb.on_site(&["status", "--json"]).output().expect("status");
         let v: Value = serde_json::from_slice(&out.stdout).expect("json");
         v["unfinished_runs"]
             .as_array()
@@ -458,9 +446,8 @@ fn an_abandoned_run_frees_the_site() {
             .collect()
     };
     assert!(!staging(&sb).is_empty(), "step 2 staged a node's payload");
-    let out = uprun()
-        .args(["runs", "abandon", &id, "--site"])
-        .arg(sb.site())
+    let out = sb
+        .on_site(&["runs", "abandon", &id])
         .output()
         .expect("abandon");
     assert!(out.status.success(), "{out:?}");

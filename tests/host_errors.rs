@@ -98,11 +98,7 @@ try { refuse("not in this window"); } catch (e) { log(`caught ${e}`); }
     assert_eq!(refusals[1]["by"], "procedure");
     assert_eq!(refusals[1]["message"], "not in this window");
     // `uprun runs` still reads the journal.
-    let runs = crate::support::uprun()
-        .args(["runs", "--site"])
-        .arg(sb.site())
-        .output()
-        .expect("runs");
+    let runs = sb.on_site(&["runs"]).output().expect("runs");
     assert!(
         runs.status.success(),
         "{}",

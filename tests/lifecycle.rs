@@ -39,11 +39,7 @@ fn resume(sb: &Sandbox, id: &str) -> Output {
 }
 
 fn abandon(sb: &Sandbox, id: &str) {
-    uprun()
-        .args(["runs", "abandon", id, "--site"])
-        .arg(sb.site())
-        .assert()
-        .success();
+    sb.on_site(&["runs", "abandon", id]).assert().success();
 }
 
 /// The end state of a clean stock run on a fresh sandbox.

@@ -295,9 +295,8 @@ fn check_reports_every_problem_in_the_procedure_and_its_modules() {
 fn bad_input_exits_2() {
     let sb = Sandbox::new();
     // The stock procedure needs a release.
-    let out = uprun()
-        .args(["plan", "in-place-upgrade", "--site"])
-        .arg(sb.site())
+    let out = sb
+        .on_site(&["plan", "in-place-upgrade"])
         .output()
         .expect("plan");
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
@@ -324,11 +323,7 @@ fn bad_input_exits_2() {
             "{err}"
         );
     }
-    let out = uprun()
-        .args(["status", "--site"])
-        .arg(sb.site())
-        .output()
-        .expect("status");
+    let out = sb.on_site(&["status"]).output().expect("status");
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 }
 

@@ -10,9 +10,8 @@ fn login_failure_names_host_and_port_but_not_the_password() {
         ..Fake::default()
     });
     let sb = mock.sandbox();
-    let out = crate::support::uprun()
-        .args(["status", "--site"])
-        .arg(sb.site())
+    let out = sb
+        .on_site(&["status"])
         .env("UPRUN_TEST_MSSQL_PASSWORD", PASSWORD)
         .output()
         .expect("status");
@@ -66,9 +65,7 @@ fn a_password_with_separators_and_quotes_stays_one_value() {
         format!("Addr=tcp:127.0.0.1,{port};Initial Catalog=FastApp;uid=uprun;pwd=wrong;Password='${{env:UPRUN_TEST_TRICKY_PW}}';Encrypt=DANGER_PLAINTEXT"),
     ] {
         let sb = sandbox_at(&connection, "");
-        let out = crate::support::uprun()
-            .args(["status", "--site"])
-            .arg(sb.site())
+        let out = sb.on_site(&["status"])
             .env("UPRUN_TEST_TRICKY_PW", tricky)
             .output()
             .expect("status");

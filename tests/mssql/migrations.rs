@@ -105,9 +105,8 @@ fn stock_procedure_upgrades_through_the_protocol() {
         text.contains("latest full backup of `FastApp`: `/var/opt/mssql/backup/FastApp-1.0.0-"),
         "{text}"
     );
-    let out = crate::support::uprun()
-        .args(["status", "--site"])
-        .arg(sb.site())
+    let out = sb
+        .on_site(&["status"])
         .env("UPRUN_TEST_MSSQL_PASSWORD", PASSWORD)
         .output()
         .expect("status");
@@ -157,9 +156,8 @@ fn dropped_connection_during_a_migration_fails_the_run_and_history_shows_it() {
     assert!(!sql.iter().any(|q| q.contains("audit_log")));
 
     // `status` reads the history back: one migration applied, still 1.0.0.
-    let out = crate::support::uprun()
-        .args(["status", "--site"])
-        .arg(sb.site())
+    let out = sb
+        .on_site(&["status"])
         .env("UPRUN_TEST_MSSQL_PASSWORD", PASSWORD)
         .output()
         .expect("status");

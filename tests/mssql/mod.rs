@@ -117,9 +117,7 @@ fn sha256_hex(path: &Path) -> String {
 
 /// `uprun status` on the sandbox, with the SQL Server Browser at `browser_port`.
 fn status(sb: &Sandbox, browser_port: u16) -> std::process::Output {
-    crate::support::uprun()
-        .args(["status", "--site"])
-        .arg(sb.site())
+    sb.on_site(&["status"])
         .env("UPRUN_TEST_MSSQL_PASSWORD", PASSWORD)
         .env(uprun::db::mssql::BROWSER_PORT_ENV, browser_port.to_string())
         .output()

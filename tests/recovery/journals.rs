@@ -17,18 +17,10 @@ fn a_torn_last_journal_line_is_set_aside_and_the_run_resumes() {
         .expect("tear");
 
     // Readers go on.
-    let out = uprun()
-        .args(["runs", "--site"])
-        .arg(sb.site())
-        .output()
-        .expect("runs");
+    let out = sb.on_site(&["runs"]).output().expect("runs");
     assert!(out.status.success(), "{}", output_text(&out));
     assert!(output_text(&out).contains(&id), "{}", output_text(&out));
-    let out = uprun()
-        .args(["runs", "show", &id, "--site"])
-        .arg(sb.site())
-        .output()
-        .expect("show");
+    let out = sb.on_site(&["runs", "show", &id]).output().expect("show");
     assert!(out.status.success(), "{}", output_text(&out));
     let (_, v) = status(&sb);
     assert_eq!(v["unfinished_runs"][0]["run_id"], id.as_str());
@@ -82,11 +74,7 @@ fn a_journal_damaged_in_the_middle_is_listed_as_damaged_and_can_be_set_aside() {
     lines[1] = "{\"type\":\"done\",\"key\":";
     std::fs::write(&path, format!("{}\n", lines.join("\n"))).expect("damage");
 
-    let out = uprun()
-        .args(["runs", "--site"])
-        .arg(sb.site())
-        .output()
-        .expect("runs");
+    let out = sb.on_site(&["runs"]).output().expect("runs");
     assert!(out.status.success(), "{}", output_text(&out));
     assert!(
         output_text(&out).contains("damaged"),
@@ -96,11 +84,7 @@ fn a_journal_damaged_in_the_middle_is_listed_as_damaged_and_can_be_set_aside() {
     let (_, v) = status(&sb);
     assert_eq!(v["unfinished_runs"][0]["outcome"], "damaged");
     assert!(v["unfinished_runs"][0]["resume"].is_null());
-    let out = uprun()
-        .args(["runs", "show", &id, "--site"])
-        .arg(sb.site())
-        .output()
-        .expect("show");
+    let out = sb.on_site(&["runs", "show", &id]).output().expect("show");
     assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
     assert!(
         output_text(&out).contains(&path.display().to_string())
@@ -130,9 +114,8 @@ fn a_journal_damaged_in_the_middle_is_listed_as_damaged_and_can_be_set_aside() {
         output_text(&out)
     );
 
-    let out = uprun()
-        .args(["runs", "abandon", &id, "--site"])
-        .arg(sb.site())
+    let out = sb
+        .on_site(&["runs", "abandon", &id])
         .output()
         .expect("abandon");
     assert!(out.status.success(), "{}", output_text(&out));
@@ -163,22 +146,14 @@ fn a_journal_without_header_is_a_run_that_never_started() {
     )
     .expect("journal");
 
-    let out = uprun()
-        .args(["runs", "--site"])
-        .arg(sb.site())
-        .output()
-        .expect("runs");
+    let out = sb.on_site(&["runs"]).output().expect("runs");
     assert!(out.status.success(), "{}", output_text(&out));
     assert!(
         output_text(&out).contains("never started"),
         "{}",
         output_text(&out)
     );
-    let out = uprun()
-        .args(["status", "--site"])
-        .arg(sb.site())
-        .output()
-        .expect("status");
+    let out = sb.on_site(&["status"]).output().expect("status");
     assert!(out.status.success(), "{}", output_text(&out));
     let t = output_text(&out);
     assert!(
@@ -235,11 +210,7 @@ fn status_gives_the_exact_resume_command_and_it_works_from_another_folder() {
     assert_eq!(out.status.signal(), Some(9), "{}", output_text(&out));
     let id = run_id(&sb.journals()[0]);
 
-    let out = uprun()
-        .args(["status", "--site"])
-        .arg(sb.site())
-        .output()
-        .expect("status");
+    let out = sb.on_site(&["status"]).output().expect("status");
     let t = output_text(&out);
     assert!(out.status.success(), "{t}");
     let dir = sb.dir.display().to_string();

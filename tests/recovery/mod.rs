@@ -35,11 +35,7 @@ fn killed_at(sb: &Sandbox, point: &str) -> String {
 }
 
 fn status(sb: &Sandbox) -> (std::process::Output, Value) {
-    let out = uprun()
-        .args(["status", "--json", "--site"])
-        .arg(sb.site())
-        .output()
-        .expect("status");
+    let out = sb.on_site(&["status", "--json"]).output().expect("status");
     assert!(out.status.success(), "status: {}", output_text(&out));
     let v = serde_json::from_slice(&out.stdout).expect("status json");
     (out, v)

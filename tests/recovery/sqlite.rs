@@ -52,11 +52,7 @@ fn a_hot_sqlite_journal_from_a_kill_in_a_migration_is_rolled_back_by_status_plan
 
     // A new run after abandon.
     crashed.restore(&sb);
-    uprun()
-        .args(["runs", "abandon", &id, "--site"])
-        .arg(sb.site())
-        .assert()
-        .success();
+    sb.on_site(&["runs", "abandon", &id]).assert().success();
     let out = sb
         .cmd("run", "in-place-upgrade", &["--yes"])
         .output()

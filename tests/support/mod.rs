@@ -81,6 +81,13 @@ impl Sandbox {
         c
     }
 
+    /// `uprun ARGS --site S`: a command about the site (status, runs, ...).
+    pub fn on_site(&self, args: &[&str]) -> Command {
+        let mut c = uprun();
+        c.args(args).arg("--site").arg(self.site());
+        c
+    }
+
     /// Write a custom procedure into the sandbox and return its path.
     pub fn script(&self, name: &str, text: &str) -> PathBuf {
         let p = self.dir.join(name);
