@@ -103,12 +103,7 @@ fn a_second_ctrl_c_cancels_the_migration_on_the_server_and_confirms_the_rollback
         "UPDATE dbo.customers SET city = city;\nGO\nWAITFOR DELAY '01:00:00';\n",
     )
     .expect("write migration");
-    std::env::set_var("UPRUN_TEST_MSSQL_PASSWORD", PASSWORD);
-    let run = sb.spawn_run(&sb.site(), "in-place-upgrade", &[]);
-    let conn = hung
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the migration reached the server");
-    let (code, all) = interrupt_twice(run);
+    let (conn, code, all) = interrupted_while_hung(&sb, &hung, "the migration reached the server");
     assert_eq!(code, Some(130), "{all}");
     assert_contains(
         &all,
@@ -127,6 +122,23 @@ fn a_second_ctrl_c_cancels_the_migration_on_the_server_and_confirms_the_rollback
 
 /// Send SIGINT to `run` once, wait for uprun to say it stops after the
 /// current step, then send the second; the exit status and all of stderr.
+/// Start the stock run, wait until the request the fake hangs on reaches
+/// the server (`what` names it), then press Ctrl-C twice: the session that
+/// hung, uprun's exit code and its output.
+fn interrupted_while_hung(
+    sb: &Sandbox,
+    hung: &std::sync::mpsc::Receiver<usize>,
+    what: &str,
+) -> (usize, Option<i32>, String) {
+    std::env::set_var("UPRUN_TEST_MSSQL_PASSWORD", PASSWORD);
+    let run = sb.spawn_run(&sb.site(), "in-place-upgrade", &[]);
+    let conn = hung
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{what} did not reach the server: {e}"));
+    let (code, all) = interrupt_twice(run);
+    (conn, code, all)
+}
+
 fn interrupt_twice(mut run: std::process::Child) -> (Option<i32>, String) {
     use std::io::BufRead;
     let stderr = run.stderr.take().expect("stderr");
@@ -175,12 +187,7 @@ fn a_second_ctrl_c_cancels_a_running_backup_on_the_server() {
         ..Fake::default()
     });
     let sb = mock.sandbox();
-    std::env::set_var("UPRUN_TEST_MSSQL_PASSWORD", PASSWORD);
-    let run = sb.spawn_run(&sb.site(), "in-place-upgrade", &[]);
-    let conn = hung
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the BACKUP reached the server");
-    let (code, all) = interrupt_twice(run);
+    let (conn, code, all) = interrupted_while_hung(&sb, &hung, "the BACKUP reached the server");
     assert_eq!(code, Some(130), "{all}");
     assert_contains(
         &all,
@@ -247,12 +254,8 @@ fn a_second_ctrl_c_cancels_the_verification_and_the_proof_on_the_server() {
             ..Fake::default()
         });
         let sb = mock.sandbox();
-        std::env::set_var("UPRUN_TEST_MSSQL_PASSWORD", PASSWORD);
-        let run = sb.spawn_run(&sb.site(), "in-place-upgrade", &[]);
-        let conn = hung
-            .recv_timeout(Duration::from_secs(60))
-            .expect("RESTORE VERIFYONLY reached the server");
-        let (code, all) = interrupt_twice(run);
+        let (conn, code, all) =
+            interrupted_while_hung(&sb, &hung, "RESTORE VERIFYONLY reached the server");
         assert_eq!(code, Some(130), "{nth}: {all}");
         assert_contains(
             &all,
