@@ -143,6 +143,19 @@ fn uprun_on(sb: &Sandbox, cmd: &str, extra: &[&str]) -> (Option<i32>, String) {
     (out.status.code(), all)
 }
 
+/// `plan`, then `run --yes`: each exits `code` and says every one of
+/// `needles`; and neither sent a BACKUP or a migration to the server.
+fn refused_in_plan_and_run(mock: &Mock, sb: &Sandbox, code: i32, needles: &[&str]) {
+    for (cmd, extra) in [("plan", &[][..]), ("run", &["--yes"][..])] {
+        let (got, all) = uprun_on(sb, cmd, extra);
+        assert_eq!(got, Some(code), "{cmd}: {all}");
+        assert_contains(&all, needles);
+    }
+    let sql = mock.sql();
+    assert!(!sql.iter().any(|q| q.starts_with("BACKUP")), "{sql:#?}");
+    assert!(migration_sql(&sql).is_empty(), "{sql:#?}");
+}
+
 fn history_names(mock: &Mock) -> Vec<String> {
     mock.fake().history.iter().map(|h| h.name.clone()).collect()
 }
