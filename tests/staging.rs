@@ -165,10 +165,8 @@ fn the_stock_run_stages_every_node_before_the_window_then_renames() {
     assert_staged_then_renamed(&sb, &out, &entries);
 }
 
-#[test]
-fn the_stock_run_over_ssh_stages_every_node_before_the_window_then_renames() {
-    let Some(sshd) = Sshd::start() else { return };
-    let sb = Sandbox::new();
+/// The sandbox's site with every node an `ssh://` node of `sshd`.
+fn ssh_site(sb: &Sandbox, sshd: &Sshd) -> PathBuf {
     let mut site = std::fs::read_to_string(sb.site()).expect("site.toml");
     for node in NODES {
         site = site.replace(
@@ -185,8 +183,73 @@ fn the_stock_run_over_ssh_stages_every_node_before_the_window_then_renames() {
     site.push_str(&sshd.ssh_section());
     let path = sb.dir.join("site-ssh.toml");
     std::fs::write(&path, site).expect("write site");
-    let (out, _, entries) = run_journaled(&sb, &path, "in-place-upgrade", &[], &[]);
+    path
+}
+
+#[test]
+fn the_stock_run_over_ssh_stages_every_node_before_the_window_then_renames() {
+    let Some(sshd) = Sshd::start() else { return };
+    let sb = Sandbox::new();
+    let site = ssh_site(&sb, &sshd);
+    let (out, _, entries) = run_journaled(&sb, &site, "in-place-upgrade", &[], &[]);
     assert_staged_then_renamed(&sb, &out, &entries);
+}
+
+/// The stock procedure with `tamper` run on app02 right after the stagings
+/// were verified: app02's create does not take its staging (it copies the
+/// release), the other nodes' stagings are renamed, every instance holds
+/// the release and every staging goes.
+fn tampered_inside_the_run(sb: &Sandbox, site: &Path, tamper: &str) {
+    let stock = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/in-place-upgrade.rhai"),
+    )
+    .expect("stock procedure");
+    let line = "stage_release(primary());\nfor_each_node(secondaries(), #{ parallel: 4 }, |node| stage_release(node));\n";
+    assert!(stock.contains(line));
+    let tamper = format!("{line}node_command(\"app02\", {tamper:?});\n");
+    let script = sb.script("tampered.rhai", &stock.replace(line, &tamper));
+    let (out, _, _) = run_journaled(sb, site, script.to_str().expect("path"), &[], &[]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    let created = |node: &str| -> String {
+        stdout
+            .lines()
+            .find(|l| {
+                l.contains("] done:")
+                    && l.contains("instance FastApp 2.0.0")
+                    && l.contains(&format!("`{node}`"))
+            })
+            .unwrap_or_else(|| panic!("no create line for {node}: {stdout}"))
+            .to_string()
+    };
+    assert!(created("app02").contains("bytes of payload"), "{stdout}");
+    assert!(created("app03").contains("renamed into place"), "{stdout}");
+    let payload = files(&sb.release().join("payload"));
+    for node in NODES {
+        let mut got = files(&sb.dir.join("nodes").join(node).join("FastApp-2.0.0"));
+        got.retain(|(n, _)| n != "uprun-instance.toml" && n != "service.state");
+        assert_eq!(got, payload, "{node}: the instance holds the release");
+        assert!(
+            !staging(sb, node).exists(),
+            "{node}: the staging is removed"
+        );
+    }
+}
+
+/// Over SSH the create proves a staging unchanged by a fingerprint of what
+/// `stat` says (not by hashing it again): a change that keeps every file's
+/// size and modification time is still seen (its change time moved).
+#[test]
+fn over_ssh_a_staging_changed_in_place_keeping_size_and_mtime_is_not_taken() {
+    let Some(sshd) = Sshd::start() else { return };
+    let sb = Sandbox::new();
+    let site = ssh_site(&sb, &sshd);
+    let (victim, content) = &files(&sb.release().join("payload"))[0];
+    assert_ne!(content.first(), Some(&b'x'), "the change changes a byte");
+    let tamper = format!(
+        "for f in .uprun-staging/*/payload/{victim}; do m=$(stat -c %y \"$f\"); printf x | dd of=\"$f\" bs=1 count=1 conv=notrunc 2>/dev/null; touch -d \"$m\" \"$f\"; done"
+    );
+    tampered_inside_the_run(&sb, &site, &tamper);
 }
 
 #[test]
@@ -217,44 +280,13 @@ fn a_tampered_staging_is_found_and_only_what_differs_is_sent_again() {
     assert_eq!(files(&staged_tree(&sb, "app02")), payload);
 
     // Tampered inside the run, after its staging was verified and before
-    // the create: the create does not take it (it copies the release), the
-    // other nodes' stagings are renamed, and every staging goes. The
-    // procedure: the stock one, with the tampering right after its staging.
-    let stock = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/in-place-upgrade.rhai"),
-    )
-    .expect("stock procedure");
-    let line = "stage_release(primary());\nfor_each_node(secondaries(), #{ parallel: 4 }, |node| stage_release(node));\n";
-    assert!(stock.contains(line));
-    let tamper = format!(
-        "{line}node_command(\"app02\", \"for f in .uprun-staging/*/payload/{victim}; do printf x >> \\\"$f\\\"; done\");\n"
+    // the create.
+    let (victim, _) = &payload[0];
+    tampered_inside_the_run(
+        &sb,
+        &sb.site(),
+        &format!("for f in .uprun-staging/*/payload/{victim}; do printf x >> \"$f\"; done"),
     );
-    let unstaged = sb.script("tampered.rhai", &stock.replace(line, &tamper));
-    let (out, _, _) = run_journaled(&sb, &sb.site(), unstaged.to_str().expect("path"), &[], &[]);
-    let stdout = text(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
-    let created = |node: &str| -> String {
-        stdout
-            .lines()
-            .find(|l| {
-                l.contains("] done:")
-                    && l.contains("instance FastApp 2.0.0")
-                    && l.contains(&format!("`{node}`"))
-            })
-            .unwrap_or_else(|| panic!("no create line for {node}: {stdout}"))
-            .to_string()
-    };
-    assert!(created("app02").contains("bytes of payload"), "{stdout}");
-    assert!(created("app03").contains("renamed into place"), "{stdout}");
-    for node in NODES {
-        let mut got = files(&sb.dir.join("nodes").join(node).join("FastApp-2.0.0"));
-        got.retain(|(n, _)| n != "uprun-instance.toml" && n != "service.state");
-        assert_eq!(got, payload, "{node}: the instance holds the release");
-        assert!(
-            !staging(&sb, node).exists(),
-            "{node}: the staging is removed"
-        );
-    }
 }
 
 #[test]

@@ -66,6 +66,39 @@ fn span_ms(entries: &[uprun::journal::Entry], first: &str, last: &str) -> f64 {
     end - start
 }
 
+/// Per kind of step, the median time from its `started` to its `done` entry
+/// (ms), in journal order of first appearance: where a window's time goes.
+fn step_medians(entries: &[uprun::journal::Entry]) -> String {
+    use uprun::journal::Entry;
+    let mut started = std::collections::HashMap::new();
+    let mut by_kind: Vec<(String, Vec<f64>)> = Vec::new();
+    for e in entries {
+        match e {
+            Entry::Started { key, call, at, .. } => {
+                started.insert(key.clone(), (call.clone(), at_ms(at)));
+            }
+            Entry::Done { key, at, .. } => {
+                if let Some((call, t0)) = started.get(key) {
+                    let ms = at_ms(at) - t0;
+                    match by_kind.iter_mut().find(|(k, _)| k == call) {
+                        Some((_, v)) => v.push(ms),
+                        None => by_kind.push((call.clone(), vec![ms])),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    by_kind
+        .into_iter()
+        .map(|(k, mut v)| {
+            v.sort_by(f64::total_cmp);
+            format!("{k} {:.1} ms (x{})", v[v.len() / 2], v.len())
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The downtime window of the stock procedure with a 20 MB payload on 16
 /// nodes, before (the payload copied inside the window) and after (staged
 /// before it, renamed inside), excluding backup and migrations, against the
@@ -123,6 +156,7 @@ pub(super) fn window(sshd: &Sshd) {
                 r.wall_ms,
                 load()
             );
+            println!("    steps (median): {}", step_medians(&entries));
             if name == "before" {
                 before.push(excl);
             } else {
@@ -133,6 +167,7 @@ pub(super) fn window(sshd: &Sshd) {
                 let entries = newest_journal(tmp.path());
                 let ms = span_ms(&entries, "stop_instance", "start_instance");
                 println!("  round {round} commands only: {ms:.0} ms");
+                println!("    steps (median): {}", step_medians(&entries));
                 floor.push(ms);
             }
         }

@@ -377,7 +377,7 @@ impl NodeInstances {
         self.write_manifest(&m)?;
         // The staging is used up (or stale): it goes.
         if let Some(pd) = staged {
-            if pd.unstageable.is_none() {
+            if pd.unstageable.is_none() && !(renamed && self.drop_used_staging(&pd.digest)?) {
                 self.clean_staging(None)?;
             }
         }

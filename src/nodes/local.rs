@@ -137,6 +137,10 @@ impl NodeTransport for LocalTransport {
         }
     }
 
+    fn remove_empty_dir(&self, path: &str) -> Result<bool> {
+        Ok(std::fs::remove_dir(path).is_ok())
+    }
+
     fn list_dir(&self, path: &str) -> Result<Option<Vec<String>>> {
         let it = match std::fs::read_dir(path) {
             Ok(it) => it,

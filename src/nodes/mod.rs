@@ -84,6 +84,17 @@ pub trait NodeTransport: Send + Sync {
     fn rename(&self, from: &str, to: &str) -> Result<()>;
     /// Delete one file (not a folder); a missing file is not an error.
     fn remove_file(&self, path: &str) -> Result<()>;
+    /// Delete `path` when it is an empty folder (never a link, never what
+    /// is in it); whether it went.
+    fn remove_empty_dir(&self, path: &str) -> Result<bool> {
+        if self.identity(path)?.is_some_and(|id| id.link)
+            || self.dir_state(path)? != DirState::Empty
+        {
+            return Ok(false);
+        }
+        self.remove_tree(path)?;
+        Ok(true)
+    }
     /// The names in a folder (not `.` and `..`); `None` when it does not exist.
     fn list_dir(&self, path: &str) -> Result<Option<Vec<String>>>;
     /// Every entry under `dir` with the SHA-256 of each plain file, computed

@@ -231,6 +231,18 @@ impl NodeInstances {
         Ok(removed)
     }
 
+    /// After the staged tree of `digest` was renamed into its folder: its
+    /// emptied staging folder and the staging area go by one `rmdir` each
+    /// (inside the window, nothing is listed). `false` when anything else
+    /// is there, for `clean_staging` to remove.
+    pub(super) fn drop_used_staging(&self, digest: &str) -> Result<bool> {
+        let root = self.staging_root();
+        Ok(self
+            .transport
+            .remove_empty_dir(&self.transport.join(&root, digest))?
+            && self.transport.remove_empty_dir(&root)?)
+    }
+
     /// Stage `pd` under the staging area, resuming what is there: files
     /// already staged with the right hash are kept, anything else there is
     /// removed, missing files are sent; then the whole tree is hashed on the

@@ -263,19 +263,54 @@ impl SshTransport {
     }
 
     /// `tree_fingerprint` on POSIX nodes with GNU find (`-printf`, times to
-    /// the nanosecond); `None` elsewhere.
+    /// the nanosecond); `None` elsewhere. The node runs one `find` (the shell
+    /// execs it: no pipeline, no other process); its listing is sorted and
+    /// hashed here.
     pub(super) fn fingerprint_tree(&self, dir: &str) -> Result<Option<String>> {
         if self.shell != Shell::Posix {
             return Ok(None);
         }
-        let d = sh_quote(dir);
         let script = format!(
-            "cd -- {d} || exit 3\n\
-             out=$(find . ! -name . -printf '%p %y %m %s %T@ %C@ %i\\n' 2>/dev/null) || exit 3\n\
-             printf '%s' \"$out\" | LC_ALL=C sort | sha256sum\n"
+            "exec find {} -mindepth 1 -printf '%P %y %m %s %T@ %C@ %i\\0'",
+            sh_quote(&format!("{}/", dir.trim_end_matches('/'))),
         );
         let out = self.exec_command(&script, "/", self.file_timeout)?;
-        let sum = out.stdout.split_whitespace().next().unwrap_or("");
-        Ok((out.success() && sum.len() == 64).then(|| sum.to_string()))
+        if !out.success() || out.stdout.len() >= MAX_OUTPUT {
+            return Ok(None);
+        }
+        Ok(Some(listing_digest(&out.stdout)))
+    }
+}
+
+/// The SHA-256 (hex) of a listing's NUL-ended records in byte order: the
+/// same listing, whatever order `find` gave it in, has the same digest (a
+/// name may hold a line break, never a NUL).
+fn listing_digest(listing: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut records: Vec<&str> = listing.split_terminator('\0').collect();
+    records.sort_unstable();
+    let mut h = Sha256::new();
+    for r in records {
+        h.update(r.as_bytes());
+        h.update(b"\0");
+    }
+    crate::config::release::hex(&h.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::listing_digest;
+
+    #[test]
+    fn a_listing_digest_ignores_order_and_tells_names_with_line_breaks_apart() {
+        let a = listing_digest("b f 644 1\0a f 644 2\0");
+        assert_eq!(a, listing_digest("a f 644 2\0b f 644 1\0"));
+        assert_ne!(a, listing_digest("a f 644 2\0b f 644 3\0"));
+        // One name holding a line break is not two entries.
+        assert_ne!(
+            listing_digest("x\ny f 644 1\0"),
+            listing_digest("x\0y f 644 1\0")
+        );
+        assert_eq!(a.len(), 64);
     }
 }

@@ -90,6 +90,10 @@ impl NodeTransport for SshTransport {
         self.sftp_remove_file(path)
     }
 
+    fn remove_empty_dir(&self, path: &str) -> Result<bool> {
+        self.sftp_remove_empty_dir(path)
+    }
+
     fn list_dir(&self, path: &str) -> Result<Option<Vec<String>>> {
         self.sftp_list_dir(path)
     }

@@ -436,6 +436,16 @@ impl SshTransport {
         })
     }
 
+    /// One `rmdir`: whether the folder went (it fails when not empty, not
+    /// a folder or missing; nothing else is tried).
+    pub(super) fn sftp_remove_empty_dir(&self, path: &str) -> Result<bool> {
+        let p = &self.path(path);
+        self.run(&format!("removing `{path}`"), |op| async move {
+            op.changes();
+            Ok(op.sftp().rmdir(p.clone()).await.is_ok())
+        })
+    }
+
     pub(super) fn sftp_list_dir(&self, path: &str) -> Result<Option<Vec<String>>> {
         let p = &self.path(path);
         self.run(&format!("listing `{path}`"), |op| async move {
