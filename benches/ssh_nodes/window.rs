@@ -156,7 +156,16 @@ pub(super) fn window(sshd: &Sshd) {
                 r.wall_ms,
                 load()
             );
-            println!("    steps (median): {}", step_medians(&entries));
+            println!(
+                "    parts: {}, between steps {:.0} ms; steps (median): {}",
+                w.parts
+                    .iter()
+                    .map(|(k, ms)| format!("{k} {ms:.0} ms"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                w.other_ms,
+                step_medians(&entries)
+            );
             if name == "before" {
                 before.push(excl);
             } else {

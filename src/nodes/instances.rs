@@ -334,15 +334,23 @@ impl NodeInstances {
             m.used_folders.push(rec.folder.clone());
         }
         m.pending = Some(rec.clone());
-        self.write_manifest(&m)?;
+        // The staging is proved (read only) while the pending record is
+        // written: both are on the window's path, neither needs the other.
+        let (written, tree) = std::thread::scope(|scope| {
+            let proof = staged.map(|pd| scope.spawn(|| self.verified_staging(pd)));
+            let written = self.write_manifest(&m);
+            let tree = match proof {
+                Some(p) => p.join().unwrap_or_else(|e| std::panic::resume_unwind(e)),
+                None => Ok(None),
+            };
+            (written, tree)
+        });
+        written?;
+        let tree = tree?;
         let folder = self.folder_path(&rec.folder);
         if fresh {
             self.transport.remove_tree(&folder)?;
         }
-        let tree = match staged {
-            Some(pd) => self.verified_staging(pd)?,
-            None => None,
-        };
         let mut renamed = false;
         if let Some(tree) = &tree {
             // `ops` checked that the folder is missing or empty: an empty

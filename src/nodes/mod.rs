@@ -120,6 +120,14 @@ pub trait NodeTransport: Send + Sync {
     /// What `path` is on the node (canonical path, device and inode where
     /// known, whether it is a link); `None` when nothing is there.
     fn identity(&self, path: &str) -> Result<Option<PathIdentity>>;
+    /// For each path, whether it is a symbolic link (`None`: nothing there);
+    /// the node may be asked about all of them at once.
+    fn link_states(&self, paths: &[&str]) -> Result<Vec<Option<bool>>> {
+        paths
+            .iter()
+            .map(|p| Ok(self.identity(p)?.map(|id| id.link)))
+            .collect()
+    }
     /// Whether the node's file names ignore case (Windows nodes), so that
     /// paths that differ only in case name the same folder.
     fn paths_ignore_case(&self) -> bool {

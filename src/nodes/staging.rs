@@ -343,11 +343,9 @@ impl NodeInstances {
         let root = self.staging_root();
         let dir = self.transport.join(&root, &pd.digest);
         let tree = self.staged_tree(&pd.digest);
-        for p in [&root, &dir, &tree] {
-            match self.transport.identity(p)? {
-                Some(id) if !id.link => {}
-                _ => return Ok(None),
-            }
+        let states = self.transport.link_states(&[&root, &dir, &tree])?;
+        if states.iter().any(|s| *s != Some(false)) {
+            return Ok(None);
         }
         // Verified by hash in this process and unchanged since (every write,
         // rename or mode change alters the fingerprint): no second hashing

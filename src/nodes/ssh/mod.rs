@@ -110,6 +110,10 @@ impl NodeTransport for SshTransport {
         self.sftp_identity(path)
     }
 
+    fn link_states(&self, paths: &[&str]) -> Result<Vec<Option<bool>>> {
+        self.sftp_link_states(paths)
+    }
+
     fn paths_ignore_case(&self) -> bool {
         self.shell == Shell::Powershell
     }

@@ -403,6 +403,28 @@ impl SshTransport {
         })
     }
 
+    /// One `lstat` per path, all in flight at once.
+    pub(super) fn sftp_link_states(&self, paths: &[&str]) -> Result<Vec<Option<bool>>> {
+        let what = format!("reading `{}`", paths.join("`, `"));
+        self.run(&what, |op| async move {
+            let sftp = op.sftp();
+            let asks = paths.iter().map(|path| {
+                let (sftp, op) = (&sftp, &op);
+                async move {
+                    match sftp.lstat(self.path(path)).await {
+                        Ok(a) => Ok(Some(a.attrs.is_symlink())),
+                        Err(e) if is_status(&e, StatusCode::NoSuchFile) => Ok(None),
+                        Err(e) => Err(self.sftp_err(op, "cannot read", path, e)),
+                    }
+                }
+            });
+            futures_util::future::join_all(asks)
+                .await
+                .into_iter()
+                .collect()
+        })
+    }
+
     pub(super) fn sftp_rename(&self, from: &str, to: &str) -> Result<()> {
         let (f, t) = (&self.path(from), &self.path(to));
         self.run(&format!("renaming `{from}` to `{to}`"), |op| async move {
