@@ -394,7 +394,17 @@ impl NodeInstances {
 
     /// Record the current instance's state (when it is still `rec`).
     pub fn set_state(&self, rec: &InstanceRecord, state: InstanceState) -> Result<()> {
-        let mut m = self.manifest()?;
+        self.record_state(&mut self.manifest()?, rec, state)
+    }
+
+    /// `set_state` on `m`, the node's manifest as this call read or last
+    /// wrote it (written only when the state changes).
+    fn record_state(
+        &self,
+        m: &mut Manifest,
+        rec: &InstanceRecord,
+        state: InstanceState,
+    ) -> Result<()> {
         match &mut m.current {
             Some(c) if c.same_instance(rec) => {
                 if c.state == Some(state) {
@@ -404,28 +414,41 @@ impl NodeInstances {
             }
             _ => return Ok(()),
         }
-        self.write_manifest(&m)
+        self.write_manifest(m)
     }
 
     /// Start the instance and check its health, recording each state on the
     /// node: `started` once the start command passed, `healthy` once the
-    /// health command passed, `failed` when either failed.
+    /// health command passed, `failed` when either failed. The manifest is
+    /// read once, before the start command (under the site lock only this
+    /// run writes it), and each state written over what was written last.
     pub fn start(&self, rec: &InstanceRecord, service: &ServiceConfig) -> Result<()> {
+        let mut m = self.manifest()?;
         if let Err(e) = self.service_command("start", service.start.as_deref(), rec, service) {
-            self.set_state(rec, InstanceState::Failed)?;
+            self.record_state(&mut m, rec, InstanceState::Failed)?;
             return Err(e);
         }
-        self.set_state(rec, InstanceState::Started)?;
+        self.record_state(&mut m, rec, InstanceState::Started)?;
         crate::failpoint::inner();
-        self.check_health(rec, service)
+        self.health_into(&mut m, rec, service)
     }
 
     /// Run the health command now; record `healthy` or `failed`.
     pub fn check_health(&self, rec: &InstanceRecord, service: &ServiceConfig) -> Result<()> {
-        match self.service_command("health", service.health.as_deref(), rec, service) {
-            Ok(()) => self.set_state(rec, InstanceState::Healthy),
+        self.health_into(&mut self.manifest()?, rec, service)
+    }
+
+    fn health_into(
+        &self,
+        m: &mut Manifest,
+        rec: &InstanceRecord,
+        service: &ServiceConfig,
+    ) -> Result<()> {
+        let health = self.service_command("health", service.health.as_deref(), rec, service);
+        match health {
+            Ok(()) => self.record_state(m, rec, InstanceState::Healthy),
             Err(e) => {
-                self.set_state(rec, InstanceState::Failed)?;
+                self.record_state(m, rec, InstanceState::Failed)?;
                 Err(e)
             }
         }

@@ -282,13 +282,26 @@ impl SshTransport {
     pub(super) fn sftp_create_dir_all(&self, path: &str) -> Result<()> {
         let full = &self.path(path);
         self.run(&format!("creating `{path}`"), |op| async move {
-            if self
+            match self
                 .lstat_dir(&op, full)
                 .await
                 .map_err(|e| self.sftp_err(&op, "cannot create", path, e))?
-                == Some(true)
             {
-                return Ok(());
+                Some(true) => return Ok(()),
+                // Missing, usually under a parent that is there: one mkdir.
+                // Otherwise the path is walked from the top.
+                None => {
+                    op.changes();
+                    if op
+                        .sftp()
+                        .mkdir(full.clone(), FileAttributes::empty())
+                        .await
+                        .is_ok()
+                    {
+                        return Ok(());
+                    }
+                }
+                Some(false) => {}
             }
             let absolute = full.starts_with('/');
             let mut prefix = String::new();
