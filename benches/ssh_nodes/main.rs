@@ -13,7 +13,9 @@
 //!   floor (one `ssh` per node piping that tar into `tar -x`, stop, config,
 //!   start and health in the same remote shell, all nodes at once).
 //! - `tail`: cold `uprun run`s of the cycle at N = 5 (1 MB): time to the first
-//!   change, p50/p99, and the phases of the slowest runs.
+//!   change, p50/p99, and the phases of the slowest runs
+//!   (`UPRUN_BENCH_TAIL_NODES`; `UPRUN_BENCH_PORTS=per-node`: each node at
+//!   its own port of the server, as if each had its own host and sshd).
 //! - `scale`: 200 nodes behind one sshd, `parallel = 32`, a 200 ms start
 //!   command per node: wall time against ceil(n/32) x one node's, peak RSS,
 //!   and the sshd log checked for dropped connections
@@ -414,17 +416,43 @@ fn main() {
     // (Ansible's forks, the floor's ssh processes): its server accepts them
     // all, so that OpenSSH's default `MaxStartups 10:30:100` drops none.
     // Every other part keeps the default.
-    let extra = if part == "cycle" {
-        "MaxStartups 64:30:128\n"
-    } else {
-        ""
-    };
-    let Some(sshd) = Sshd::start_with(extra) else {
+    // `tail` with `UPRUN_BENCH_PORTS=per-node`: the server also listens on
+    // one port per node, each node at its own `host:port`, as if every node
+    // were its own host with its own sshd (uprun limits handshakes per sshd);
+    // the server then accepts them all at once, as 16 servers would.
+    let per_node_ports: Vec<u16> =
+        if part == "tail" && std::env::var("UPRUN_BENCH_PORTS").as_deref() == Ok("per-node") {
+            // The first node keeps the server's port (sshd listens on 16 at most).
+            (1..env_usize("UPRUN_BENCH_TAIL_NODES", 5))
+                .map(|_| sshd::free_port())
+                .collect()
+        } else {
+            Vec::new()
+        };
+    let mut extra = String::new();
+    if part == "cycle" || !per_node_ports.is_empty() {
+        extra.push_str("MaxStartups 64:30:128\n");
+    }
+    for p in &per_node_ports {
+        extra.push_str(&format!("Port {p}\n"));
+    }
+    let Some(sshd) = Sshd::start_with(&extra) else {
         return;
+    };
+    if !per_node_ports.is_empty() {
+        let mut kh = std::fs::read_to_string(&sshd.known_hosts).expect("known_hosts");
+        for p in &per_node_ports {
+            kh.push_str(&format!("[127.0.0.1]:{p} {}\n", sshd.host_key));
+        }
+        std::fs::write(&sshd.known_hosts, kh).expect("known_hosts");
+    }
+    let per_node_ports: Vec<u16> = match per_node_ports.is_empty() {
+        true => Vec::new(),
+        false => std::iter::once(sshd.port).chain(per_node_ports).collect(),
     };
     match part.as_str() {
         "cycle" => cycle::cycle(&sshd),
-        "tail" => tail::tail(&sshd),
+        "tail" => tail::tail(&sshd, &per_node_ports),
         "scale" => scale::scale(&sshd),
         "window" => window::window(&sshd),
         other => println!("unknown part `{other}`: cycle, tail, scale or window"),

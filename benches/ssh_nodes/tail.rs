@@ -27,6 +27,52 @@ fn one_handshake_ms(dir: &Path, sshd: &Sshd) -> f64 {
     t.elapsed().as_secs_f64() * 1000.0
 }
 
+/// Node `i` of the site (in order) at `ports[i]` instead of the server's
+/// port (nothing changes without ports).
+fn spread_over_ports(site: &Path, sshd: &Sshd, ports: &[u16]) {
+    if ports.is_empty() {
+        return;
+    }
+    let text = std::fs::read_to_string(site).expect("site");
+    let address = format!("address = \"{}\"", sshd.address());
+    let mut parts = text.split(&address);
+    let mut out = parts.next().expect("head").to_string();
+    for (i, rest) in parts.enumerate() {
+        out.push_str(&address.replace(&format!(":{}\"", sshd.port), &format!(":{}\"", ports[i])));
+        out.push_str(rest);
+    }
+    assert_eq!(
+        out.matches("address = ").count(),
+        ports.len(),
+        "every node at its own port"
+    );
+    std::fs::write(site, out).expect("site");
+}
+
+/// `ssh true` to every port of `ports` at once (one cold handshake each,
+/// all in parallel): the floor for connecting to that many nodes at once
+/// on this machine, where every sshd shares its cores.
+fn all_handshakes_at_once_ms(dir: &Path, sshd: &Sshd, ports: &[u16]) -> f64 {
+    let cfg = ssh_config(dir, 1, sshd);
+    let t = Instant::now();
+    let children: Vec<_> = ports
+        .iter()
+        .map(|p| {
+            Command::new("ssh")
+                .arg("-F")
+                .arg(&cfg)
+                .args(["-p", &p.to_string(), "app01", "true"])
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("ssh")
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().expect("ssh").success(), "ssh true failed");
+    }
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
 #[derive(Default)]
 struct TailSide {
     first: Vec<f64>,
@@ -38,7 +84,7 @@ struct TailSide {
 /// Cold runs at N = 5: time to the first change, and where it went. With
 /// `UPRUN_BENCH_BEFORE=/path/to/old/uprun`, runs alternate between that
 /// binary and this one. A cold `ssh true` is measured between runs.
-pub(super) fn tail(sshd: &Sshd) {
+pub(super) fn tail(sshd: &Sshd, per_node_ports: &[u16]) {
     let runs = env_usize("UPRUN_BENCH_RUNS", 100);
     let n = env_usize("UPRUN_BENCH_TAIL_NODES", 5);
     let base = tempfile::tempdir().expect("tmp");
@@ -48,15 +94,25 @@ pub(super) fn tail(sshd: &Sshd) {
         sides.insert(0, (before, TailSide::default()));
     }
     let mut handshakes = Vec::new();
+    let mut all_at_once = Vec::new();
     println!(
-        "{runs} cold runs of the cycle at N = {n} (1 MB) per binary, interleaved; load average at start: {}",
+        "{runs} cold runs of the cycle at N = {n} (1 MB) per binary, interleaved, {}; load average at start: {}",
+        if per_node_ports.is_empty() {
+            "every node at the server's one port"
+        } else {
+            "each node at its own port of the server"
+        },
         load()
     );
     for i in 0..runs {
         handshakes.push(one_handshake_ms(base.path(), sshd));
+        if !per_node_ports.is_empty() {
+            all_at_once.push(all_handshakes_at_once_ms(base.path(), sshd, per_node_ports));
+        }
         for (bin, side) in sides.iter_mut() {
             let tmp = tempfile::tempdir().expect("tmp");
             let site = lay_out(tmp.path(), n, sshd, &payload, START);
+            spread_over_ports(&site, sshd, per_node_ports);
             let sb = tmp.path().join("sb");
             let script = sb.join("cycle.rhai");
             std::fs::write(&script, cycle_script(16)).expect("script");
@@ -80,6 +136,14 @@ pub(super) fn tail(sshd: &Sshd) {
         percentile(&handshakes, 99.0),
         load()
     );
+    if !all_at_once.is_empty() {
+        println!(
+            "{} cold `ssh true` at once, one per port: p50 {:.1} ms, p99 {:.1} ms",
+            per_node_ports.len(),
+            percentile(&all_at_once, 50.0),
+            percentile(&all_at_once, 99.0)
+        );
+    }
     for (bin, side) in sides.iter_mut() {
         println!("\n{bin}:");
         println!(

@@ -22,8 +22,9 @@ pub struct SshSettings {
     /// Limit for one file operation on a node (service commands use
     /// `[service] timeout_secs`).
     pub command_timeout: Duration,
-    /// SSH handshakes in flight at once. Below OpenSSH's default
-    /// `MaxStartups 10:30:100`, past which sshd drops new connections.
+    /// SSH handshakes in flight at once per sshd (`host:port`). Below
+    /// OpenSSH's default `MaxStartups 10:30:100`, past which sshd drops new
+    /// connections.
     pub max_parallel_handshakes: usize,
 }
 
@@ -64,7 +65,7 @@ impl SshSettings {
                 Some(n @ 1..=1000) => n as usize,
                 Some(n) => {
                     return Err(src.error(format!(
-                        "`ssh.max_parallel_handshakes` = {n}: must be between 1 and 1000; keep it below the nodes' sshd `MaxStartups` (10 by default), past which sshd drops connections"
+                        "`ssh.max_parallel_handshakes` = {n}: must be between 1 and 1000 (handshakes in flight per sshd); keep it below the nodes' sshd `MaxStartups` (10 by default), past which sshd drops connections"
                     )))
                 }
             },

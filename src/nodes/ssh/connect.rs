@@ -116,8 +116,9 @@ pub(super) struct ConnectSpec {
     pub(super) shell: Shell,
     pub(super) settings: SshSettings,
     pub(super) known_hosts: PathBuf,
-    /// Permits for handshakes in flight, shared by every node of the site.
-    pub(super) handshakes: Arc<tokio::sync::Semaphore>,
+    /// Permits for handshakes in flight: this node's sshd's (shared with
+    /// every node at the same address) and the site's overall ones.
+    pub(super) handshakes: super::handshakes::HandshakePermits,
 }
 
 impl ConnectSpec {
@@ -152,11 +153,10 @@ impl ConnectSpec {
         // load; the extra round trips keep the count under the limit. The
         // connect timeout starts once the permit is had, so waiting in line
         // is no failure.
-        let permit = self
-            .handshakes
-            .acquire()
-            .await
-            .map_err(|_| self.err("internal error: the handshake limiter was closed".into()))?;
+        let permit =
+            self.handshakes.acquire().await.ok_or_else(|| {
+                self.err("internal error: the handshake limiter was closed".into())
+            })?;
         let tcp = match tokio::time::timeout(
             timeout,
             tokio::net::TcpStream::connect((self.host.as_str(), self.port)),

@@ -15,6 +15,7 @@
 
 mod connect;
 mod exec;
+mod handshakes;
 mod pool;
 mod sftp;
 mod shell;

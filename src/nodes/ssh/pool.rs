@@ -15,6 +15,7 @@ use russh_sftp::client::RawSftpSession;
 use tokio::runtime::Runtime;
 
 use super::connect::{known_hosts_file, ConnectSpec, Connection};
+use super::handshakes::HandshakeLimiter;
 use super::SshTransport;
 use crate::config::{NodeAddress, NodeConfig, SshSettings};
 use crate::nodes::ConnectMode;
@@ -149,7 +150,7 @@ pub(super) fn spec_for(
     n: &NodeConfig,
     settings: &SshSettings,
     known_hosts: &Path,
-    handshakes: &Arc<tokio::sync::Semaphore>,
+    handshakes: &HandshakeLimiter,
 ) -> Result<(String, ConnectSpec)> {
     let NodeAddress::Ssh { user, host, port } = &n.address else {
         return Err(Error::node(&n.name, "is not an ssh:// node"));
@@ -170,17 +171,9 @@ pub(super) fn spec_for(
         shell: n.shell,
         settings: settings.clone(),
         known_hosts: known_hosts.to_path_buf(),
-        handshakes: handshakes.clone(),
+        handshakes: handshakes.permits(host, *port),
     };
     Ok((key, spec))
-}
-
-pub(super) fn handshake_limiter(settings: &SshSettings) -> Arc<tokio::sync::Semaphore> {
-    // Never more handshakes in flight than this (reconnections included):
-    // sshd drops unauthenticated connections past `MaxStartups`.
-    Arc::new(tokio::sync::Semaphore::new(
-        settings.max_parallel_handshakes.max(1),
-    ))
 }
 
 /// Start connecting to `nodes` in the background (read-only: nothing is
@@ -195,7 +188,7 @@ pub(crate) fn prefetch(nodes: &[&NodeConfig], settings: &SshSettings) {
     let (Ok(known_hosts), Ok(rt)) = (known_hosts_file(settings), runtime()) else {
         return;
     };
-    let handshakes = handshake_limiter(settings);
+    let handshakes = HandshakeLimiter::new(settings);
     let mut pending = pending().lock().unwrap_or_else(|e| e.into_inner());
     for n in nodes {
         let Ok((key, spec)) = spec_for(n, settings, &known_hosts, &handshakes) else {
@@ -223,7 +216,7 @@ pub(crate) fn connect_many(
     }
     let known_hosts = known_hosts_file(settings)?;
     let rt = runtime()?;
-    let handshakes = handshake_limiter(settings);
+    let handshakes = HandshakeLimiter::new(settings);
     let mut tasks = Vec::with_capacity(nodes.len());
     for n in nodes {
         let (key, spec) = spec_for(n, settings, &known_hosts, &handshakes)?;
