@@ -65,14 +65,34 @@ impl SiteLock {
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
-                let who = previous
-                    .map(|h| format!("run {} (pid {}, since {})", h.run_id, h.pid, h.since))
-                    .unwrap_or_else(|| "another uprun process".into());
-                return Err(Error::Refused(format!(
-                    "site `{}` is locked by {who}, which is still running; wait for it to finish (`uprun runs --site {}` shows it)",
-                    site.file.display(),
-                    site.file.display()
-                )));
+                let gone = previous.as_ref().filter(|h| !process_alive(h.pid));
+                match gone {
+                    // The run named there is gone, yet its lock is held: by a
+                    // command it was starting when it died, which holds the
+                    // file (inherited) until its `exec` closes it. Briefly.
+                    Some(h) if !wait_for_lock(&file, &path)? => {
+                        return Err(Error::Refused(format!(
+                            "site `{}` is locked, though the process of run {} (pid {}, since {}) is gone: a process it started still holds `{}`. Find it (`fuser -v {}`), let it finish or stop it, then run again",
+                            site.file.display(),
+                            h.run_id,
+                            h.pid,
+                            h.since,
+                            path.display(),
+                            path.display()
+                        )));
+                    }
+                    Some(_) => {}
+                    None => {
+                        let who = previous
+                            .map(|h| format!("run {} (pid {}, since {})", h.run_id, h.pid, h.since))
+                            .unwrap_or_else(|| "another uprun process".into());
+                        return Err(Error::Refused(format!(
+                            "site `{}` is locked by {who}, which is still running; wait for it to finish (`uprun runs --site {}` shows it)",
+                            site.file.display(),
+                            site.file.display()
+                        )));
+                    }
+                }
             }
             Err(TryLockError::Error(e)) => return Err(Error::io("lock", &path, e)),
         }
@@ -121,5 +141,43 @@ impl SiteLock {
         };
         write(&mut file).map_err(|e| Error::io("write lock file", &path, e))?;
         Ok(SiteLock { _file: file })
+    }
+}
+
+/// How long a lock left to a dead run's child is waited for.
+const ORPHAN_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Take `file`'s lock once whoever holds it lets go, within
+/// [`ORPHAN_LOCK_WAIT`]; whether it was taken.
+fn wait_for_lock(file: &File, path: &std::path::Path) -> Result<bool> {
+    let deadline = std::time::Instant::now() + ORPHAN_LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(true),
+            Err(TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(TryLockError::WouldBlock) => return Ok(false),
+            Err(TryLockError::Error(e)) => return Err(Error::io("lock", path, e)),
+        }
+    }
+}
+
+/// Whether process `pid` exists (on this machine); true where it cannot be
+/// told.
+fn process_alive(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        let Ok(pid) = libc::pid_t::try_from(pid) else {
+            return true;
+        };
+        // Signal 0 checks without sending; EPERM: it exists, not ours.
+        let r = unsafe { libc::kill(pid, 0) };
+        r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        true
     }
 }

@@ -121,10 +121,8 @@ fn killed_at_any_step_then_resumed_ends_like_a_clean_run() {
                 .output()
                 .expect("fresh run");
             assert_eq!(fresh.status.code(), Some(3), "{fp}");
-            assert!(
-                String::from_utf8_lossy(&fresh.stderr).contains(&format!("--resume {id}")),
-                "{fp}"
-            );
+            let said = String::from_utf8_lossy(&fresh.stderr);
+            assert!(said.contains(&format!("--resume {id}")), "{fp}: {said}");
 
             let out = sb
                 .cmd("run", "in-place-upgrade", &["--yes", "--resume", &id])
@@ -268,6 +266,50 @@ fn a_second_run_on_a_locked_site_is_refused_and_changes_nothing() {
     );
     assert_eq!(sb.manifest("app02")["current"]["version"], "2.0.0");
     assert_eq!(sb.journals().len(), 1, "the refused run left no journal");
+}
+
+/// A run killed while it was starting a command leaves that command's
+/// process holding the site's lock file (inherited until its `exec`
+/// closes it): the next run waits for it briefly instead of calling a dead
+/// run "still running", and when it is held on, says which process it is
+/// about (here the test holds the lock, for a run whose process is gone).
+#[test]
+fn a_lock_held_on_for_a_dead_run_is_named_as_such_and_changes_nothing() {
+    let sb = Sandbox::new();
+    let mut gone = std::process::Command::new("true").spawn().expect("true");
+    let pid = gone.id();
+    gone.wait().expect("true exits");
+    let state = sb.dir.join(".uprun");
+    std::fs::create_dir_all(&state).expect("state dir");
+    let lock = state.join("run.lock");
+    std::fs::write(
+        &lock,
+        format!(
+            r#"{{"run_id":"20261202-000000-dead","pid":{pid},"since":"2026-12-02T00:00:00Z"}}"#
+        ),
+    )
+    .expect("lock file");
+    let held = std::fs::File::open(&lock).expect("open lock");
+    held.lock().expect("hold the lock");
+    let before = sb.snapshot();
+    let out = sb
+        .cmd("run", "in-place-upgrade", &["--yes"])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains(&format!("pid {pid}"))
+            && err.contains("is gone")
+            && err.contains("still holds"),
+        "{err}"
+    );
+    sb.assert_unchanged(&before, "the refused run changed something");
+    drop(held);
+    // Let go: the next run takes the site.
+    sb.cmd("run", "in-place-upgrade", &["--yes"])
+        .assert()
+        .success();
 }
 
 #[test]
