@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::ssh::ssh_site;
 use crate::support::sshd::Sshd;
 use crate::support::{journal_entries, uprun, Sandbox};
 
@@ -165,32 +166,11 @@ fn the_stock_run_stages_every_node_before_the_window_then_renames() {
     assert_staged_then_renamed(&sb, &out, &entries);
 }
 
-/// The sandbox's site with every node an `ssh://` node of `sshd`.
-fn ssh_site(sb: &Sandbox, sshd: &Sshd) -> PathBuf {
-    let mut site = std::fs::read_to_string(sb.site()).expect("site.toml");
-    for node in NODES {
-        site = site.replace(
-            &format!("address = \"local\"\nroot = \"nodes/{node}\""),
-            &format!(
-                "address = \"{}\"\nroot = {:?}",
-                sshd.address(),
-                sb.dir.join("nodes").join(node).display().to_string()
-            ),
-        );
-    }
-    assert!(!site.contains("\"local\""), "every node is remote");
-    site.push('\n');
-    site.push_str(&sshd.ssh_section());
-    let path = sb.dir.join("site-ssh.toml");
-    std::fs::write(&path, site).expect("write site");
-    path
-}
-
 #[test]
 fn the_stock_run_over_ssh_stages_every_node_before_the_window_then_renames() {
     let Some(sshd) = Sshd::start() else { return };
     let sb = Sandbox::new();
-    let site = ssh_site(&sb, &sshd);
+    let site = ssh_site(&sb, &sshd, "", |_| sshd.address());
     let (out, _, entries) = run_journaled(&sb, &site, "in-place-upgrade", &[], &[]);
     assert_staged_then_renamed(&sb, &out, &entries);
 }
@@ -243,7 +223,7 @@ fn tampered_inside_the_run(sb: &Sandbox, site: &Path, tamper: &str) {
 fn over_ssh_a_staging_changed_in_place_keeping_size_and_mtime_is_not_taken() {
     let Some(sshd) = Sshd::start() else { return };
     let sb = Sandbox::new();
-    let site = ssh_site(&sb, &sshd);
+    let site = ssh_site(&sb, &sshd, "", |_| sshd.address());
     let (victim, content) = &files(&sb.release().join("payload"))[0];
     assert_ne!(content.first(), Some(&b'x'), "the change changes a byte");
     let tamper = format!(

@@ -420,7 +420,7 @@ fn main() {
     // one port per node, each node at its own `host:port`, as if every node
     // were its own host with its own sshd (uprun limits handshakes per sshd);
     // the server then accepts them all at once, as 16 servers would.
-    let per_node_ports: Vec<u16> =
+    let extra_ports: Vec<u16> =
         if part == "tail" && std::env::var("UPRUN_BENCH_PORTS").as_deref() == Ok("per-node") {
             // The first node keeps the server's port (sshd listens on 16 at most).
             (1..env_usize("UPRUN_BENCH_TAIL_NODES", 5))
@@ -430,25 +430,26 @@ fn main() {
             Vec::new()
         };
     let mut extra = String::new();
-    if part == "cycle" || !per_node_ports.is_empty() {
+    if part == "cycle" || !extra_ports.is_empty() {
         extra.push_str("MaxStartups 64:30:128\n");
     }
-    for p in &per_node_ports {
+    for p in &extra_ports {
         extra.push_str(&format!("Port {p}\n"));
     }
     let Some(sshd) = Sshd::start_with(&extra) else {
         return;
     };
-    if !per_node_ports.is_empty() {
+    if !extra_ports.is_empty() {
         let mut kh = std::fs::read_to_string(&sshd.known_hosts).expect("known_hosts");
-        for p in &per_node_ports {
+        for p in &extra_ports {
             kh.push_str(&format!("[127.0.0.1]:{p} {}\n", sshd.host_key));
         }
         std::fs::write(&sshd.known_hosts, kh).expect("known_hosts");
     }
-    let per_node_ports: Vec<u16> = match per_node_ports.is_empty() {
-        true => Vec::new(),
-        false => std::iter::once(sshd.port).chain(per_node_ports).collect(),
+    let per_node_ports: Vec<u16> = if extra_ports.is_empty() {
+        Vec::new()
+    } else {
+        std::iter::once(sshd.port).chain(extra_ports).collect()
     };
     match part.as_str() {
         "cycle" => cycle::cycle(&sshd),

@@ -10,23 +10,6 @@ use crate::{
     ssh_config, uprun_bin, uprun_run, Phases, START,
 };
 
-/// One cold `ssh true` to the server (handshake, authentication, one
-/// command), with the key exchange uprun negotiates: the floor for the time
-/// before a first change.
-fn one_handshake_ms(dir: &Path, sshd: &Sshd) -> f64 {
-    let cfg = ssh_config(dir, 1, sshd);
-    let t = Instant::now();
-    let st = Command::new("ssh")
-        .arg("-F")
-        .arg(&cfg)
-        .args(["app01", "true"])
-        .stdin(Stdio::null())
-        .status()
-        .expect("ssh");
-    assert!(st.success(), "ssh true failed");
-    t.elapsed().as_secs_f64() * 1000.0
-}
-
 /// Node `i` of the site (in order) at `ports[i]` instead of the server's
 /// port (nothing changes without ports).
 fn spread_over_ports(site: &Path, sshd: &Sshd, ports: &[u16]) {
@@ -50,9 +33,11 @@ fn spread_over_ports(site: &Path, sshd: &Sshd, ports: &[u16]) {
 }
 
 /// `ssh true` to every port of `ports` at once (one cold handshake each,
-/// all in parallel): the floor for connecting to that many nodes at once
-/// on this machine, where every sshd shares its cores.
-fn all_handshakes_at_once_ms(dir: &Path, sshd: &Sshd, ports: &[u16]) -> f64 {
+/// all in parallel, with the key exchange uprun negotiates): with one port,
+/// the floor for the time before a first change; with one per node, the
+/// floor for connecting to that many nodes at once on this machine, where
+/// every sshd shares its cores.
+fn handshakes_at_once_ms(dir: &Path, sshd: &Sshd, ports: &[u16]) -> f64 {
     let cfg = ssh_config(dir, 1, sshd);
     let t = Instant::now();
     let children: Vec<_> = ports
@@ -105,9 +90,9 @@ pub(super) fn tail(sshd: &Sshd, per_node_ports: &[u16]) {
         load()
     );
     for i in 0..runs {
-        handshakes.push(one_handshake_ms(base.path(), sshd));
+        handshakes.push(handshakes_at_once_ms(base.path(), sshd, &[sshd.port]));
         if !per_node_ports.is_empty() {
-            all_at_once.push(all_handshakes_at_once_ms(base.path(), sshd, per_node_ports));
+            all_at_once.push(handshakes_at_once_ms(base.path(), sshd, per_node_ports));
         }
         for (bin, side) in sides.iter_mut() {
             let tmp = tempfile::tempdir().expect("tmp");

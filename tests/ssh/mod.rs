@@ -18,7 +18,12 @@ use crate::support::{fifo, run_id, uprun, Sandbox};
 
 /// Write `site-ssh.toml` beside the sandbox's site: the same site, with every
 /// node at `address(node)` and its root as an absolute path, plus `extra`.
-fn ssh_site(sb: &Sandbox, sshd: &Sshd, extra: &str, address: impl Fn(&str) -> String) -> PathBuf {
+pub(crate) fn ssh_site(
+    sb: &Sandbox,
+    sshd: &Sshd,
+    extra: &str,
+    address: impl Fn(&str) -> String,
+) -> PathBuf {
     let mut text = std::fs::read_to_string(sb.site()).expect("site.toml");
     for node in ["app01", "app02", "app03"] {
         let root = sb.dir.join("nodes").join(node);

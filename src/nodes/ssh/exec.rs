@@ -286,15 +286,11 @@ impl SshTransport {
 /// same listing, whatever order `find` gave it in, has the same digest (a
 /// name may hold a line break, never a NUL).
 fn listing_digest(listing: &str) -> String {
-    use sha2::{Digest, Sha256};
     let mut records: Vec<&str> = listing.split_terminator('\0').collect();
     records.sort_unstable();
-    let mut h = Sha256::new();
-    for r in records {
-        h.update(r.as_bytes());
-        h.update(b"\0");
-    }
-    crate::config::release::hex(&h.finalize())
+    let mut sorted = records.join("\0");
+    sorted.push('\0');
+    crate::config::release::sha256_hex(sorted.as_bytes())
 }
 
 #[cfg(test)]
